@@ -1,0 +1,73 @@
+//! Unit tests for names, sources and resources.
+
+use super::*;
+
+#[test]
+fn names_follow_dns_label_rules() {
+    assert!(WorkspaceName::parse("api-server-2").is_ok());
+    assert_eq!(WorkspaceName::parse(""), Err(NameError::Empty));
+    for bad in ["Api", "-a", "a-", "a_b", "a b", "ü", "a/b", "../x"] {
+        assert!(
+            matches!(WorkspaceName::parse(bad), Err(NameError::BadCharacters { .. })),
+            "{bad:?} must be rejected"
+        );
+    }
+    assert!(matches!(WorkspaceName::parse(&"a".repeat(64)), Err(NameError::TooLong { .. })));
+    assert!(matches!(WorkspaceName::parse("ws-0123456789"), Err(NameError::LooksLikeId { .. })));
+}
+
+#[test]
+fn ids_round_trip_and_reject_garbage() {
+    let id = WorkspaceId::random();
+    assert_eq!(WorkspaceId::parse(id.as_str()).unwrap(), id);
+    assert_eq!(id.short().len(), 10);
+    for bad in ["ws-", "ws-xyz", "ws-0123456789a", "foo", "WS-0123456789"] {
+        assert!(WorkspaceId::parse(bad).is_err(), "{bad:?}");
+    }
+    let json = serde_json::to_string(&id).unwrap();
+    assert_eq!(serde_json::from_str::<WorkspaceId>(&json).unwrap(), id);
+    assert!(serde_json::from_str::<WorkspaceId>("\"nope\"").is_err());
+}
+
+#[test]
+fn derived_names_are_valid() {
+    assert_eq!(derive_name("My_Project.v2").as_str(), "my-project-v2");
+    assert_eq!(derive_name("___").as_str(), "workspace");
+    assert_eq!(derive_name(&"x".repeat(100)).as_str().len(), 63);
+}
+
+#[test]
+fn git_sources_refuse_command_transports() {
+    assert!(Source::git("https://example.com/a/b.git", None).is_ok());
+    assert!(Source::git("git@example.com:a/b.git", None).is_ok());
+    assert!(Source::git("file:///srv/repo", None).is_ok());
+    assert!(matches!(Source::git("ext::sh -c touch% /tmp/pwned", None), Err(SourceError::Transport { .. })));
+    assert!(matches!(Source::git("fd::17", None), Err(SourceError::Transport { .. })));
+    assert!(Source::looks_like_git_url("https://x/y"));
+    assert!(Source::looks_like_git_url("git@github.com:o/r"));
+    assert!(!Source::looks_like_git_url("./some/dir"));
+    assert!(!Source::looks_like_git_url("/abs/dir"));
+}
+
+#[test]
+fn source_basenames() {
+    let g = Source::git("https://example.com/org/repo.git/", None).unwrap();
+    assert_eq!(g.basename().as_deref(), Some("repo"));
+    let s = Source::git("git@h:org/thing.git", None).unwrap();
+    assert_eq!(s.basename().as_deref(), Some("thing"));
+    let l = Source::local("/home/u/proj".into()).unwrap();
+    assert_eq!(l.basename().as_deref(), Some("proj"));
+    assert!(Source::local("rel".into()).is_err());
+}
+
+#[test]
+fn memory_sizes_parse() {
+    assert_eq!(parse_memory_mib("512").unwrap(), 512);
+    assert_eq!(parse_memory_mib("2G").unwrap(), 2048);
+    assert_eq!(parse_memory_mib("2gib").unwrap(), 2048);
+    assert!(parse_memory_mib("2T").is_err());
+    assert!(parse_memory_mib("lots").is_err());
+    assert!(Resources { cpus: 0.0, ..Default::default() }.validate().is_err());
+    assert!(Resources { memory_mib: 1, ..Default::default() }.validate().is_err());
+    assert!(Resources::default().validate().is_ok());
+}

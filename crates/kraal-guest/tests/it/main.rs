@@ -1,0 +1,223 @@
+//! Drives the real `kraal-guest` binary (as a host process) with the real guest client.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kraal_protocol::{ErrorCode, ExecRequest, TtySize};
+use kraal_sandbox::{ExecEvent, ExecHandle, GuestClient, GuestClientError};
+
+struct Guest {
+    child: Child,
+    addr: SocketAddr,
+    root: tempfile::TempDir,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const TOKEN: &str = "test-token";
+
+async fn start() -> Guest {
+    let root = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let child = Command::new(env!("CARGO_BIN_EXE_kraal-guest"))
+        .args(["--listen", &addr.to_string(), "--token", TOKEN, "--root"])
+        .arg(root.path())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "guest did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Guest { child, addr, root }
+}
+
+fn exec(argv: &[&str]) -> ExecRequest {
+    ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: vec![], cwd: None, tty: None }
+}
+
+async fn collect(h: &mut ExecHandle) -> (String, String, Option<i32>, u64) {
+    let (mut out, mut err, mut last) = (String::new(), String::new(), 0);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), h.next()).await.expect("exec hung").unwrap() {
+            ExecEvent::Stdout { seq, data } => {
+                out.push_str(&String::from_utf8_lossy(&data));
+                last = seq;
+            }
+            ExecEvent::Stderr { seq, data } => {
+                err.push_str(&String::from_utf8_lossy(&data));
+                last = seq;
+            }
+            ExecEvent::Truncated { .. } => {}
+            ExecEvent::Exit { code, .. } => return (out, err, code, last),
+        }
+    }
+}
+
+#[tokio::test]
+async fn exec_streams_output_and_exit_code() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut h = c.exec(exec(&["sh", "-c", "echo out; echo err >&2; pwd; exit 7"])).await.unwrap();
+    let (out, err, code, _) = collect(&mut h).await;
+    assert_eq!(out, format!("out\n{}\n", g.root.path().canonicalize().unwrap().display()));
+    assert_eq!(err, "err\n");
+    assert_eq!(code, Some(7));
+}
+
+#[tokio::test]
+async fn stdin_is_forwarded_and_eof_ends_it() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut h = c.exec(exec(&["sh", "-c", "tr a-z A-Z"])).await.unwrap();
+    let s = h.sender();
+    s.stdin(Bytes::from_static(b"hello\n")).await.unwrap();
+    s.eof().await.unwrap();
+    let (out, _, code, _) = collect(&mut h).await;
+    assert_eq!((out.as_str(), code), ("HELLO\n", Some(0)));
+}
+
+#[tokio::test]
+async fn pty_reports_a_terminal_and_resizes() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut req = exec(&["sh", "-c", "test -t 0 && echo tty; stty size; read x; stty size"]);
+    req.tty = Some(TtySize { rows: 24, cols: 80 });
+    let mut h = c.exec(req).await.unwrap();
+    let s = h.sender();
+    // Wait for the first size line before resizing.
+    let mut seen = String::new();
+    while !seen.contains("24 80") {
+        if let ExecEvent::Stdout { data, .. } = h.next().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    s.resize(TtySize { rows: 50, cols: 132 }).await.unwrap();
+    s.stdin(Bytes::from_static(b"go\r")).await.unwrap();
+    let (out, _, code, _) = collect(&mut h).await;
+    assert!(seen.contains("tty"), "{seen:?}");
+    assert!(out.contains("50 132"), "{out:?}");
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn processes_survive_a_lost_link_and_can_be_reattached() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut h = c.exec(exec(&["sh", "-c", "echo one; sleep 1; echo two; sleep 1; echo three"])).await.unwrap();
+    let proc = h.proc;
+    let first = match h.next().await.unwrap() {
+        ExecEvent::Stdout { seq, data } => {
+            assert_eq!(&data[..], b"one\n");
+            seq
+        }
+        e => panic!("{e:?}"),
+    };
+    drop(h);
+    drop(c); // The "daemon" goes away mid-run.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c2 = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let procs = c2.processes().await.unwrap();
+    assert!(procs.iter().any(|p| p.proc == proc && p.running), "{procs:?}");
+    let mut h2 = c2.attach(proc, first).await.unwrap();
+    let (out, _, code, _) = collect(&mut h2).await;
+    assert_eq!(out, "two\nthree\n", "no duplicate of 'one', no gap");
+    assert_eq!(code, Some(0));
+    // Attaching again from 0 replays everything.
+    let mut h3 = c2.attach(proc, 0).await.unwrap();
+    assert_eq!(collect(&mut h3).await.0, "one\ntwo\nthree\n");
+}
+
+#[tokio::test]
+async fn signals_reach_the_process_group() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut h = c.exec(exec(&["sh", "-c", "sleep 100; echo never"])).await.unwrap();
+    h.sender().signal(15).await.unwrap();
+    loop {
+        if let ExecEvent::Exit { code, signal } = h.next().await.unwrap() {
+            assert!(signal == Some(15) || code == Some(143), "{code:?} {signal:?}");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_command_is_a_clear_error() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let err = c.exec(exec(&["no-such-cmd-kraal"])).await.err().unwrap();
+    match err {
+        GuestClientError::Guest(e) => {
+            assert_eq!(e.code, ErrorCode::SpawnFailed);
+            assert!(e.message.contains("command not found"), "{}", e.message);
+        }
+        e => panic!("{e}"),
+    }
+    // The connection is still usable afterwards.
+    assert!(c.health().await.is_ok());
+}
+
+#[tokio::test]
+async fn files_round_trip_and_stay_confined() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(c.write_file("dir/big.bin", &big, None, true).await.unwrap(), big.len() as u64);
+    assert_eq!(c.read_file("dir/big.bin", 10_000_000).await.unwrap(), big);
+    let st = c.stat("dir/big.bin").await.unwrap();
+    assert_eq!(st.size, big.len() as u64);
+    let ls = c.list_dir("dir").await.unwrap();
+    assert_eq!(ls.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["big.bin"]);
+    c.mkdir("a/b/c", true).await.unwrap();
+    c.remove("a", true).await.unwrap();
+    assert_eq!(c.stat("a").await.unwrap_err().to_string(), "a: No such file or directory (os error 2)");
+    for bad in ["../x", "/etc/passwd", "dir/../../x"] {
+        let e = c.read_file(bad, 100).await.unwrap_err();
+        assert!(matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape), "{bad}: {e}");
+        let e = c.write_file(bad, b"x", None, true).await.unwrap_err();
+        assert!(matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape), "{bad}: {e}");
+    }
+    assert!(!g.root.path().parent().unwrap().join("x").exists());
+    let e = c.read_file("dir/big.bin", 10).await.unwrap_err();
+    assert!(e.to_string().contains("limit"), "{e}");
+}
+
+#[tokio::test]
+async fn wrong_token_is_denied() {
+    let g = start().await;
+    let err = GuestClient::connect(g.addr, "wrong").await.unwrap_err();
+    assert!(matches!(err, GuestClientError::Denied { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn many_concurrent_streams_on_one_link() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = c.exec(exec(&["sh", "-c", &format!("seq 1 2000; echo done-{i}")])).await.unwrap();
+            let (out, _, code, _) = collect(&mut h).await;
+            assert_eq!(code, Some(0));
+            assert!(out.ends_with(&format!("2000\ndone-{i}\n")));
+            assert_eq!(out.lines().count(), 2001);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,188 @@
+//! Requests, responses and in-stream messages of the guest protocol.
+
+use serde::{Deserialize, Serialize};
+
+/// Host → guest, stream 0, in answer to the [`crate::Challenge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub mac: String,
+    pub client: String,
+}
+
+/// Guest → host, stream 0, closing the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Welcome {
+    Accepted { guest_version: String, hostname: String },
+    Denied { reason: String },
+}
+
+/// Terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Start a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Allocate a pseudo-terminal of this size instead of pipes.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+}
+
+/// The first frame of every host-opened stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Health,
+    Exec(ExecRequest),
+    /// Reattach to a process, replaying output with sequence numbers above `after`.
+    Attach { proc: u64, after: u64 },
+    Processes,
+    Signal { proc: u64, signal: i32 },
+    Stat { path: String },
+    ListDir { path: String },
+    /// Streams the file back as `Data` frames, then `Done(ReadDone)`.
+    ReadFile { path: String, #[serde(default)] offset: u64, #[serde(default)] limit: Option<u64> },
+    /// The host sends `Data` frames then a `Close`; the guest answers `Done(Written)`.
+    WriteFile { path: String, #[serde(default)] mode: Option<u32>, #[serde(default)] create_parents: bool },
+    Mkdir { path: String, #[serde(default)] parents: bool },
+    Remove { path: String, #[serde(default)] recursive: bool },
+    /// Terminate every process (SIGTERM, then SIGKILL after `grace_ms`) and flush disks.
+    Shutdown { grace_ms: u64 },
+}
+
+/// Control messages exchanged on a stream after its request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamMsg {
+    /// Guest: the process started (or was found, for `Attach`).
+    Started { proc: u64, pid: i32 },
+    /// Guest: the process ended. Exactly one of `code` or `signal` is set.
+    Exit { code: Option<i32>, signal: Option<i32> },
+    /// Guest: the request succeeded.
+    Done(Response),
+    /// Guest: the request failed.
+    Error(GuestError),
+    /// Guest: output older than the requested sequence was discarded.
+    Truncated { first_available: u64 },
+    /// Host: resize the terminal.
+    Resize(TtySize),
+    /// Host: deliver a signal to the process group.
+    Signal { signal: i32 },
+    /// Host: no more input (standard input of a process, or data of a `WriteFile`).
+    Eof,
+}
+
+/// Successful results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Health(HealthInfo),
+    Stat(FileInfo),
+    List { entries: Vec<FileInfo> },
+    ReadDone { bytes: u64 },
+    Written { bytes: u64 },
+    Processes { processes: Vec<ProcInfo> },
+    Ok,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthInfo {
+    pub guest_version: String,
+    pub hostname: String,
+    pub uptime_ms: u64,
+    pub processes: usize,
+    pub load1: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Path relative to the file root (`.` for the root itself).
+    pub path: String,
+    pub name: String,
+    pub file_type: FileType,
+    pub size: u64,
+    pub mode: u32,
+    /// Seconds since the Unix epoch.
+    pub modified: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub proc: u64,
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub tty: bool,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// Stable error codes reported by the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    NotFound,
+    PermissionDenied,
+    PathEscape,
+    InvalidRequest,
+    AlreadyExists,
+    NotADirectory,
+    IsADirectory,
+    DirectoryNotEmpty,
+    UnknownProcess,
+    SpawnFailed,
+    NoSpace,
+    Io,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct GuestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl GuestError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        GuestError { code, message: message.into() }
+    }
+
+    /// Maps an I/O error on `path` to the closest stable code.
+    pub fn io(err: &std::io::Error, path: &str) -> Self {
+        use std::io::ErrorKind as K;
+        let code = match err.kind() {
+            K::NotFound => ErrorCode::NotFound,
+            K::PermissionDenied => ErrorCode::PermissionDenied,
+            K::AlreadyExists => ErrorCode::AlreadyExists,
+            K::NotADirectory => ErrorCode::NotADirectory,
+            K::IsADirectory => ErrorCode::IsADirectory,
+            K::DirectoryNotEmpty => ErrorCode::DirectoryNotEmpty,
+            K::StorageFull => ErrorCode::NoSpace,
+            _ => ErrorCode::Io,
+        };
+        GuestError::new(code, format!("{path}: {err}"))
+    }
+}

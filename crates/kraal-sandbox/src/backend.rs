@@ -1,0 +1,128 @@
+//! The backend trait: pure-data specs in, live sandboxes out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use kraal_core::{BackendKind, Capabilities, Resources, Source, WorkspaceId, WorkspaceName};
+use serde::{Deserialize, Serialize};
+
+/// Everything a backend needs to create and start one workspace's sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub id: WorkspaceId,
+    pub name: WorkspaceName,
+    pub source: Source,
+    pub resources: Resources,
+    /// Secret the daemon uses to authenticate to the guest agent.
+    pub guest_token: String,
+}
+
+/// How to reach a started sandbox's guest agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestEndpoint {
+    pub addr: SocketAddr,
+}
+
+/// What the backend sees of a sandbox right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    /// Never created, or destroyed.
+    Absent,
+    /// Created (volume exists) but not running.
+    Stopped,
+    Running,
+    Paused,
+}
+
+/// Typed backend failures; each names the workspace and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} backend does not support {op}")]
+    Unsupported { backend: BackendKind, op: &'static str },
+    #[error("{backend} backend is not usable on this host: {reason}")]
+    Unavailable { backend: BackendKind, reason: String },
+    #[error("cannot prepare the source of workspace {workspace}")]
+    Source {
+        workspace: String,
+        #[source]
+        source: crate::checkout::CheckoutError,
+    },
+    #[error("{op} of workspace {workspace} failed")]
+    Runtime {
+        workspace: String,
+        op: &'static str,
+        #[source]
+        source: crate::process::ProcessError,
+    },
+    #[error("{op} of workspace {workspace} failed: {message}")]
+    Failed { workspace: String, op: &'static str, message: String },
+    #[error("{op} of workspace {workspace} failed at {path}")]
+    Io {
+        workspace: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workspace {workspace} has no sandbox on this backend")]
+    NotFound { workspace: String },
+}
+
+/// The result of probing whether a backend can run here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCheck {
+    pub backend: BackendKind,
+    pub status: ProbeStatus,
+    /// One line per finding, e.g. "runsc 0.0~20240729.0 at /usr/bin/runsc".
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeStatus {
+    Usable,
+    Unusable,
+}
+
+/// A place where workspaces run. Implementations are stateless beyond the host resources
+/// they manage: the daemon's database is the source of truth for what should exist, and
+/// every method must be idempotent so the reconciler can retry it.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+    fn capabilities(&self) -> Capabilities;
+
+    /// Checks prerequisites without side effects; bounded in time.
+    async fn check(&self) -> HostCheck;
+
+    /// Allocates the sandbox's durable resources (volume with the checkout, network)
+    /// without starting it. Calling it again for an existing sandbox is a no-op.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError>;
+
+    /// Starts (or restarts) the sandbox; returns where its guest agent listens.
+    async fn start(&self, spec: &SandboxSpec) -> Result<GuestEndpoint, BackendError>;
+
+    /// Stops the sandbox, keeping its volume.
+    async fn stop(&self, id: &WorkspaceId) -> Result<(), BackendError>;
+
+    /// Removes everything, volume included.
+    async fn destroy(&self, id: &WorkspaceId) -> Result<(), BackendError>;
+
+    async fn status(&self, id: &WorkspaceId) -> Result<SandboxStatus, BackendError>;
+
+    /// The guest endpoint of a running sandbox, for reconnecting after a daemon restart.
+    async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError>;
+
+    /// Text the sandbox runtime and the guest agent printed (console), newest last.
+    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError>;
+
+    async fn pause(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported { backend: self.kind(), op: "pause" })
+    }
+
+    async fn resume(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported { backend: self.kind(), op: "resume" })
+    }
+}

@@ -1,0 +1,249 @@
+//! The one place kraal runs host programs: every child gets a timeout, is killed when its
+//! handle drops, and failures carry the program, its arguments and its stderr.
+//!
+//! `Command::new` is banned elsewhere through clippy's `disallowed-methods`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{program} is not installed (not found on PATH)")]
+    NotFound { program: String },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` timed out after {secs} s")]
+    Timeout { command: String, secs: u64 },
+    #[error("`{command}` exited with {status}: {stderr}")]
+    Failed { command: String, status: String, stderr: String },
+}
+
+/// A host command to run.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    timeout: Duration,
+    stdin: Option<Vec<u8>>,
+    new_session: bool,
+    stdout_file: Option<PathBuf>,
+}
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout: Duration::from_secs(60),
+            stdin: None,
+            new_session: false,
+            stdout_file: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(data.into());
+        self
+    }
+
+    /// Runs the child in a new session so that long-lived descendants (sandbox runtimes)
+    /// neither receive the daemon's terminal signals nor die with its process group.
+    pub fn new_session(mut self) -> Self {
+        self.new_session = true;
+        self
+    }
+
+    /// Sends stdout to a file instead of capturing it (for long-lived descendants that
+    /// would otherwise hold our pipe open after the command returns).
+    pub fn stdout_to(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stdout_file = Some(path.into());
+        self
+    }
+
+    /// The command line, for messages.
+    pub fn display(&self) -> String {
+        let mut s = self.program.to_string_lossy().into_owned();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    /// Runs to completion; a non-zero exit is an error carrying stderr.
+    pub async fn run(self) -> Result<Output, ProcessError> {
+        let command = self.display();
+        let program = self.program.to_string_lossy().into_owned();
+        #[allow(clippy::disallowed_methods)]
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args).kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        if let Some(path) = &self.stdout_file {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+            let f2 = f.try_clone().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+            cmd.stdout(Stdio::from(f)).stderr(Stdio::from(f2));
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        if self.new_session {
+            // SAFETY: setsid is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+            }
+        }
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NotFound { program: program.clone() }
+            } else {
+                ProcessError::Spawn { program: program.clone(), source }
+            }
+        })?;
+        if let Some(data) = self.stdin {
+            use tokio::io::AsyncWriteExt;
+            if let Some(mut sin) = child.stdin.take() {
+                tokio::spawn(async move {
+                    let _ = sin.write_all(&data).await;
+                });
+            }
+        }
+        let mut out = child.stdout.take();
+        let mut err = child.stderr.take();
+        let collect = async {
+            let mut o = Vec::new();
+            let mut e = Vec::new();
+            let ro = async {
+                if let Some(s) = out.as_mut() {
+                    let _ = s.read_to_end(&mut o).await;
+                }
+            };
+            let re = async {
+                if let Some(s) = err.as_mut() {
+                    let _ = s.read_to_end(&mut e).await;
+                }
+            };
+            tokio::join!(ro, re);
+            let status = child.wait().await;
+            (o, e, status)
+        };
+        let (stdout, stderr, status) = tokio::time::timeout(self.timeout, collect)
+            .await
+            .map_err(|_| ProcessError::Timeout { command: command.clone(), secs: self.timeout.as_secs() })?;
+        let status = status.map_err(|source| ProcessError::Spawn { program, source })?;
+        if !status.success() {
+            let mut stderr_text = String::from_utf8_lossy(&stderr).trim().to_owned();
+            if stderr_text.is_empty() {
+                stderr_text = String::from_utf8_lossy(&stdout).trim().to_owned();
+            }
+            if stderr_text.len() > 2000 {
+                stderr_text = format!("…{}", &stderr_text[stderr_text.len() - 2000..]);
+            }
+            return Err(ProcessError::Failed { command, status: status.to_string(), stderr: stderr_text });
+        }
+        Ok(Output { stdout, stderr })
+    }
+}
+
+/// Finds `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_carry_command_and_stderr() {
+        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sh -c") && msg.contains("oops") && msg.contains('3'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn timeouts_kill_the_child() {
+        let t0 = std::time::Instant::now();
+        let err = Cmd::new("sleep").arg("30").timeout(Duration::from_millis(200)).run().await.unwrap_err();
+        assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn missing_programs_are_named() {
+        let err = Cmd::new("kraal-no-such-program").run().await.unwrap_err();
+        assert_eq!(err.to_string(), "kraal-no-such-program is not installed (not found on PATH)");
+    }
+
+    #[tokio::test]
+    async fn stdin_and_stdout() {
+        let out = Cmd::new("cat").stdin(b"hello".to_vec()).run().await.unwrap();
+        assert_eq!(out.stdout_str(), "hello");
+    }
+}
