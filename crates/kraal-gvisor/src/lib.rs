@@ -1,1 +1,500 @@
-//! placeholder
+//! The gVisor backend. Each workspace is an OCI bundle run by `runsc`:
+//!
+//! * root: a host overlayfs of the shared read-only image (lower) and a per-workspace
+//!   writable layer (upper), so package installs survive `down`/`up` while the image is
+//!   shared; runsc runs with `--overlay2=none` so writes reach that layer;
+//! * `/workspace`: a bind mount of the workspace volume holding the checkout;
+//! * the guest agent and its config bind-mounted read-only under `/.kraal`;
+//! * network: a per-workspace namespace (see `kraal-net`). In `host` mode runsc is
+//!   started inside it with `--network=host`; in `sandbox` mode runsc's own netstack
+//!   takes over the namespace's interface;
+//! * limits: CPU quota, memory and pids through the spec's cgroup resources.
+
+mod spec;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kraal_core::{BackendKind, Capabilities, WorkspaceId};
+use kraal_image::{ImageStore, Recipe};
+use kraal_net::{Link, Pool};
+use kraal_sandbox::process::{Cmd, ProcessError, which};
+use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus};
+
+pub use spec::{BundleSpec, NetworkMode};
+
+/// How the backend is set up on this host.
+#[derive(Debug, Clone)]
+pub struct GvisorConfig {
+    /// Per-workspace state lives in `<state_dir>/<id>/`.
+    pub state_dir: PathBuf,
+    /// runsc's own state (`--root`).
+    pub runsc_root: PathBuf,
+    pub runsc: PathBuf,
+    pub network: NetworkMode,
+    pub pool: Pool,
+    /// The static guest agent binary mounted into every sandbox.
+    pub guest_bin: PathBuf,
+    pub images: ImageStore,
+    /// `systrap` (default) or `ptrace`/`kvm`.
+    pub platform: Option<String>,
+}
+
+pub struct GvisorBackend {
+    cfg: GvisorConfig,
+}
+
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl GvisorBackend {
+    pub fn new(cfg: GvisorConfig) -> Self {
+        GvisorBackend { cfg }
+    }
+
+    fn ws_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.cfg.state_dir.join(id.as_str())
+    }
+
+    fn runsc(&self) -> Cmd {
+        let mut c = Cmd::new(&self.cfg.runsc).arg(format!("--root={}", self.cfg.runsc_root.display()));
+        if let Some(p) = &self.cfg.platform {
+            c = c.arg(format!("--platform={p}"));
+        }
+        c.timeout(OP_TIMEOUT)
+    }
+
+    fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> BackendError {
+        let workspace = id.to_string();
+        move |source| BackendError::Runtime { workspace, op, source }
+    }
+
+    fn io_err(id: &WorkspaceId, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
+        let workspace = id.to_string();
+        let path = path.to_owned();
+        move |source| BackendError::Io { workspace, op, path, source }
+    }
+
+    /// runsc's view of the container: `None` when it does not exist.
+    async fn runsc_state(&self, id: &WorkspaceId) -> Result<Option<String>, BackendError> {
+        match self.runsc().args(["state", id.as_str()]).run().await {
+            Ok(out) => {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| BackendError::Failed {
+                    workspace: id.to_string(),
+                    op: "state",
+                    message: format!("runsc state printed invalid JSON: {e}"),
+                })?;
+                Ok(v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
+            }
+            Err(ProcessError::Failed { stderr, .. })
+                if stderr.contains("does not exist") || stderr.contains("not exist") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Self::rt_err(id, "state")(e)),
+        }
+    }
+
+    fn rootfs_mounted(&self, id: &WorkspaceId) -> bool {
+        let target = self.ws_dir(id).join("rootfs");
+        is_mountpoint(&target)
+    }
+
+    async fn mount_root(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        let dir = self.ws_dir(id);
+        if self.rootfs_mounted(id) {
+            return Ok(());
+        }
+        let lower = std::fs::read_to_string(dir.join("image")).map_err(Self::io_err(id, "start", &dir.join("image")))?;
+        let lower = lower.trim();
+        if !Path::new(lower).is_dir() {
+            return Err(BackendError::Failed {
+                workspace: id.to_string(),
+                op: "start",
+                message: format!("image {lower} is missing; it was removed after the workspace was created"),
+            });
+        }
+        let opts = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        Cmd::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(dir.join("rootfs"))
+            .run()
+            .await
+            .map_err(Self::rt_err(id, "mount root"))?;
+        Ok(())
+    }
+
+    async fn unmount_root(&self, id: &WorkspaceId) {
+        let target = self.ws_dir(id).join("rootfs");
+        if is_mountpoint(&target) {
+            if let Err(e) = Cmd::new("umount").arg(&target).run().await {
+                tracing::warn!(workspace = %id, "unmount root: {e}; detaching lazily");
+                let _ = Cmd::new("umount").arg("-l").arg(&target).run().await;
+            }
+        }
+    }
+
+    fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
+        Link::new(id, self.cfg.pool, slot)
+    }
+
+    /// Stops the container and releases its network and root mount; keeps the volume
+    /// and writable layer.
+    async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        if let Some(state) = self.runsc_state(id).await? {
+            if state == "running" || state == "paused" {
+                if state == "paused" {
+                    let _ = self.runsc().args(["resume", id.as_str()]).run().await;
+                }
+                // The guest handles SIGTERM by stopping its processes and syncing disks.
+                let _ = self.runsc().args(["kill", id.as_str(), "TERM"]).run().await;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while tokio::time::Instant::now() < deadline {
+                    if self.runsc_state(id).await?.as_deref() != Some("running") {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            self.runsc().args(["delete", "--force", id.as_str()]).run().await.map_err(Self::rt_err(id, "delete"))?;
+        }
+        // Slot numbers do not matter for teardown: names derive from the id.
+        kraal_net::teardown(id, &self.link(id, 0)).await;
+        self.unmount_root(id).await;
+        Ok(())
+    }
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(canon) = p.canonicalize() else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = canon.to_string_lossy();
+    info.lines().any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+}
+
+#[async_trait]
+impl Backend for GvisorBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Gvisor
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            checkpoint: false,
+            hardware_isolation: false,
+            resource_limits: true,
+            private_network: true,
+            persistent_volume: true,
+        }
+    }
+
+    async fn check(&self) -> HostCheck {
+        let mut details = Vec::new();
+        let mut ok = true;
+        match self.runsc().arg("--version").timeout(Duration::from_secs(5)).run().await {
+            Ok(out) => {
+                let v = out.stdout_str().lines().next().unwrap_or_default().to_owned();
+                details.push(format!("{v} at {}", self.cfg.runsc.display()));
+            }
+            Err(e) => {
+                ok = false;
+                details.push(format!("runsc: {e}; install it with scripts/setup.sh (Debian package runsc from bookworm-backports)"));
+            }
+        }
+        for tool in ["ip", "nft", "nsenter", "mount", "debootstrap"] {
+            if which(tool).is_none() {
+                ok = false;
+                details.push(format!("{tool} is missing"));
+            }
+        }
+        if !self.cfg.guest_bin.is_file() {
+            ok = false;
+            details.push(format!(
+                "guest agent {} is missing; build it with `cargo build --release -p kraal-guest --target x86_64-unknown-linux-musl`",
+                self.cfg.guest_bin.display()
+            ));
+        } else {
+            details.push(format!("guest agent {}", self.cfg.guest_bin.display()));
+        }
+        if !nix::unistd::geteuid().is_root() {
+            ok = false;
+            details.push("the gVisor backend needs root (network namespaces, overlay mounts, cgroups)".into());
+        }
+        details.push(format!("network mode {}", self.cfg.network.as_str()));
+        HostCheck { backend: BackendKind::Gvisor, status: if ok { ProbeStatus::Usable } else { ProbeStatus::Unusable }, details }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let id = &spec.id;
+        let dir = self.ws_dir(id);
+        for sub in ["upper", "work", "rootfs"] {
+            let p = dir.join(sub);
+            std::fs::create_dir_all(&p).map_err(Self::io_err(id, "create", &p))?;
+        }
+        let image_file = dir.join("image");
+        if !image_file.is_file() {
+            let image = self
+                .cfg
+                .images
+                .ensure(&Recipe::base(), &|line| tracing::info!(workspace = %id, "{line}"))
+                .await
+                .map_err(|e| BackendError::Failed {
+                    workspace: id.to_string(),
+                    op: "create",
+                    message: format!("{}", kraal_sandbox_chain(&e)),
+                })?;
+            std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
+                .map_err(Self::io_err(id, "create", &image_file))?;
+        }
+        let volume = dir.join("volume");
+        if !volume.is_dir() {
+            // Fill a scratch directory and rename it: a failed or interrupted checkout
+            // never leaves a half-filled volume that later looks complete.
+            let partial = dir.join("volume.partial");
+            let _ = std::fs::remove_dir_all(&partial);
+            if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &partial).await {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(BackendError::Source { workspace: id.to_string(), source: e });
+            }
+            std::fs::rename(&partial, &volume).map_err(Self::io_err(id, "create", &volume))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<GuestEndpoint, BackendError> {
+        let id = &spec.id;
+        match self.runsc_state(id).await?.as_deref() {
+            Some("running") => return self.endpoint(id).await,
+            Some("paused") => {
+                self.runsc().args(["resume", id.as_str()]).run().await.map_err(Self::rt_err(id, "resume"))?;
+                return self.endpoint(id).await;
+            }
+            Some(_) => {
+                self.runsc().args(["delete", "--force", id.as_str()]).run().await.map_err(Self::rt_err(id, "delete"))?;
+            }
+            None => {}
+        }
+        let dir = self.ws_dir(id);
+        if !dir.join("volume").is_dir() {
+            return Err(BackendError::NotFound { workspace: id.to_string() });
+        }
+        if !self.cfg.guest_bin.is_file() {
+            return Err(BackendError::Failed {
+                workspace: id.to_string(),
+                op: "start",
+                message: format!("guest agent {} is missing", self.cfg.guest_bin.display()),
+            });
+        }
+        self.mount_root(id).await?;
+
+        let (slot, guard) = kraal_net::allocate(self.cfg.pool).await.map_err(|e| BackendError::Failed {
+            workspace: id.to_string(),
+            op: "allocate network",
+            message: kraal_sandbox_chain(&e),
+        })?;
+        let link = self.link(id, slot);
+        kraal_net::install_firewall(self.cfg.pool).await.map_err(|e| BackendError::Failed {
+            workspace: id.to_string(),
+            op: "firewall",
+            message: kraal_sandbox_chain(&e),
+        })?;
+        kraal_net::setup(id, &link).await.map_err(|e| BackendError::Failed {
+            workspace: id.to_string(),
+            op: "network setup",
+            message: kraal_sandbox_chain(&e),
+        })?;
+        drop(guard);
+
+        let guest_dir = dir.join("guest");
+        std::fs::create_dir_all(&guest_dir).map_err(Self::io_err(id, "start", &guest_dir))?;
+        let guest_cfg = serde_json::json!({
+            "listen": format!("0.0.0.0:{}", kraal_protocol::DEFAULT_GUEST_PORT),
+            "token": spec.guest_token,
+            "files_root": "/workspace",
+            "hostname": spec.name.as_str(),
+        });
+        let cfg_path = guest_dir.join("guest.json");
+        write_private(&cfg_path, guest_cfg.to_string().as_bytes()).map_err(Self::io_err(id, "start", &cfg_path))?;
+        let resolv = guest_dir.join("resolv.conf");
+        std::fs::write(&resolv, resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()))
+            .map_err(Self::io_err(id, "start", &resolv))?;
+        let hosts = guest_dir.join("hosts");
+        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n", spec.name))
+            .map_err(Self::io_err(id, "start", &hosts))?;
+
+        let bundle = BundleSpec {
+            rootfs: dir.join("rootfs"),
+            volume: dir.join("volume"),
+            guest_bin: self.cfg.guest_bin.clone(),
+            guest_config: cfg_path,
+            resolv_conf: resolv,
+            hosts,
+            hostname: spec.name.to_string(),
+            cgroup: format!("/kraal/{}", id),
+            resources: spec.resources,
+            network: self.cfg.network,
+            netns: kraal_net::netns_path(id),
+        };
+        let bundle_dir = dir.join("bundle");
+        std::fs::create_dir_all(&bundle_dir).map_err(Self::io_err(id, "start", &bundle_dir))?;
+        let cfg_json = bundle_dir.join("config.json");
+        std::fs::write(&cfg_json, serde_json::to_vec_pretty(&bundle.oci_config()).expect("serializes"))
+            .map_err(Self::io_err(id, "start", &cfg_json))?;
+
+        let console = dir.join("console.log");
+        let runsc_args = [
+            format!("--root={}", self.cfg.runsc_root.display()),
+            format!("--network={}", self.cfg.network.as_str()),
+            "--overlay2=none".to_owned(),
+            format!("--log={}", dir.join("runsc.log").display()),
+        ];
+        let mut cmd = match self.cfg.network {
+            NetworkMode::Host => Cmd::new("nsenter")
+                .arg(format!("--net={}", kraal_net::netns_path(id).display()))
+                .arg("--")
+                .arg(&self.cfg.runsc),
+            NetworkMode::Sandbox => Cmd::new(&self.cfg.runsc),
+        };
+        cmd = cmd.args(runsc_args);
+        if let Some(p) = &self.cfg.platform {
+            cmd = cmd.arg(format!("--platform={p}"));
+        }
+        let run = cmd
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle_dir)
+            .arg(id.as_str())
+            .new_session()
+            .stdout_to(&console)
+            .timeout(OP_TIMEOUT)
+            .run()
+            .await;
+        if let Err(e) = run {
+            let tail = tail_file(&console, 2000);
+            let _ = self.halt(id).await;
+            let mut msg = kraal_sandbox_chain(&e);
+            if !tail.trim().is_empty() {
+                msg.push_str(&format!("\nconsole:\n{}", tail.trim()));
+            }
+            return Err(BackendError::Failed { workspace: id.to_string(), op: "start", message: msg });
+        }
+        Ok(GuestEndpoint { addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)) })
+    }
+
+    async fn stop(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt(id).await
+    }
+
+    async fn destroy(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt(id).await?;
+        let dir = self.ws_dir(id);
+        if self.rootfs_mounted(id) {
+            return Err(BackendError::Failed {
+                workspace: id.to_string(),
+                op: "destroy",
+                message: format!("{} is still mounted; refusing to delete under it", dir.join("rootfs").display()),
+            });
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(Self::io_err(id, "destroy", &dir))?;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &WorkspaceId) -> Result<SandboxStatus, BackendError> {
+        Ok(match self.runsc_state(id).await?.as_deref() {
+            Some("running") => SandboxStatus::Running,
+            Some("paused") => SandboxStatus::Paused,
+            _ if self.ws_dir(id).join("volume").is_dir() => SandboxStatus::Stopped,
+            _ => SandboxStatus::Absent,
+        })
+    }
+
+    async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError> {
+        let ip = kraal_net::guest_ip(id).await.ok_or_else(|| BackendError::Failed {
+            workspace: id.to_string(),
+            op: "endpoint",
+            message: "the workspace network namespace is gone".into(),
+        })?;
+        Ok(GuestEndpoint { addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)) })
+    }
+
+    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError> {
+        Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
+    }
+
+    async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.runsc().args(["pause", id.as_str()]).run().await.map_err(Self::rt_err(id, "pause"))?;
+        Ok(())
+    }
+
+    async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.runsc().args(["resume", id.as_str()]).run().await.map_err(Self::rt_err(id, "resume"))?;
+        Ok(())
+    }
+}
+
+/// The whole error chain on one line.
+fn kraal_sandbox_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(p)?;
+    f.write_all(data)
+}
+
+fn tail_file(p: &Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(p) else { return String::new() };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
+/// The host's resolv.conf minus loopback resolvers (unreachable from a workspace),
+/// falling back to public resolvers when nothing else remains.
+pub fn resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let t = line.trim();
+        if let Some(addr) = t.strip_prefix("nameserver") {
+            let addr = addr.trim();
+            if addr.starts_with("127.") || addr == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        if t.starts_with("nameserver") || t.starts_with("search") || t.starts_with("options") {
+            out.push_str(t);
+            out.push('\n');
+        }
+    }
+    if servers == 0 {
+        out.push_str("nameserver 1.1.1.1\nnameserver 9.9.9.9\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_drops_loopback_resolvers() {
+        assert_eq!(resolv_conf("nameserver 127.0.0.53\nsearch lan\n"), "search lan\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n");
+        assert_eq!(resolv_conf("# c\nnameserver 10.0.0.2\n"), "nameserver 10.0.0.2\n");
+    }
+}

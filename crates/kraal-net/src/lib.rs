@@ -1,1 +1,292 @@
-//! placeholder
+//! Workspace networking on the host: one network namespace per workspace joined to the
+//! host by a veth pair with a /30 from a private pool, and one nftables table that NATs
+//! workspace traffic out, stops workspaces from reaching each other, and stops them from
+//! opening connections to the host itself.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kraal_core::WorkspaceId;
+use kraal_sandbox::process::{Cmd, ProcessError};
+
+/// Default pool for workspace links: 16 384 /30 subnets.
+pub const DEFAULT_POOL: Pool = Pool { base: Ipv4Addr::new(10, 213, 0, 0), prefix: 16 };
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network setup for {workspace} failed")]
+    Command {
+        workspace: String,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("installing the kraal nftables ruleset failed")]
+    Firewall(#[source] ProcessError),
+    #[error("the address pool {pool} is exhausted")]
+    Exhausted { pool: String },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enable IPv4 forwarding")]
+    Forwarding(#[source] std::io::Error),
+}
+
+/// An IPv4 pool carved into /30 links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Pool {
+    pub fn slots(&self) -> u32 {
+        1u32 << (32 - self.prefix as u32 - 2)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+        (u32::from(ip) & mask) == (u32::from(self.base) & mask)
+    }
+
+    pub fn slot_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.contains(ip).then(|| (u32::from(ip) - u32::from(self.base)) / 4)
+    }
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+/// The names and addresses of one workspace's link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub netns: String,
+    pub host_if: String,
+    pub guest_if: String,
+    pub host_ip: Ipv4Addr,
+    pub guest_ip: Ipv4Addr,
+}
+
+impl Link {
+    /// Names derive from the workspace id; addresses from the slot.
+    pub fn new(id: &WorkspaceId, pool: Pool, slot: u32) -> Link {
+        let net = u32::from(pool.base) + slot * 4;
+        Link {
+            netns: netns_name(id),
+            host_if: format!("kh{}", id.short()),
+            guest_if: format!("kg{}", id.short()),
+            host_ip: Ipv4Addr::from(net + 1),
+            guest_ip: Ipv4Addr::from(net + 2),
+        }
+    }
+
+    /// `ip` batch commands run in the root namespace.
+    pub fn host_batch(&self) -> String {
+        format!(
+            "link add {h} type veth peer name {g} netns {ns}\naddr add {hip}/30 dev {h}\nlink set {h} up\n",
+            h = self.host_if,
+            g = self.guest_if,
+            ns = self.netns,
+            hip = self.host_ip
+        )
+    }
+
+    /// `ip` batch commands run inside the workspace namespace.
+    pub fn guest_batch(&self) -> String {
+        format!(
+            "link set lo up\naddr add {gip}/30 dev {g}\nlink set {g} up\nroute add default via {hip}\n",
+            g = self.guest_if,
+            gip = self.guest_ip,
+            hip = self.host_ip
+        )
+    }
+}
+
+pub fn netns_name(id: &WorkspaceId) -> String {
+    format!("kraal-{}", id.short())
+}
+
+pub fn netns_path(id: &WorkspaceId) -> PathBuf {
+    Path::new("/run/netns").join(netns_name(id))
+}
+
+/// The whole kraal nftables table. Rules match interface names (`kh*`), so one static
+/// table serves every workspace of every daemon on the host.
+pub fn ruleset(pool: Pool) -> String {
+    format!(
+        r#"table inet kraal
+delete table inet kraal
+table inet kraal {{
+	chain forward {{
+		type filter hook forward priority filter; policy accept;
+		iifname "kh*" oifname "kh*" drop comment "workspaces never reach each other"
+		oifname "kh*" ct state established,related accept
+		oifname "kh*" drop comment "nothing outside may open connections into a workspace"
+	}}
+	chain input {{
+		type filter hook input priority filter; policy accept;
+		iifname "kh*" ct state established,related accept
+		iifname "kh*" drop comment "workspaces cannot open connections to the host"
+	}}
+	chain postrouting {{
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr {pool} oifname != "kh*" masquerade
+	}}
+}}
+"#
+    )
+}
+
+pub async fn install_firewall(pool: Pool) -> Result<(), NetError> {
+    Cmd::new("nft").args(["-f", "-"]).stdin(ruleset(pool)).timeout(Duration::from_secs(30)).run().await.map_err(NetError::Firewall)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
+    Ok(())
+}
+
+/// Holds the host-wide allocation lock; released on drop.
+pub struct AllocGuard {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Picks a free /30 in `pool` by looking at the addresses configured on the host, under a
+/// host-wide lock so that concurrent daemons (and concurrent creates) never collide. Keep
+/// the guard until the link is configured.
+pub async fn allocate(pool: Pool) -> Result<(u32, AllocGuard), NetError> {
+    let lock_path = PathBuf::from("/run/kraal/net.lock");
+    let guard = tokio::task::spawn_blocking(move || -> Result<AllocGuard, NetError> {
+        std::fs::create_dir_all("/run/kraal").map_err(|e| NetError::Lock { path: lock_path.clone(), source: e })?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| NetError::Lock { path: lock_path.clone(), source: e })?;
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| NetError::Lock { path: lock_path.clone(), source: e.into() })?;
+        Ok(AllocGuard { _lock: lock })
+    })
+    .await
+    .expect("lock task does not panic")?;
+    let out = Cmd::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .run()
+        .await
+        .map_err(|e| NetError::Command { workspace: "(allocation)".into(), source: e })?;
+    let used = used_slots(&out.stdout_str(), pool);
+    let slot = (0..pool.slots()).find(|s| !used.contains(s)).ok_or(NetError::Exhausted { pool: pool.to_string() })?;
+    Ok((slot, guard))
+}
+
+/// Slots whose addresses appear in `ip -4 -o addr show` output.
+pub fn used_slots(ip_output: &str, pool: Pool) -> std::collections::HashSet<u32> {
+    ip_output
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            it.position(|w| w == "inet")?;
+            let cidr = it.next()?;
+            cidr.split('/').next()?.parse::<Ipv4Addr>().ok()
+        })
+        .filter_map(|ip| pool.slot_of(ip))
+        .collect()
+}
+
+/// Creates the namespace and link. Any leftover of an earlier attempt is removed first.
+pub async fn setup(id: &WorkspaceId, link: &Link) -> Result<(), NetError> {
+    teardown(id, link).await;
+    let err = |e| NetError::Command { workspace: id.to_string(), source: e };
+    Cmd::new("ip").args(["netns", "add", &link.netns]).run().await.map_err(err)?;
+    let r = async {
+        Cmd::new("ip").args(["-batch", "-"]).stdin(link.host_batch()).run().await.map_err(err)?;
+        Cmd::new("ip").args(["-netns", &link.netns, "-batch", "-"]).stdin(link.guest_batch()).run().await.map_err(err)?;
+        Ok(())
+    }
+    .await;
+    if r.is_err() {
+        teardown(id, link).await;
+    }
+    r
+}
+
+/// Removes the namespace (which takes the veth pair with it). Never fails: missing pieces
+/// are already gone.
+pub async fn teardown(id: &WorkspaceId, link: &Link) {
+    if netns_path(id).exists() {
+        if let Err(e) = Cmd::new("ip").args(["netns", "del", &link.netns]).run().await {
+            tracing::warn!(workspace = %id, "removing network namespace: {e}");
+        }
+    }
+    let _ = Cmd::new("ip").args(["link", "del", &link.host_if]).run().await;
+}
+
+/// The guest address of a live link, read back from the namespace.
+pub async fn guest_ip(id: &WorkspaceId) -> Option<Ipv4Addr> {
+    if !netns_path(id).exists() {
+        return None;
+    }
+    let ns = netns_name(id);
+    let out = Cmd::new("ip").args(["-netns", &ns, "-4", "-o", "addr", "show"]).run().await.ok()?;
+    out.stdout_str()
+        .lines()
+        .filter(|l| !l.contains(" lo "))
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            it.position(|w| w == "inet")?;
+            it.next()?.split('/').next()?.parse().ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_fit_interface_name_limits_and_pool_math() {
+        let id = WorkspaceId::parse("ws-0123456789").unwrap();
+        let l = Link::new(&id, DEFAULT_POOL, 3);
+        assert_eq!(l.host_if, "kh0123456789");
+        assert!(l.host_if.len() <= 15 && l.guest_if.len() <= 15);
+        assert_eq!(l.host_ip, Ipv4Addr::new(10, 213, 0, 13));
+        assert_eq!(l.guest_ip, Ipv4Addr::new(10, 213, 0, 14));
+        assert_eq!(DEFAULT_POOL.slots(), 16384);
+        let last = Link::new(&id, DEFAULT_POOL, 16383);
+        assert_eq!(last.guest_ip, Ipv4Addr::new(10, 213, 255, 254));
+        assert_eq!(DEFAULT_POOL.slot_of(Ipv4Addr::new(10, 213, 1, 1)), Some(64));
+        assert_eq!(DEFAULT_POOL.slot_of(Ipv4Addr::new(10, 214, 0, 1)), None);
+    }
+
+    #[test]
+    fn used_slots_parse_ip_output() {
+        let out = "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever\n\
+                   5: kh1    inet 10.213.0.5/30 scope global kh1\\ valid_lft forever\n\
+                   6: eth0    inet 192.168.1.2/24 brd 192.168.1.255 scope global eth0\n";
+        let used = used_slots(out, DEFAULT_POOL);
+        assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn ruleset_golden() {
+        let r = ruleset(DEFAULT_POOL);
+        assert!(r.starts_with("table inet kraal\ndelete table inet kraal\n"), "must replace atomically");
+        assert!(r.contains(r#"iifname "kh*" oifname "kh*" drop"#));
+        assert!(r.contains(r#"iifname "kh*" drop comment "workspaces cannot open connections to the host""#));
+        assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"kh*\" masquerade"));
+    }
+
+    #[test]
+    fn batches_name_the_right_devices() {
+        let id = WorkspaceId::parse("ws-00000000aa").unwrap();
+        let l = Link::new(&id, DEFAULT_POOL, 0);
+        assert_eq!(
+            l.host_batch(),
+            "link add kh00000000aa type veth peer name kg00000000aa netns kraal-00000000aa\naddr add 10.213.0.1/30 dev kh00000000aa\nlink set kh00000000aa up\n"
+        );
+        assert!(l.guest_batch().contains("route add default via 10.213.0.1"));
+    }
+}

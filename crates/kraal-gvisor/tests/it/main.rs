@@ -1,0 +1,87 @@
+//! The gVisor backend against real runsc: create, exec through the guest, stop, restart.
+//! Needs root, runsc, debootstrap and the musl guest build (`.ci/run` provides all).
+
+use std::time::{Duration, Instant};
+
+use kraal_core::{Resources, Source, WorkspaceId, WorkspaceName};
+use kraal_gvisor::{GvisorBackend, GvisorConfig, NetworkMode};
+use kraal_image::ImageStore;
+use kraal_protocol::ExecRequest;
+use kraal_sandbox::{Backend, ExecEvent, GuestClient, SandboxSpec, SandboxStatus};
+
+fn backend(tmp: &std::path::Path) -> GvisorBackend {
+    let images = std::env::var("KRAAL_TEST_IMAGE_DIR").unwrap_or_else(|_| "/var/tmp/kraal-test-images".into());
+    GvisorBackend::new(GvisorConfig {
+        state_dir: tmp.join("workspaces"),
+        runsc_root: tmp.join("runsc"),
+        runsc: "runsc".into(),
+        network: NetworkMode::Host,
+        pool: kraal_net::DEFAULT_POOL,
+        guest_bin: kraal_sandbox::locate_guest_bin().expect("build kraal-guest for musl first"),
+        images: ImageStore::new(images),
+        platform: None,
+    })
+}
+
+async fn connect(ep: &kraal_sandbox::GuestEndpoint, token: &str) -> GuestClient {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match GuestClient::connect(ep.addr, token).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("guest never answered: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn run(c: &GuestClient, cmd: &str) -> (String, Option<i32>) {
+    let mut h = c
+        .exec(ExecRequest { argv: vec!["sh".into(), "-c".into(), cmd.into()], env: vec![], cwd: None, tty: None })
+        .await
+        .unwrap();
+    let mut out = String::new();
+    loop {
+        match h.next().await.unwrap() {
+            ExecEvent::Stdout { data, .. } | ExecEvent::Stderr { data, .. } => out.push_str(&String::from_utf8_lossy(&data)),
+            ExecEvent::Exit { code, .. } => return (out, code),
+            ExecEvent::Truncated { .. } => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_with_real_runsc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("README"), "hello\n").unwrap();
+    let b = backend(tmp.path());
+    let spec = SandboxSpec {
+        id: WorkspaceId::random(),
+        name: WorkspaceName::parse("gv-test").unwrap(),
+        source: Source::Local { path: src },
+        resources: Resources { cpus: 1.0, memory_mib: 512, pids: 256 },
+        guest_token: "tok".into(),
+    };
+    b.create(&spec).await.unwrap();
+    assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Stopped);
+    let t0 = Instant::now();
+    let ep = b.start(&spec).await.unwrap();
+    let c = connect(&ep, "tok").await;
+    eprintln!("start→guest ready: {:?}", t0.elapsed());
+    assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Running);
+    let (out, code) = run(&c, "cat /workspace/README && hostname && git --version && echo data > /workspace/new && apt-get --version >/dev/null && touch /root/layer").await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("hello\ngv-test\ngit version"), "{out}");
+    let (mem, _) = run(&c, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; cat /proc/meminfo | head -1").await;
+    eprintln!("inside memory view: {mem}");
+    b.stop(&spec.id).await.unwrap();
+    assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Stopped);
+    let ep = b.start(&spec).await.unwrap();
+    let c = connect(&ep, "tok").await;
+    let (out, code) = run(&c, "cat /workspace/new && ls /root/layer").await;
+    assert_eq!((out.as_str(), code), ("data\n/root/layer\n", Some(0)), "volume and writable layer survive stop/start");
+    b.destroy(&spec.id).await.unwrap();
+    assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Absent);
+    assert!(!kraal_net::netns_path(&spec.id).exists());
+}
