@@ -1,1 +1,205 @@
-//! placeholder
+//! The daemon's HTTP API vocabulary, shared by the server and the CLI. Every type here is
+//! part of the public, OpenAPI-described contract.
+
+use kraal_core::{BackendKind, DesiredState, Resources, Source, WorkspaceState};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// API version prefix of every route.
+pub const PREFIX: &str = "/v1";
+
+/// Every error response: a stable machine-readable `code` and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// One of: `not_found`, `already_exists`, `invalid_argument`, `conflict`, `not_running`,
+    /// `unauthorized`, `backend_unavailable`, `backend_error`, `guest_unreachable`,
+    /// `guest_error`, `path_escape`, `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub state: WorkspaceState,
+    pub desired: DesiredState,
+    pub backend: BackendKind,
+    pub source: Source,
+    pub resources: Resources,
+    /// Guest agent address on the workspace's private link, when running.
+    pub address: Option<String>,
+    /// Why the workspace is `failed`.
+    pub reason: Option<String>,
+    pub persistent: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateWorkspace {
+    /// Defaults to a name derived from the source.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub source: Source,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// Wait until the workspace is running (or failed) before answering.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct WaitParam {
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogEvent {
+    pub at: String,
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Logs {
+    /// Lifecycle events recorded by the daemon, oldest first.
+    pub events: Vec<LogEvent>,
+    /// Tail of what the sandbox runtime and guest agent printed.
+    pub console: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackendCheck {
+    pub backend: BackendKind,
+    pub usable: bool,
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostReport {
+    /// The backend new workspaces use.
+    pub selected: BackendKind,
+    pub backends: Vec<BackendCheck>,
+    pub kvm: KvmReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KvmReport {
+    pub usable: bool,
+    pub detail: String,
+    pub probe_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub version: String,
+    pub backend: BackendKind,
+    pub data_dir: String,
+    pub uptime_secs: u64,
+    pub workspaces: u64,
+    pub running: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    pub path: String,
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub modified: i64,
+    pub symlink_target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DirListing {
+    pub path: String,
+    pub entries: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FilePath {
+    /// Relative to `/workspace`, or absolute under it.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Written {
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Process {
+    pub proc: u64,
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub tty: bool,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub started_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProcessList {
+    pub processes: Vec<Process>,
+}
+
+/// Terminal size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Client → daemon text messages on the exec WebSocket. Binary messages are stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecClientMsg {
+    /// First message: start a process.
+    Start {
+        argv: Vec<String>,
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        #[serde(default)]
+        cwd: Option<String>,
+        #[serde(default)]
+        tty: Option<TermSize>,
+    },
+    /// First message: reattach to a process, replaying output after sequence `after`.
+    Attach { proc: u64, after: u64 },
+    Resize(TermSize),
+    Signal { signal: i32 },
+    /// No more standard input.
+    Eof,
+}
+
+/// Daemon → client text messages on the exec WebSocket. Binary messages are output:
+/// one byte stream id (1 stdout, 2 stderr), 8 bytes big-endian sequence, then data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecServerMsg {
+    Started { proc: u64, pid: i32 },
+    Exit { code: Option<i32>, signal: Option<i32> },
+    Truncated { first_available: u64 },
+    Error(ApiError),
+}
+
+pub const STREAM_STDOUT: u8 = 1;
+pub const STREAM_STDERR: u8 = 2;

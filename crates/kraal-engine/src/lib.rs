@@ -1,1 +1,478 @@
-//! placeholder
+//! Workspace use cases (create, up, down, remove, exec plumbing) and the reconciler.
+//!
+//! Every state-changing operation runs as a spawned task holding the workspace's operation
+//! lock, so a client that disconnects never leaves an operation half-done, and two
+//! operations on one workspace never interleave. The reconciler periodically compares the
+//! database's desired state with what the backend reports and repairs the difference,
+//! which is also how the daemon picks up running sandboxes after a restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kraal_core::{
+    BackendKind, DesiredState, NameError, Resources, Source, WorkspaceId, WorkspaceName, WorkspaceState, derive_name,
+};
+use kraal_sandbox::{Backend, BackendError, GuestClient, GuestClientError, SandboxSpec, SandboxStatus};
+use kraal_store::{Store, StoreError, WorkspaceRecord};
+use rand::RngCore;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no workspace named {reference}")]
+    NotFound { reference: String },
+    #[error("a workspace named {name} already exists")]
+    NameTaken { name: String },
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("workspace {workspace} is {state}; cannot {op} it now")]
+    Conflict { workspace: String, state: &'static str, op: &'static str },
+    #[error("workspace {workspace} is not running (it is {state}); start it with `kraal up {workspace}`")]
+    NotRunning { workspace: String, state: &'static str },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("workspace {workspace}: guest agent unreachable")]
+    Guest {
+        workspace: String,
+        #[source]
+        source: GuestClientError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl EngineError {
+    /// Stable code for the HTTP layer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::NotFound { .. } => "not_found",
+            EngineError::NameTaken { .. } => "already_exists",
+            EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
+            EngineError::Conflict { .. } => "conflict",
+            EngineError::NotRunning { .. } => "not_running",
+            EngineError::Backend(BackendError::Unavailable { .. } | BackendError::Unsupported { .. }) => {
+                "backend_unavailable"
+            }
+            EngineError::Backend(_) => "backend_error",
+            EngineError::Guest { source: GuestClientError::Guest(g), .. } => match g.code {
+                kraal_protocol::ErrorCode::PathEscape => "path_escape",
+                kraal_protocol::ErrorCode::NotFound => "not_found",
+                kraal_protocol::ErrorCode::InvalidRequest => "invalid_argument",
+                _ => "guest_error",
+            },
+            EngineError::Guest { .. } => "guest_unreachable",
+            EngineError::Store(_) => "internal",
+        }
+    }
+}
+
+/// The whole chain of an error on one line, for records and logs.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// What a client asks for when creating a workspace.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub source: Source,
+    pub resources: Option<Resources>,
+}
+
+/// The result of an operation that may still be running.
+pub struct Pending {
+    pub record: WorkspaceRecord,
+    pub done: JoinHandle<Result<WorkspaceRecord, String>>,
+}
+
+pub struct Engine {
+    store: Store,
+    backend: Arc<dyn Backend>,
+    guests: Mutex<HashMap<WorkspaceId, GuestClient>>,
+    locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    started: Instant,
+}
+
+/// How long a freshly started sandbox gets to bring its guest agent up.
+const GUEST_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Engine {
+    pub fn new(store: Store, backend: Arc<dyn Backend>) -> Arc<Self> {
+        Arc::new(Engine {
+            store,
+            backend,
+            guests: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn backend_kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap().entry(id.clone()).or_default().clone()
+    }
+
+    fn event(&self, id: &WorkspaceId, level: &str, msg: &str) {
+        match level {
+            "error" => tracing::error!(workspace = %id, "{msg}"),
+            "warn" => tracing::warn!(workspace = %id, "{msg}"),
+            _ => tracing::info!(workspace = %id, "{msg}"),
+        }
+        let _ = self.store.add_event(id, level, msg);
+    }
+
+    pub fn resolve(&self, reference: &str) -> Result<WorkspaceRecord, EngineError> {
+        self.store.resolve(reference)?.ok_or_else(|| EngineError::NotFound { reference: reference.to_owned() })
+    }
+
+    pub fn list(&self) -> Result<Vec<WorkspaceRecord>, EngineError> {
+        Ok(self.store.list()?)
+    }
+
+    fn spec(rec: &WorkspaceRecord) -> SandboxSpec {
+        SandboxSpec {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            source: rec.source.clone(),
+            resources: rec.resources,
+            guest_token: rec.guest_token.clone(),
+        }
+    }
+
+    /// Validates and records a new workspace, then creates and starts it in the background.
+    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Pending, EngineError> {
+        if let Source::Local { path } = &req.source {
+            let md = std::fs::metadata(path)
+                .map_err(|_| EngineError::Invalid(format!("source directory {} does not exist", path.display())))?;
+            if !md.is_dir() {
+                return Err(EngineError::Invalid(format!("source {} is not a directory", path.display())));
+            }
+        }
+        let resources = req.resources.unwrap_or_default();
+        resources.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let name = match &req.name {
+            Some(n) => WorkspaceName::parse(n)?,
+            None => self.free_name(&derive_name(&req.source.basename().unwrap_or_else(|| "workspace".into())))?,
+        };
+        let mut token = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut token);
+        let now = kraal_store::now();
+        let rec = WorkspaceRecord {
+            id: WorkspaceId::random(),
+            name,
+            backend: self.backend.kind(),
+            source: req.source,
+            resources,
+            state: WorkspaceState::Creating,
+            desired: DesiredState::Running,
+            reason: None,
+            guest_token: hex::encode(token),
+            guest_addr: None,
+            persistent: false,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.store.insert(&rec).map_err(|e| match e {
+            StoreError::NameTaken { name } => EngineError::NameTaken { name },
+            e => e.into(),
+        })?;
+        self.event(&rec.id, "info", &format!("created from {}", rec.source.describe()));
+        let me = self.clone();
+        let id = rec.id.clone();
+        let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
+        Ok(Pending { record: rec, done })
+    }
+
+    fn free_name(&self, base: &WorkspaceName) -> Result<WorkspaceName, EngineError> {
+        if self.store.get_by_name(base.as_str())?.is_none() {
+            return Ok(base.clone());
+        }
+        for i in 2..1000 {
+            let mut stem = base.as_str().to_owned();
+            let suffix = format!("-{i}");
+            stem.truncate(63 - suffix.len());
+            let candidate = WorkspaceName::parse(&format!("{}{suffix}", stem.trim_end_matches('-')))?;
+            if self.store.get_by_name(candidate.as_str())?.is_none() {
+                return Ok(candidate);
+            }
+        }
+        Err(EngineError::Invalid(format!("no free name derived from {base}; pass --name")))
+    }
+
+    /// Brings a workspace to running (start, or restart after a failure).
+    pub fn up(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.state == WorkspaceState::Deleting {
+            return Err(EngineError::Conflict { workspace: rec.name.to_string(), state: rec.state.as_str(), op: "start" });
+        }
+        self.store.set_desired(&rec.id, DesiredState::Running)?;
+        let me = self.clone();
+        let id = rec.id.clone();
+        let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
+        Ok(Pending { record: rec, done })
+    }
+
+    /// Stops a workspace, keeping its volume.
+    pub fn down(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.state == WorkspaceState::Deleting {
+            return Err(EngineError::Conflict { workspace: rec.name.to_string(), state: rec.state.as_str(), op: "stop" });
+        }
+        self.store.set_desired(&rec.id, DesiredState::Stopped)?;
+        let me = self.clone();
+        let id = rec.id.clone();
+        let done = tokio::spawn(async move { me.run_op(&id, Op::Stop).await });
+        Ok(Pending { record: rec, done })
+    }
+
+    /// Removes a workspace and everything it owns.
+    pub fn remove(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
+        let rec = self.resolve(reference)?;
+        self.store.set_desired(&rec.id, DesiredState::Stopped)?;
+        let me = self.clone();
+        let id = rec.id.clone();
+        let done = tokio::spawn(async move { me.run_op(&id, Op::Remove).await });
+        Ok(Pending { record: rec, done })
+    }
+
+    async fn run_op(self: &Arc<Self>, id: &WorkspaceId, op: Op) -> Result<WorkspaceRecord, String> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let Some(rec) = self.store.get(id).map_err(|e| chain(&e))? else {
+            return Err(format!("workspace {id} no longer exists"));
+        };
+        let result = match op {
+            Op::Start => self.do_start(&rec).await,
+            Op::Stop => self.do_stop(&rec).await,
+            Op::Remove => self.do_remove(&rec).await,
+        };
+        match result {
+            Ok(()) if op == Op::Remove => Ok(rec),
+            Ok(()) => self.store.get(id).ok().flatten().ok_or_else(|| "workspace vanished".to_owned()),
+            Err(e) => {
+                let reason = chain(&e);
+                self.event(id, "error", &format!("{} failed: {reason}", op.as_str()));
+                let _ = self.store.set_state(id, WorkspaceState::Failed, Some(&reason));
+                Err(reason)
+            }
+        }
+    }
+
+    async fn do_start(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
+        let spec = Self::spec(rec);
+        if self.backend.status(&rec.id).await? == SandboxStatus::Running {
+            if self.connect(rec).await.is_ok() {
+                self.store.set_state(&rec.id, WorkspaceState::Running, None)?;
+                return Ok(());
+            }
+        }
+        if rec.state == WorkspaceState::Creating || self.backend.status(&rec.id).await? == SandboxStatus::Absent {
+            self.store.set_state(&rec.id, WorkspaceState::Creating, None)?;
+            let t0 = Instant::now();
+            self.backend.create(&spec).await?;
+            self.event(&rec.id, "info", &format!("sandbox resources ready in {} ms", t0.elapsed().as_millis()));
+        }
+        self.store.set_state(&rec.id, WorkspaceState::Starting, None)?;
+        let t0 = Instant::now();
+        let ep = self.backend.start(&spec).await?;
+        self.store.set_guest_addr(&rec.id, Some(&ep.addr.to_string()))?;
+        let client = self.connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT).await?;
+        self.event(
+            &rec.id,
+            "info",
+            &format!("running on {} (guest {} at {}), ready in {} ms", self.backend.kind(), client.guest_version, ep.addr, t0.elapsed().as_millis()),
+        );
+        self.store.set_state(&rec.id, WorkspaceState::Running, None)?;
+        Ok(())
+    }
+
+    async fn do_stop(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
+        self.store.set_state(&rec.id, WorkspaceState::Stopping, None)?;
+        // Let the guest stop processes and flush before the runtime pulls the plug.
+        if let Some(c) = self.cached_guest(&rec.id) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), c.shutdown(Duration::from_secs(5))).await;
+        }
+        self.guests.lock().unwrap().remove(&rec.id);
+        self.backend.stop(&rec.id).await?;
+        self.store.set_guest_addr(&rec.id, None)?;
+        self.store.set_state(&rec.id, WorkspaceState::Stopped, None)?;
+        self.event(&rec.id, "info", "stopped; volume kept");
+        Ok(())
+    }
+
+    async fn do_remove(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
+        self.store.set_state(&rec.id, WorkspaceState::Deleting, None)?;
+        self.guests.lock().unwrap().remove(&rec.id);
+        self.backend.destroy(&rec.id).await?;
+        self.store.delete(&rec.id)?;
+        self.locks.lock().unwrap().remove(&rec.id);
+        tracing::info!(workspace = %rec.id, name = %rec.name, "removed");
+        Ok(())
+    }
+
+    fn cached_guest(&self, id: &WorkspaceId) -> Option<GuestClient> {
+        self.guests.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned()
+    }
+
+    async fn connect(&self, rec: &WorkspaceRecord) -> Result<GuestClient, EngineError> {
+        if let Some(c) = self.cached_guest(&rec.id) {
+            return Ok(c);
+        }
+        let ep = self.backend.endpoint(&rec.id).await?;
+        let c = GuestClient::connect(ep.addr, &rec.guest_token)
+            .await
+            .map_err(|source| EngineError::Guest { workspace: rec.name.to_string(), source })?;
+        self.guests.lock().unwrap().insert(rec.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    async fn connect_with_retry(
+        &self,
+        rec: &WorkspaceRecord,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<GuestClient, EngineError> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match GuestClient::connect(addr, &rec.guest_token).await {
+                Ok(c) => {
+                    self.guests.lock().unwrap().insert(rec.id.clone(), c.clone());
+                    return Ok(c);
+                }
+                Err(e @ GuestClientError::Denied { .. }) | Err(e @ GuestClientError::Protocol(_)) => {
+                    return Err(EngineError::Guest { workspace: rec.name.to_string(), source: e });
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(EngineError::Guest { workspace: rec.name.to_string(), source: e });
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// A connected guest client for a running workspace.
+    pub async fn guest(&self, reference: &str) -> Result<(WorkspaceRecord, GuestClient), EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.state != WorkspaceState::Running {
+            return Err(EngineError::NotRunning { workspace: rec.name.to_string(), state: rec.state.as_str() });
+        }
+        let c = self.connect(&rec).await?;
+        Ok((rec, c))
+    }
+
+    /// One reconciliation pass over every workspace not busy with an operation.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let Ok(all) = self.store.list() else { return };
+        for rec in all {
+            let lock = self.lock_for(&rec.id);
+            let Ok(_guard) = lock.try_lock() else { continue };
+            let Some(rec) = self.store.get(&rec.id).ok().flatten() else { continue };
+            let observed = match self.backend.status(&rec.id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(workspace = %rec.id, "status: {}", chain(&e));
+                    continue;
+                }
+            };
+            match (rec.desired, observed, rec.state) {
+                (DesiredState::Running, SandboxStatus::Running, _) => {
+                    if let Err(e) = self.connect(&rec).await {
+                        if rec.state == WorkspaceState::Running {
+                            tracing::warn!(workspace = %rec.id, "guest check: {}", chain(&e));
+                        }
+                    } else if rec.state != WorkspaceState::Running {
+                        let _ = self.store.set_state(&rec.id, WorkspaceState::Running, None);
+                        self.event(&rec.id, "info", "sandbox found running; guest reconnected");
+                    }
+                }
+                // A failed workspace waits for the user; an interrupted create or start
+                // (daemon killed mid-way) is finished here.
+                (DesiredState::Running, SandboxStatus::Stopped | SandboxStatus::Absent, state)
+                    if state != WorkspaceState::Failed =>
+                {
+                    self.guests.lock().unwrap().remove(&rec.id);
+                    let why = if state == WorkspaceState::Running { "sandbox is not running" } else { "operation was interrupted" };
+                    self.event(&rec.id, "warn", &format!("{why}; starting it again"));
+                    drop(_guard);
+                    let me = self.clone();
+                    let id = rec.id.clone();
+                    tokio::spawn(async move { me.run_op(&id, Op::Start).await });
+                }
+                (DesiredState::Stopped, SandboxStatus::Running | SandboxStatus::Paused, _) => {
+                    drop(_guard);
+                    let me = self.clone();
+                    let id = rec.id.clone();
+                    tokio::spawn(async move { me.run_op(&id, Op::Stop).await });
+                }
+                (DesiredState::Stopped, SandboxStatus::Stopped | SandboxStatus::Absent, s)
+                    if s != WorkspaceState::Stopped && s != WorkspaceState::Failed =>
+                {
+                    let _ = self.store.set_state(&rec.id, WorkspaceState::Stopped, None);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs [`Engine::reconcile`] now and then every `interval` until the task is dropped.
+    pub fn spawn_reconciler(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.reconcile().await;
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Start,
+    Stop,
+    Remove,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Remove => "remove",
+        }
+    }
+}

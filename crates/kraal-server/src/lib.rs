@@ -1,1 +1,64 @@
-//! placeholder
+//! The daemon's HTTP API. Handlers only parse requests into engine calls and map results
+//! to responses; every error leaves as `{"code", "message"}` with a stable code.
+
+mod error;
+mod exec;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use kraal_api::HostReport;
+use kraal_engine::Engine;
+
+pub use error::HttpError;
+pub use routes::ApiDoc;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub host: Arc<HostReport>,
+    pub data_dir: String,
+}
+
+/// The API router. With `token`, every request must carry `Authorization: Bearer <token>`
+/// (used for TCP listeners; the Unix socket is protected by file permissions).
+pub fn router(state: AppState, token: Option<String>) -> Router {
+    let app = routes::routes().with_state(state);
+    match token {
+        Some(t) => {
+            let t = Arc::new(t);
+            app.layer(middleware::from_fn(move |req: Request, next: Next| {
+                let t = t.clone();
+                async move { require_token(&t, req, next).await }
+            }))
+        }
+        None => app,
+    }
+}
+
+async fn require_token(token: &str, req: Request, next: Next) -> Response {
+    use subtle::ConstantTimeEq;
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        next.run(req).await
+    } else {
+        HttpError::unauthorized().into_response()
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    ApiDoc::openapi().to_pretty_json().expect("openapi serializes") + "\n"
+}

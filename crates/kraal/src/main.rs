@@ -1,1 +1,153 @@
-fn main() {}
+//! `kraal`: the command-line client and, as `kraal serve`, the daemon.
+//!
+//! Exit codes: 0 success; 1 error; 2 usage error; for `exec`/`shell`, the command's own
+//! exit code (128+N when killed by signal N) and 125 when kraal itself failed.
+
+mod cli;
+mod client;
+mod commands;
+mod exec;
+mod host;
+mod kvm;
+mod paths;
+mod serve;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, HostCommand};
+use client::{Client, ClientError, Endpoint};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::KvmProbe = cli.command {
+        return match kvm::run_in_process() {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let is_serve = matches!(cli.command, Command::Serve(_));
+    if !is_serve {
+        // Like other Unix tools, die quietly when a pipe reader goes away (`kraal ls | head`).
+        // SAFETY: setting a signal disposition to its default has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let default_level = if is_serve { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KRAAL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let is_exec = matches!(cli.command, Command::Exec(_) | Command::Shell { .. });
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kraal: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kraal: error: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            if is_exec { 125 } else { 1 }
+        }
+    };
+    // Do not wait for the blocking stdin reader thread of `exec`.
+    std::process::exit(code);
+}
+
+fn hint(e: &anyhow::Error) -> Option<String> {
+    match e.downcast_ref::<ClientError>()? {
+        ClientError::DaemonDown { .. } => Some(
+            "start the daemon with `kraal serve` (as root), or point --host / KRAAL_HOST at a running one".into(),
+        ),
+        ClientError::Api { code, .. } if code == "not_found" => Some("`kraal ls` lists workspaces".into()),
+        ClientError::Api { code, .. } if code == "unauthorized" => Some("set KRAAL_TOKEN to the daemon's API token".into()),
+        _ => None,
+    }
+}
+
+fn client(host: Option<String>) -> Client {
+    let token = std::env::var("KRAAL_TOKEN").ok();
+    let endpoint = match host {
+        Some(h) if h.starts_with("tcp://") => Endpoint::Tcp(h.trim_start_matches("tcp://").to_owned()),
+        Some(h) => Endpoint::Unix(PathBuf::from(h.trim_start_matches("unix:"))),
+        None => Endpoint::Unix(paths::socket()),
+    };
+    Client::new(endpoint, token)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let c = client(cli.host.clone());
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await.map(|()| 0),
+        Command::Up(a) => commands::up(&c, a).await.map(|()| 0),
+        Command::Ls { json } => commands::ls(&c, json).await.map(|()| 0),
+        Command::Exec(a) => {
+            let mut env = Vec::new();
+            for kv in &a.env {
+                let Some((k, v)) = kv.split_once('=') else {
+                    anyhow::bail!("--env {kv:?} must be KEY=VALUE");
+                };
+                env.push((k.to_owned(), v.to_owned()));
+            }
+            let opts = exec::ExecOptions { argv: a.command, env, cwd: a.workdir, tty: a.tty, forward_stdin: !a.no_stdin };
+            exec::run(&c, &a.workspace, opts).await
+        }
+        Command::Shell { workspace, workdir } => {
+            if !std::io::stdin().is_terminal() {
+                anyhow::bail!("`kraal shell` needs a terminal; use `kraal exec {workspace} -- <command>` from scripts");
+            }
+            let argv = ["/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"];
+            let opts = exec::ExecOptions {
+                argv: argv.map(String::from).to_vec(),
+                env: vec![],
+                cwd: workdir,
+                tty: true,
+                forward_stdin: true,
+            };
+            exec::run(&c, &workspace, opts).await
+        }
+        Command::Down { workspace, detach } => commands::down(&c, &workspace, detach).await.map(|()| 0),
+        Command::Rm { workspace, yes } => commands::rm(&c, &workspace, yes).await.map(|()| 0),
+        Command::Logs { workspace, events_only } => commands::logs(&c, &workspace, events_only).await.map(|()| 0),
+        Command::Ps { workspace } => commands::ps(&c, &workspace).await.map(|()| 0),
+        Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
+        Command::Host(HostCommand::Check { json }) => {
+            let opts = host::BackendOptions {
+                data_dir: paths::data_dir(),
+                runsc: std::env::var_os("KRAAL_RUNSC").map(PathBuf::from).unwrap_or_else(|| "runsc".into()),
+                guest_bin: std::env::var_os("KRAAL_GUEST_BIN").map(PathBuf::from),
+                network: kraal_gvisor::NetworkMode::Host,
+            };
+            let (report, _) = host::inspect(&opts).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                host::print_report(&report);
+            }
+            Ok(if report.backends.iter().any(|b| b.usable) { 0 } else { 1 })
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kraal", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::KvmProbe => unreachable!("handled before the runtime starts"),
+    }
+}

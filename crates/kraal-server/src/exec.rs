@@ -1,0 +1,125 @@
+//! The exec WebSocket: bridges one client to one guest process. Closing the socket
+//! detaches (the process keeps running and can be reattached with `attach`).
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use kraal_api::{ApiError, ExecClientMsg, ExecServerMsg, STREAM_STDERR, STREAM_STDOUT};
+use kraal_protocol::{ExecRequest, TtySize};
+use kraal_sandbox::{ExecEvent, GuestClient, GuestClientError};
+
+use crate::AppState;
+use crate::error::HttpError;
+
+/// Start or attach to a process. Upgrade to a WebSocket, send `ExecClientMsg::Start` or
+/// `Attach` as the first text message, then stdin as binary messages.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/exec", params(("ws" = String, Path)),
+    responses((status = 101, description = "WebSocket; see ExecClientMsg and ExecServerMsg"), (status = 409, body = kraal_api::ApiError)))]
+pub async fn exec_ws(State(s): State<AppState>, Path(ws): Path<String>, upgrade: WebSocketUpgrade) -> Result<Response, HttpError> {
+    let (_rec, client) = s.engine.guest(&ws).await?;
+    Ok(upgrade.on_upgrade(move |socket| session(socket, client)))
+}
+
+fn text(m: &ExecServerMsg) -> Message {
+    Message::Text(serde_json::to_string(m).expect("serializes").into())
+}
+
+fn error_msg(code: &str, message: String) -> Message {
+    text(&ExecServerMsg::Error(ApiError { code: code.to_owned(), message }))
+}
+
+fn guest_error(e: &GuestClientError) -> Message {
+    match e {
+        GuestClientError::Guest(g) => {
+            let code = serde_json::to_value(g.code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            error_msg(&code, g.message.clone())
+        }
+        e => error_msg("guest_unreachable", e.to_string()),
+    }
+}
+
+async fn session(socket: WebSocket, client: GuestClient) {
+    let (mut tx, mut rx) = socket.split();
+    let first = match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ExecClientMsg>(&t),
+        _ => {
+            let _ = tx.send(error_msg("invalid_argument", "expected a start or attach message".into())).await;
+            return;
+        }
+    };
+    let started = match first {
+        Ok(ExecClientMsg::Start { argv, env, cwd, tty }) => {
+            if argv.is_empty() {
+                let _ = tx.send(error_msg("invalid_argument", "empty command".into())).await;
+                return;
+            }
+            client.exec(ExecRequest { argv, env, cwd, tty: tty.map(|t| TtySize { rows: t.rows, cols: t.cols }) }).await
+        }
+        Ok(ExecClientMsg::Attach { proc, after }) => client.attach(proc, after).await,
+        Ok(_) => {
+            let _ = tx.send(error_msg("invalid_argument", "the first message must be start or attach".into())).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(error_msg("invalid_argument", format!("malformed message: {e}"))).await;
+            return;
+        }
+    };
+    let mut handle = match started {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = tx.send(guest_error(&e)).await;
+            return;
+        }
+    };
+    if tx.send(text(&ExecServerMsg::Started { proc: handle.proc, pid: handle.pid })).await.is_err() {
+        return;
+    }
+    let input = handle.sender();
+    loop {
+        tokio::select! {
+            ev = handle.next() => {
+                let msg = match ev {
+                    Ok(ExecEvent::Stdout { seq, data }) => output(STREAM_STDOUT, seq, &data),
+                    Ok(ExecEvent::Stderr { seq, data }) => output(STREAM_STDERR, seq, &data),
+                    Ok(ExecEvent::Truncated { first_available }) => text(&ExecServerMsg::Truncated { first_available }),
+                    Ok(ExecEvent::Exit { code, signal }) => {
+                        let _ = tx.send(text(&ExecServerMsg::Exit { code, signal })).await;
+                        let _ = tx.send(Message::Close(None)).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(guest_error(&e)).await;
+                        return;
+                    }
+                };
+                if tx.send(msg).await.is_err() {
+                    return; // Client gone: detach.
+                }
+            }
+            msg = rx.next() => match msg {
+                Some(Ok(Message::Binary(b))) => { let _ = input.stdin(b).await; }
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ExecClientMsg>(&t) {
+                    Ok(ExecClientMsg::Resize(sz)) => { let _ = input.resize(TtySize { rows: sz.rows, cols: sz.cols }).await; }
+                    Ok(ExecClientMsg::Signal { signal }) => { let _ = input.signal(signal).await; }
+                    Ok(ExecClientMsg::Eof) => { let _ = input.eof().await; }
+                    _ => {}
+                },
+                Some(Ok(_)) => {}
+                // Client closed or vanished: detach and leave the process running.
+                Some(Err(_)) | None => return,
+            },
+        }
+    }
+}
+
+fn output(stream: u8, seq: u64, data: &[u8]) -> Message {
+    let mut b = Vec::with_capacity(9 + data.len());
+    b.push(stream);
+    b.extend_from_slice(&seq.to_be_bytes());
+    b.extend_from_slice(data);
+    Message::Binary(b.into())
+}

@@ -1,0 +1,311 @@
+//! Route table and handlers.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kraal_api::*;
+use kraal_core::{Source, WorkspaceState};
+use kraal_engine::{CreateRequest, Pending, chain};
+use kraal_store::WorkspaceRecord;
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::AppState;
+use crate::error::HttpError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kraal daemon API", description = "Workspaces in sandboxes, driven by the kraal CLI and web UI."),
+    paths(
+        status, host, list_workspaces, create_workspace, get_workspace, up_workspace, down_workspace,
+        remove_workspace, logs, processes, stat_file, list_dir, read_file, write_file, remove_file, mkdir,
+        crate::exec::exec_ws, openapi_doc,
+    ),
+    components(schemas(ExecClientMsg, ExecServerMsg))
+)]
+pub struct ApiDoc;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/host", get(host))
+        .route("/v1/openapi.json", get(openapi_doc))
+        .route("/v1/workspaces", get(list_workspaces).post(create_workspace))
+        .route("/v1/workspaces/{ws}", get(get_workspace).delete(remove_workspace))
+        .route("/v1/workspaces/{ws}/up", axum::routing::post(up_workspace))
+        .route("/v1/workspaces/{ws}/down", axum::routing::post(down_workspace))
+        .route("/v1/workspaces/{ws}/logs", get(logs))
+        .route("/v1/workspaces/{ws}/processes", get(processes))
+        .route("/v1/workspaces/{ws}/exec", get(crate::exec::exec_ws))
+        .route("/v1/workspaces/{ws}/files/stat", get(stat_file))
+        .route("/v1/workspaces/{ws}/files/list", get(list_dir))
+        .route("/v1/workspaces/{ws}/files/mkdir", axum::routing::post(mkdir))
+        .route(
+            "/v1/workspaces/{ws}/files/content",
+            get(read_file).put(write_file).delete(remove_file).layer(DefaultBodyLimit::max(MAX_FILE as usize)),
+        )
+        .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+}
+
+/// Largest file the API reads or writes in one request.
+const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+pub fn to_api(r: &WorkspaceRecord) -> Workspace {
+    Workspace {
+        id: r.id.to_string(),
+        name: r.name.to_string(),
+        state: r.state,
+        desired: r.desired,
+        backend: r.backend,
+        source: r.source.clone(),
+        resources: r.resources,
+        address: if r.state == WorkspaceState::Running { r.guest_addr.clone() } else { None },
+        reason: r.reason.clone(),
+        persistent: r.persistent,
+        created_at: r.created_at.clone(),
+        updated_at: r.updated_at.clone(),
+    }
+}
+
+/// Waits for an operation when asked to, turning its failure into an error response.
+async fn settle(p: Pending, wait: bool, ok: StatusCode) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    if !wait {
+        return Ok((StatusCode::ACCEPTED, Json(to_api(&p.record))));
+    }
+    match p.done.await {
+        Ok(Ok(rec)) => Ok((ok, Json(to_api(&rec)))),
+        Ok(Err(reason)) => Err(HttpError::new(StatusCode::BAD_GATEWAY, "backend_error", reason)),
+        Err(e) => Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("operation task: {e}"))),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = Status)))]
+async fn status(State(s): State<AppState>) -> Result<Json<Status>, HttpError> {
+    let all = s.engine.list()?;
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        backend: s.engine.backend_kind(),
+        data_dir: s.data_dir.clone(),
+        uptime_secs: s.engine.uptime().as_secs(),
+        workspaces: all.len() as u64,
+        running: all.iter().filter(|w| w.state == WorkspaceState::Running).count() as u64,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/host", responses((status = 200, body = HostReport)))]
+async fn host(State(s): State<AppState>) -> Json<HostReport> {
+    Json((*s.host).clone())
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "This document")))]
+async fn openapi_doc() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::openapi_json()).into_response()
+}
+
+#[utoipa::path(get, path = "/v1/workspaces", responses((status = 200, body = WorkspaceList)))]
+async fn list_workspaces(State(s): State<AppState>) -> Result<Json<WorkspaceList>, HttpError> {
+    Ok(Json(WorkspaceList { workspaces: s.engine.list()?.iter().map(to_api).collect() }))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace,
+    responses((status = 201, body = Workspace), (status = 202, body = Workspace, description = "Accepted; poll for the state"),
+        (status = 400, body = ApiError), (status = 409, body = ApiError)))]
+async fn create_workspace(
+    State(s): State<AppState>,
+    body: Result<Json<CreateWorkspace>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let source = match req.source {
+        Source::Git { url, branch } => Source::git(&url, branch).map_err(|e| HttpError::bad_request(e.to_string()))?,
+        Source::Local { path } => Source::local(path).map_err(|e| HttpError::bad_request(e.to_string()))?,
+        Source::Empty => Source::Empty,
+    };
+    let p = s.engine.create(CreateRequest { name: req.name, source, resources: req.resources })?;
+    settle(p, req.wait, StatusCode::CREATED).await
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}", params(("ws" = String, Path, description = "Workspace name or id")),
+    responses((status = 200, body = Workspace), (status = 404, body = ApiError)))]
+async fn get_workspace(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<Workspace>, HttpError> {
+    Ok(Json(to_api(&s.engine.resolve(&ws)?)))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/up", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
+    responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError)))]
+async fn up_workspace(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<WaitParam>,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    settle(s.engine.up(&ws)?, q.wait, StatusCode::OK).await
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/down", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
+    responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError)))]
+async fn down_workspace(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<WaitParam>,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    settle(s.engine.down(&ws)?, q.wait, StatusCode::OK).await
+}
+
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
+    responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError)))]
+async fn remove_workspace(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<WaitParam>,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    settle(s.engine.remove(&ws)?, q.wait, StatusCode::OK).await
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/logs", params(("ws" = String, Path)),
+    responses((status = 200, body = Logs), (status = 404, body = ApiError)))]
+async fn logs(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<Logs>, HttpError> {
+    let rec = s.engine.resolve(&ws)?;
+    let events = s
+        .engine
+        .store()
+        .events(&rec.id, 500)
+        .map_err(kraal_engine::EngineError::from)?
+        .into_iter()
+        .map(|e| LogEvent { at: e.at, level: e.level, message: e.message })
+        .collect();
+    let console = s.engine.backend().console_log(&rec.id, 64 * 1024).await.unwrap_or_else(|e| format!("(console unavailable: {})", chain(&e)));
+    Ok(Json(Logs { events, console }))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/processes", params(("ws" = String, Path)),
+    responses((status = 200, body = ProcessList), (status = 409, body = ApiError)))]
+async fn processes(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<ProcessList>, HttpError> {
+    let (rec, c) = s.engine.guest(&ws).await?;
+    let list = c.processes().await.map_err(|e| guest_err(&rec, e))?;
+    Ok(Json(ProcessList {
+        processes: list
+            .into_iter()
+            .map(|p| Process {
+                proc: p.proc,
+                pid: p.pid,
+                argv: p.argv,
+                tty: p.tty,
+                running: p.running,
+                exit_code: p.exit_code,
+                exit_signal: p.exit_signal,
+                started_ms: p.started_ms,
+            })
+            .collect(),
+    }))
+}
+
+pub fn guest_err(rec: &WorkspaceRecord, e: kraal_sandbox::GuestClientError) -> HttpError {
+    kraal_engine::EngineError::Guest { workspace: rec.name.to_string(), source: e }.into()
+}
+
+fn entry(i: kraal_protocol::FileInfo) -> FileEntry {
+    FileEntry {
+        path: i.path,
+        name: i.name,
+        kind: match i.file_type {
+            kraal_protocol::FileType::File => FileKind::File,
+            kraal_protocol::FileType::Dir => FileKind::Dir,
+            kraal_protocol::FileType::Symlink => FileKind::Symlink,
+            kraal_protocol::FileType::Other => FileKind::Other,
+        },
+        size: i.size,
+        mode: i.mode,
+        modified: i.modified,
+        symlink_target: i.symlink_target,
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct PathQuery {
+    /// Relative to /workspace, or absolute under it.
+    path: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct WriteQuery {
+    path: String,
+    /// Octal permission bits, e.g. 644.
+    #[serde(default)]
+    mode: Option<String>,
+    /// Create missing parent directories.
+    #[serde(default)]
+    parents: bool,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct RemoveQuery {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/files/stat", params(("ws" = String, Path), PathQuery),
+    responses((status = 200, body = FileEntry), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn stat_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Json<FileEntry>, HttpError> {
+    let (rec, c) = s.engine.guest(&ws).await?;
+    Ok(Json(entry(c.stat(&q.path).await.map_err(|e| guest_err(&rec, e))?)))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/files/list", params(("ws" = String, Path), PathQuery),
+    responses((status = 200, body = DirListing), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn list_dir(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Json<DirListing>, HttpError> {
+    let (rec, c) = s.engine.guest(&ws).await?;
+    let entries = c.list_dir(&q.path).await.map_err(|e| guest_err(&rec, e))?;
+    Ok(Json(DirListing { path: q.path, entries: entries.into_iter().map(entry).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/files/content", params(("ws" = String, Path), PathQuery),
+    responses((status = 200, description = "File bytes", content_type = "application/octet-stream"), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn read_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Response, HttpError> {
+    let (rec, c) = s.engine.guest(&ws).await?;
+    let data = c.read_file(&q.path, MAX_FILE).await.map_err(|e| guest_err(&rec, e))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/files/content", params(("ws" = String, Path), WriteQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Written), (status = 400, body = ApiError)))]
+async fn write_file(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<WriteQuery>,
+    body: Bytes,
+) -> Result<Json<Written>, HttpError> {
+    let mode = match &q.mode {
+        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| HttpError::bad_request(format!("mode {m:?} is not octal")))?),
+        None => None,
+    };
+    let (rec, c) = s.engine.guest(&ws).await?;
+    let bytes = c.write_file(&q.path, &body, mode, q.parents).await.map_err(|e| guest_err(&rec, e))?;
+    Ok(Json(Written { bytes }))
+}
+
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}/files/content", params(("ws" = String, Path), RemoveQuery),
+    responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+async fn remove_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, HttpError> {
+    let (rec, c) = s.engine.guest(&ws).await?;
+    c.remove(&q.path, q.recursive).await.map_err(|e| guest_err(&rec, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/files/mkdir", params(("ws" = String, Path)), request_body = FilePath,
+    responses((status = 204), (status = 400, body = ApiError)))]
+async fn mkdir(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    body: Result<Json<FilePath>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, HttpError> {
+    let Json(p) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let (rec, c) = s.engine.guest(&ws).await?;
+    c.mkdir(&p.path, true).await.map_err(|e| guest_err(&rec, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+

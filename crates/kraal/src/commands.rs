@@ -1,0 +1,228 @@
+//! Client commands that talk to the daemon.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hyper::Method;
+use kraal_api::*;
+use kraal_core::{Resources, Source, parse_memory_mib};
+
+use crate::cli::UpArgs;
+use crate::client::{Client, ClientError, enc};
+
+fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("{msg}");
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg);
+    pb.enable_steady_tick(Duration::from_millis(100));
+    Some(pb)
+}
+
+/// What `kraal up <target>` refers to.
+#[derive(Debug, PartialEq)]
+pub enum Target {
+    Existing(String),
+    Create(Source),
+}
+
+/// Paths win when the argument looks like one (has a slash or is `.`/`..`); otherwise an
+/// existing workspace of that name wins over a directory of that name.
+pub async fn resolve_target(client: &Client, a: &UpArgs) -> anyhow::Result<Target> {
+    let t = a.target.as_str();
+    if Source::looks_like_git_url(t) {
+        return Ok(Target::Create(Source::git(t, a.branch.clone())?));
+    }
+    let pathish = t.contains('/') || t == "." || t == "..";
+    if !pathish {
+        match client.get::<Workspace>(&format!("/v1/workspaces/{}", enc(t))).await {
+            Ok(w) => return Ok(Target::Existing(w.name)),
+            Err(ClientError::Api { code, .. }) if code == "not_found" => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let p = Path::new(t);
+    if p.is_dir() {
+        let abs = p.canonicalize().with_context(|| format!("cannot resolve {t}"))?;
+        return Ok(Target::Create(Source::local(abs)?));
+    }
+    if p.exists() {
+        bail!("{t} is not a directory; `kraal up` takes a directory, a git URL or a workspace name");
+    }
+    bail!("no workspace, directory or git URL named {t:?}\nhint: `kraal ls` lists workspaces")
+}
+
+pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
+    let target = resolve_target(client, &a).await?;
+    let wait = !a.detach;
+    let (w, verb): (Workspace, &str) = match target {
+        Target::Existing(name) => {
+            if a.name.is_some() || a.cpus.is_some() || a.memory.is_some() || a.pids.is_some() || a.branch.is_some() {
+                bail!("workspace {name} already exists; --name, --branch, --cpus, --memory and --pids only apply when creating one");
+            }
+            let pb = spinner(format!("starting {name}…"));
+            let r = client.send::<(), Workspace>(Method::POST, &format!("/v1/workspaces/{}/up?wait={wait}", enc(&name)), None).await;
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            (r?, "started")
+        }
+        Target::Create(source) => {
+            let mut res = Resources::default();
+            if let Some(c) = a.cpus {
+                res.cpus = c;
+            }
+            if let Some(m) = &a.memory {
+                res.memory_mib = parse_memory_mib(m)?;
+            }
+            if let Some(p) = a.pids {
+                res.pids = p;
+            }
+            res.validate()?;
+            let body = CreateWorkspace { name: a.name.clone(), source: source.clone(), resources: Some(res), wait };
+            let pb = spinner(format!("creating workspace from {} (the first one also builds the base image)…", source.describe()));
+            let r = client.send::<_, Workspace>(Method::POST, "/v1/workspaces", Some(&body)).await;
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            (r?, "created")
+        }
+    };
+    if wait {
+        println!("workspace {} {verb} and {} ({}, {})", w.name, w.state.as_ref_str(), w.id, w.backend);
+        println!("  kraal exec {} -- git status\n  kraal shell {}", w.name, w.name);
+    } else {
+        println!("workspace {} is {} ({}); `kraal ls` shows progress", w.name, w.state.as_ref_str(), w.id);
+    }
+    Ok(())
+}
+
+trait StateStr {
+    fn as_ref_str(&self) -> &'static str;
+}
+
+impl StateStr for kraal_core::WorkspaceState {
+    fn as_ref_str(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+pub async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
+    let list: WorkspaceList = client.get("/v1/workspaces").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list.workspaces)?);
+        return Ok(());
+    }
+    if list.workspaces.is_empty() {
+        println!("no workspaces; create one with `kraal up <dir|git-url>`");
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["NAME", "STATE", "BACKEND", "SOURCE", "ADDRESS", "ID"]);
+    for w in &list.workspaces {
+        let state = match &w.reason {
+            Some(r) if w.state == kraal_core::WorkspaceState::Failed => {
+                let short: String = r.chars().take(60).collect();
+                format!("failed: {short}")
+            }
+            _ => w.state.as_str().to_owned(),
+        };
+        t.add_row([
+            w.name.clone(),
+            state,
+            w.backend.to_string(),
+            w.source.describe(),
+            w.address.clone().unwrap_or_else(|| "-".into()),
+            w.id.clone(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+    Ok(())
+}
+
+pub async fn down(client: &Client, ws: &str, detach: bool) -> anyhow::Result<()> {
+    let pb = spinner(format!("stopping {ws}…"));
+    let r = client.send::<(), Workspace>(Method::POST, &format!("/v1/workspaces/{}/down?wait={}", enc(ws), !detach), None).await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let w = r?;
+    println!("workspace {} {}; its volume is kept (`kraal up {}` starts it again)", w.name, if detach { "is stopping" } else { "stopped" }, w.name);
+    Ok(())
+}
+
+pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
+    let w: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to remove workspace {} without --yes (standard input is not a terminal to ask on)", w.name);
+        }
+        eprint!("Remove workspace {} and everything in its volume? [y/N] ", w.name);
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            bail!("not removed");
+        }
+    }
+    let pb = spinner(format!("removing {}…", w.name));
+    let r = client.send::<(), Workspace>(Method::DELETE, &format!("/v1/workspaces/{}?wait=true", enc(&w.id)), None).await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    r?;
+    println!("workspace {} removed", w.name);
+    Ok(())
+}
+
+pub async fn logs(client: &Client, ws: &str, events_only: bool) -> anyhow::Result<()> {
+    let l: Logs = client.get(&format!("/v1/workspaces/{}/logs", enc(ws))).await?;
+    for e in &l.events {
+        println!("{} {:<5} {}", e.at, e.level, e.message);
+    }
+    if !events_only && !l.console.trim().is_empty() {
+        println!("--- console ---");
+        print!("{}", l.console);
+        if !l.console.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(())
+}
+
+pub async fn ps(client: &Client, ws: &str) -> anyhow::Result<()> {
+    let l: ProcessList = client.get(&format!("/v1/workspaces/{}/processes", enc(ws))).await?;
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["PROC", "PID", "STATE", "TTY", "COMMAND"]);
+    for p in l.processes {
+        let state = if p.running {
+            "running".to_owned()
+        } else if let Some(s) = p.exit_signal {
+            format!("killed ({s})")
+        } else {
+            format!("exited {}", p.exit_code.unwrap_or(-1))
+        };
+        t.add_row([p.proc.to_string(), p.pid.to_string(), state, if p.tty { "yes" } else { "no" }.into(), p.argv.join(" ")]);
+    }
+    println!("{}", t.trim_fmt());
+    Ok(())
+}
+
+pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
+    let s: Status = client.get("/v1/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("kraal daemon {} at {}", s.version, client.endpoint);
+    println!("  backend:    {}", s.backend);
+    println!("  data:       {}", s.data_dir);
+    println!("  uptime:     {} s", s.uptime_secs);
+    println!("  workspaces: {} ({} running)", s.workspaces, s.running);
+    Ok(())
+}

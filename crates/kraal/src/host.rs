@@ -1,0 +1,77 @@
+//! Host inspection and backend construction, shared by `kraal serve` and `kraal host check`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kraal_api::{BackendCheck, HostReport, KvmReport};
+use kraal_core::BackendKind;
+use kraal_gvisor::{GvisorBackend, GvisorConfig, NetworkMode};
+use kraal_image::ImageStore;
+use kraal_sandbox::{Backend, ProbeStatus};
+
+pub struct BackendOptions {
+    pub data_dir: PathBuf,
+    pub runsc: PathBuf,
+    pub guest_bin: Option<PathBuf>,
+    pub network: NetworkMode,
+}
+
+pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
+    GvisorBackend::new(GvisorConfig {
+        state_dir: o.data_dir.join("workspaces"),
+        runsc_root: o.data_dir.join("runsc"),
+        runsc: o.runsc.clone(),
+        network: o.network,
+        pool: kraal_net::DEFAULT_POOL,
+        guest_bin: o.guest_bin.clone().or_else(kraal_sandbox::locate_guest_bin).unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest")),
+        images: ImageStore::new(crate::paths::image_dir(&o.data_dir)),
+        platform: std::env::var("KRAAL_RUNSC_PLATFORM").ok(),
+    })
+}
+
+/// Probes every backend and picks the one new workspaces use: a usable VM backend when
+/// one exists, gVisor otherwise.
+pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
+    let kvm = crate::kvm::probe().await;
+    let g = gvisor(o);
+    let gcheck = g.check().await;
+    let mut backends = vec![BackendCheck { backend: BackendKind::Gvisor, usable: gcheck.status == ProbeStatus::Usable, details: gcheck.details }];
+    let vm_note = |name: &str| {
+        if kvm.usable {
+            format!("KVM works, but the {name} backend is not part of this build yet")
+        } else {
+            format!("needs KVM: {}", kvm.detail)
+        }
+    };
+    backends.push(BackendCheck { backend: BackendKind::Qemu, usable: false, details: vec![vm_note("QEMU")] });
+    backends.push(BackendCheck { backend: BackendKind::Firecracker, usable: false, details: vec![vm_note("Firecracker")] });
+    backends.push(BackendCheck {
+        backend: BackendKind::Kubernetes,
+        usable: false,
+        details: vec!["no cluster configured".into()],
+    });
+    let selected = backends.iter().find(|b| b.usable && b.backend != BackendKind::Gvisor).map(|b| b.backend).unwrap_or(BackendKind::Gvisor);
+    let report = HostReport {
+        selected,
+        backends,
+        kvm: KvmReport { usable: kvm.usable, detail: kvm.detail, probe_ms: kvm.elapsed.as_millis() as u64 },
+    };
+    (report, Arc::new(g))
+}
+
+pub fn print_report(r: &HostReport) {
+    println!("KVM: {} ({}, probe took {} ms)", if r.kvm.usable { "usable" } else { "not usable" }, r.kvm.detail, r.kvm.probe_ms);
+    for b in &r.backends {
+        println!("{:<12} {}", b.backend.as_str(), if b.usable { "usable" } else { "not usable" });
+        for d in &b.details {
+            println!("  {d}");
+        }
+    }
+    println!("selected backend: {}", r.selected);
+}
+
+pub fn ensure_dir(p: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+}

@@ -1,0 +1,121 @@
+//! `kraal serve`: the daemon.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kraal_engine::Engine;
+use kraal_gvisor::NetworkMode;
+use kraal_server::AppState;
+use kraal_store::Store;
+use tokio::net::UnixListener;
+
+use crate::cli::ServeArgs;
+use crate::host::{BackendOptions, ensure_dir, inspect};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
+    ensure_dir(&data_dir, 0o700).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let socket = args.socket.clone().unwrap_or_else(crate::paths::socket);
+
+    let opts = BackendOptions {
+        data_dir: data_dir.clone(),
+        runsc: args.runsc.clone(),
+        guest_bin: args.guest_bin.clone(),
+        network: NetworkMode::parse(&args.gvisor_network).expect("clap validated"),
+    };
+    let (report, backend) = inspect(&opts).await;
+    let chosen = report.backends.iter().find(|b| b.backend == report.selected).expect("selected is listed");
+    if !chosen.usable {
+        bail!(
+            "the {} backend is not usable on this host:\n  {}\nhint: run scripts/setup.sh (installs runsc, debootstrap, nftables) and see `kraal host check`",
+            chosen.backend,
+            chosen.details.join("\n  ")
+        );
+    }
+    tracing::info!(backend = %report.selected, kvm = report.kvm.usable, "backend selected");
+
+    let store = Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
+    let engine = Engine::new(store, backend);
+    let state = AppState { engine: engine.clone(), host: Arc::new(report), data_dir: data_dir.display().to_string() };
+
+    // Unix socket, owner-only.
+    if let Some(dir) = socket.parent() {
+        ensure_dir(dir, 0o700).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            bail!("another kraal daemon is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+    }
+    let unix = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    }
+    eprintln!("kraal daemon listening on unix:{} (data in {})", socket.display(), data_dir.display());
+
+    let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    {
+        let app = kraal_server::router(state.clone(), None);
+        let mut rx = shutdown_rx.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(unix, app).with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            }).await
+        }));
+    }
+    if let Some(addr) = args.listen_tcp {
+        let token_file = args.token_file.clone().unwrap_or_else(|| data_dir.join("api-token"));
+        let token = load_or_create_token(&token_file)?;
+        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("kraal daemon listening on tcp://{addr} (bearer token in {})", token_file.display());
+        let app = kraal_server::router(state.clone(), Some(token));
+        let mut rx = shutdown_rx.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(tcp, app).with_graceful_shutdown(async move {
+                let _ = rx.changed().await;
+            }).await
+        }));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("kraal daemon shutting down; sandboxes keep running");
+    reconciler.abort();
+    let _ = shutdown_tx.send(true);
+    // Open exec streams would hold graceful shutdown forever; give them a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(servers)).await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_owned();
+        if t.len() < 16 {
+            bail!("token in {} is shorter than 16 characters", path.display());
+        }
+        return Ok(t);
+    }
+    use rand::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    let t = hex::encode(b);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create token file {}", path.display()))?;
+    writeln!(f, "{t}")?;
+    Ok(t)
+}
