@@ -1,0 +1,245 @@
+//! Test daemon, CLI runner and cleanup.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KRAAL: &str = env!("CARGO_BIN_EXE_kraal");
+
+pub fn image_dir() -> String {
+    std::env::var("KRAAL_TEST_IMAGE_DIR").unwrap_or_else(|_| "/var/tmp/kraal-test-images".into())
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new().prefix("kraal-it-").tempdir().unwrap();
+        let socket = dir.path().join("kraal.sock");
+        let mut d = Daemon { dir, socket, child: None };
+        d.spawn();
+        d
+    }
+
+    pub fn serve_cmd(&self) -> Command {
+        #[allow(clippy::disallowed_methods)]
+        let mut c = Command::new(KRAAL);
+        c.arg("serve")
+            .env("KRAAL_DATA_DIR", self.data())
+            .env("KRAAL_SOCKET", &self.socket)
+            .env("KRAAL_IMAGE_DIR", image_dir())
+            .args(["--reconcile-secs", "1"]);
+        c
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap();
+        let child = self.serve_cmd().stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+        self.child = Some(child);
+        wait_until(Duration::from_secs(30), "daemon socket", || UnixStream::connect(&self.socket).is_ok());
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        #[allow(clippy::disallowed_methods)]
+        let mut c = Command::new(KRAAL);
+        c.args(args).env("KRAAL_SOCKET", &self.socket).env_remove("KRAAL_HOST").stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the CLI with a deadline; never hangs the test.
+    pub fn run(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd(args);
+        run_bounded(&mut c, Duration::from_secs(300))
+    }
+
+    /// Runs the CLI and asserts success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.code == Some(0), "kraal {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\n{}", o.code, o.stdout, o.stderr, self.log_tail());
+        o.stdout
+    }
+
+    pub fn exec(&self, ws: &str, script: &str) -> Out {
+        self.run(&["exec", ws, "--", "sh", "-c", script])
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
+        let start = s.len().saturating_sub(3000);
+        format!("--- daemon log ---\n{}", &s[start..])
+    }
+
+    pub fn workspaces(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
+    }
+
+    pub fn workspace(&self, name: &str) -> serde_json::Value {
+        self.workspaces().into_iter().find(|w| w["name"] == name).unwrap_or_else(|| panic!("no workspace {name}"))
+    }
+
+    /// A raw HTTP request on the daemon socket; returns status and body.
+    pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: application/json\r\n\r\n", body.len()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, dechunk(&body))
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    // Tiny chunked-encoding decoder for small responses.
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let Some((len, tail)) = rest.split_once("\r\n") else { return body.to_owned() };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { return body.to_owned() };
+        if n == 0 {
+            return out;
+        }
+        if tail.len() < n {
+            return body.to_owned();
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        cleanup_host_resources(&self.data());
+    }
+}
+
+/// Removes sandboxes, network namespaces and mounts a test daemon left behind.
+pub fn cleanup_host_resources(data: &Path) {
+    let runsc_root = data.join("runsc");
+    #[allow(clippy::disallowed_methods)]
+    let list = Command::new("runsc").arg(format!("--root={}", runsc_root.display())).args(["list", "-quiet"]).output();
+    if let Ok(out) = list {
+        for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+            #[allow(clippy::disallowed_methods)]
+            let _ = Command::new("runsc").arg(format!("--root={}", runsc_root.display())).args(["delete", "-force", id]).output();
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(data.join("workspaces")) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(short) = name.strip_prefix("ws-") {
+                #[allow(clippy::disallowed_methods)]
+                let _ = Command::new("ip").args(["netns", "del", &format!("kraal-{short}")]).output();
+            }
+            #[allow(clippy::disallowed_methods)]
+            let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).output();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_bounded(c: &mut Command, limit: Duration) -> Out {
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = so.read_to_end(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = se.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command {c:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() };
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Polls `cond` until it holds, panicking with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A small git repository to create workspaces from.
+pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
+    let p = parent.join(name);
+    std::fs::create_dir_all(p.join("src")).unwrap();
+    std::fs::write(p.join("README.md"), "# demo\n").unwrap();
+    std::fs::write(p.join("src/main.rs"), "fn main() {}\n").unwrap();
+    let git = |args: &[&str]| {
+        #[allow(clippy::disallowed_methods)]
+        let o = Command::new("git")
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=Test", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "initial"]);
+    p
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests of `kraal` and `kraal serve` with real runsc sandboxes.
+//!
+//! Each test starts its own daemon (own data dir, socket and runsc root) and drives it
+//! with the real CLI binary. The base image is shared through `KRAAL_TEST_IMAGE_DIR`
+//! (built once, from scratch when empty). Needs root, runsc, nftables, debootstrap and the
+//! musl guest build; `.ci/run` provides all of them.
+
+mod harness;
+mod isolation;
+mod lifecycle;
+mod restart;
+mod validation;
