@@ -1,1 +1,203 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <task>`:
+//!
+//! * `openapi` — regenerate `docs/openapi.json` from the server's route annotations;
+//! * `bench` — create→first-exec latency and concurrent creates, next to raw `runsc run`
+//!   of the same root file system, measured in one run (needs root and runsc).
+
+mod bench;
+
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("openapi") => {
+            let path = root().join("docs/openapi.json");
+            std::fs::write(&path, kraal_server::openapi_json())?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::root;
+
+    /// The committed OpenAPI document matches the code (`cargo xtask openapi` refreshes it).
+    #[test]
+    fn openapi_document_is_current() {
+        let committed = std::fs::read_to_string(root().join("docs/openapi.json"))
+            .expect("docs/openapi.json exists");
+        assert!(
+            committed == kraal_server::openapi_json(),
+            "docs/openapi.json is stale: run `cargo xtask openapi`"
+        );
+    }
+
+    /// kraal crate → its kraal dependencies (normal, not dev).
+    fn graph() -> BTreeMap<String, BTreeSet<String>> {
+        #[allow(clippy::disallowed_methods)]
+        let out = std::process::Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(root())
+            .output()
+            .expect("cargo metadata runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut g = BTreeMap::new();
+        for p in v["packages"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap().to_owned();
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].is_null())
+                .map(|d| d["name"].as_str().unwrap().to_owned())
+                .collect();
+            g.insert(name, deps);
+        }
+        g
+    }
+
+    fn kraal_deps(g: &BTreeMap<String, BTreeSet<String>>, krate: &str) -> BTreeSet<String> {
+        g[krate]
+            .iter()
+            .filter(|d| d.starts_with("kraal"))
+            .cloned()
+            .collect()
+    }
+
+    /// The invariants written in ARCHITECTURE.md, checked against the real dependency graph.
+    #[test]
+    fn dependency_invariants_hold() {
+        let g = graph();
+        let backends = ["kraal-gvisor"];
+        let none: BTreeSet<String> = BTreeSet::new();
+
+        // kraal-core is pure vocabulary: no kraal crate, no async runtime, no IO crates.
+        assert_eq!(kraal_deps(&g, "kraal-core"), none);
+        for io in ["tokio", "rusqlite", "axum", "hyper", "nix"] {
+            assert!(
+                !g["kraal-core"].contains(io),
+                "kraal-core must not depend on {io}"
+            );
+        }
+        // The wire protocol depends on no other kraal crate, so the guest stays small.
+        assert_eq!(kraal_deps(&g, "kraal-protocol"), none);
+        // The guest agent knows only the protocol.
+        assert_eq!(
+            kraal_deps(&g, "kraal-guest"),
+            BTreeSet::from(["kraal-protocol".to_owned()])
+        );
+        // Backends never depend on each other, nor on the engine, server, store or API.
+        for b in backends {
+            for forbidden in backends.iter().copied().chain([
+                "kraal-engine",
+                "kraal-server",
+                "kraal-store",
+                "kraal-api",
+            ]) {
+                if forbidden != b {
+                    assert!(
+                        !g[b].contains(forbidden),
+                        "{b} must not depend on {forbidden}"
+                    );
+                }
+            }
+        }
+        // Only the binary names concrete backends.
+        for (krate, deps) in &g {
+            if krate != "kraal" {
+                for b in backends {
+                    assert!(
+                        !deps.contains(b),
+                        "only the kraal binary may depend on {b}, but {krate} does"
+                    );
+                }
+            }
+        }
+        // The engine has no HTTP; the API types are never database rows.
+        for http in ["axum", "hyper", "kraal-server", "kraal-api"] {
+            assert!(
+                !g["kraal-engine"].contains(http),
+                "kraal-engine must not depend on {http}"
+            );
+        }
+        assert!(
+            !g["kraal-api"].contains("kraal-store"),
+            "kraal-api must not depend on kraal-store"
+        );
+        // The sandbox layer (trait, guest client) does not know the state store or the server.
+        for f in ["kraal-store", "kraal-engine", "kraal-server"] {
+            assert!(
+                !g["kraal-sandbox"].contains(f),
+                "kraal-sandbox must not depend on {f}"
+            );
+        }
+    }
+
+    /// The CLI side of the binary talks to the daemon only over its API.
+    #[test]
+    fn cli_never_touches_the_database_or_engine() {
+        for f in ["client.rs", "commands.rs", "exec.rs"] {
+            let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
+            for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor"] {
+                assert!(
+                    !src.contains(forbidden),
+                    "crates/kraal/src/{f} uses {forbidden}"
+                );
+            }
+        }
+    }
+
+    /// Every source file opens with a `//!` line saying what it is for.
+    #[test]
+    fn every_rust_file_has_a_purpose_line() {
+        let mut missing = Vec::new();
+        let mut stack = vec![root().join("crates"), root().join("xtask")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().is_some_and(|n| n != "target") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    if !text.starts_with("//!") {
+                        missing.push(p.display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "files without a //! header: {missing:?}"
+        );
+    }
+}

@@ -183,9 +183,14 @@ pub enum ExecClientMsg {
         tty: Option<TermSize>,
     },
     /// First message: reattach to a process, replaying output after sequence `after`.
-    Attach { proc: u64, after: u64 },
+    Attach {
+        proc: u64,
+        after: u64,
+    },
     Resize(TermSize),
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     /// No more standard input.
     Eof,
 }
@@ -195,9 +200,17 @@ pub enum ExecClientMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecServerMsg {
-    Started { proc: u64, pid: i32 },
-    Exit { code: Option<i32>, signal: Option<i32> },
-    Truncated { first_available: u64 },
+    Started {
+        proc: u64,
+        pid: i32,
+    },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Truncated {
+        first_available: u64,
+    },
     Error(ApiError),
 }
 

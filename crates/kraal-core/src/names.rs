@@ -16,7 +16,9 @@ pub enum NameError {
         "workspace name {name:?} is invalid: use lowercase letters, digits and '-', starting and ending with a letter or digit"
     )]
     BadCharacters { name: String },
-    #[error("workspace name {name:?} looks like a workspace id; pick a name that is not 'ws-' followed by hex")]
+    #[error(
+        "workspace name {name:?} looks like a workspace id; pick a name that is not 'ws-' followed by hex"
+    )]
     LooksLikeId { name: String },
     #[error("{id:?} is not a workspace id")]
     BadId { id: String },
@@ -40,8 +42,14 @@ impl WorkspaceId {
     }
 
     pub fn parse(s: &str) -> Result<Self, NameError> {
-        let hex = s.strip_prefix(Self::PREFIX).ok_or_else(|| NameError::BadId { id: s.to_owned() })?;
-        if hex.len() == 10 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let hex = s
+            .strip_prefix(Self::PREFIX)
+            .ok_or_else(|| NameError::BadId { id: s.to_owned() })?;
+        if hex.len() == 10
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(WorkspaceId(s.to_owned()))
         } else {
             Err(NameError::BadId { id: s.to_owned() })
@@ -93,7 +101,8 @@ impl WorkspaceName {
         }
         let ok_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
         let bytes = s.as_bytes();
-        if !bytes.iter().all(|&b| ok_char(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        if !bytes.iter().all(|&b| ok_char(b)) || bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-'
+        {
             return Err(NameError::BadCharacters { name: s.to_owned() });
         }
         if WorkspaceId::parse(s).is_ok() {

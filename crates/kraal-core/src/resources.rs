@@ -12,7 +12,9 @@ pub enum ResourcesError {
     Memory(u64),
     #[error("pids must be between 16 and 1000000, got {0}")]
     Pids(u64),
-    #[error("cannot parse memory size {input:?}: use a number with an optional unit (M, G), e.g. 512M or 2G")]
+    #[error(
+        "cannot parse memory size {input:?}: use a number with an optional unit (M, G), e.g. 512M or 2G"
+    )]
     MemoryFormat { input: String },
 }
 
@@ -29,7 +31,11 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpus: 2.0, memory_mib: 2048, pids: 4096 }
+        Resources {
+            cpus: 2.0,
+            memory_mib: 2048,
+            pids: 4096,
+        }
     }
 }
 
@@ -50,7 +56,9 @@ impl Resources {
 
 /// Parses "512", "512M", "512MiB", "2G", "2GiB" (case-insensitive) into MiB.
 pub fn parse_memory_mib(input: &str) -> Result<u64, ResourcesError> {
-    let err = || ResourcesError::MemoryFormat { input: input.to_owned() };
+    let err = || ResourcesError::MemoryFormat {
+        input: input.to_owned(),
+    };
     let s = input.trim().to_ascii_lowercase();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

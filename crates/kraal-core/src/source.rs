@@ -7,7 +7,9 @@ use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
-    #[error("git URL {url:?} uses a transport kraal does not allow; use https://, ssh://, git://, file:// or user@host:path")]
+    #[error(
+        "git URL {url:?} uses a transport kraal does not allow; use https://, ssh://, git://, file:// or user@host:path"
+    )]
     Transport { url: String },
     #[error("local source path {path:?} must be absolute")]
     Relative { path: PathBuf },
@@ -49,9 +51,14 @@ impl Source {
         }
         let allowed = ["https://", "http://", "ssh://", "git://", "file://"];
         if !(allowed.iter().any(|p| url.starts_with(p)) || is_scp_like(url)) {
-            return Err(SourceError::Transport { url: url.to_owned() });
+            return Err(SourceError::Transport {
+                url: url.to_owned(),
+            });
         }
-        Ok(Source::Git { url: url.to_owned(), branch })
+        Ok(Source::Git {
+            url: url.to_owned(),
+            branch,
+        })
     }
 
     pub fn local(path: PathBuf) -> Result<Self, SourceError> {
@@ -65,7 +72,10 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::Local { path } => path.display().to_string(),
-            Source::Git { url, branch: Some(b) } => format!("{url}#{b}"),
+            Source::Git {
+                url,
+                branch: Some(b),
+            } => format!("{url}#{b}"),
             Source::Git { url, branch: None } => url.clone(),
             Source::Empty => "(empty)".to_owned(),
         }

@@ -49,7 +49,10 @@ impl WorkspaceState {
     pub fn is_transitional(self) -> bool {
         matches!(
             self,
-            WorkspaceState::Creating | WorkspaceState::Starting | WorkspaceState::Stopping | WorkspaceState::Deleting
+            WorkspaceState::Creating
+                | WorkspaceState::Starting
+                | WorkspaceState::Stopping
+                | WorkspaceState::Deleting
         )
     }
 }
@@ -90,8 +93,12 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 4] =
-        [BackendKind::Gvisor, BackendKind::Qemu, BackendKind::Firecracker, BackendKind::Kubernetes];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Gvisor,
+        BackendKind::Qemu,
+        BackendKind::Firecracker,
+        BackendKind::Kubernetes,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -8,12 +8,21 @@ fn names_follow_dns_label_rules() {
     assert_eq!(WorkspaceName::parse(""), Err(NameError::Empty));
     for bad in ["Api", "-a", "a-", "a_b", "a b", "ü", "a/b", "../x"] {
         assert!(
-            matches!(WorkspaceName::parse(bad), Err(NameError::BadCharacters { .. })),
+            matches!(
+                WorkspaceName::parse(bad),
+                Err(NameError::BadCharacters { .. })
+            ),
             "{bad:?} must be rejected"
         );
     }
-    assert!(matches!(WorkspaceName::parse(&"a".repeat(64)), Err(NameError::TooLong { .. })));
-    assert!(matches!(WorkspaceName::parse("ws-0123456789"), Err(NameError::LooksLikeId { .. })));
+    assert!(matches!(
+        WorkspaceName::parse(&"a".repeat(64)),
+        Err(NameError::TooLong { .. })
+    ));
+    assert!(matches!(
+        WorkspaceName::parse("ws-0123456789"),
+        Err(NameError::LooksLikeId { .. })
+    ));
 }
 
 #[test]
@@ -41,8 +50,14 @@ fn git_sources_refuse_command_transports() {
     assert!(Source::git("https://example.com/a/b.git", None).is_ok());
     assert!(Source::git("git@example.com:a/b.git", None).is_ok());
     assert!(Source::git("file:///srv/repo", None).is_ok());
-    assert!(matches!(Source::git("ext::sh -c touch% /tmp/pwned", None), Err(SourceError::Transport { .. })));
-    assert!(matches!(Source::git("fd::17", None), Err(SourceError::Transport { .. })));
+    assert!(matches!(
+        Source::git("ext::sh -c touch% /tmp/pwned", None),
+        Err(SourceError::Transport { .. })
+    ));
+    assert!(matches!(
+        Source::git("fd::17", None),
+        Err(SourceError::Transport { .. })
+    ));
     assert!(Source::looks_like_git_url("https://x/y"));
     assert!(Source::looks_like_git_url("git@github.com:o/r"));
     assert!(!Source::looks_like_git_url("./some/dir"));
@@ -67,7 +82,21 @@ fn memory_sizes_parse() {
     assert_eq!(parse_memory_mib("2gib").unwrap(), 2048);
     assert!(parse_memory_mib("2T").is_err());
     assert!(parse_memory_mib("lots").is_err());
-    assert!(Resources { cpus: 0.0, ..Default::default() }.validate().is_err());
-    assert!(Resources { memory_mib: 1, ..Default::default() }.validate().is_err());
+    assert!(
+        Resources {
+            cpus: 0.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err()
+    );
+    assert!(
+        Resources {
+            memory_mib: 1,
+            ..Default::default()
+        }
+        .validate()
+        .is_err()
+    );
     assert!(Resources::default().validate().is_ok());
 }

@@ -6,14 +6,21 @@
 //! database's desired state with what the backend reports and repairs the difference,
 //! which is also how the daemon picks up running sandboxes after a restart.
 
+// Errors carry their full context (backend, guest, store causes) and only travel on
+// cold paths, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kraal_core::{
-    BackendKind, DesiredState, NameError, Resources, Source, WorkspaceId, WorkspaceName, WorkspaceState, derive_name,
+    BackendKind, DesiredState, NameError, Resources, Source, WorkspaceId, WorkspaceName,
+    WorkspaceState, derive_name,
 };
-use kraal_sandbox::{Backend, BackendError, GuestClient, GuestClientError, SandboxSpec, SandboxStatus};
+use kraal_sandbox::{
+    Backend, BackendError, GuestClient, GuestClientError, SandboxSpec, SandboxStatus,
+};
 use kraal_store::{Store, StoreError, WorkspaceRecord};
 use rand::RngCore;
 use tokio::task::JoinHandle;
@@ -29,9 +36,18 @@ pub enum EngineError {
     #[error("{0}")]
     Invalid(String),
     #[error("workspace {workspace} is {state}; cannot {op} it now")]
-    Conflict { workspace: String, state: &'static str, op: &'static str },
-    #[error("workspace {workspace} is not running (it is {state}); start it with `kraal up {workspace}`")]
-    NotRunning { workspace: String, state: &'static str },
+    Conflict {
+        workspace: String,
+        state: &'static str,
+        op: &'static str,
+    },
+    #[error(
+        "workspace {workspace} is not running (it is {state}); start it with `kraal up {workspace}`"
+    )]
+    NotRunning {
+        workspace: String,
+        state: &'static str,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("workspace {workspace}: guest agent unreachable")]
@@ -53,11 +69,14 @@ impl EngineError {
             EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
             EngineError::Conflict { .. } => "conflict",
             EngineError::NotRunning { .. } => "not_running",
-            EngineError::Backend(BackendError::Unavailable { .. } | BackendError::Unsupported { .. }) => {
-                "backend_unavailable"
-            }
+            EngineError::Backend(
+                BackendError::Unavailable { .. } | BackendError::Unsupported { .. },
+            ) => "backend_unavailable",
             EngineError::Backend(_) => "backend_error",
-            EngineError::Guest { source: GuestClientError::Guest(g), .. } => match g.code {
+            EngineError::Guest {
+                source: GuestClientError::Guest(g),
+                ..
+            } => match g.code {
                 kraal_protocol::ErrorCode::PathEscape => "path_escape",
                 kraal_protocol::ErrorCode::NotFound => "not_found",
                 kraal_protocol::ErrorCode::InvalidRequest => "invalid_argument",
@@ -137,7 +156,12 @@ impl Engine {
     }
 
     fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap().entry(id.clone()).or_default().clone()
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
 
     fn event(&self, id: &WorkspaceId, level: &str, msg: &str) {
@@ -150,7 +174,11 @@ impl Engine {
     }
 
     pub fn resolve(&self, reference: &str) -> Result<WorkspaceRecord, EngineError> {
-        self.store.resolve(reference)?.ok_or_else(|| EngineError::NotFound { reference: reference.to_owned() })
+        self.store
+            .resolve(reference)?
+            .ok_or_else(|| EngineError::NotFound {
+                reference: reference.to_owned(),
+            })
     }
 
     pub fn list(&self) -> Result<Vec<WorkspaceRecord>, EngineError> {
@@ -170,17 +198,28 @@ impl Engine {
     /// Validates and records a new workspace, then creates and starts it in the background.
     pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Pending, EngineError> {
         if let Source::Local { path } = &req.source {
-            let md = std::fs::metadata(path)
-                .map_err(|_| EngineError::Invalid(format!("source directory {} does not exist", path.display())))?;
+            let md = std::fs::metadata(path).map_err(|_| {
+                EngineError::Invalid(format!(
+                    "source directory {} does not exist",
+                    path.display()
+                ))
+            })?;
             if !md.is_dir() {
-                return Err(EngineError::Invalid(format!("source {} is not a directory", path.display())));
+                return Err(EngineError::Invalid(format!(
+                    "source {} is not a directory",
+                    path.display()
+                )));
             }
         }
         let resources = req.resources.unwrap_or_default();
-        resources.validate().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        resources
+            .validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let name = match &req.name {
             Some(n) => WorkspaceName::parse(n)?,
-            None => self.free_name(&derive_name(&req.source.basename().unwrap_or_else(|| "workspace".into())))?,
+            None => self.free_name(&derive_name(
+                &req.source.basename().unwrap_or_else(|| "workspace".into()),
+            ))?,
         };
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);
@@ -204,7 +243,11 @@ impl Engine {
             StoreError::NameTaken { name } => EngineError::NameTaken { name },
             e => e.into(),
         })?;
-        self.event(&rec.id, "info", &format!("created from {}", rec.source.describe()));
+        self.event(
+            &rec.id,
+            "info",
+            &format!("created from {}", rec.source.describe()),
+        );
         let me = self.clone();
         let id = rec.id.clone();
         let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
@@ -219,19 +262,26 @@ impl Engine {
             let mut stem = base.as_str().to_owned();
             let suffix = format!("-{i}");
             stem.truncate(63 - suffix.len());
-            let candidate = WorkspaceName::parse(&format!("{}{suffix}", stem.trim_end_matches('-')))?;
+            let candidate =
+                WorkspaceName::parse(&format!("{}{suffix}", stem.trim_end_matches('-')))?;
             if self.store.get_by_name(candidate.as_str())?.is_none() {
                 return Ok(candidate);
             }
         }
-        Err(EngineError::Invalid(format!("no free name derived from {base}; pass --name")))
+        Err(EngineError::Invalid(format!(
+            "no free name derived from {base}; pass --name"
+        )))
     }
 
     /// Brings a workspace to running (start, or restart after a failure).
     pub fn up(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
         let rec = self.resolve(reference)?;
         if rec.state == WorkspaceState::Deleting {
-            return Err(EngineError::Conflict { workspace: rec.name.to_string(), state: rec.state.as_str(), op: "start" });
+            return Err(EngineError::Conflict {
+                workspace: rec.name.to_string(),
+                state: rec.state.as_str(),
+                op: "start",
+            });
         }
         self.store.set_desired(&rec.id, DesiredState::Running)?;
         let me = self.clone();
@@ -244,7 +294,11 @@ impl Engine {
     pub fn down(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
         let rec = self.resolve(reference)?;
         if rec.state == WorkspaceState::Deleting {
-            return Err(EngineError::Conflict { workspace: rec.name.to_string(), state: rec.state.as_str(), op: "stop" });
+            return Err(EngineError::Conflict {
+                workspace: rec.name.to_string(),
+                state: rec.state.as_str(),
+                op: "stop",
+            });
         }
         self.store.set_desired(&rec.id, DesiredState::Stopped)?;
         let me = self.clone();
@@ -276,11 +330,18 @@ impl Engine {
         };
         match result {
             Ok(()) if op == Op::Remove => Ok(rec),
-            Ok(()) => self.store.get(id).ok().flatten().ok_or_else(|| "workspace vanished".to_owned()),
+            Ok(()) => self
+                .store
+                .get(id)
+                .ok()
+                .flatten()
+                .ok_or_else(|| "workspace vanished".to_owned()),
             Err(e) => {
                 let reason = chain(&e);
                 self.event(id, "error", &format!("{} failed: {reason}", op.as_str()));
-                let _ = self.store.set_state(id, WorkspaceState::Failed, Some(&reason));
+                let _ = self
+                    .store
+                    .set_state(id, WorkspaceState::Failed, Some(&reason));
                 Err(reason)
             }
         }
@@ -288,48 +349,72 @@ impl Engine {
 
     async fn do_start(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
         let spec = Self::spec(rec);
-        if self.backend.status(&rec.id).await? == SandboxStatus::Running {
-            if self.connect(rec).await.is_ok() {
-                self.store.set_state(&rec.id, WorkspaceState::Running, None)?;
-                return Ok(());
-            }
+        if self.backend.status(&rec.id).await? == SandboxStatus::Running
+            && self.connect(rec).await.is_ok()
+        {
+            self.store
+                .set_state(&rec.id, WorkspaceState::Running, None)?;
+            return Ok(());
         }
-        if rec.state == WorkspaceState::Creating || self.backend.status(&rec.id).await? == SandboxStatus::Absent {
-            self.store.set_state(&rec.id, WorkspaceState::Creating, None)?;
+        if rec.state == WorkspaceState::Creating
+            || self.backend.status(&rec.id).await? == SandboxStatus::Absent
+        {
+            self.store
+                .set_state(&rec.id, WorkspaceState::Creating, None)?;
             let t0 = Instant::now();
             self.backend.create(&spec).await?;
-            self.event(&rec.id, "info", &format!("sandbox resources ready in {} ms", t0.elapsed().as_millis()));
+            self.event(
+                &rec.id,
+                "info",
+                &format!("sandbox resources ready in {} ms", t0.elapsed().as_millis()),
+            );
         }
-        self.store.set_state(&rec.id, WorkspaceState::Starting, None)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Starting, None)?;
         let t0 = Instant::now();
         let ep = self.backend.start(&spec).await?;
-        self.store.set_guest_addr(&rec.id, Some(&ep.addr.to_string()))?;
-        let client = self.connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT).await?;
+        self.store
+            .set_guest_addr(&rec.id, Some(&ep.addr.to_string()))?;
+        let client = self
+            .connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT)
+            .await?;
         self.event(
             &rec.id,
             "info",
-            &format!("running on {} (guest {} at {}), ready in {} ms", self.backend.kind(), client.guest_version, ep.addr, t0.elapsed().as_millis()),
+            &format!(
+                "running on {} (guest {} at {}), ready in {} ms",
+                self.backend.kind(),
+                client.guest_version,
+                ep.addr,
+                t0.elapsed().as_millis()
+            ),
         );
-        self.store.set_state(&rec.id, WorkspaceState::Running, None)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Running, None)?;
         Ok(())
     }
 
     async fn do_stop(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
-        self.store.set_state(&rec.id, WorkspaceState::Stopping, None)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Stopping, None)?;
         // Let the guest stop processes and flush before the runtime pulls the plug.
         if let Some(c) = self.cached_guest(&rec.id) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), c.shutdown(Duration::from_secs(5))).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), c.shutdown(Duration::from_secs(5)))
+                    .await;
         }
         self.guests.lock().unwrap().remove(&rec.id);
         self.backend.stop(&rec.id).await?;
         self.store.set_guest_addr(&rec.id, None)?;
-        self.store.set_state(&rec.id, WorkspaceState::Stopped, None)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Stopped, None)?;
         self.event(&rec.id, "info", "stopped; volume kept");
         Ok(())
     }
 
     async fn do_remove(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
-        self.store.set_state(&rec.id, WorkspaceState::Deleting, None)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Deleting, None)?;
         self.guests.lock().unwrap().remove(&rec.id);
         self.backend.destroy(&rec.id).await?;
         self.store.delete(&rec.id)?;
@@ -339,7 +424,12 @@ impl Engine {
     }
 
     fn cached_guest(&self, id: &WorkspaceId) -> Option<GuestClient> {
-        self.guests.lock().unwrap().get(id).filter(|c| !c.is_closed()).cloned()
+        self.guests
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|c| !c.is_closed())
+            .cloned()
     }
 
     async fn connect(&self, rec: &WorkspaceRecord) -> Result<GuestClient, EngineError> {
@@ -349,8 +439,14 @@ impl Engine {
         let ep = self.backend.endpoint(&rec.id).await?;
         let c = GuestClient::connect(ep.addr, &rec.guest_token)
             .await
-            .map_err(|source| EngineError::Guest { workspace: rec.name.to_string(), source })?;
-        self.guests.lock().unwrap().insert(rec.id.clone(), c.clone());
+            .map_err(|source| EngineError::Guest {
+                workspace: rec.name.to_string(),
+                source,
+            })?;
+        self.guests
+            .lock()
+            .unwrap()
+            .insert(rec.id.clone(), c.clone());
         Ok(c)
     }
 
@@ -365,14 +461,24 @@ impl Engine {
         loop {
             match GuestClient::connect(addr, &rec.guest_token).await {
                 Ok(c) => {
-                    self.guests.lock().unwrap().insert(rec.id.clone(), c.clone());
+                    self.guests
+                        .lock()
+                        .unwrap()
+                        .insert(rec.id.clone(), c.clone());
                     return Ok(c);
                 }
-                Err(e @ GuestClientError::Denied { .. }) | Err(e @ GuestClientError::Protocol(_)) => {
-                    return Err(EngineError::Guest { workspace: rec.name.to_string(), source: e });
+                Err(e @ GuestClientError::Denied { .. })
+                | Err(e @ GuestClientError::Protocol(_)) => {
+                    return Err(EngineError::Guest {
+                        workspace: rec.name.to_string(),
+                        source: e,
+                    });
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(EngineError::Guest { workspace: rec.name.to_string(), source: e });
+                    return Err(EngineError::Guest {
+                        workspace: rec.name.to_string(),
+                        source: e,
+                    });
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
@@ -383,10 +489,16 @@ impl Engine {
     }
 
     /// A connected guest client for a running workspace.
-    pub async fn guest(&self, reference: &str) -> Result<(WorkspaceRecord, GuestClient), EngineError> {
+    pub async fn guest(
+        &self,
+        reference: &str,
+    ) -> Result<(WorkspaceRecord, GuestClient), EngineError> {
         let rec = self.resolve(reference)?;
         if rec.state != WorkspaceState::Running {
-            return Err(EngineError::NotRunning { workspace: rec.name.to_string(), state: rec.state.as_str() });
+            return Err(EngineError::NotRunning {
+                workspace: rec.name.to_string(),
+                state: rec.state.as_str(),
+            });
         }
         let c = self.connect(&rec).await?;
         Ok((rec, c))
@@ -397,8 +509,12 @@ impl Engine {
         let Ok(all) = self.store.list() else { return };
         for rec in all {
             let lock = self.lock_for(&rec.id);
-            let Ok(_guard) = lock.try_lock() else { continue };
-            let Some(rec) = self.store.get(&rec.id).ok().flatten() else { continue };
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            let Some(rec) = self.store.get(&rec.id).ok().flatten() else {
+                continue;
+            };
             let observed = match self.backend.status(&rec.id).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -423,7 +539,11 @@ impl Engine {
                     if state != WorkspaceState::Failed =>
                 {
                     self.guests.lock().unwrap().remove(&rec.id);
-                    let why = if state == WorkspaceState::Running { "sandbox is not running" } else { "operation was interrupted" };
+                    let why = if state == WorkspaceState::Running {
+                        "sandbox is not running"
+                    } else {
+                        "operation was interrupted"
+                    };
                     self.event(&rec.id, "warn", &format!("{why}; starting it again"));
                     drop(_guard);
                     let me = self.clone();

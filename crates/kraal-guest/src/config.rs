@@ -28,22 +28,33 @@ impl Config {
         let mut it = args.iter();
         let (mut listen, mut token, mut root, mut file) = (None, None, None, None);
         while let Some(a) = it.next() {
-            let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .ok_or_else(|| format!("{a} needs a value"))
+            };
             match a.as_str() {
                 "--config" => file = Some(val()?),
                 "--listen" => listen = Some(val()?),
                 "--token" => token = Some(val()?),
                 "--root" => root = Some(val()?),
-                other => return Err(format!("unknown argument {other:?}; usage: kraal-guest --config FILE")),
+                other => {
+                    return Err(format!(
+                        "unknown argument {other:?}; usage: kraal-guest --config FILE"
+                    ));
+                }
             }
         }
         if let Some(f) = file {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("cannot read config {f}: {e}"))?;
+            let text =
+                std::fs::read_to_string(&f).map_err(|e| format!("cannot read config {f}: {e}"))?;
             return serde_json::from_str(&text).map_err(|e| format!("invalid config {f}: {e}"));
         }
         let listen = listen.ok_or("missing --config FILE (or --listen and --token)")?;
         Ok(Config {
-            listen: listen.parse().map_err(|e| format!("invalid --listen {listen:?}: {e}"))?,
+            listen: listen
+                .parse()
+                .map_err(|e| format!("invalid --listen {listen:?}: {e}"))?,
             token: token.ok_or("missing --token")?,
             files_root: root.map(PathBuf::from).unwrap_or_else(default_root),
             hostname: None,

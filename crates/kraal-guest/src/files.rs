@@ -15,11 +15,16 @@ use kraal_protocol::{ErrorCode, FileInfo, FileType, GuestError};
 /// `stat` and `remove` act on the link itself.
 pub fn resolve(root: &Path, user: &str, follow_last: bool) -> Result<PathBuf, GuestError> {
     if user.contains('\0') {
-        return Err(GuestError::new(ErrorCode::InvalidRequest, "path contains a NUL byte"));
+        return Err(GuestError::new(
+            ErrorCode::InvalidRequest,
+            "path contains a NUL byte",
+        ));
     }
     let p = Path::new(user);
     let rel = if p.is_absolute() {
-        p.strip_prefix(root).map_err(|_| escape(user))?.to_path_buf()
+        p.strip_prefix(root)
+            .map_err(|_| escape(user))?
+            .to_path_buf()
     } else {
         p.to_path_buf()
     };
@@ -41,7 +46,13 @@ pub fn resolve(root: &Path, user: &str, follow_last: bool) -> Result<PathBuf, Gu
     let (check_upto, tail) = if follow_last || parts.is_empty() {
         (lexical.clone(), None)
     } else {
-        (lexical.parent().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()), parts.last().copied())
+        (
+            lexical
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf()),
+            parts.last().copied(),
+        )
     };
     let mut existing = check_upto.clone();
     let mut missing: Vec<std::ffi::OsString> = Vec::new();
@@ -49,7 +60,9 @@ pub fn resolve(root: &Path, user: &str, follow_last: bool) -> Result<PathBuf, Gu
         match existing.canonicalize() {
             Ok(c) => break c,
             Err(_) => {
-                let Some(name) = existing.file_name() else { return Err(escape(user)) };
+                let Some(name) = existing.file_name() else {
+                    return Err(escape(user));
+                };
                 missing.push(name.to_owned());
                 if !existing.pop() {
                     return Err(escape(user));
@@ -71,7 +84,10 @@ pub fn resolve(root: &Path, user: &str, follow_last: bool) -> Result<PathBuf, Gu
 }
 
 fn escape(user: &str) -> GuestError {
-    GuestError::new(ErrorCode::PathEscape, format!("{user}: path is outside the workspace"))
+    GuestError::new(
+        ErrorCode::PathEscape,
+        format!("{user}: path is outside the workspace"),
+    )
 }
 
 /// The path relative to `root`, `.` for the root itself.
@@ -96,10 +112,19 @@ pub fn info(root: &Path, p: &Path) -> Result<FileInfo, GuestError> {
     } else {
         FileType::Other
     };
-    let symlink_target =
-        ft.is_symlink().then(|| std::fs::read_link(p).ok().map(|t| t.to_string_lossy().into_owned())).flatten();
+    let symlink_target = ft
+        .is_symlink()
+        .then(|| {
+            std::fs::read_link(p)
+                .ok()
+                .map(|t| t.to_string_lossy().into_owned())
+        })
+        .flatten();
     Ok(FileInfo {
-        name: p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| ".".to_owned()),
+        name: p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| ".".to_owned()),
         path: rel,
         file_type,
         size: md.len(),
@@ -122,18 +147,29 @@ pub fn list(root: &Path, dir: &Path) -> Result<Vec<FileInfo>, GuestError> {
 }
 
 pub fn mkdir(root: &Path, p: &Path, parents: bool) -> Result<(), GuestError> {
-    let r = if parents { std::fs::create_dir_all(p) } else { std::fs::create_dir(p) };
+    let r = if parents {
+        std::fs::create_dir_all(p)
+    } else {
+        std::fs::create_dir(p)
+    };
     r.map_err(|e| GuestError::io(&e, &relative(root, p)))
 }
 
 pub fn remove(root: &Path, p: &Path, recursive: bool) -> Result<(), GuestError> {
     let rel = relative(root, p);
     if p == root {
-        return Err(GuestError::new(ErrorCode::InvalidRequest, "refusing to remove the workspace root"));
+        return Err(GuestError::new(
+            ErrorCode::InvalidRequest,
+            "refusing to remove the workspace root",
+        ));
     }
     let md = std::fs::symlink_metadata(p).map_err(|e| GuestError::io(&e, &rel))?;
     let r = if md.is_dir() {
-        if recursive { std::fs::remove_dir_all(p) } else { std::fs::remove_dir(p) }
+        if recursive {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_dir(p)
+        }
     } else {
         std::fs::remove_file(p)
     };
@@ -151,28 +187,52 @@ pub struct PendingWrite {
 }
 
 impl PendingWrite {
-    pub fn begin(root: &Path, dest: &Path, mode: Option<u32>, create_parents: bool) -> Result<Self, GuestError> {
+    pub fn begin(
+        root: &Path,
+        dest: &Path,
+        mode: Option<u32>,
+        create_parents: bool,
+    ) -> Result<Self, GuestError> {
         let rel = relative(root, dest);
         if dest.is_dir() {
-            return Err(GuestError::new(ErrorCode::IsADirectory, format!("{rel}: is a directory")));
+            return Err(GuestError::new(
+                ErrorCode::IsADirectory,
+                format!("{rel}: is a directory"),
+            ));
         }
-        let parent = dest.parent().ok_or_else(|| GuestError::new(ErrorCode::InvalidRequest, "no parent"))?;
+        let parent = dest
+            .parent()
+            .ok_or_else(|| GuestError::new(ErrorCode::InvalidRequest, "no parent"))?;
         if create_parents {
             std::fs::create_dir_all(parent).map_err(|e| GuestError::io(&e, &rel))?;
         }
-        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.kraal-{}.tmp", std::process::id() ^ rand_u32()));
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(
+            ".{name}.kraal-{}.tmp",
+            std::process::id() ^ rand_u32()
+        ));
         let file = std::fs::File::create(&tmp).map_err(|e| GuestError::io(&e, &rel))?;
         let mode = mode
             .or_else(|| std::fs::metadata(dest).ok().map(|m| m.permissions().mode()))
             .unwrap_or(0o644);
-        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| GuestError::io(&e, &rel))?;
-        Ok(PendingWrite { tmp, dest: dest.to_path_buf(), file, written: 0 })
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| GuestError::io(&e, &rel))?;
+        Ok(PendingWrite {
+            tmp,
+            dest: dest.to_path_buf(),
+            file,
+            written: 0,
+        })
     }
 
     pub fn write(&mut self, root: &Path, buf: &[u8]) -> Result<(), GuestError> {
         use std::io::Write;
-        self.file.write_all(buf).map_err(|e| GuestError::io(&e, &relative(root, &self.dest)))?;
+        self.file
+            .write_all(buf)
+            .map_err(|e| GuestError::io(&e, &relative(root, &self.dest)))?;
         self.written += buf.len() as u64;
         Ok(())
     }
@@ -222,21 +282,44 @@ mod tests {
     #[test]
     fn relative_and_absolute_paths_resolve_inside() {
         let (_d, root) = setup();
-        assert_eq!(resolve(&root, "src/a.txt", true).unwrap(), root.join("src/a.txt"));
-        assert_eq!(resolve(&root, "./src/../src/a.txt", true).unwrap(), root.join("src/a.txt"));
+        assert_eq!(
+            resolve(&root, "src/a.txt", true).unwrap(),
+            root.join("src/a.txt")
+        );
+        assert_eq!(
+            resolve(&root, "./src/../src/a.txt", true).unwrap(),
+            root.join("src/a.txt")
+        );
         let abs = root.join("src/a.txt");
         assert_eq!(resolve(&root, abs.to_str().unwrap(), true).unwrap(), abs);
         assert_eq!(resolve(&root, "", true).unwrap(), root);
-        assert_eq!(resolve(&root, "new/dir/file", true).unwrap(), root.join("new/dir/file"));
-        assert_eq!(resolve(&root, "in/a.txt", true).unwrap(), root.join("src/a.txt"));
+        assert_eq!(
+            resolve(&root, "new/dir/file", true).unwrap(),
+            root.join("new/dir/file")
+        );
+        assert_eq!(
+            resolve(&root, "in/a.txt", true).unwrap(),
+            root.join("src/a.txt")
+        );
     }
 
     #[test]
     fn escapes_are_refused() {
         let (_d, root) = setup();
-        for bad in ["..", "../secret", "src/../../secret", "/etc/passwd", "out", "out/x", "a\0b"] {
+        for bad in [
+            "..",
+            "../secret",
+            "src/../../secret",
+            "/etc/passwd",
+            "out",
+            "out/x",
+            "a\0b",
+        ] {
             let e = resolve(&root, bad, true).unwrap_err();
-            assert!(matches!(e.code, ErrorCode::PathEscape | ErrorCode::InvalidRequest), "{bad:?}: {e:?}");
+            assert!(
+                matches!(e.code, ErrorCode::PathEscape | ErrorCode::InvalidRequest),
+                "{bad:?}: {e:?}"
+            );
         }
         // Not following the last component lets stat/remove see the link itself.
         assert_eq!(resolve(&root, "out", false).unwrap(), root.join("out"));
@@ -249,8 +332,15 @@ mod tests {
         let mut w = PendingWrite::begin(&root, &dest, None, false).unwrap();
         w.write(&root, b"partial").unwrap();
         drop(w);
-        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "a", "aborted write must not touch the file");
-        let names: Vec<_> = std::fs::read_dir(root.join("src")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "a",
+            "aborted write must not touch the file"
+        );
+        let names: Vec<_> = std::fs::read_dir(root.join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
         let mut w = PendingWrite::begin(&root, &dest, None, false).unwrap();
         w.write(&root, b"new").unwrap();

@@ -51,7 +51,14 @@ impl OutputLog {
     /// Entries with a sequence above `after`, and the oldest sequence still kept.
     pub fn since(&self, after: u64) -> (Vec<(u64, FrameKind, Bytes)>, u64) {
         let first = self.entries.front().map(|e| e.0).unwrap_or(self.next_seq);
-        (self.entries.iter().filter(|e| e.0 > after).cloned().collect(), first)
+        (
+            self.entries
+                .iter()
+                .filter(|e| e.0 > after)
+                .cloned()
+                .collect(),
+            first,
+        )
     }
 }
 
@@ -96,13 +103,19 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: i32) -> Result<(), GuestError> {
-        let sig = Signal::try_from(sig)
-            .map_err(|_| GuestError::new(ErrorCode::InvalidRequest, format!("unknown signal {sig}")))?;
+        let sig = Signal::try_from(sig).map_err(|_| {
+            GuestError::new(ErrorCode::InvalidRequest, format!("unknown signal {sig}"))
+        })?;
         // The process leads its own process group; signal the whole group so that a
         // shell's children get it too.
         nix::sys::signal::killpg(Pid::from_raw(self.pid), sig)
             .or_else(|_| nix::sys::signal::kill(Pid::from_raw(self.pid), sig))
-            .map_err(|e| GuestError::new(ErrorCode::UnknownProcess, format!("signal {}: {e}", self.pid)))
+            .map_err(|e| {
+                GuestError::new(
+                    ErrorCode::UnknownProcess,
+                    format!("signal {}: {e}", self.pid),
+                )
+            })
     }
 
     pub fn resize(&self, size: TtySize) -> Result<(), GuestError> {
@@ -163,30 +176,49 @@ impl Procs {
 
     pub fn running(&self) -> Vec<Arc<Proc>> {
         let t = self.table.lock().unwrap();
-        t.by_id.values().filter(|p| p.state.lock().unwrap().exit.is_none()).cloned().collect()
+        t.by_id
+            .values()
+            .filter(|p| p.state.lock().unwrap().exit.is_none())
+            .cloned()
+            .collect()
     }
 
     /// Starts a process. Must be called from within the tokio runtime.
-    pub fn spawn(self: &Arc<Self>, req: &ExecRequest, default_cwd: &str) -> Result<Arc<Proc>, GuestError> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        req: &ExecRequest,
+        default_cwd: &str,
+    ) -> Result<Arc<Proc>, GuestError> {
         let Some(program) = req.argv.first() else {
             return Err(GuestError::new(ErrorCode::InvalidRequest, "empty command"));
         };
+        // The guest's process table is the one place the guest starts programs.
+        #[allow(clippy::disallowed_methods)]
         let mut cmd = Command::new(program);
         cmd.args(&req.argv[1..]);
         cmd.env_clear();
-        cmd.env("PATH", DEFAULT_PATH).env("HOME", "/root").env("LANG", "C.UTF-8").env("USER", "root");
+        cmd.env("PATH", DEFAULT_PATH)
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8")
+            .env("USER", "root");
         if req.tty.is_some() {
             cmd.env("TERM", "xterm-256color");
         }
         for (k, v) in &req.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                return Err(GuestError::new(ErrorCode::InvalidRequest, format!("invalid environment variable {k:?}")));
+                return Err(GuestError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("invalid environment variable {k:?}"),
+                ));
             }
             cmd.env(k, v);
         }
         let cwd = req.cwd.clone().unwrap_or_else(|| default_cwd.to_owned());
         if !std::path::Path::new(&cwd).is_dir() {
-            return Err(GuestError::new(ErrorCode::NotFound, format!("working directory {cwd} does not exist")));
+            return Err(GuestError::new(
+                ErrorCode::NotFound,
+                format!("working directory {cwd} does not exist"),
+            ));
         }
         cmd.current_dir(&cwd);
 
@@ -194,8 +226,12 @@ impl Procs {
         let stdin_io: Arc<AsyncFdIo>;
         let mut master: Option<Arc<AsyncFdIo>> = None;
 
-        let spawn_err =
-            |e: std::io::Error| GuestError::new(ErrorCode::SpawnFailed, format!("{program}: {}", describe_spawn(&e)));
+        let spawn_err = |e: std::io::Error| {
+            GuestError::new(
+                ErrorCode::SpawnFailed,
+                format!("{program}: {}", describe_spawn(&e)),
+            )
+        };
 
         let mut table = self.table.lock().unwrap();
         let child = if let Some(size) = req.tty {
@@ -222,17 +258,29 @@ impl Procs {
             master = Some(m);
             child
         } else {
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
             // SAFETY: setsid is async-signal-safe.
             unsafe {
-                cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid()
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
             }
             let mut child = cmd.spawn().map_err(spawn_err)?;
             let out: OwnedFd = child.stdout.take().expect("piped").into();
             let err: OwnedFd = child.stderr.take().expect("piped").into();
             let inp: OwnedFd = child.stdin.take().expect("piped").into();
-            readers.push((FrameKind::Stdout, Arc::new(AsyncFdIo::new(out).map_err(spawn_err)?)));
-            readers.push((FrameKind::Stderr, Arc::new(AsyncFdIo::new(err).map_err(spawn_err)?)));
+            readers.push((
+                FrameKind::Stdout,
+                Arc::new(AsyncFdIo::new(out).map_err(spawn_err)?),
+            ));
+            readers.push((
+                FrameKind::Stderr,
+                Arc::new(AsyncFdIo::new(err).map_err(spawn_err)?),
+            ));
             stdin_io = Arc::new(AsyncFdIo::new(inp).map_err(spawn_err)?);
             child
         };
@@ -250,9 +298,16 @@ impl Procs {
             pid,
             argv: req.argv.clone(),
             tty: req.tty.is_some(),
-            started_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            started_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             state: Mutex::new(ProcState {
-                output: OutputLog { entries: VecDeque::new(), bytes: 0, next_seq: 1 },
+                output: OutputLog {
+                    entries: VecDeque::new(),
+                    bytes: 0,
+                    next_seq: 1,
+                },
                 exit: early_exit,
                 open_streams: readers.len(),
                 exited_at: early_exit.map(|_| tokio::time::Instant::now()),
@@ -287,7 +342,11 @@ impl Procs {
                 _ => continue,
             };
             let mut t = self.table.lock().unwrap();
-            match t.by_pid.remove(&pid).and_then(|id| t.by_id.get(&id).cloned()) {
+            match t
+                .by_pid
+                .remove(&pid)
+                .and_then(|id| t.by_id.get(&id).cloned())
+            {
                 Some(p) => {
                     let mut st = p.state.lock().unwrap();
                     st.exit = Some(exit);
@@ -311,8 +370,12 @@ impl Procs {
     /// Forgets finished processes beyond the newest `keep`, so the table does not grow forever.
     pub fn prune(&self, keep: usize) {
         let mut t = self.table.lock().unwrap();
-        let mut done: Vec<u64> =
-            t.by_id.values().filter(|p| p.state.lock().unwrap().exit.is_some()).map(|p| p.id).collect();
+        let mut done: Vec<u64> = t
+            .by_id
+            .values()
+            .filter(|p| p.state.lock().unwrap().exit.is_some())
+            .map(|p| p.id)
+            .collect();
         if done.len() <= keep {
             return;
         }
@@ -341,7 +404,11 @@ async fn pump_output(proc: Arc<Proc>, kind: FrameKind, io: Arc<AsyncFdIo>) {
         match io.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                proc.state.lock().unwrap().output.push(kind, Bytes::copy_from_slice(&buf[..n]));
+                proc.state
+                    .lock()
+                    .unwrap()
+                    .output
+                    .push(kind, Bytes::copy_from_slice(&buf[..n]));
                 proc.bump();
             }
         }
@@ -356,10 +423,10 @@ async fn pump_input(proc: Arc<Proc>, io: Arc<AsyncFdIo>, mut rx: mpsc::Receiver<
     while let Some(msg) = rx.recv().await {
         match msg {
             Input::Data(b) => {
-                if let Some(w) = &io {
-                    if w.write_all(&b).await.is_err() {
-                        io = None;
-                    }
+                if let Some(w) = &io
+                    && w.write_all(&b).await.is_err()
+                {
+                    io = None;
                 }
             }
             Input::Eof => {

@@ -26,7 +26,8 @@ impl AsyncFdIo {
         loop {
             let mut guard = self.fd.readable().await?;
             match guard.try_io(|inner| {
-                let n = nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)?;
+                let n =
+                    nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)?;
                 Ok(n)
             }) {
                 Ok(Ok(n)) => return Ok(n),
@@ -40,7 +41,9 @@ impl AsyncFdIo {
     pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from)) {
+            match guard
+                .try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => buf = &buf[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -62,7 +65,12 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 }
 
 pub fn winsize(size: TtySize) -> nix::pty::Winsize {
-    nix::pty::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
+    nix::pty::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 /// Sets the terminal size of a PTY master; the kernel sends SIGWINCH to its foreground group.
@@ -71,5 +79,9 @@ pub fn resize(master_fd: i32, size: TtySize) -> io::Result<()> {
     // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which is valid for
     // the duration of the call; the fd is a PTY master owned by the caller.
     let r = unsafe { libc::ioctl(master_fd, libc::TIOCSWINSZ, &ws as *const nix::pty::Winsize) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use kraal_protocol::{
-    Challenge, ErrorCode, ExecRequest, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello, PROTOCOL_VERSION,
-    Request, Response, StreamMsg, Welcome, verify_mac,
+    Challenge, ErrorCode, ExecRequest, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello,
+    PROTOCOL_VERSION, Request, Response, StreamMsg, Welcome, verify_mac,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -36,20 +36,37 @@ type Out = mpsc::Sender<Frame>;
 impl Guest {
     pub fn new(config: Config) -> Self {
         let hostname = config.hostname.clone().unwrap_or_else(|| {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
-        let root = config.files_root.canonicalize().unwrap_or_else(|_| config.files_root.clone());
-        Guest { config, root, procs: Arc::new(Procs::default()), started: Instant::now(), hostname }
+        let root = config
+            .files_root
+            .canonicalize()
+            .unwrap_or_else(|_| config.files_root.clone());
+        Guest {
+            config,
+            root,
+            procs: Arc::new(Procs::default()),
+            started: Instant::now(),
+            hostname,
+        }
     }
 
     pub async fn run(self: Arc<Self>) -> Result<(), String> {
-        let listener =
-            TcpListener::bind(self.config.listen).await.map_err(|e| format!("listen on {}: {e}", self.config.listen))?;
-        eprintln!("kraal-guest {} listening on {}", env!("CARGO_PKG_VERSION"), self.config.listen);
+        let listener = TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", self.config.listen))?;
+        eprintln!(
+            "kraal-guest {} listening on {}",
+            env!("CARGO_PKG_VERSION"),
+            self.config.listen
+        );
 
         let reaper = self.procs.clone();
         tokio::spawn(async move {
-            let mut sig = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+            let mut sig = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+            {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("kraal-guest: cannot watch SIGCHLD: {e}");
@@ -68,10 +85,11 @@ impl Guest {
         // As PID 1 we must not die from SIGTERM/SIGINT sent by the runtime before we flush.
         let me = self.clone();
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
             term.recv().await;
             procs::shutdown(&me.procs, Duration::from_secs(5)).await;
             std::process::exit(0);
@@ -102,7 +120,10 @@ impl Guest {
     async fn serve_conn(self: Arc<Self>, sock: TcpStream) -> Result<(), String> {
         let mut framed = Framed::new(sock, FrameCodec::default());
         let challenge = Challenge::new();
-        framed.send(Frame::control(0, &challenge)).await.map_err(|e| e.to_string())?;
+        framed
+            .send(Frame::control(0, &challenge))
+            .await
+            .map_err(|e| e.to_string())?;
         let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
             .await
             .map_err(|_| "handshake timed out".to_owned())?
@@ -110,17 +131,32 @@ impl Guest {
             .map_err(|e| e.to_string())?;
         let hello: Hello = hello.parse().map_err(|e| format!("bad hello: {e}"))?;
         let verdict = if hello.version != PROTOCOL_VERSION {
-            Err(format!("protocol version {} not supported (guest speaks {PROTOCOL_VERSION})", hello.version))
+            Err(format!(
+                "protocol version {} not supported (guest speaks {PROTOCOL_VERSION})",
+                hello.version
+            ))
         } else {
             verify_mac(&self.config.token, &challenge.nonce, &hello.mac).map_err(|e| e.to_string())
         };
         if let Err(reason) = verdict {
-            let _ = framed.send(Frame::control(0, &Welcome::Denied { reason: reason.clone() })).await;
+            let _ = framed
+                .send(Frame::control(
+                    0,
+                    &Welcome::Denied {
+                        reason: reason.clone(),
+                    },
+                ))
+                .await;
             return Err(reason);
         }
-        let welcome =
-            Welcome::Accepted { guest_version: env!("CARGO_PKG_VERSION").to_owned(), hostname: self.hostname.clone() };
-        framed.send(Frame::control(0, &welcome)).await.map_err(|e| e.to_string())?;
+        let welcome = Welcome::Accepted {
+            guest_version: env!("CARGO_PKG_VERSION").to_owned(),
+            hostname: self.hostname.clone(),
+        };
+        framed
+            .send(Frame::control(0, &welcome))
+            .await
+            .map_err(|e| e.to_string())?;
 
         let (mut sink, mut source) = framed.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(256);
@@ -136,9 +172,8 @@ impl Guest {
             let frame = frame.map_err(|e| e.to_string())?;
             let id = frame.stream;
             if let Some(tx) = streams.get(&id) {
-                if frame.kind == FrameKind::Close {
-                    streams.remove(&id);
-                } else if tx.send(frame).await.is_err() {
+                // The host closed its side, or the handler already finished.
+                if frame.kind == FrameKind::Close || tx.send(frame).await.is_err() {
                     streams.remove(&id);
                 }
                 continue;
@@ -149,8 +184,13 @@ impl Guest {
             let req: Request = match frame.parse() {
                 Ok(r) => r,
                 Err(e) => {
-                    let err = GuestError::new(ErrorCode::InvalidRequest, format!("malformed request: {e}"));
-                    let _ = out_tx.send(Frame::control(id, &StreamMsg::Error(err))).await;
+                    let err = GuestError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("malformed request: {e}"),
+                    );
+                    let _ = out_tx
+                        .send(Frame::control(id, &StreamMsg::Error(err)))
+                        .await;
                     let _ = out_tx.send(Frame::close(id)).await;
                     continue;
                 }
@@ -200,19 +240,48 @@ impl Guest {
             }
             Request::Exec(req) => {
                 let proc = self.spawn(&req)?;
-                send(out, Frame::control(id, &StreamMsg::Started { proc: proc.id, pid: proc.pid })).await;
+                send(
+                    out,
+                    Frame::control(
+                        id,
+                        &StreamMsg::Started {
+                            proc: proc.id,
+                            pid: proc.pid,
+                        },
+                    ),
+                )
+                .await;
                 attach(id, proc, 0, input, out).await;
             }
             Request::Attach { proc, after } => {
                 let p = self.procs.get(proc).ok_or_else(|| unknown_proc(proc))?;
-                send(out, Frame::control(id, &StreamMsg::Started { proc: p.id, pid: p.pid })).await;
+                send(
+                    out,
+                    Frame::control(
+                        id,
+                        &StreamMsg::Started {
+                            proc: p.id,
+                            pid: p.pid,
+                        },
+                    ),
+                )
+                .await;
                 attach(id, p, after, input, out).await;
             }
             Request::Processes => {
-                send(out, done(Response::Processes { processes: self.procs.list() })).await;
+                send(
+                    out,
+                    done(Response::Processes {
+                        processes: self.procs.list(),
+                    }),
+                )
+                .await;
             }
             Request::Signal { proc, signal } => {
-                self.procs.get(proc).ok_or_else(|| unknown_proc(proc))?.signal(signal)?;
+                self.procs
+                    .get(proc)
+                    .ok_or_else(|| unknown_proc(proc))?
+                    .signal(signal)?;
                 send(out, done(Response::Ok)).await;
             }
             Request::Stat { path } => {
@@ -221,14 +290,28 @@ impl Guest {
             }
             Request::ListDir { path } => {
                 let p = files::resolve(&self.root, &path, true)?;
-                send(out, done(Response::List { entries: files::list(&self.root, &p)? })).await;
+                send(
+                    out,
+                    done(Response::List {
+                        entries: files::list(&self.root, &p)?,
+                    }),
+                )
+                .await;
             }
-            Request::ReadFile { path, offset, limit } => {
+            Request::ReadFile {
+                path,
+                offset,
+                limit,
+            } => {
                 let p = files::resolve(&self.root, &path, true)?;
                 let bytes = self.read_file(id, &p, offset, limit, out).await?;
                 send(out, done(Response::ReadDone { bytes })).await;
             }
-            Request::WriteFile { path, mode, create_parents } => {
+            Request::WriteFile {
+                path,
+                mode,
+                create_parents,
+            } => {
                 let p = files::resolve(&self.root, &path, true)?;
                 let mut w = files::PendingWrite::begin(&self.root, &p, mode, create_parents)?;
                 loop {
@@ -266,7 +349,11 @@ impl Guest {
     }
 
     fn spawn(&self, req: &ExecRequest) -> Result<Arc<Proc>, GuestError> {
-        let default_cwd = if self.root.is_dir() { self.root.to_string_lossy().into_owned() } else { "/".to_owned() };
+        let default_cwd = if self.root.is_dir() {
+            self.root.to_string_lossy().into_owned()
+        } else {
+            "/".to_owned()
+        };
         self.procs.spawn(req, &default_cwd)
     }
 
@@ -281,22 +368,36 @@ impl Guest {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let rel = files::relative(&self.root, p);
         if p.is_dir() {
-            return Err(GuestError::new(ErrorCode::IsADirectory, format!("{rel}: is a directory")));
+            return Err(GuestError::new(
+                ErrorCode::IsADirectory,
+                format!("{rel}: is a directory"),
+            ));
         }
-        let mut f = tokio::fs::File::open(p).await.map_err(|e| GuestError::io(&e, &rel))?;
+        let mut f = tokio::fs::File::open(p)
+            .await
+            .map_err(|e| GuestError::io(&e, &rel))?;
         if offset > 0 {
-            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| GuestError::io(&e, &rel))?;
+            f.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| GuestError::io(&e, &rel))?;
         }
         let mut remaining = limit.unwrap_or(u64::MAX);
         let mut total = 0u64;
         let mut buf = vec![0u8; READ_CHUNK];
         while remaining > 0 {
             let want = (remaining.min(READ_CHUNK as u64)) as usize;
-            let n = f.read(&mut buf[..want]).await.map_err(|e| GuestError::io(&e, &rel))?;
+            let n = f
+                .read(&mut buf[..want])
+                .await
+                .map_err(|e| GuestError::io(&e, &rel))?;
             if n == 0 {
                 break;
             }
-            send(out, Frame::data(id, FrameKind::Data, Bytes::copy_from_slice(&buf[..n]))).await;
+            send(
+                out,
+                Frame::data(id, FrameKind::Data, Bytes::copy_from_slice(&buf[..n])),
+            )
+            .await;
             total += n as u64;
             remaining -= n as u64;
         }
@@ -305,7 +406,10 @@ impl Guest {
 }
 
 fn unknown_proc(id: u64) -> GuestError {
-    GuestError::new(ErrorCode::UnknownProcess, format!("no process with id {id}"))
+    GuestError::new(
+        ErrorCode::UnknownProcess,
+        format!("no process with id {id}"),
+    )
 }
 
 async fn send(out: &Out, f: Frame) {
@@ -314,13 +418,28 @@ async fn send(out: &Out, f: Frame) {
 
 /// Streams a process's output from `after` and forwards input until it finishes or the
 /// host detaches. Detaching never kills the process.
-async fn attach(id: u32, proc: Arc<Proc>, mut after: u64, mut input: mpsc::Receiver<Frame>, out: &Out) {
+async fn attach(
+    id: u32,
+    proc: Arc<Proc>,
+    mut after: u64,
+    mut input: mpsc::Receiver<Frame>,
+    out: &Out,
+) {
     let mut changed = proc.changed.subscribe();
     let mut input_open = true;
     loop {
         let (entries, first) = proc.state.lock().unwrap().output.since(after);
         if after + 1 < first && after != 0 {
-            send(out, Frame::control(id, &StreamMsg::Truncated { first_available: first })).await;
+            send(
+                out,
+                Frame::control(
+                    id,
+                    &StreamMsg::Truncated {
+                        first_available: first,
+                    },
+                ),
+            )
+            .await;
         }
         for (seq, kind, data) in entries {
             send(out, Frame::output(id, kind, seq, &data)).await;

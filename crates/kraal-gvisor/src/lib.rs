@@ -21,7 +21,9 @@ use kraal_core::{BackendKind, Capabilities, WorkspaceId};
 use kraal_image::{ImageStore, Recipe};
 use kraal_net::{Link, Pool};
 use kraal_sandbox::process::{Cmd, ProcessError, which};
-use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus};
+use kraal_sandbox::{
+    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
+};
 
 pub use spec::{BundleSpec, NetworkMode};
 
@@ -58,7 +60,8 @@ impl GvisorBackend {
     }
 
     fn runsc(&self) -> Cmd {
-        let mut c = Cmd::new(&self.cfg.runsc).arg(format!("--root={}", self.cfg.runsc_root.display()));
+        let mut c =
+            Cmd::new(&self.cfg.runsc).arg(format!("--root={}", self.cfg.runsc_root.display()));
         if let Some(p) = &self.cfg.platform {
             c = c.arg(format!("--platform={p}"));
         }
@@ -67,24 +70,38 @@ impl GvisorBackend {
 
     fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> BackendError {
         let workspace = id.to_string();
-        move |source| BackendError::Runtime { workspace, op, source }
+        move |source| BackendError::Runtime {
+            workspace,
+            op,
+            source,
+        }
     }
 
-    fn io_err(id: &WorkspaceId, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
+    fn io_err(
+        id: &WorkspaceId,
+        op: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> BackendError {
         let workspace = id.to_string();
         let path = path.to_owned();
-        move |source| BackendError::Io { workspace, op, path, source }
+        move |source| BackendError::Io {
+            workspace,
+            op,
+            path,
+            source,
+        }
     }
 
     /// runsc's view of the container: `None` when it does not exist.
     async fn runsc_state(&self, id: &WorkspaceId) -> Result<Option<String>, BackendError> {
         match self.runsc().args(["state", id.as_str()]).run().await {
             Ok(out) => {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| BackendError::Failed {
-                    workspace: id.to_string(),
-                    op: "state",
-                    message: format!("runsc state printed invalid JSON: {e}"),
-                })?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).map_err(|e| BackendError::Failed {
+                        workspace: id.to_string(),
+                        op: "state",
+                        message: format!("runsc state printed invalid JSON: {e}"),
+                    })?;
                 Ok(v.get("status").and_then(|s| s.as_str()).map(str::to_owned))
             }
             Err(ProcessError::Failed { stderr, .. })
@@ -106,13 +123,19 @@ impl GvisorBackend {
         if self.rootfs_mounted(id) {
             return Ok(());
         }
-        let lower = std::fs::read_to_string(dir.join("image")).map_err(Self::io_err(id, "start", &dir.join("image")))?;
+        let lower = std::fs::read_to_string(dir.join("image")).map_err(Self::io_err(
+            id,
+            "start",
+            &dir.join("image"),
+        ))?;
         let lower = lower.trim();
         if !Path::new(lower).is_dir() {
             return Err(BackendError::Failed {
                 workspace: id.to_string(),
                 op: "start",
-                message: format!("image {lower} is missing; it was removed after the workspace was created"),
+                message: format!(
+                    "image {lower} is missing; it was removed after the workspace was created"
+                ),
             });
         }
         let opts = format!(
@@ -131,11 +154,11 @@ impl GvisorBackend {
 
     async fn unmount_root(&self, id: &WorkspaceId) {
         let target = self.ws_dir(id).join("rootfs");
-        if is_mountpoint(&target) {
-            if let Err(e) = Cmd::new("umount").arg(&target).run().await {
-                tracing::warn!(workspace = %id, "unmount root: {e}; detaching lazily");
-                let _ = Cmd::new("umount").arg("-l").arg(&target).run().await;
-            }
+        if is_mountpoint(&target)
+            && let Err(e) = Cmd::new("umount").arg(&target).run().await
+        {
+            tracing::warn!(workspace = %id, "unmount root: {e}; detaching lazily");
+            let _ = Cmd::new("umount").arg("-l").arg(&target).run().await;
         }
     }
 
@@ -161,7 +184,11 @@ impl GvisorBackend {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
-            self.runsc().args(["delete", "--force", id.as_str()]).run().await.map_err(Self::rt_err(id, "delete"))?;
+            self.runsc()
+                .args(["delete", "--force", id.as_str()])
+                .run()
+                .await
+                .map_err(Self::rt_err(id, "delete"))?;
         }
         // Slot numbers do not matter for teardown: names derive from the id.
         kraal_net::teardown(id, &self.link(id, 0)).await;
@@ -171,10 +198,15 @@ impl GvisorBackend {
 }
 
 fn is_mountpoint(p: &Path) -> bool {
-    let Ok(canon) = p.canonicalize() else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(canon) = p.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = canon.to_string_lossy();
-    info.lines().any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
 }
 
 #[async_trait]
@@ -196,9 +228,20 @@ impl Backend for GvisorBackend {
     async fn check(&self) -> HostCheck {
         let mut details = Vec::new();
         let mut ok = true;
-        match self.runsc().arg("--version").timeout(Duration::from_secs(5)).run().await {
+        match self
+            .runsc()
+            .arg("--version")
+            .timeout(Duration::from_secs(5))
+            .run()
+            .await
+        {
             Ok(out) => {
-                let v = out.stdout_str().lines().next().unwrap_or_default().to_owned();
+                let v = out
+                    .stdout_str()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
                 details.push(format!("{v} at {}", self.cfg.runsc.display()));
             }
             Err(e) => {
@@ -223,10 +266,21 @@ impl Backend for GvisorBackend {
         }
         if !nix::unistd::geteuid().is_root() {
             ok = false;
-            details.push("the gVisor backend needs root (network namespaces, overlay mounts, cgroups)".into());
+            details.push(
+                "the gVisor backend needs root (network namespaces, overlay mounts, cgroups)"
+                    .into(),
+            );
         }
         details.push(format!("network mode {}", self.cfg.network.as_str()));
-        HostCheck { backend: BackendKind::Gvisor, status: if ok { ProbeStatus::Usable } else { ProbeStatus::Unusable }, details }
+        HostCheck {
+            backend: BackendKind::Gvisor,
+            status: if ok {
+                ProbeStatus::Usable
+            } else {
+                ProbeStatus::Unusable
+            },
+            details,
+        }
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
@@ -241,12 +295,15 @@ impl Backend for GvisorBackend {
             let image = self
                 .cfg
                 .images
-                .ensure(&Recipe::base(), &|line| tracing::info!(workspace = %id, "{line}"))
+                .ensure(
+                    &Recipe::base(),
+                    &|line| tracing::info!(workspace = %id, "{line}"),
+                )
                 .await
                 .map_err(|e| BackendError::Failed {
                     workspace: id.to_string(),
                     op: "create",
-                    message: format!("{}", kraal_sandbox_chain(&e)),
+                    message: kraal_sandbox_chain(&e).to_string(),
                 })?;
             std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
                 .map_err(Self::io_err(id, "create", &image_file))?;
@@ -259,7 +316,10 @@ impl Backend for GvisorBackend {
             let _ = std::fs::remove_dir_all(&partial);
             if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &partial).await {
                 let _ = std::fs::remove_dir_all(&partial);
-                return Err(BackendError::Source { workspace: id.to_string(), source: e });
+                return Err(BackendError::Source {
+                    workspace: id.to_string(),
+                    source: e,
+                });
             }
             std::fs::rename(&partial, &volume).map_err(Self::io_err(id, "create", &volume))?;
         }
@@ -271,17 +331,27 @@ impl Backend for GvisorBackend {
         match self.runsc_state(id).await?.as_deref() {
             Some("running") => return self.endpoint(id).await,
             Some("paused") => {
-                self.runsc().args(["resume", id.as_str()]).run().await.map_err(Self::rt_err(id, "resume"))?;
+                self.runsc()
+                    .args(["resume", id.as_str()])
+                    .run()
+                    .await
+                    .map_err(Self::rt_err(id, "resume"))?;
                 return self.endpoint(id).await;
             }
             Some(_) => {
-                self.runsc().args(["delete", "--force", id.as_str()]).run().await.map_err(Self::rt_err(id, "delete"))?;
+                self.runsc()
+                    .args(["delete", "--force", id.as_str()])
+                    .run()
+                    .await
+                    .map_err(Self::rt_err(id, "delete"))?;
             }
             None => {}
         }
         let dir = self.ws_dir(id);
         if !dir.join("volume").is_dir() {
-            return Err(BackendError::NotFound { workspace: id.to_string() });
+            return Err(BackendError::NotFound {
+                workspace: id.to_string(),
+            });
         }
         if !self.cfg.guest_bin.is_file() {
             return Err(BackendError::Failed {
@@ -292,22 +362,29 @@ impl Backend for GvisorBackend {
         }
         self.mount_root(id).await?;
 
-        let (slot, guard) = kraal_net::allocate(self.cfg.pool).await.map_err(|e| BackendError::Failed {
-            workspace: id.to_string(),
-            op: "allocate network",
-            message: kraal_sandbox_chain(&e),
-        })?;
+        let (slot, guard) =
+            kraal_net::allocate(self.cfg.pool)
+                .await
+                .map_err(|e| BackendError::Failed {
+                    workspace: id.to_string(),
+                    op: "allocate network",
+                    message: kraal_sandbox_chain(&e),
+                })?;
         let link = self.link(id, slot);
-        kraal_net::install_firewall(self.cfg.pool).await.map_err(|e| BackendError::Failed {
-            workspace: id.to_string(),
-            op: "firewall",
-            message: kraal_sandbox_chain(&e),
-        })?;
-        kraal_net::setup(id, &link).await.map_err(|e| BackendError::Failed {
-            workspace: id.to_string(),
-            op: "network setup",
-            message: kraal_sandbox_chain(&e),
-        })?;
+        kraal_net::install_firewall(self.cfg.pool)
+            .await
+            .map_err(|e| BackendError::Failed {
+                workspace: id.to_string(),
+                op: "firewall",
+                message: kraal_sandbox_chain(&e),
+            })?;
+        kraal_net::setup(id, &link)
+            .await
+            .map_err(|e| BackendError::Failed {
+                workspace: id.to_string(),
+                op: "network setup",
+                message: kraal_sandbox_chain(&e),
+            })?;
         drop(guard);
 
         let guest_dir = dir.join("guest");
@@ -319,13 +396,23 @@ impl Backend for GvisorBackend {
             "hostname": spec.name.as_str(),
         });
         let cfg_path = guest_dir.join("guest.json");
-        write_private(&cfg_path, guest_cfg.to_string().as_bytes()).map_err(Self::io_err(id, "start", &cfg_path))?;
+        write_private(&cfg_path, guest_cfg.to_string().as_bytes())
+            .map_err(Self::io_err(id, "start", &cfg_path))?;
         let resolv = guest_dir.join("resolv.conf");
-        std::fs::write(&resolv, resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()))
-            .map_err(Self::io_err(id, "start", &resolv))?;
+        std::fs::write(
+            &resolv,
+            resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        )
+        .map_err(Self::io_err(id, "start", &resolv))?;
         let hosts = guest_dir.join("hosts");
-        std::fs::write(&hosts, format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n", spec.name))
-            .map_err(Self::io_err(id, "start", &hosts))?;
+        std::fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n",
+                spec.name
+            ),
+        )
+        .map_err(Self::io_err(id, "start", &hosts))?;
 
         let bundle = BundleSpec {
             rootfs: dir.join("rootfs"),
@@ -343,8 +430,11 @@ impl Backend for GvisorBackend {
         let bundle_dir = dir.join("bundle");
         std::fs::create_dir_all(&bundle_dir).map_err(Self::io_err(id, "start", &bundle_dir))?;
         let cfg_json = bundle_dir.join("config.json");
-        std::fs::write(&cfg_json, serde_json::to_vec_pretty(&bundle.oci_config()).expect("serializes"))
-            .map_err(Self::io_err(id, "start", &cfg_json))?;
+        std::fs::write(
+            &cfg_json,
+            serde_json::to_vec_pretty(&bundle.oci_config()).expect("serializes"),
+        )
+        .map_err(Self::io_err(id, "start", &cfg_json))?;
 
         let console = dir.join("console.log");
         let runsc_args = [
@@ -380,9 +470,15 @@ impl Backend for GvisorBackend {
             if !tail.trim().is_empty() {
                 msg.push_str(&format!("\nconsole:\n{}", tail.trim()));
             }
-            return Err(BackendError::Failed { workspace: id.to_string(), op: "start", message: msg });
+            return Err(BackendError::Failed {
+                workspace: id.to_string(),
+                op: "start",
+                message: msg,
+            });
         }
-        Ok(GuestEndpoint { addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)) })
+        Ok(GuestEndpoint {
+            addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+        })
     }
 
     async fn stop(&self, id: &WorkspaceId) -> Result<(), BackendError> {
@@ -396,7 +492,10 @@ impl Backend for GvisorBackend {
             return Err(BackendError::Failed {
                 workspace: id.to_string(),
                 op: "destroy",
-                message: format!("{} is still mounted; refusing to delete under it", dir.join("rootfs").display()),
+                message: format!(
+                    "{} is still mounted; refusing to delete under it",
+                    dir.join("rootfs").display()
+                ),
             });
         }
         if dir.exists() {
@@ -415,25 +514,41 @@ impl Backend for GvisorBackend {
     }
 
     async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError> {
-        let ip = kraal_net::guest_ip(id).await.ok_or_else(|| BackendError::Failed {
-            workspace: id.to_string(),
-            op: "endpoint",
-            message: "the workspace network namespace is gone".into(),
-        })?;
-        Ok(GuestEndpoint { addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)) })
+        let ip = kraal_net::guest_ip(id)
+            .await
+            .ok_or_else(|| BackendError::Failed {
+                workspace: id.to_string(),
+                op: "endpoint",
+                message: "the workspace network namespace is gone".into(),
+            })?;
+        Ok(GuestEndpoint {
+            addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+        })
     }
 
-    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError> {
+    async fn console_log(
+        &self,
+        id: &WorkspaceId,
+        max_bytes: usize,
+    ) -> Result<String, BackendError> {
         Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
     }
 
     async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
-        self.runsc().args(["pause", id.as_str()]).run().await.map_err(Self::rt_err(id, "pause"))?;
+        self.runsc()
+            .args(["pause", id.as_str()])
+            .run()
+            .await
+            .map_err(Self::rt_err(id, "pause"))?;
         Ok(())
     }
 
     async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
-        self.runsc().args(["resume", id.as_str()]).run().await.map_err(Self::rt_err(id, "resume"))?;
+        self.runsc()
+            .args(["resume", id.as_str()])
+            .run()
+            .await
+            .map_err(Self::rt_err(id, "resume"))?;
         Ok(())
     }
 }
@@ -453,12 +568,19 @@ fn kraal_sandbox_chain(e: &dyn std::error::Error) -> String {
 fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(p)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
     f.write_all(data)
 }
 
 fn tail_file(p: &Path, max: usize) -> String {
-    let Ok(data) = std::fs::read(p) else { return String::new() };
+    let Ok(data) = std::fs::read(p) else {
+        return String::new();
+    };
     let start = data.len().saturating_sub(max);
     String::from_utf8_lossy(&data[start..]).into_owned()
 }
@@ -494,7 +616,13 @@ mod tests {
 
     #[test]
     fn resolv_conf_drops_loopback_resolvers() {
-        assert_eq!(resolv_conf("nameserver 127.0.0.53\nsearch lan\n"), "search lan\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n");
-        assert_eq!(resolv_conf("# c\nnameserver 10.0.0.2\n"), "nameserver 10.0.0.2\n");
+        assert_eq!(
+            resolv_conf("nameserver 127.0.0.53\nsearch lan\n"),
+            "search lan\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n"
+        );
+        assert_eq!(
+            resolv_conf("# c\nnameserver 10.0.0.2\n"),
+            "nameserver 10.0.0.2\n"
+        );
     }
 }

@@ -77,7 +77,12 @@ impl BundleSpec {
                 "options": ["rbind", if rw { "rw" } else { "ro" }],
             })
         };
-        let mut namespaces = vec![json!({ "type": "pid" }), json!({ "type": "ipc" }), json!({ "type": "uts" }), json!({ "type": "mount" })];
+        let mut namespaces = vec![
+            json!({ "type": "pid" }),
+            json!({ "type": "ipc" }),
+            json!({ "type": "uts" }),
+            json!({ "type": "mount" }),
+        ];
         // In host mode the sandbox must stay in the namespace runsc was started in; a
         // `network` entry without a path would give it a new, empty one.
         if self.network == NetworkMode::Sandbox {
@@ -145,7 +150,11 @@ mod tests {
             hosts: p("guest/hosts"),
             hostname: "demo".into(),
             cgroup: "/kraal/ws-0000000001".into(),
-            resources: Resources { cpus: 1.5, memory_mib: 1024, pids: 512 },
+            resources: Resources {
+                cpus: 1.5,
+                memory_mib: 1024,
+                pids: 512,
+            },
             network,
             netns: PathBuf::from("/run/netns/kraal-0000000001"),
         }
@@ -156,12 +165,14 @@ mod tests {
     #[test]
     fn oci_config_golden() {
         let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/config-host.json");
-        let got = serde_json::to_string_pretty(&sample(NetworkMode::Host).oci_config()).unwrap() + "\n";
+        let got =
+            serde_json::to_string_pretty(&sample(NetworkMode::Host).oci_config()).unwrap() + "\n";
         if std::env::var_os("KRAAL_UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(std::path::Path::new(golden).parent().unwrap()).unwrap();
             std::fs::write(golden, &got).unwrap();
         }
-        let want = std::fs::read_to_string(golden).expect("golden file exists (KRAAL_UPDATE_GOLDEN=1 to create)");
+        let want = std::fs::read_to_string(golden)
+            .expect("golden file exists (KRAAL_UPDATE_GOLDEN=1 to create)");
         assert_eq!(got, want);
     }
 
@@ -169,16 +180,34 @@ mod tests {
     fn limits_and_namespaces() {
         let v = sample(NetworkMode::Sandbox).oci_config();
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150000);
-        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 1024u64 * 1024 * 1024);
+        assert_eq!(
+            v["linux"]["resources"]["memory"]["limit"],
+            1024u64 * 1024 * 1024
+        );
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 512);
-        assert_eq!(v["linux"]["namespaces"][4]["path"], "/run/netns/kraal-0000000001");
+        assert_eq!(
+            v["linux"]["namespaces"][4]["path"],
+            "/run/netns/kraal-0000000001"
+        );
         let h = sample(NetworkMode::Host).oci_config();
         let ns = h["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().all(|n| n["type"] != "network"), "host mode must inherit the netns runsc runs in");
+        assert!(
+            ns.iter().all(|n| n["type"] != "network"),
+            "host mode must inherit the netns runsc runs in"
+        );
         let mounts = h["mounts"].as_array().unwrap();
-        let ws = mounts.iter().find(|m| m["destination"] == "/workspace").unwrap();
+        let ws = mounts
+            .iter()
+            .find(|m| m["destination"] == "/workspace")
+            .unwrap();
         assert_eq!(ws["options"][1], "rw");
-        let g = mounts.iter().find(|m| m["destination"] == "/.kraal/kraal-guest").unwrap();
-        assert_eq!(g["options"][1], "ro", "the guest binary is read-only inside");
+        let g = mounts
+            .iter()
+            .find(|m| m["destination"] == "/.kraal/kraal-guest")
+            .unwrap();
+        assert_eq!(
+            g["options"][1], "ro",
+            "the guest binary is read-only inside"
+        );
     }
 }

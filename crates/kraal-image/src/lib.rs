@@ -13,7 +13,9 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("debootstrap is not installed; run the project's setup (scripts/setup.sh) or `apt-get install debootstrap`")]
+    #[error(
+        "debootstrap is not installed; run the project's setup (scripts/setup.sh) or `apt-get install debootstrap`"
+    )]
     NoDebootstrap,
     #[error("building image {name} failed")]
     Build {
@@ -30,7 +32,10 @@ pub enum ImageError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io { path: path.to_owned(), source }
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// What goes into an image.
@@ -53,7 +58,9 @@ impl Recipe {
             name: "base".to_owned(),
             suite: "bookworm".to_owned(),
             variant: "minbase".to_owned(),
-            packages: ["git", "ca-certificates", "procps", "less", "openssh-client"].map(String::from).to_vec(),
+            packages: ["git", "ca-certificates", "procps", "less", "openssh-client"]
+                .map(String::from)
+                .to_vec(),
             revision: 1,
         }
     }
@@ -82,9 +89,12 @@ pub struct ImageStore {
 
 impl ImageStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        let mirror =
-            std::env::var("KRAAL_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned());
-        ImageStore { dir: dir.into(), mirror }
+        let mirror = std::env::var("KRAAL_DEBIAN_MIRROR")
+            .unwrap_or_else(|_| "http://deb.debian.org/debian".to_owned());
+        ImageStore {
+            dir: dir.into(),
+            mirror,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,12 +108,20 @@ impl ImageStore {
     /// The image if it is already built.
     pub fn get(&self, r: &Recipe) -> Option<Image> {
         let d = self.final_dir(r);
-        d.join("complete").is_file().then(|| Image { name: r.name.clone(), hash: r.hash(), rootfs: d.join("rootfs") })
+        d.join("complete").is_file().then(|| Image {
+            name: r.name.clone(),
+            hash: r.hash(),
+            rootfs: d.join("rootfs"),
+        })
     }
 
     /// Returns the image, building it first if needed. `progress` receives human-readable
     /// status lines.
-    pub async fn ensure(&self, r: &Recipe, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<Image, ImageError> {
+    pub async fn ensure(
+        &self,
+        r: &Recipe,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Image, ImageError> {
         if let Some(img) = self.get(r) {
             return Ok(img);
         }
@@ -111,9 +129,18 @@ impl ImageStore {
         let lock_path = self.dir.join(format!(".{}-{}.lock", r.name, r.hash()));
         let lp = lock_path.clone();
         let _lock = tokio::task::spawn_blocking(move || {
-            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lp).map_err(io(&lp))?;
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| ImageError::Io { path: lp.clone(), source: e.into() })
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lp)
+                .map_err(io(&lp))?;
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+                ImageError::Io {
+                    path: lp.clone(),
+                    source: e.into(),
+                }
+            })
         })
         .await
         .expect("lock task does not panic")?;
@@ -125,19 +152,34 @@ impl ImageStore {
             return Err(ImageError::NoDebootstrap);
         }
         let final_dir = self.final_dir(r);
-        let tmp = self.dir.join(format!(".build-{}-{}-{}", r.name, r.hash(), std::process::id()));
+        let tmp = self.dir.join(format!(
+            ".build-{}-{}-{}",
+            r.name,
+            r.hash(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&tmp);
         // Leftovers of builds killed half-way.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!(".build-{}-{}-", r.name, r.hash())) {
+                if e.file_name().to_string_lossy().starts_with(&format!(
+                    ".build-{}-{}-",
+                    r.name,
+                    r.hash()
+                )) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
         }
         let rootfs = tmp.join("rootfs");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        progress(&format!("building image {} ({} {}, {} extra packages) with debootstrap", r.name, r.suite, r.variant, r.packages.len()));
+        progress(&format!(
+            "building image {} ({} {}, {} extra packages) with debootstrap",
+            r.name,
+            r.suite,
+            r.variant,
+            r.packages.len()
+        ));
         let t0 = std::time::Instant::now();
         let result = Cmd::new("debootstrap")
             .arg(format!("--variant={}", r.variant))
@@ -150,14 +192,29 @@ impl ImageStore {
             .await;
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&tmp);
-            return Err(ImageError::Build { name: r.name.clone(), source: e });
+            return Err(ImageError::Build {
+                name: r.name.clone(),
+                source: e,
+            });
         }
         post_process(&rootfs)?;
-        std::fs::write(tmp.join("recipe.json"), serde_json::to_vec_pretty(r).expect("serializes")).map_err(io(&tmp))?;
+        std::fs::write(
+            tmp.join("recipe.json"),
+            serde_json::to_vec_pretty(r).expect("serializes"),
+        )
+        .map_err(io(&tmp))?;
         std::fs::write(tmp.join("complete"), b"").map_err(io(&tmp))?;
         std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        progress(&format!("image {} built in {:.0} s", r.name, t0.elapsed().as_secs_f64()));
-        Ok(Image { name: r.name.clone(), hash: r.hash(), rootfs: final_dir.join("rootfs") })
+        progress(&format!(
+            "image {} built in {:.0} s",
+            r.name,
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(Image {
+            name: r.name.clone(),
+            hash: r.hash(),
+            rootfs: final_dir.join("rootfs"),
+        })
     }
 
     /// Built images, newest first.
@@ -169,9 +226,17 @@ impl ImageStore {
                 if !p.join("complete").is_file() {
                     continue;
                 }
-                let Ok(text) = std::fs::read(p.join("recipe.json")) else { continue };
-                let Ok(r) = serde_json::from_slice::<Recipe>(&text) else { continue };
-                v.push(Image { name: r.name.clone(), hash: r.hash(), rootfs: p.join("rootfs") });
+                let Ok(text) = std::fs::read(p.join("recipe.json")) else {
+                    continue;
+                };
+                let Ok(r) = serde_json::from_slice::<Recipe>(&text) else {
+                    continue;
+                };
+                v.push(Image {
+                    name: r.name.clone(),
+                    hash: r.hash(),
+                    rootfs: p.join("rootfs"),
+                });
             }
         }
         v

@@ -11,7 +11,10 @@ use kraal_core::WorkspaceId;
 use kraal_sandbox::process::{Cmd, ProcessError};
 
 /// Default pool for workspace links: 16 384 /30 subnets.
-pub const DEFAULT_POOL: Pool = Pool { base: Ipv4Addr::new(10, 213, 0, 0), prefix: 16 };
+pub const DEFAULT_POOL: Pool = Pool {
+    base: Ipv4Addr::new(10, 213, 0, 0),
+    prefix: 16,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -53,7 +56,8 @@ impl Pool {
     }
 
     pub fn slot_of(&self, ip: Ipv4Addr) -> Option<u32> {
-        self.contains(ip).then(|| (u32::from(ip) - u32::from(self.base)) / 4)
+        self.contains(ip)
+            .then(|| (u32::from(ip) - u32::from(self.base)) / 4)
     }
 }
 
@@ -144,7 +148,13 @@ table inet kraal {{
 }
 
 pub async fn install_firewall(pool: Pool) -> Result<(), NetError> {
-    Cmd::new("nft").args(["-f", "-"]).stdin(ruleset(pool)).timeout(Duration::from_secs(30)).run().await.map_err(NetError::Firewall)?;
+    Cmd::new("nft")
+        .args(["-f", "-"])
+        .stdin(ruleset(pool))
+        .timeout(Duration::from_secs(30))
+        .run()
+        .await
+        .map_err(NetError::Firewall)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(NetError::Forwarding)?;
     Ok(())
 }
@@ -160,15 +170,26 @@ pub struct AllocGuard {
 pub async fn allocate(pool: Pool) -> Result<(u32, AllocGuard), NetError> {
     let lock_path = PathBuf::from("/run/kraal/net.lock");
     let guard = tokio::task::spawn_blocking(move || -> Result<AllocGuard, NetError> {
-        std::fs::create_dir_all("/run/kraal").map_err(|e| NetError::Lock { path: lock_path.clone(), source: e })?;
+        std::fs::create_dir_all("/run/kraal").map_err(|e| NetError::Lock {
+            path: lock_path.clone(),
+            source: e,
+        })?;
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| NetError::Lock { path: lock_path.clone(), source: e })?;
-        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| NetError::Lock { path: lock_path.clone(), source: e.into() })?;
+            .map_err(|e| NetError::Lock {
+                path: lock_path.clone(),
+                source: e,
+            })?;
+        let lock =
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+                NetError::Lock {
+                    path: lock_path.clone(),
+                    source: e.into(),
+                }
+            })?;
         Ok(AllocGuard { _lock: lock })
     })
     .await
@@ -177,9 +198,16 @@ pub async fn allocate(pool: Pool) -> Result<(u32, AllocGuard), NetError> {
         .args(["-4", "-o", "addr", "show"])
         .run()
         .await
-        .map_err(|e| NetError::Command { workspace: "(allocation)".into(), source: e })?;
+        .map_err(|e| NetError::Command {
+            workspace: "(allocation)".into(),
+            source: e,
+        })?;
     let used = used_slots(&out.stdout_str(), pool);
-    let slot = (0..pool.slots()).find(|s| !used.contains(s)).ok_or(NetError::Exhausted { pool: pool.to_string() })?;
+    let slot = (0..pool.slots())
+        .find(|s| !used.contains(s))
+        .ok_or(NetError::Exhausted {
+            pool: pool.to_string(),
+        })?;
     Ok((slot, guard))
 }
 
@@ -200,11 +228,28 @@ pub fn used_slots(ip_output: &str, pool: Pool) -> std::collections::HashSet<u32>
 /// Creates the namespace and link. Any leftover of an earlier attempt is removed first.
 pub async fn setup(id: &WorkspaceId, link: &Link) -> Result<(), NetError> {
     teardown(id, link).await;
-    let err = |e| NetError::Command { workspace: id.to_string(), source: e };
-    Cmd::new("ip").args(["netns", "add", &link.netns]).run().await.map_err(err)?;
+    let err = |e| NetError::Command {
+        workspace: id.to_string(),
+        source: e,
+    };
+    Cmd::new("ip")
+        .args(["netns", "add", &link.netns])
+        .run()
+        .await
+        .map_err(err)?;
     let r = async {
-        Cmd::new("ip").args(["-batch", "-"]).stdin(link.host_batch()).run().await.map_err(err)?;
-        Cmd::new("ip").args(["-netns", &link.netns, "-batch", "-"]).stdin(link.guest_batch()).run().await.map_err(err)?;
+        Cmd::new("ip")
+            .args(["-batch", "-"])
+            .stdin(link.host_batch())
+            .run()
+            .await
+            .map_err(err)?;
+        Cmd::new("ip")
+            .args(["-netns", &link.netns, "-batch", "-"])
+            .stdin(link.guest_batch())
+            .run()
+            .await
+            .map_err(err)?;
         Ok(())
     }
     .await;
@@ -217,12 +262,18 @@ pub async fn setup(id: &WorkspaceId, link: &Link) -> Result<(), NetError> {
 /// Removes the namespace (which takes the veth pair with it). Never fails: missing pieces
 /// are already gone.
 pub async fn teardown(id: &WorkspaceId, link: &Link) {
-    if netns_path(id).exists() {
-        if let Err(e) = Cmd::new("ip").args(["netns", "del", &link.netns]).run().await {
-            tracing::warn!(workspace = %id, "removing network namespace: {e}");
-        }
+    if netns_path(id).exists()
+        && let Err(e) = Cmd::new("ip")
+            .args(["netns", "del", &link.netns])
+            .run()
+            .await
+    {
+        tracing::warn!(workspace = %id, "removing network namespace: {e}");
     }
-    let _ = Cmd::new("ip").args(["link", "del", &link.host_if]).run().await;
+    let _ = Cmd::new("ip")
+        .args(["link", "del", &link.host_if])
+        .run()
+        .await;
 }
 
 /// The guest address of a live link, read back from the namespace.
@@ -231,7 +282,11 @@ pub async fn guest_ip(id: &WorkspaceId) -> Option<Ipv4Addr> {
         return None;
     }
     let ns = netns_name(id);
-    let out = Cmd::new("ip").args(["-netns", &ns, "-4", "-o", "addr", "show"]).run().await.ok()?;
+    let out = Cmd::new("ip")
+        .args(["-netns", &ns, "-4", "-o", "addr", "show"])
+        .run()
+        .await
+        .ok()?;
     out.stdout_str()
         .lines()
         .filter(|l| !l.contains(" lo "))
@@ -273,9 +328,14 @@ mod tests {
     #[test]
     fn ruleset_golden() {
         let r = ruleset(DEFAULT_POOL);
-        assert!(r.starts_with("table inet kraal\ndelete table inet kraal\n"), "must replace atomically");
+        assert!(
+            r.starts_with("table inet kraal\ndelete table inet kraal\n"),
+            "must replace atomically"
+        );
         assert!(r.contains(r#"iifname "kh*" oifname "kh*" drop"#));
-        assert!(r.contains(r#"iifname "kh*" drop comment "workspaces cannot open connections to the host""#));
+        assert!(r.contains(
+            r#"iifname "kh*" drop comment "workspaces cannot open connections to the host""#
+        ));
         assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"kh*\" masquerade"));
     }
 

@@ -29,7 +29,10 @@ impl Challenge {
     pub fn new() -> Self {
         let mut n = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut n);
-        Challenge { version: crate::PROTOCOL_VERSION, nonce: hex::encode(n) }
+        Challenge {
+            version: crate::PROTOCOL_VERSION,
+            nonce: hex::encode(n),
+        }
     }
 }
 
@@ -40,7 +43,8 @@ impl Default for Challenge {
 }
 
 pub fn compute_mac(token: &str, nonce: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("hmac accepts any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("hmac accepts any key length");
     mac.update(nonce.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
@@ -50,5 +54,9 @@ pub fn verify_mac(token: &str, nonce: &str, answer: &str) -> Result<(), AuthErro
     if answer.len() != expected.len() {
         return Err(AuthError::Malformed);
     }
-    if bool::from(expected.as_bytes().ct_eq(answer.as_bytes())) { Ok(()) } else { Err(AuthError::BadMac) }
+    if bool::from(expected.as_bytes().ct_eq(answer.as_bytes())) {
+        Ok(())
+    } else {
+        Err(AuthError::BadMac)
+    }
 }

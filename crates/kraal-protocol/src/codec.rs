@@ -60,15 +60,27 @@ impl Frame {
     pub fn control<T: serde::Serialize>(stream: u32, msg: &T) -> Frame {
         // Serializing our own message enums cannot fail: they hold no maps with non-string keys.
         let payload = serde_json::to_vec(msg).expect("protocol messages serialize");
-        Frame { stream, kind: FrameKind::Control, payload: payload.into() }
+        Frame {
+            stream,
+            kind: FrameKind::Control,
+            payload: payload.into(),
+        }
     }
 
     pub fn close(stream: u32) -> Frame {
-        Frame { stream, kind: FrameKind::Close, payload: Bytes::new() }
+        Frame {
+            stream,
+            kind: FrameKind::Close,
+            payload: Bytes::new(),
+        }
     }
 
     pub fn data(stream: u32, kind: FrameKind, payload: Bytes) -> Frame {
-        Frame { stream, kind, payload }
+        Frame {
+            stream,
+            kind,
+            payload,
+        }
     }
 
     /// An output frame: sequence number then bytes.
@@ -76,7 +88,11 @@ impl Frame {
         let mut b = BytesMut::with_capacity(8 + bytes.len());
         b.put_u64(seq);
         b.put_slice(bytes);
-        Frame { stream, kind, payload: b.freeze() }
+        Frame {
+            stream,
+            kind,
+            payload: b.freeze(),
+        }
     }
 
     /// Splits an output frame's payload into its sequence number and bytes.
@@ -103,7 +119,11 @@ pub struct FrameCodec {
 
 impl Default for FrameCodec {
     fn default() -> Self {
-        FrameCodec { inner: LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME + 5).new_codec() }
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .max_frame_length(MAX_FRAME + 5)
+                .new_codec(),
+        }
     }
 }
 
@@ -112,13 +132,19 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        let Some(mut buf) = self.inner.decode(src)? else { return Ok(None) };
+        let Some(mut buf) = self.inner.decode(src)? else {
+            return Ok(None);
+        };
         if buf.len() < 5 {
             return Err(CodecError::Short { len: buf.len() });
         }
         let stream = buf.get_u32();
         let kind = FrameKind::from_u8(buf.get_u8())?;
-        Ok(Some(Frame { stream, kind, payload: buf.freeze() }))
+        Ok(Some(Frame {
+            stream,
+            kind,
+            payload: buf.freeze(),
+        }))
     }
 }
 

@@ -14,8 +14,13 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Welcome {
-    Accepted { guest_version: String, hostname: String },
-    Denied { reason: String },
+    Accepted {
+        guest_version: String,
+        hostname: String,
+    },
+    Denied {
+        reason: String,
+    },
 }
 
 /// Terminal size in character cells.
@@ -45,19 +50,51 @@ pub enum Request {
     Health,
     Exec(ExecRequest),
     /// Reattach to a process, replaying output with sequence numbers above `after`.
-    Attach { proc: u64, after: u64 },
+    Attach {
+        proc: u64,
+        after: u64,
+    },
     Processes,
-    Signal { proc: u64, signal: i32 },
-    Stat { path: String },
-    ListDir { path: String },
+    Signal {
+        proc: u64,
+        signal: i32,
+    },
+    Stat {
+        path: String,
+    },
+    ListDir {
+        path: String,
+    },
     /// Streams the file back as `Data` frames, then `Done(ReadDone)`.
-    ReadFile { path: String, #[serde(default)] offset: u64, #[serde(default)] limit: Option<u64> },
+    ReadFile {
+        path: String,
+        #[serde(default)]
+        offset: u64,
+        #[serde(default)]
+        limit: Option<u64>,
+    },
     /// The host sends `Data` frames then a `Close`; the guest answers `Done(Written)`.
-    WriteFile { path: String, #[serde(default)] mode: Option<u32>, #[serde(default)] create_parents: bool },
-    Mkdir { path: String, #[serde(default)] parents: bool },
-    Remove { path: String, #[serde(default)] recursive: bool },
+    WriteFile {
+        path: String,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        create_parents: bool,
+    },
+    Mkdir {
+        path: String,
+        #[serde(default)]
+        parents: bool,
+    },
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
     /// Terminate every process (SIGTERM, then SIGKILL after `grace_ms`) and flush disks.
-    Shutdown { grace_ms: u64 },
+    Shutdown {
+        grace_ms: u64,
+    },
 }
 
 /// Control messages exchanged on a stream after its request.
@@ -67,7 +104,10 @@ pub enum StreamMsg {
     /// Guest: the process started (or was found, for `Attach`).
     Started { proc: u64, pid: i32 },
     /// Guest: the process ended. Exactly one of `code` or `signal` is set.
-    Exit { code: Option<i32>, signal: Option<i32> },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Guest: the request succeeded.
     Done(Response),
     /// Guest: the request failed.
@@ -167,7 +207,10 @@ pub struct GuestError {
 
 impl GuestError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        GuestError { code, message: message.into() }
+        GuestError {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Maps an I/O error on `path` to the closest stable code.

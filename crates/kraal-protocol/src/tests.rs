@@ -9,7 +9,15 @@ use super::*;
 fn frames_round_trip_and_split_across_reads() {
     let mut codec = FrameCodec::default();
     let frames = vec![
-        Frame::control(1, &Request::Exec(ExecRequest { argv: vec!["ls".into()], env: vec![], cwd: None, tty: None })),
+        Frame::control(
+            1,
+            &Request::Exec(ExecRequest {
+                argv: vec!["ls".into()],
+                env: vec![],
+                cwd: None,
+                tty: None,
+            }),
+        ),
         Frame::output(1, FrameKind::Stdout, 42, b"hello"),
         Frame::close(1),
     ];
@@ -37,10 +45,16 @@ fn frames_round_trip_and_split_across_reads() {
 fn unknown_kind_and_short_frames_are_errors_not_panics() {
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::from(&[0u8, 0, 0, 5, 0, 0, 0, 1, 99][..]);
-    assert!(matches!(codec.decode(&mut buf), Err(CodecError::Kind { kind: 99 })));
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(CodecError::Kind { kind: 99 })
+    ));
     let mut codec = FrameCodec::default();
     let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 0, 0][..]);
-    assert!(matches!(codec.decode(&mut buf), Err(CodecError::Short { len: 2 })));
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(CodecError::Short { len: 2 })
+    ));
 }
 
 #[test]
@@ -58,16 +72,31 @@ fn mac_verifies_only_with_the_right_token() {
     let mac = compute_mac("secret", &c.nonce);
     assert!(verify_mac("secret", &c.nonce, &mac).is_ok());
     assert_eq!(verify_mac("other", &c.nonce, &mac), Err(AuthError::BadMac));
-    assert_eq!(verify_mac("secret", &c.nonce, "abc"), Err(AuthError::Malformed));
+    assert_eq!(
+        verify_mac("secret", &c.nonce, "abc"),
+        Err(AuthError::Malformed)
+    );
     assert_ne!(Challenge::new().nonce, c.nonce);
 }
 
 #[test]
 fn messages_have_stable_json() {
-    let m = StreamMsg::Exit { code: Some(3), signal: None };
-    assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"type":"exit","code":3,"signal":null}"#);
+    let m = StreamMsg::Exit {
+        code: Some(3),
+        signal: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&m).unwrap(),
+        r#"{"type":"exit","code":3,"signal":null}"#
+    );
     let r = Request::Attach { proc: 7, after: 10 };
-    assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"op":"attach","proc":7,"after":10}"#);
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        r#"{"op":"attach","proc":7,"after":10}"#
+    );
     let e = StreamMsg::Error(GuestError::new(ErrorCode::PathEscape, "x"));
-    assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"error","code":"path_escape","message":"x"}"#);
+    assert_eq!(
+        serde_json::to_string(&e).unwrap(),
+        r#"{"type":"error","code":"path_escape","message":"x"}"#
+    );
 }

@@ -40,9 +40,15 @@ pub enum SandboxStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} backend does not support {op}")]
-    Unsupported { backend: BackendKind, op: &'static str },
+    Unsupported {
+        backend: BackendKind,
+        op: &'static str,
+    },
     #[error("{backend} backend is not usable on this host: {reason}")]
-    Unavailable { backend: BackendKind, reason: String },
+    Unavailable {
+        backend: BackendKind,
+        reason: String,
+    },
     #[error("cannot prepare the source of workspace {workspace}")]
     Source {
         workspace: String,
@@ -57,7 +63,11 @@ pub enum BackendError {
         source: crate::process::ProcessError,
     },
     #[error("{op} of workspace {workspace} failed: {message}")]
-    Failed { workspace: String, op: &'static str, message: String },
+    Failed {
+        workspace: String,
+        op: &'static str,
+        message: String,
+    },
     #[error("{op} of workspace {workspace} failed at {path}")]
     Io {
         workspace: String,
@@ -116,13 +126,20 @@ pub trait Backend: Send + Sync + 'static {
     async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError>;
 
     /// Text the sandbox runtime and the guest agent printed (console), newest last.
-    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError>;
+    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize)
+    -> Result<String, BackendError>;
 
     async fn pause(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported { backend: self.kind(), op: "pause" })
+        Err(BackendError::Unsupported {
+            backend: self.kind(),
+            op: "pause",
+        })
     }
 
     async fn resume(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
-        Err(BackendError::Unsupported { backend: self.kind(), op: "resume" })
+        Err(BackendError::Unsupported {
+            backend: self.kind(),
+            op: "resume",
+        })
     }
 }

@@ -36,11 +36,15 @@ pub enum CheckoutError {
 
 /// Fills `dest` (created if missing, expected empty) from `source`.
 pub async fn materialize(source: &Source, dest: &Path) -> Result<(), CheckoutError> {
-    std::fs::create_dir_all(dest).map_err(|e| CheckoutError::Io { path: dest.to_owned(), source: e })?;
+    std::fs::create_dir_all(dest).map_err(|e| CheckoutError::Io {
+        path: dest.to_owned(),
+        source: e,
+    })?;
     match source {
         Source::Empty => Ok(()),
         Source::Local { path } => {
-            let md = std::fs::metadata(path).map_err(|_| CheckoutError::Missing { path: path.clone() })?;
+            let md = std::fs::metadata(path)
+                .map_err(|_| CheckoutError::Missing { path: path.clone() })?;
             if !md.is_dir() {
                 return Err(CheckoutError::NotADirectory { path: path.clone() });
             }
@@ -53,15 +57,28 @@ pub async fn materialize(source: &Source, dest: &Path) -> Result<(), CheckoutErr
                 .timeout(Duration::from_secs(3600))
                 .run()
                 .await
-                .map_err(|e| CheckoutError::Copy { path: path.clone(), source: e })?;
+                .map_err(|e| CheckoutError::Copy {
+                    path: path.clone(),
+                    source: e,
+                })?;
             Ok(())
         }
         Source::Git { url, branch } => {
             // Only plain transports: `ext::` and friends would run commands on the host.
             let mut cmd = Cmd::new("git")
                 .args(["-c", "protocol.allow=never"])
-                .args(["-c", "protocol.https.allow=always", "-c", "protocol.http.allow=always"])
-                .args(["-c", "protocol.ssh.allow=always", "-c", "protocol.git.allow=always"])
+                .args([
+                    "-c",
+                    "protocol.https.allow=always",
+                    "-c",
+                    "protocol.http.allow=always",
+                ])
+                .args([
+                    "-c",
+                    "protocol.ssh.allow=always",
+                    "-c",
+                    "protocol.git.allow=always",
+                ])
                 .args(["-c", "protocol.file.allow=always"])
                 .arg("clone")
                 .arg("--quiet");
@@ -76,7 +93,10 @@ pub async fn materialize(source: &Source, dest: &Path) -> Result<(), CheckoutErr
                 .timeout(Duration::from_secs(3600))
                 .run()
                 .await
-                .map_err(|e| CheckoutError::Clone { url: url.clone(), source: e })?;
+                .map_err(|e| CheckoutError::Clone {
+                    url: url.clone(),
+                    source: e,
+                })?;
             Ok(())
         }
     }
@@ -94,20 +114,44 @@ mod tests {
         std::fs::write(src.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(src.join("run.sh"), "#!/bin/sh\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         let dest = d.path().join("dest");
-        materialize(&Source::Local { path: src }, &dest).await.unwrap();
+        materialize(&Source::Local { path: src }, &dest)
+            .await
+            .unwrap();
         assert!(dest.join(".git/HEAD").is_file());
-        assert_eq!(std::fs::metadata(dest.join("run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            std::fs::metadata(dest.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
     }
 
     #[tokio::test]
     async fn missing_sources_are_clear_errors() {
         let d = tempfile::tempdir().unwrap();
-        let err = materialize(&Source::Local { path: d.path().join("nope") }, &d.path().join("x")).await.unwrap_err();
+        let err = materialize(
+            &Source::Local {
+                path: d.path().join("nope"),
+            },
+            &d.path().join("x"),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
         std::fs::write(d.path().join("file"), "").unwrap();
-        let err = materialize(&Source::Local { path: d.path().join("file") }, &d.path().join("y")).await.unwrap_err();
+        let err = materialize(
+            &Source::Local {
+                path: d.path().join("file"),
+            },
+            &d.path().join("y"),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use kraal_protocol::{
-    Challenge, ExecRequest, FileInfo, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello, PROTOCOL_VERSION,
-    ProcInfo, Request, Response, StreamMsg, TtySize, Welcome, compute_mac,
+    Challenge, ExecRequest, FileInfo, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello,
+    PROTOCOL_VERSION, ProcInfo, Request, Response, StreamMsg, TtySize, Welcome, compute_mac,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -58,7 +58,10 @@ pub struct GuestClient {
 
 impl std::fmt::Debug for GuestClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestClient").field("addr", &self.addr).field("closed", &self.is_closed()).finish()
+        f.debug_struct("GuestClient")
+            .field("addr", &self.addr)
+            .field("closed", &self.is_closed())
+            .finish()
     }
 }
 
@@ -66,13 +69,20 @@ impl GuestClient {
     pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, GuestClientError> {
         let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| GuestClientError::Timeout { addr, secs: CONNECT_TIMEOUT.as_secs() })?
+            .map_err(|_| GuestClientError::Timeout {
+                addr,
+                secs: CONNECT_TIMEOUT.as_secs(),
+            })?
             .map_err(|source| GuestClientError::Connect { addr, source })?;
         let _ = sock.set_nodelay(true);
         let mut framed = Framed::new(sock, FrameCodec::default());
         let proto = |e: &dyn std::fmt::Display| GuestClientError::Protocol(e.to_string());
         let hs = async {
-            let f = framed.next().await.ok_or(GuestClientError::Closed)?.map_err(|e| proto(&e))?;
+            let f = framed
+                .next()
+                .await
+                .ok_or(GuestClientError::Closed)?
+                .map_err(|e| proto(&e))?;
             let ch: Challenge = f.parse().map_err(|e| proto(&e))?;
             if ch.version != PROTOCOL_VERSION {
                 return Err(GuestClientError::Protocol(format!(
@@ -85,16 +95,29 @@ impl GuestClient {
                 mac: compute_mac(token, &ch.nonce),
                 client: format!("kraal {}", env!("CARGO_PKG_VERSION")),
             };
-            framed.send(Frame::control(0, &hello)).await.map_err(|e| proto(&e))?;
-            let f = framed.next().await.ok_or(GuestClientError::Closed)?.map_err(|e| proto(&e))?;
+            framed
+                .send(Frame::control(0, &hello))
+                .await
+                .map_err(|e| proto(&e))?;
+            let f = framed
+                .next()
+                .await
+                .ok_or(GuestClientError::Closed)?
+                .map_err(|e| proto(&e))?;
             match f.parse::<Welcome>().map_err(|e| proto(&e))? {
-                Welcome::Accepted { guest_version, hostname } => Ok((guest_version, hostname)),
+                Welcome::Accepted {
+                    guest_version,
+                    hostname,
+                } => Ok((guest_version, hostname)),
                 Welcome::Denied { reason } => Err(GuestClientError::Denied { reason }),
             }
         };
         let (guest_version, hostname) = tokio::time::timeout(HANDSHAKE_TIMEOUT, hs)
             .await
-            .map_err(|_| GuestClientError::Timeout { addr, secs: HANDSHAKE_TIMEOUT.as_secs() })??;
+            .map_err(|_| GuestClientError::Timeout {
+                addr,
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })??;
 
         let (mut sink, mut source) = framed.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(256);
@@ -126,7 +149,12 @@ impl GuestClient {
             reader.closed.store(true, Ordering::SeqCst);
             reader.streams.lock().unwrap().clear();
         });
-        Ok(GuestClient { inner, addr, hostname, guest_version })
+        Ok(GuestClient {
+            inner,
+            addr,
+            hostname,
+            guest_version,
+        })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -140,8 +168,20 @@ impl GuestClient {
         let id = self.inner.next_id.fetch_add(2, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(64);
         self.inner.streams.lock().unwrap().insert(id, tx);
-        self.inner.out.send(Frame::control(id, req)).await.map_err(|_| GuestClientError::Closed)?;
-        Ok(GuestStream { id, rx, sender: StreamSender { id, out: self.inner.out.clone() }, inner: self.inner.clone() })
+        self.inner
+            .out
+            .send(Frame::control(id, req))
+            .await
+            .map_err(|_| GuestClientError::Closed)?;
+        Ok(GuestStream {
+            id,
+            rx,
+            sender: StreamSender {
+                id,
+                out: self.inner.out.clone(),
+            },
+            inner: self.inner.clone(),
+        })
     }
 
     /// Sends a request and waits for its single `Done` response.
@@ -169,25 +209,45 @@ impl GuestClient {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileInfo, GuestClientError> {
-        match self.call(Request::Stat { path: path.to_owned() }).await? {
+        match self
+            .call(Request::Stat {
+                path: path.to_owned(),
+            })
+            .await?
+        {
             Response::Stat(i) => Ok(i),
             other => Err(unexpected(&other)),
         }
     }
 
     pub async fn list_dir(&self, path: &str) -> Result<Vec<FileInfo>, GuestClientError> {
-        match self.call(Request::ListDir { path: path.to_owned() }).await? {
+        match self
+            .call(Request::ListDir {
+                path: path.to_owned(),
+            })
+            .await?
+        {
             Response::List { entries } => Ok(entries),
             other => Err(unexpected(&other)),
         }
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), GuestClientError> {
-        self.call(Request::Mkdir { path: path.to_owned(), parents }).await.map(|_| ())
+        self.call(Request::Mkdir {
+            path: path.to_owned(),
+            parents,
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), GuestClientError> {
-        self.call(Request::Remove { path: path.to_owned(), recursive }).await.map(|_| ())
+        self.call(Request::Remove {
+            path: path.to_owned(),
+            recursive,
+        })
+        .await
+        .map(|_| ())
     }
 
     pub async fn processes(&self) -> Result<Vec<ProcInfo>, GuestClientError> {
@@ -198,11 +258,17 @@ impl GuestClient {
     }
 
     pub async fn signal(&self, proc: u64, signal: i32) -> Result<(), GuestClientError> {
-        self.call(Request::Signal { proc, signal }).await.map(|_| ())
+        self.call(Request::Signal { proc, signal })
+            .await
+            .map(|_| ())
     }
 
     pub async fn shutdown(&self, grace: Duration) -> Result<(), GuestClientError> {
-        self.call(Request::Shutdown { grace_ms: grace.as_millis() as u64 }).await.map(|_| ())
+        self.call(Request::Shutdown {
+            grace_ms: grace.as_millis() as u64,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Reads a whole file, refusing files larger than `max` bytes.
@@ -211,11 +277,20 @@ impl GuestClient {
         if info.size > max {
             return Err(GuestError::new(
                 kraal_protocol::ErrorCode::InvalidRequest,
-                format!("{path}: file is {} bytes, more than the {max}-byte limit", info.size),
+                format!(
+                    "{path}: file is {} bytes, more than the {max}-byte limit",
+                    info.size
+                ),
             )
             .into());
         }
-        let mut s = self.open(&Request::ReadFile { path: path.to_owned(), offset: 0, limit: Some(max) }).await?;
+        let mut s = self
+            .open(&Request::ReadFile {
+                path: path.to_owned(),
+                offset: 0,
+                limit: Some(max),
+            })
+            .await?;
         let mut buf = Vec::new();
         loop {
             match s.rx.recv().await {
@@ -239,9 +314,21 @@ impl GuestClient {
         mode: Option<u32>,
         create_parents: bool,
     ) -> Result<u64, GuestClientError> {
-        let mut s = self.open(&Request::WriteFile { path: path.to_owned(), mode, create_parents }).await?;
+        let mut s = self
+            .open(&Request::WriteFile {
+                path: path.to_owned(),
+                mode,
+                create_parents,
+            })
+            .await?;
         for chunk in data.chunks(CHUNK) {
-            s.sender.send(Frame::data(s.id, FrameKind::Data, Bytes::copy_from_slice(chunk))).await?;
+            s.sender
+                .send(Frame::data(
+                    s.id,
+                    FrameKind::Data,
+                    Bytes::copy_from_slice(chunk),
+                ))
+                .await?;
         }
         s.sender.send(Frame::control(s.id, &StreamMsg::Eof)).await?;
         loop {
@@ -301,7 +388,8 @@ impl StreamSender {
     }
 
     pub async fn stdin(&self, data: Bytes) -> Result<(), GuestClientError> {
-        self.send(Frame::data(self.id, FrameKind::Stdin, data)).await
+        self.send(Frame::data(self.id, FrameKind::Stdin, data))
+            .await
     }
 
     pub async fn eof(&self) -> Result<(), GuestClientError> {
@@ -309,22 +397,35 @@ impl StreamSender {
     }
 
     pub async fn resize(&self, size: TtySize) -> Result<(), GuestClientError> {
-        self.send(Frame::control(self.id, &StreamMsg::Resize(size))).await
+        self.send(Frame::control(self.id, &StreamMsg::Resize(size)))
+            .await
     }
 
     pub async fn signal(&self, signal: i32) -> Result<(), GuestClientError> {
-        self.send(Frame::control(self.id, &StreamMsg::Signal { signal })).await
+        self.send(Frame::control(self.id, &StreamMsg::Signal { signal }))
+            .await
     }
 }
 
 /// What a running process produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
-    Stdout { seq: u64, data: Bytes },
-    Stderr { seq: u64, data: Bytes },
+    Stdout {
+        seq: u64,
+        data: Bytes,
+    },
+    Stderr {
+        seq: u64,
+        data: Bytes,
+    },
     /// Output before `first_available` was discarded by the guest.
-    Truncated { first_available: u64 },
-    Exit { code: Option<i32>, signal: Option<i32> },
+    Truncated {
+        first_available: u64,
+    },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 /// A process being streamed: call [`ExecHandle::next`] for events and use
@@ -341,7 +442,9 @@ impl ExecHandle {
             match stream.rx.recv().await {
                 None => return Err(GuestClientError::Closed),
                 Some(f) if f.kind == FrameKind::Control => match f.parse::<StreamMsg>() {
-                    Ok(StreamMsg::Started { proc, pid }) => return Ok(ExecHandle { stream, proc, pid }),
+                    Ok(StreamMsg::Started { proc, pid }) => {
+                        return Ok(ExecHandle { stream, proc, pid });
+                    }
                     Ok(StreamMsg::Error(e)) => return Err(e.into()),
                     Ok(_) => {}
                     Err(e) => return Err(GuestClientError::Protocol(e.to_string())),
@@ -359,10 +462,14 @@ impl ExecHandle {
     /// (the process keeps running and can be reattached).
     pub async fn next(&mut self) -> Result<ExecEvent, GuestClientError> {
         loop {
-            let Some(f) = self.stream.rx.recv().await else { return Err(GuestClientError::Closed) };
+            let Some(f) = self.stream.rx.recv().await else {
+                return Err(GuestClientError::Closed);
+            };
             match f.kind {
                 FrameKind::Stdout | FrameKind::Stderr => {
-                    let Some((seq, data)) = f.split_output() else { continue };
+                    let Some((seq, data)) = f.split_output() else {
+                        continue;
+                    };
                     return Ok(if f.kind == FrameKind::Stdout {
                         ExecEvent::Stdout { seq, data }
                     } else {
@@ -370,7 +477,9 @@ impl ExecHandle {
                     });
                 }
                 FrameKind::Control => match f.parse::<StreamMsg>() {
-                    Ok(StreamMsg::Exit { code, signal }) => return Ok(ExecEvent::Exit { code, signal }),
+                    Ok(StreamMsg::Exit { code, signal }) => {
+                        return Ok(ExecEvent::Exit { code, signal });
+                    }
                     Ok(StreamMsg::Truncated { first_available }) => {
                         return Ok(ExecEvent::Truncated { first_available });
                     }

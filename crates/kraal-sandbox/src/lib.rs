@@ -7,7 +7,9 @@ pub mod checkout;
 pub mod guest;
 pub mod process;
 
-pub use backend::{Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus};
+pub use backend::{
+    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
+};
 pub use guest::{ExecEvent, ExecHandle, GuestClient, GuestClientError};
 
 /// Finds the static guest agent binary: `$KRAAL_GUEST_BIN`, then next to the running
@@ -26,7 +28,11 @@ pub fn locate_guest_bin() -> Option<std::path::PathBuf> {
     for anc in exe.ancestors() {
         if anc.file_name().is_some_and(|n| n == "target") {
             for profile in ["release", "debug"] {
-                candidates.push(anc.join("x86_64-unknown-linux-musl").join(profile).join("kraal-guest"));
+                candidates.push(
+                    anc.join("x86_64-unknown-linux-musl")
+                        .join(profile)
+                        .join("kraal-guest"),
+                );
             }
             break;
         }

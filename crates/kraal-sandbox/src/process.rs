@@ -23,7 +23,11 @@ pub enum ProcessError {
     #[error("`{command}` timed out after {secs} s")]
     Timeout { command: String, secs: u64 },
     #[error("`{command}` exited with {status}: {stderr}")]
-    Failed { command: String, status: String, stderr: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// A host command to run.
@@ -133,14 +137,24 @@ impl Cmd {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         if let Some(path) = &self.stdout_file {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
-            let f2 = f.try_clone().map_err(|source| ProcessError::Spawn { program: program.clone(), source })?;
+                .map_err(|source| ProcessError::Spawn {
+                    program: program.clone(),
+                    source,
+                })?;
+            let f2 = f.try_clone().map_err(|source| ProcessError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
             cmd.stdout(Stdio::from(f)).stderr(Stdio::from(f2));
         } else {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -148,14 +162,23 @@ impl Cmd {
         if self.new_session {
             // SAFETY: setsid is async-signal-safe.
             unsafe {
-                cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid()
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
             }
         }
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                ProcessError::NotFound { program: program.clone() }
+                ProcessError::NotFound {
+                    program: program.clone(),
+                }
             } else {
-                ProcessError::Spawn { program: program.clone(), source }
+                ProcessError::Spawn {
+                    program: program.clone(),
+                    source,
+                }
             }
         })?;
         if let Some(data) = self.stdin {
@@ -185,9 +208,13 @@ impl Cmd {
             let status = child.wait().await;
             (o, e, status)
         };
-        let (stdout, stderr, status) = tokio::time::timeout(self.timeout, collect)
-            .await
-            .map_err(|_| ProcessError::Timeout { command: command.clone(), secs: self.timeout.as_secs() })?;
+        let (stdout, stderr, status) =
+            tokio::time::timeout(self.timeout, collect)
+                .await
+                .map_err(|_| ProcessError::Timeout {
+                    command: command.clone(),
+                    secs: self.timeout.as_secs(),
+                })?;
         let status = status.map_err(|source| ProcessError::Spawn { program, source })?;
         if !status.success() {
             let mut stderr_text = String::from_utf8_lossy(&stderr).trim().to_owned();
@@ -197,7 +224,11 @@ impl Cmd {
             if stderr_text.len() > 2000 {
                 stderr_text = format!("…{}", &stderr_text[stderr_text.len() - 2000..]);
             }
-            return Err(ProcessError::Failed { command, status: status.to_string(), stderr: stderr_text });
+            return Err(ProcessError::Failed {
+                command,
+                status: status.to_string(),
+                stderr: stderr_text,
+            });
         }
         Ok(Output { stdout, stderr })
     }
@@ -209,11 +240,16 @@ pub fn which(program: &str) -> Option<PathBuf> {
         let p = PathBuf::from(program);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 #[cfg(test)]
@@ -222,15 +258,27 @@ mod tests {
 
     #[tokio::test]
     async fn failures_carry_command_and_stderr() {
-        let err = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().await.unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo oops >&2; exit 3"])
+            .run()
+            .await
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("sh -c") && msg.contains("oops") && msg.contains('3'), "{msg}");
+        assert!(
+            msg.contains("sh -c") && msg.contains("oops") && msg.contains('3'),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
     async fn timeouts_kill_the_child() {
         let t0 = std::time::Instant::now();
-        let err = Cmd::new("sleep").arg("30").timeout(Duration::from_millis(200)).run().await.unwrap_err();
+        let err = Cmd::new("sleep")
+            .arg("30")
+            .timeout(Duration::from_millis(200))
+            .run()
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
@@ -238,12 +286,19 @@ mod tests {
     #[tokio::test]
     async fn missing_programs_are_named() {
         let err = Cmd::new("kraal-no-such-program").run().await.unwrap_err();
-        assert_eq!(err.to_string(), "kraal-no-such-program is not installed (not found on PATH)");
+        assert_eq!(
+            err.to_string(),
+            "kraal-no-such-program is not installed (not found on PATH)"
+        );
     }
 
     #[tokio::test]
     async fn stdin_and_stdout() {
-        let out = Cmd::new("cat").stdin(b"hello".to_vec()).run().await.unwrap();
+        let out = Cmd::new("cat")
+            .stdin(b"hello".to_vec())
+            .run()
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str(), "hello");
     }
 }

@@ -15,11 +15,21 @@ pub struct HttpError {
 
 impl HttpError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        HttpError { status, body: ApiError { code: code.to_owned(), message: message.into() } }
+        HttpError {
+            status,
+            body: ApiError {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        }
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
+        )
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -44,7 +54,10 @@ impl From<EngineError> for HttpError {
         let code = e.code();
         let message = match &e {
             // Guest errors already name the path and what went wrong.
-            EngineError::Guest { source: kraal_sandbox::GuestClientError::Guest(g), .. } => g.message.clone(),
+            EngineError::Guest {
+                source: kraal_sandbox::GuestClientError::Guest(g),
+                ..
+            } => g.message.clone(),
             EngineError::Store(_) => {
                 tracing::error!("store: {}", chain(&e));
                 "internal error; see the daemon log".to_owned()

@@ -18,7 +18,11 @@ use crate::error::HttpError;
 /// `Attach` as the first text message, then stdin as binary messages.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/exec", params(("ws" = String, Path)),
     responses((status = 101, description = "WebSocket; see ExecClientMsg and ExecServerMsg"), (status = 409, body = kraal_api::ApiError)))]
-pub async fn exec_ws(State(s): State<AppState>, Path(ws): Path<String>, upgrade: WebSocketUpgrade) -> Result<Response, HttpError> {
+pub async fn exec_ws(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
     let (_rec, client) = s.engine.guest(&ws).await?;
     Ok(upgrade.on_upgrade(move |socket| session(socket, client)))
 }
@@ -28,13 +32,19 @@ fn text(m: &ExecServerMsg) -> Message {
 }
 
 fn error_msg(code: &str, message: String) -> Message {
-    text(&ExecServerMsg::Error(ApiError { code: code.to_owned(), message }))
+    text(&ExecServerMsg::Error(ApiError {
+        code: code.to_owned(),
+        message,
+    }))
 }
 
 fn guest_error(e: &GuestClientError) -> Message {
     match e {
         GuestClientError::Guest(g) => {
-            let code = serde_json::to_value(g.code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let code = serde_json::to_value(g.code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             error_msg(&code, g.message.clone())
         }
         e => error_msg("guest_unreachable", e.to_string()),
@@ -46,25 +56,57 @@ async fn session(socket: WebSocket, client: GuestClient) {
     let first = match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ExecClientMsg>(&t),
         _ => {
-            let _ = tx.send(error_msg("invalid_argument", "expected a start or attach message".into())).await;
+            let _ = tx
+                .send(error_msg(
+                    "invalid_argument",
+                    "expected a start or attach message".into(),
+                ))
+                .await;
             return;
         }
     };
     let started = match first {
-        Ok(ExecClientMsg::Start { argv, env, cwd, tty }) => {
+        Ok(ExecClientMsg::Start {
+            argv,
+            env,
+            cwd,
+            tty,
+        }) => {
             if argv.is_empty() {
-                let _ = tx.send(error_msg("invalid_argument", "empty command".into())).await;
+                let _ = tx
+                    .send(error_msg("invalid_argument", "empty command".into()))
+                    .await;
                 return;
             }
-            client.exec(ExecRequest { argv, env, cwd, tty: tty.map(|t| TtySize { rows: t.rows, cols: t.cols }) }).await
+            client
+                .exec(ExecRequest {
+                    argv,
+                    env,
+                    cwd,
+                    tty: tty.map(|t| TtySize {
+                        rows: t.rows,
+                        cols: t.cols,
+                    }),
+                })
+                .await
         }
         Ok(ExecClientMsg::Attach { proc, after }) => client.attach(proc, after).await,
         Ok(_) => {
-            let _ = tx.send(error_msg("invalid_argument", "the first message must be start or attach".into())).await;
+            let _ = tx
+                .send(error_msg(
+                    "invalid_argument",
+                    "the first message must be start or attach".into(),
+                ))
+                .await;
             return;
         }
         Err(e) => {
-            let _ = tx.send(error_msg("invalid_argument", format!("malformed message: {e}"))).await;
+            let _ = tx
+                .send(error_msg(
+                    "invalid_argument",
+                    format!("malformed message: {e}"),
+                ))
+                .await;
             return;
         }
     };
@@ -75,7 +117,14 @@ async fn session(socket: WebSocket, client: GuestClient) {
             return;
         }
     };
-    if tx.send(text(&ExecServerMsg::Started { proc: handle.proc, pid: handle.pid })).await.is_err() {
+    if tx
+        .send(text(&ExecServerMsg::Started {
+            proc: handle.proc,
+            pid: handle.pid,
+        }))
+        .await
+        .is_err()
+    {
         return;
     }
     let input = handle.sender();

@@ -60,5 +60,8 @@ async fn require_token(token: &str, req: Request, next: Next) -> Response {
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
     use utoipa::OpenApi;
-    ApiDoc::openapi().to_pretty_json().expect("openapi serializes") + "\n"
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("openapi serializes")
+        + "\n"
 }

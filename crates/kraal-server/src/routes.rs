@@ -19,11 +19,29 @@ use crate::error::HttpError;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "kraal daemon API", description = "Workspaces in sandboxes, driven by the kraal CLI and web UI."),
+    info(
+        title = "kraal daemon API",
+        description = "Workspaces in sandboxes, driven by the kraal CLI and web UI."
+    ),
     paths(
-        status, host, list_workspaces, create_workspace, get_workspace, up_workspace, down_workspace,
-        remove_workspace, logs, processes, stat_file, list_dir, read_file, write_file, remove_file, mkdir,
-        crate::exec::exec_ws, openapi_doc,
+        status,
+        host,
+        list_workspaces,
+        create_workspace,
+        get_workspace,
+        up_workspace,
+        down_workspace,
+        remove_workspace,
+        logs,
+        processes,
+        stat_file,
+        list_dir,
+        read_file,
+        write_file,
+        remove_file,
+        mkdir,
+        crate::exec::exec_ws,
+        openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
 )]
@@ -34,19 +52,34 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/status", get(status))
         .route("/v1/host", get(host))
         .route("/v1/openapi.json", get(openapi_doc))
-        .route("/v1/workspaces", get(list_workspaces).post(create_workspace))
-        .route("/v1/workspaces/{ws}", get(get_workspace).delete(remove_workspace))
+        .route(
+            "/v1/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
+        .route(
+            "/v1/workspaces/{ws}",
+            get(get_workspace).delete(remove_workspace),
+        )
         .route("/v1/workspaces/{ws}/up", axum::routing::post(up_workspace))
-        .route("/v1/workspaces/{ws}/down", axum::routing::post(down_workspace))
+        .route(
+            "/v1/workspaces/{ws}/down",
+            axum::routing::post(down_workspace),
+        )
         .route("/v1/workspaces/{ws}/logs", get(logs))
         .route("/v1/workspaces/{ws}/processes", get(processes))
         .route("/v1/workspaces/{ws}/exec", get(crate::exec::exec_ws))
         .route("/v1/workspaces/{ws}/files/stat", get(stat_file))
         .route("/v1/workspaces/{ws}/files/list", get(list_dir))
-        .route("/v1/workspaces/{ws}/files/mkdir", axum::routing::post(mkdir))
+        .route(
+            "/v1/workspaces/{ws}/files/mkdir",
+            axum::routing::post(mkdir),
+        )
         .route(
             "/v1/workspaces/{ws}/files/content",
-            get(read_file).put(write_file).delete(remove_file).layer(DefaultBodyLimit::max(MAX_FILE as usize)),
+            get(read_file)
+                .put(write_file)
+                .delete(remove_file)
+                .layer(DefaultBodyLimit::max(MAX_FILE as usize)),
         )
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
@@ -63,7 +96,11 @@ pub fn to_api(r: &WorkspaceRecord) -> Workspace {
         backend: r.backend,
         source: r.source.clone(),
         resources: r.resources,
-        address: if r.state == WorkspaceState::Running { r.guest_addr.clone() } else { None },
+        address: if r.state == WorkspaceState::Running {
+            r.guest_addr.clone()
+        } else {
+            None
+        },
         reason: r.reason.clone(),
         persistent: r.persistent,
         created_at: r.created_at.clone(),
@@ -72,14 +109,26 @@ pub fn to_api(r: &WorkspaceRecord) -> Workspace {
 }
 
 /// Waits for an operation when asked to, turning its failure into an error response.
-async fn settle(p: Pending, wait: bool, ok: StatusCode) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+async fn settle(
+    p: Pending,
+    wait: bool,
+    ok: StatusCode,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(to_api(&p.record))));
     }
     match p.done.await {
         Ok(Ok(rec)) => Ok((ok, Json(to_api(&rec)))),
-        Ok(Err(reason)) => Err(HttpError::new(StatusCode::BAD_GATEWAY, "backend_error", reason)),
-        Err(e) => Err(HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("operation task: {e}"))),
+        Ok(Err(reason)) => Err(HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            "backend_error",
+            reason,
+        )),
+        Err(e) => Err(HttpError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("operation task: {e}"),
+        )),
     }
 }
 
@@ -92,7 +141,10 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, HttpError> {
         data_dir: s.data_dir.clone(),
         uptime_secs: s.engine.uptime().as_secs(),
         workspaces: all.len() as u64,
-        running: all.iter().filter(|w| w.state == WorkspaceState::Running).count() as u64,
+        running: all
+            .iter()
+            .filter(|w| w.state == WorkspaceState::Running)
+            .count() as u64,
     }))
 }
 
@@ -103,12 +155,18 @@ async fn host(State(s): State<AppState>) -> Json<HostReport> {
 
 #[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "This document")))]
 async fn openapi_doc() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::openapi_json()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/v1/workspaces", responses((status = 200, body = WorkspaceList)))]
 async fn list_workspaces(State(s): State<AppState>) -> Result<Json<WorkspaceList>, HttpError> {
-    Ok(Json(WorkspaceList { workspaces: s.engine.list()?.iter().map(to_api).collect() }))
+    Ok(Json(WorkspaceList {
+        workspaces: s.engine.list()?.iter().map(to_api).collect(),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces", request_body = CreateWorkspace,
@@ -120,17 +178,28 @@ async fn create_workspace(
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let source = match req.source {
-        Source::Git { url, branch } => Source::git(&url, branch).map_err(|e| HttpError::bad_request(e.to_string()))?,
-        Source::Local { path } => Source::local(path).map_err(|e| HttpError::bad_request(e.to_string()))?,
+        Source::Git { url, branch } => {
+            Source::git(&url, branch).map_err(|e| HttpError::bad_request(e.to_string()))?
+        }
+        Source::Local { path } => {
+            Source::local(path).map_err(|e| HttpError::bad_request(e.to_string()))?
+        }
         Source::Empty => Source::Empty,
     };
-    let p = s.engine.create(CreateRequest { name: req.name, source, resources: req.resources })?;
+    let p = s.engine.create(CreateRequest {
+        name: req.name,
+        source,
+        resources: req.resources,
+    })?;
     settle(p, req.wait, StatusCode::CREATED).await
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}", params(("ws" = String, Path, description = "Workspace name or id")),
     responses((status = 200, body = Workspace), (status = 404, body = ApiError)))]
-async fn get_workspace(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<Workspace>, HttpError> {
+async fn get_workspace(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+) -> Result<Json<Workspace>, HttpError> {
     Ok(Json(to_api(&s.engine.resolve(&ws)?)))
 }
 
@@ -174,15 +243,27 @@ async fn logs(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<
         .events(&rec.id, 500)
         .map_err(kraal_engine::EngineError::from)?
         .into_iter()
-        .map(|e| LogEvent { at: e.at, level: e.level, message: e.message })
+        .map(|e| LogEvent {
+            at: e.at,
+            level: e.level,
+            message: e.message,
+        })
         .collect();
-    let console = s.engine.backend().console_log(&rec.id, 64 * 1024).await.unwrap_or_else(|e| format!("(console unavailable: {})", chain(&e)));
+    let console = s
+        .engine
+        .backend()
+        .console_log(&rec.id, 64 * 1024)
+        .await
+        .unwrap_or_else(|e| format!("(console unavailable: {})", chain(&e)));
     Ok(Json(Logs { events, console }))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/processes", params(("ws" = String, Path)),
     responses((status = 200, body = ProcessList), (status = 409, body = ApiError)))]
-async fn processes(State(s): State<AppState>, Path(ws): Path<String>) -> Result<Json<ProcessList>, HttpError> {
+async fn processes(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+) -> Result<Json<ProcessList>, HttpError> {
     let (rec, c) = s.engine.guest(&ws).await?;
     let list = c.processes().await.map_err(|e| guest_err(&rec, e))?;
     Ok(Json(ProcessList {
@@ -203,7 +284,11 @@ async fn processes(State(s): State<AppState>, Path(ws): Path<String>) -> Result<
 }
 
 pub fn guest_err(rec: &WorkspaceRecord, e: kraal_sandbox::GuestClientError) -> HttpError {
-    kraal_engine::EngineError::Guest { workspace: rec.name.to_string(), source: e }.into()
+    kraal_engine::EngineError::Guest {
+        workspace: rec.name.to_string(),
+        source: e,
+    }
+    .into()
 }
 
 fn entry(i: kraal_protocol::FileInfo) -> FileEntry {
@@ -249,24 +334,44 @@ struct RemoveQuery {
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/files/stat", params(("ws" = String, Path), PathQuery),
     responses((status = 200, body = FileEntry), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn stat_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Json<FileEntry>, HttpError> {
+async fn stat_file(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Result<Json<FileEntry>, HttpError> {
     let (rec, c) = s.engine.guest(&ws).await?;
-    Ok(Json(entry(c.stat(&q.path).await.map_err(|e| guest_err(&rec, e))?)))
+    Ok(Json(entry(
+        c.stat(&q.path).await.map_err(|e| guest_err(&rec, e))?,
+    )))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/files/list", params(("ws" = String, Path), PathQuery),
     responses((status = 200, body = DirListing), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn list_dir(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Json<DirListing>, HttpError> {
+async fn list_dir(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Result<Json<DirListing>, HttpError> {
     let (rec, c) = s.engine.guest(&ws).await?;
     let entries = c.list_dir(&q.path).await.map_err(|e| guest_err(&rec, e))?;
-    Ok(Json(DirListing { path: q.path, entries: entries.into_iter().map(entry).collect() }))
+    Ok(Json(DirListing {
+        path: q.path,
+        entries: entries.into_iter().map(entry).collect(),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/files/content", params(("ws" = String, Path), PathQuery),
     responses((status = 200, description = "File bytes", content_type = "application/octet-stream"), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn read_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<PathQuery>) -> Result<Response, HttpError> {
+async fn read_file(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Result<Response, HttpError> {
     let (rec, c) = s.engine.guest(&ws).await?;
-    let data = c.read_file(&q.path, MAX_FILE).await.map_err(|e| guest_err(&rec, e))?;
+    let data = c
+        .read_file(&q.path, MAX_FILE)
+        .await
+        .map_err(|e| guest_err(&rec, e))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -280,19 +385,31 @@ async fn write_file(
     body: Bytes,
 ) -> Result<Json<Written>, HttpError> {
     let mode = match &q.mode {
-        Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| HttpError::bad_request(format!("mode {m:?} is not octal")))?),
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .map_err(|_| HttpError::bad_request(format!("mode {m:?} is not octal")))?,
+        ),
         None => None,
     };
     let (rec, c) = s.engine.guest(&ws).await?;
-    let bytes = c.write_file(&q.path, &body, mode, q.parents).await.map_err(|e| guest_err(&rec, e))?;
+    let bytes = c
+        .write_file(&q.path, &body, mode, q.parents)
+        .await
+        .map_err(|e| guest_err(&rec, e))?;
     Ok(Json(Written { bytes }))
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{ws}/files/content", params(("ws" = String, Path), RemoveQuery),
     responses((status = 204), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn remove_file(State(s): State<AppState>, Path(ws): Path<String>, Query(q): Query<RemoveQuery>) -> Result<StatusCode, HttpError> {
+async fn remove_file(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<StatusCode, HttpError> {
     let (rec, c) = s.engine.guest(&ws).await?;
-    c.remove(&q.path, q.recursive).await.map_err(|e| guest_err(&rec, e))?;
+    c.remove(&q.path, q.recursive)
+        .await
+        .map_err(|e| guest_err(&rec, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -305,7 +422,8 @@ async fn mkdir(
 ) -> Result<StatusCode, HttpError> {
     let Json(p) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let (rec, c) = s.engine.guest(&ws).await?;
-    c.mkdir(&p.path, true).await.map_err(|e| guest_err(&rec, e))?;
+    c.mkdir(&p.path, true)
+        .await
+        .map_err(|e| guest_err(&rec, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
-

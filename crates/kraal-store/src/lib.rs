@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kraal_core::{BackendKind, DesiredState, Resources, Source, WorkspaceId, WorkspaceName, WorkspaceState};
+use kraal_core::{
+    BackendKind, DesiredState, Resources, Source, WorkspaceId, WorkspaceName, WorkspaceState,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
@@ -65,7 +67,9 @@ pub struct Store {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("../migrations/0001_workspaces.sql"))])
+    Migrations::new(vec![M::up(include_str!(
+        "../migrations/0001_workspaces.sql"
+    ))])
 }
 
 pub fn now() -> String {
@@ -81,14 +85,28 @@ impl Store {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-        migrations().to_latest(&mut conn).map_err(|source| StoreError::Migrate { path: path.to_owned(), source })?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
@@ -96,11 +114,19 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations()
             .to_latest(&mut conn)
-            .map_err(|source| StoreError::Migrate { path: ":memory:".into(), source })?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+            .map_err(|source| StoreError::Migrate {
+                path: ":memory:".into(),
+                source,
+            })?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
@@ -155,7 +181,11 @@ impl Store {
     fn query_one(&self, cond: &str, arg: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
         self.with(|c| {
             let row = c
-                .query_row(&format!("SELECT {COLS} FROM workspaces WHERE {cond}"), [arg], raw_row)
+                .query_row(
+                    &format!("SELECT {COLS} FROM workspaces WHERE {cond}"),
+                    [arg],
+                    raw_row,
+                )
                 .optional()?;
             row.map(decode).transpose()
         })
@@ -163,13 +193,22 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!("SELECT {COLS} FROM workspaces ORDER BY created_at, name"))?;
-            let rows = stmt.query_map([], raw_row)?.collect::<Result<Vec<_>, _>>()?;
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLS} FROM workspaces ORDER BY created_at, name"
+            ))?;
+            let rows = stmt
+                .query_map([], raw_row)?
+                .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(decode).collect()
         })
     }
 
-    pub fn set_state(&self, id: &WorkspaceId, state: WorkspaceState, reason: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_state(
+        &self,
+        id: &WorkspaceId,
+        state: WorkspaceState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "UPDATE workspaces SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
@@ -191,7 +230,10 @@ impl Store {
 
     pub fn set_guest_addr(&self, id: &WorkspaceId, addr: Option<&str>) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("UPDATE workspaces SET guest_addr = ?2 WHERE id = ?1", params![id.as_str(), addr])?;
+            c.execute(
+                "UPDATE workspaces SET guest_addr = ?2 WHERE id = ?1",
+                params![id.as_str(), addr],
+            )?;
             Ok(())
         })
     }
@@ -203,7 +245,12 @@ impl Store {
         })
     }
 
-    pub fn add_event(&self, id: &WorkspaceId, level: &str, message: &str) -> Result<(), StoreError> {
+    pub fn add_event(
+        &self,
+        id: &WorkspaceId,
+        level: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO workspace_events (workspace_id, at, level, message) VALUES (?1, ?2, ?3, ?4)",
@@ -230,7 +277,21 @@ impl Store {
     }
 }
 
-type Raw = (String, String, String, String, String, String, String, Option<String>, String, Option<String>, bool, String, String);
+type Raw = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    bool,
+    String,
+    String,
+);
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
     Ok((
@@ -251,8 +312,25 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
 }
 
 fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
-    let (id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at) = raw;
-    let corrupt = |what: &str| StoreError::Corrupt { id: id.clone(), what: what.to_owned() };
+    let (
+        id,
+        name,
+        backend,
+        source,
+        resources,
+        state,
+        desired,
+        reason,
+        guest_token,
+        guest_addr,
+        persistent,
+        created_at,
+        updated_at,
+    ) = raw;
+    let corrupt = |what: &str| StoreError::Corrupt {
+        id: id.clone(),
+        what: what.to_owned(),
+    };
     Ok(WorkspaceRecord {
         id: WorkspaceId::parse(&id).map_err(|_| corrupt("id"))?,
         name: WorkspaceName::parse(&name).map_err(|_| corrupt("name"))?,
@@ -297,18 +375,27 @@ mod tests {
         let s = Store::open_in_memory().unwrap();
         let a = rec("alpha");
         s.insert(&a).unwrap();
-        assert!(matches!(s.insert(&rec("alpha")), Err(StoreError::NameTaken { name }) if name == "alpha"));
+        assert!(
+            matches!(s.insert(&rec("alpha")), Err(StoreError::NameTaken { name }) if name == "alpha")
+        );
         assert_eq!(s.resolve("alpha").unwrap().unwrap().id, a.id);
         assert_eq!(s.resolve(a.id.as_str()).unwrap().unwrap().name, a.name);
         assert!(s.resolve("nope").unwrap().is_none());
-        s.set_state(&a.id, WorkspaceState::Failed, Some("boom")).unwrap();
+        s.set_state(&a.id, WorkspaceState::Failed, Some("boom"))
+            .unwrap();
         let got = s.get(&a.id).unwrap().unwrap();
-        assert_eq!((got.state, got.reason.as_deref()), (WorkspaceState::Failed, Some("boom")));
+        assert_eq!(
+            (got.state, got.reason.as_deref()),
+            (WorkspaceState::Failed, Some("boom"))
+        );
         s.add_event(&a.id, "info", "one").unwrap();
         s.add_event(&a.id, "info", "two").unwrap();
         s.add_event(&a.id, "warn", "three").unwrap();
         let ev = s.events(&a.id, 2).unwrap();
-        assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["two", "three"]);
+        assert_eq!(
+            ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["two", "three"]
+        );
         s.delete(&a.id).unwrap();
         assert!(s.get(&a.id).unwrap().is_none());
         assert!(s.events(&a.id, 10).unwrap().is_empty(), "events cascade");

@@ -38,7 +38,11 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("talking to the daemon failed: {0}")]
     Protocol(String),
 }
@@ -55,7 +59,10 @@ impl Client {
     }
 
     pub async fn connect(&self) -> Result<Conn, ClientError> {
-        let down = |source| ClientError::DaemonDown { endpoint: self.endpoint.to_string(), source };
+        let down = |source| ClientError::DaemonDown {
+            endpoint: self.endpoint.to_string(),
+            source,
+        };
         Ok(match &self.endpoint {
             Endpoint::Unix(p) => Either::Left(UnixStream::connect(p).await.map_err(down)?),
             Endpoint::Tcp(a) => Either::Right(TcpStream::connect(a).await.map_err(down)?),
@@ -70,7 +77,12 @@ impl Client {
     }
 
     /// Sends a request; returns the status and body of a 2xx answer, an `Api` error otherwise.
-    pub async fn raw(&self, method: Method, path: &str, body: Option<(Vec<u8>, &str)>) -> Result<(StatusCode, Bytes), ClientError> {
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let conn = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
             .await
@@ -78,43 +90,84 @@ impl Client {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let mut req = Request::builder().method(method).uri(path).header("host", self.host());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.host());
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let (bytes, ctype) = body.unwrap_or((Vec::new(), "application/json"));
-        let req = req.header("content-type", ctype).body(Full::new(Bytes::from(bytes))).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = req
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| ClientError::Protocol(e.to_string()))?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_bytes();
         if !status.is_success() {
             let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
                 Ok(e) => (e.code, e.message),
-                Err(_) => ("http_error".to_owned(), format!("HTTP {status}: {}", String::from_utf8_lossy(&body))),
+                Err(_) => (
+                    "http_error".to_owned(),
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+                ),
             };
-            return Err(ClientError::Api { status: status.as_u16(), code, message });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code,
+                message,
+            });
         }
         Ok((status, body))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let (_, body) = self.raw(Method::GET, path, None).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
     }
 
-    pub async fn send<B: Serialize, T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError> {
-        let b = body.map(|b| (serde_json::to_vec(b).expect("serializes"), "application/json"));
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let b = body.map(|b| {
+            (
+                serde_json::to_vec(b).expect("serializes"),
+                "application/json",
+            )
+        });
         let (_, body) = self.raw(method, path, b).await?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
     }
 
     /// Opens a WebSocket to `path`. HTTP errors before the upgrade come back as `Api`.
-    pub async fn websocket(&self, path: &str) -> Result<tokio_tungstenite::WebSocketStream<Conn>, ClientError> {
+    pub async fn websocket(
+        &self,
+        path: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<Conn>, ClientError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let conn = self.connect().await?;
-        let mut req = format!("ws://{}{path}", self.host()).into_client_request().map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut req = format!("ws://{}{path}", self.host())
+            .into_client_request()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let Some(t) = &self.token {
-            req.headers_mut().insert("authorization", format!("Bearer {t}").parse().expect("valid header"));
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("valid header"),
+            );
         }
         match tokio_tungstenite::client_async(req, conn).await {
             Ok((ws, _)) => Ok(ws),
@@ -122,8 +175,16 @@ impl Client {
                 let status = resp.status().as_u16();
                 let body = resp.body().clone().unwrap_or_default();
                 match serde_json::from_slice::<ApiError>(&body) {
-                    Ok(e) => Err(ClientError::Api { status, code: e.code, message: e.message }),
-                    Err(_) => Err(ClientError::Api { status, code: "http_error".into(), message: format!("HTTP {status}") }),
+                    Ok(e) => Err(ClientError::Api {
+                        status,
+                        code: e.code,
+                        message: e.message,
+                    }),
+                    Err(_) => Err(ClientError::Api {
+                        status,
+                        code: "http_error".into(),
+                        message: format!("HTTP {status}"),
+                    }),
                 }
             }
             Err(e) => Err(ClientError::Protocol(e.to_string())),

@@ -39,7 +39,10 @@ pub async fn resolve_target(client: &Client, a: &UpArgs) -> anyhow::Result<Targe
     }
     let pathish = t.contains('/') || t == "." || t == "..";
     if !pathish {
-        match client.get::<Workspace>(&format!("/v1/workspaces/{}", enc(t))).await {
+        match client
+            .get::<Workspace>(&format!("/v1/workspaces/{}", enc(t)))
+            .await
+        {
             Ok(w) => return Ok(Target::Existing(w.name)),
             Err(ClientError::Api { code, .. }) if code == "not_found" => {}
             Err(e) => return Err(e.into()),
@@ -47,11 +50,15 @@ pub async fn resolve_target(client: &Client, a: &UpArgs) -> anyhow::Result<Targe
     }
     let p = Path::new(t);
     if p.is_dir() {
-        let abs = p.canonicalize().with_context(|| format!("cannot resolve {t}"))?;
+        let abs = p
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {t}"))?;
         return Ok(Target::Create(Source::local(abs)?));
     }
     if p.exists() {
-        bail!("{t} is not a directory; `kraal up` takes a directory, a git URL or a workspace name");
+        bail!(
+            "{t} is not a directory; `kraal up` takes a directory, a git URL or a workspace name"
+        );
     }
     bail!("no workspace, directory or git URL named {t:?}\nhint: `kraal ls` lists workspaces")
 }
@@ -61,11 +68,24 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
     let wait = !a.detach;
     let (w, verb): (Workspace, &str) = match target {
         Target::Existing(name) => {
-            if a.name.is_some() || a.cpus.is_some() || a.memory.is_some() || a.pids.is_some() || a.branch.is_some() {
-                bail!("workspace {name} already exists; --name, --branch, --cpus, --memory and --pids only apply when creating one");
+            if a.name.is_some()
+                || a.cpus.is_some()
+                || a.memory.is_some()
+                || a.pids.is_some()
+                || a.branch.is_some()
+            {
+                bail!(
+                    "workspace {name} already exists; --name, --branch, --cpus, --memory and --pids only apply when creating one"
+                );
             }
             let pb = spinner(format!("starting {name}…"));
-            let r = client.send::<(), Workspace>(Method::POST, &format!("/v1/workspaces/{}/up?wait={wait}", enc(&name)), None).await;
+            let r = client
+                .send::<(), Workspace>(
+                    Method::POST,
+                    &format!("/v1/workspaces/{}/up?wait={wait}", enc(&name)),
+                    None,
+                )
+                .await;
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
@@ -83,9 +103,19 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 res.pids = p;
             }
             res.validate()?;
-            let body = CreateWorkspace { name: a.name.clone(), source: source.clone(), resources: Some(res), wait };
-            let pb = spinner(format!("creating workspace from {} (the first one also builds the base image)…", source.describe()));
-            let r = client.send::<_, Workspace>(Method::POST, "/v1/workspaces", Some(&body)).await;
+            let body = CreateWorkspace {
+                name: a.name.clone(),
+                source: source.clone(),
+                resources: Some(res),
+                wait,
+            };
+            let pb = spinner(format!(
+                "creating workspace from {} (the first one also builds the base image)…",
+                source.describe()
+            ));
+            let r = client
+                .send::<_, Workspace>(Method::POST, "/v1/workspaces", Some(&body))
+                .await;
             if let Some(pb) = pb {
                 pb.finish_and_clear();
             }
@@ -93,10 +123,24 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
         }
     };
     if wait {
-        println!("workspace {} {verb} and {} ({}, {})", w.name, w.state.as_ref_str(), w.id, w.backend);
-        println!("  kraal exec {} -- git status\n  kraal shell {}", w.name, w.name);
+        println!(
+            "workspace {} {verb} and {} ({}, {})",
+            w.name,
+            w.state.as_ref_str(),
+            w.id,
+            w.backend
+        );
+        println!(
+            "  kraal exec {} -- git status\n  kraal shell {}",
+            w.name, w.name
+        );
     } else {
-        println!("workspace {} is {} ({}); `kraal ls` shows progress", w.name, w.state.as_ref_str(), w.id);
+        println!(
+            "workspace {} is {} ({}); `kraal ls` shows progress",
+            w.name,
+            w.state.as_ref_str(),
+            w.id
+        );
     }
     Ok(())
 }
@@ -147,12 +191,23 @@ pub async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
 
 pub async fn down(client: &Client, ws: &str, detach: bool) -> anyhow::Result<()> {
     let pb = spinner(format!("stopping {ws}…"));
-    let r = client.send::<(), Workspace>(Method::POST, &format!("/v1/workspaces/{}/down?wait={}", enc(ws), !detach), None).await;
+    let r = client
+        .send::<(), Workspace>(
+            Method::POST,
+            &format!("/v1/workspaces/{}/down?wait={}", enc(ws), !detach),
+            None,
+        )
+        .await;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
     let w = r?;
-    println!("workspace {} {}; its volume is kept (`kraal up {}` starts it again)", w.name, if detach { "is stopping" } else { "stopped" }, w.name);
+    println!(
+        "workspace {} {}; its volume is kept (`kraal up {}` starts it again)",
+        w.name,
+        if detach { "is stopping" } else { "stopped" },
+        w.name
+    );
     Ok(())
 }
 
@@ -160,9 +215,15 @@ pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
     let w: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
     if !yes {
         if !std::io::stdin().is_terminal() {
-            bail!("refusing to remove workspace {} without --yes (standard input is not a terminal to ask on)", w.name);
+            bail!(
+                "refusing to remove workspace {} without --yes (standard input is not a terminal to ask on)",
+                w.name
+            );
         }
-        eprint!("Remove workspace {} and everything in its volume? [y/N] ", w.name);
+        eprint!(
+            "Remove workspace {} and everything in its volume? [y/N] ",
+            w.name
+        );
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
         if !matches!(line.trim(), "y" | "Y" | "yes") {
@@ -170,7 +231,13 @@ pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
         }
     }
     let pb = spinner(format!("removing {}…", w.name));
-    let r = client.send::<(), Workspace>(Method::DELETE, &format!("/v1/workspaces/{}?wait=true", enc(&w.id)), None).await;
+    let r = client
+        .send::<(), Workspace>(
+            Method::DELETE,
+            &format!("/v1/workspaces/{}?wait=true", enc(&w.id)),
+            None,
+        )
+        .await;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -180,7 +247,9 @@ pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
 }
 
 pub async fn logs(client: &Client, ws: &str, events_only: bool) -> anyhow::Result<()> {
-    let l: Logs = client.get(&format!("/v1/workspaces/{}/logs", enc(ws))).await?;
+    let l: Logs = client
+        .get(&format!("/v1/workspaces/{}/logs", enc(ws)))
+        .await?;
     for e in &l.events {
         println!("{} {:<5} {}", e.at, e.level, e.message);
     }
@@ -195,7 +264,9 @@ pub async fn logs(client: &Client, ws: &str, events_only: bool) -> anyhow::Resul
 }
 
 pub async fn ps(client: &Client, ws: &str) -> anyhow::Result<()> {
-    let l: ProcessList = client.get(&format!("/v1/workspaces/{}/processes", enc(ws))).await?;
+    let l: ProcessList = client
+        .get(&format!("/v1/workspaces/{}/processes", enc(ws)))
+        .await?;
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     t.set_header(["PROC", "PID", "STATE", "TTY", "COMMAND"]);
@@ -207,7 +278,13 @@ pub async fn ps(client: &Client, ws: &str) -> anyhow::Result<()> {
         } else {
             format!("exited {}", p.exit_code.unwrap_or(-1))
         };
-        t.add_row([p.proc.to_string(), p.pid.to_string(), state, if p.tty { "yes" } else { "no" }.into(), p.argv.join(" ")]);
+        t.add_row([
+            p.proc.to_string(),
+            p.pid.to_string(),
+            state,
+            if p.tty { "yes" } else { "no" }.into(),
+            p.argv.join(" "),
+        ]);
     }
     println!("{}", t.trim_fmt());
     Ok(())

@@ -38,7 +38,10 @@ fn term_size() -> Option<TermSize> {
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the valid, owned struct.
     let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some(TermSize { rows: ws.ws_row, cols: ws.ws_col })
+    (r == 0 && ws.ws_row > 0).then_some(TermSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
 }
 
 /// Puts the local terminal in raw mode until dropped.
@@ -58,24 +61,47 @@ impl RawMode {
 
 impl Drop for RawMode {
     fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(&std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
     }
 }
 
-async fn send_json(ws: &mut Ws, m: &ExecClientMsg) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    ws.send(Message::Text(serde_json::to_string(m).expect("serializes").into())).await
+async fn send_json(
+    ws: &mut Ws,
+    m: &ExecClientMsg,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    ws.send(Message::Text(
+        serde_json::to_string(m).expect("serializes").into(),
+    ))
+    .await
 }
 
 /// Sends the first message and waits for `Started`.
-async fn open(client: &Client, workspace: &str, first: &ExecClientMsg) -> anyhow::Result<(Ws, u64)> {
-    let mut ws = client.websocket(&format!("/v1/workspaces/{}/exec", enc(workspace))).await?;
-    send_json(&mut ws, first).await.context("sending the exec request")?;
+async fn open(
+    client: &Client,
+    workspace: &str,
+    first: &ExecClientMsg,
+) -> anyhow::Result<(Ws, u64)> {
+    let mut ws = client
+        .websocket(&format!("/v1/workspaces/{}/exec", enc(workspace)))
+        .await?;
+    send_json(&mut ws, first)
+        .await
+        .context("sending the exec request")?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<ExecServerMsg>(&t) {
                 Ok(ExecServerMsg::Started { proc, .. }) => return Ok((ws, proc)),
                 Ok(ExecServerMsg::Error(e)) => {
-                    return Err(ClientError::Api { status: 0, code: e.code, message: e.message }.into());
+                    return Err(ClientError::Api {
+                        status: 0,
+                        code: e.code,
+                        message: e.message,
+                    }
+                    .into());
                 }
                 _ => {}
             },
@@ -88,10 +114,23 @@ async fn open(client: &Client, workspace: &str, first: &ExecClientMsg) -> anyhow
 
 /// Runs the command; returns the exit code to exit with (128+N for signal N).
 pub async fn run(client: &Client, workspace: &str, opts: ExecOptions) -> anyhow::Result<i32> {
-    let tty_size = if opts.tty { Some(term_size().unwrap_or(TermSize { rows: 24, cols: 80 })) } else { None };
-    let start = ExecClientMsg::Start { argv: opts.argv.clone(), env: opts.env.clone(), cwd: opts.cwd.clone(), tty: tty_size };
+    let tty_size = if opts.tty {
+        Some(term_size().unwrap_or(TermSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let start = ExecClientMsg::Start {
+        argv: opts.argv.clone(),
+        env: opts.env.clone(),
+        cwd: opts.cwd.clone(),
+        tty: tty_size,
+    };
     let (mut ws, proc) = open(client, workspace, &start).await?;
-    let _raw = if opts.tty && std::io::stdin().is_terminal() { Some(RawMode::enable()?) } else { None };
+    let _raw = if opts.tty && std::io::stdin().is_terminal() {
+        Some(RawMode::enable()?)
+    } else {
+        None
+    };
 
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(16);
     if opts.forward_stdin {
@@ -119,12 +158,16 @@ pub async fn run(client: &Client, workspace: &str, opts: ExecOptions) -> anyhow:
     if opts.tty {
         let tx = in_tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
             while winch.recv().await.is_some() {
-                if let Some(sz) = term_size() {
-                    if tx.send(Input::Resize(sz)).await.is_err() {
-                        return;
-                    }
+                if let Some(sz) = term_size()
+                    && tx.send(Input::Resize(sz)).await.is_err()
+                {
+                    return;
                 }
             }
         });
@@ -185,7 +228,9 @@ pub async fn run(client: &Client, workspace: &str, opts: ExecOptions) -> anyhow:
 }
 
 async fn reattach(client: &Client, workspace: &str, proc: u64, after: u64) -> anyhow::Result<Ws> {
-    eprintln!("\r\nkraal: lost the connection to the daemon; the command keeps running, reattaching…\r");
+    eprintln!(
+        "\r\nkraal: lost the connection to the daemon; the command keeps running, reattaching…\r"
+    );
     let deadline = Instant::now() + REATTACH_WINDOW;
     let mut last_err = None;
     while Instant::now() < deadline {
@@ -196,10 +241,10 @@ async fn reattach(client: &Client, workspace: &str, proc: u64, after: u64) -> an
             }
             Err(e) => {
                 // A process the workspace no longer knows cannot come back.
-                if let Some(ClientError::Api { code, .. }) = e.downcast_ref::<ClientError>() {
-                    if code == "unknown_process" || code == "not_found" {
-                        return Err(e);
-                    }
+                if let Some(ClientError::Api { code, .. }) = e.downcast_ref::<ClientError>()
+                    && (code == "unknown_process" || code == "not_found")
+                {
+                    return Err(e);
                 }
                 last_err = Some(e);
                 tokio::time::sleep(Duration::from_millis(500)).await;

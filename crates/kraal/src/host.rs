@@ -23,7 +23,11 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
         runsc: o.runsc.clone(),
         network: o.network,
         pool: kraal_net::DEFAULT_POOL,
-        guest_bin: o.guest_bin.clone().or_else(kraal_sandbox::locate_guest_bin).unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest")),
+        guest_bin: o
+            .guest_bin
+            .clone()
+            .or_else(kraal_sandbox::locate_guest_bin)
+            .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest")),
         images: ImageStore::new(crate::paths::image_dir(&o.data_dir)),
         platform: std::env::var("KRAAL_RUNSC_PLATFORM").ok(),
     })
@@ -35,7 +39,11 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
     let kvm = crate::kvm::probe().await;
     let g = gvisor(o);
     let gcheck = g.check().await;
-    let mut backends = vec![BackendCheck { backend: BackendKind::Gvisor, usable: gcheck.status == ProbeStatus::Usable, details: gcheck.details }];
+    let mut backends = vec![BackendCheck {
+        backend: BackendKind::Gvisor,
+        usable: gcheck.status == ProbeStatus::Usable,
+        details: gcheck.details,
+    }];
     let vm_note = |name: &str| {
         if kvm.usable {
             format!("KVM works, but the {name} backend is not part of this build yet")
@@ -43,26 +51,51 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
             format!("needs KVM: {}", kvm.detail)
         }
     };
-    backends.push(BackendCheck { backend: BackendKind::Qemu, usable: false, details: vec![vm_note("QEMU")] });
-    backends.push(BackendCheck { backend: BackendKind::Firecracker, usable: false, details: vec![vm_note("Firecracker")] });
+    backends.push(BackendCheck {
+        backend: BackendKind::Qemu,
+        usable: false,
+        details: vec![vm_note("QEMU")],
+    });
+    backends.push(BackendCheck {
+        backend: BackendKind::Firecracker,
+        usable: false,
+        details: vec![vm_note("Firecracker")],
+    });
     backends.push(BackendCheck {
         backend: BackendKind::Kubernetes,
         usable: false,
         details: vec!["no cluster configured".into()],
     });
-    let selected = backends.iter().find(|b| b.usable && b.backend != BackendKind::Gvisor).map(|b| b.backend).unwrap_or(BackendKind::Gvisor);
+    let selected = backends
+        .iter()
+        .find(|b| b.usable && b.backend != BackendKind::Gvisor)
+        .map(|b| b.backend)
+        .unwrap_or(BackendKind::Gvisor);
     let report = HostReport {
         selected,
         backends,
-        kvm: KvmReport { usable: kvm.usable, detail: kvm.detail, probe_ms: kvm.elapsed.as_millis() as u64 },
+        kvm: KvmReport {
+            usable: kvm.usable,
+            detail: kvm.detail,
+            probe_ms: kvm.elapsed.as_millis() as u64,
+        },
     };
     (report, Arc::new(g))
 }
 
 pub fn print_report(r: &HostReport) {
-    println!("KVM: {} ({}, probe took {} ms)", if r.kvm.usable { "usable" } else { "not usable" }, r.kvm.detail, r.kvm.probe_ms);
+    println!(
+        "KVM: {} ({}, probe took {} ms)",
+        if r.kvm.usable { "usable" } else { "not usable" },
+        r.kvm.detail,
+        r.kvm.probe_ms
+    );
     for b in &r.backends {
-        println!("{:<12} {}", b.backend.as_str(), if b.usable { "usable" } else { "not usable" });
+        println!(
+            "{:<12} {}",
+            b.backend.as_str(),
+            if b.usable { "usable" } else { "not usable" }
+        );
         for d in &b.details {
             println!("  {d}");
         }

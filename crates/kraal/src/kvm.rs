@@ -22,13 +22,27 @@ pub struct KvmProbe {
 pub async fn probe() -> KvmProbe {
     let t0 = Instant::now();
     if !std::path::Path::new("/dev/kvm").exists() {
-        return KvmProbe { usable: false, detail: "/dev/kvm does not exist".into(), elapsed: t0.elapsed() };
+        return KvmProbe {
+            usable: false,
+            detail: "/dev/kvm does not exist".into(),
+            elapsed: t0.elapsed(),
+        };
     }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
-        Err(e) => return KvmProbe { usable: false, detail: format!("cannot find own executable: {e}"), elapsed: t0.elapsed() },
+        Err(e) => {
+            return KvmProbe {
+                usable: false,
+                detail: format!("cannot find own executable: {e}"),
+                elapsed: t0.elapsed(),
+            };
+        }
     };
-    let r = Cmd::new(exe).arg("__kvm-probe").timeout(PROBE_TIMEOUT).run().await;
+    let r = Cmd::new(exe)
+        .arg("__kvm-probe")
+        .timeout(PROBE_TIMEOUT)
+        .run()
+        .await;
     let (usable, detail) = match r {
         Ok(out) => (true, out.stdout_str().trim().to_owned()),
         Err(ProcessError::Timeout { .. }) => (
@@ -41,7 +55,11 @@ pub async fn probe() -> KvmProbe {
         Err(ProcessError::Failed { stderr, .. }) => (false, stderr.trim().to_owned()),
         Err(e) => (false, e.to_string()),
     };
-    KvmProbe { usable, detail, elapsed: t0.elapsed() }
+    KvmProbe {
+        usable,
+        detail,
+        elapsed: t0.elapsed(),
+    }
 }
 
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
@@ -65,7 +83,11 @@ struct MemoryRegion {
 }
 
 fn check(r: libc::c_int, what: &str) -> Result<libc::c_int, String> {
-    if r < 0 { Err(format!("{what}: {}", std::io::Error::last_os_error())) } else { Ok(r) }
+    if r < 0 {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    } else {
+        Ok(r)
+    }
 }
 
 /// Writes one `kvm_segment` (24 bytes) at `off` in a `kvm_sregs` buffer.
@@ -93,13 +115,26 @@ pub fn run_in_process() -> Result<String, String> {
     // kernel ABI defines (kvm_regs 144 bytes, kvm_sregs 312 bytes); the guest memory and
     // the vCPU run area are mappings we create and keep alive until the process exits.
     unsafe {
-        let kvm = check(libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC), "open /dev/kvm")?;
-        let version = check(libc::ioctl(kvm, KVM_GET_API_VERSION, 0), "KVM_GET_API_VERSION")?;
+        let kvm = check(
+            libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC),
+            "open /dev/kvm",
+        )?;
+        let version = check(
+            libc::ioctl(kvm, KVM_GET_API_VERSION, 0),
+            "KVM_GET_API_VERSION",
+        )?;
         if version != 12 {
             return Err(format!("unexpected KVM API version {version}"));
         }
         let vm = check(libc::ioctl(kvm, KVM_CREATE_VM, 0), "KVM_CREATE_VM")?;
-        let mem = libc::mmap(std::ptr::null_mut(), MEM, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0);
+        let mem = libc::mmap(
+            std::ptr::null_mut(),
+            MEM,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
         if mem == libc::MAP_FAILED {
             return Err("mmap guest memory failed".into());
         }
@@ -111,40 +146,74 @@ pub fn run_in_process() -> Result<String, String> {
         put64(0x4000, 0x83);
         let code: [u8; 5] = [0xB0, 0x42, 0xE6, 0x10, 0xF4]; // mov al,0x42; out 0x10,al; hlt
         std::ptr::copy_nonoverlapping(code.as_ptr(), m.add(0x1000), code.len());
-        let region = MemoryRegion { slot: 0, flags: 0, guest_phys_addr: 0, memory_size: MEM as u64, userspace_addr: mem as u64 };
-        check(libc::ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region), "KVM_SET_USER_MEMORY_REGION")?;
+        let region = MemoryRegion {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM as u64,
+            userspace_addr: mem as u64,
+        };
+        check(
+            libc::ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region),
+            "KVM_SET_USER_MEMORY_REGION",
+        )?;
         let vcpu = check(libc::ioctl(vm, KVM_CREATE_VCPU, 0), "KVM_CREATE_VCPU")?;
-        let run_size = check(libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE")? as usize;
-        let run = libc::mmap(std::ptr::null_mut(), run_size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, vcpu, 0);
+        let run_size = check(
+            libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0),
+            "KVM_GET_VCPU_MMAP_SIZE",
+        )? as usize;
+        let run = libc::mmap(
+            std::ptr::null_mut(),
+            run_size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            vcpu,
+            0,
+        );
         if run == libc::MAP_FAILED {
             return Err("mmap vcpu run area failed".into());
         }
         let mut sregs = [0u8; 312];
-        check(libc::ioctl(vcpu, KVM_GET_SREGS, sregs.as_mut_ptr()), "KVM_GET_SREGS")?;
+        check(
+            libc::ioctl(vcpu, KVM_GET_SREGS, sregs.as_mut_ptr()),
+            "KVM_GET_SREGS",
+        )?;
         segment(&mut sregs, 0, 8, 11, true); // cs: 64-bit code
         for off in [24, 48, 72, 96, 120] {
             segment(&mut sregs, off, 16, 3, false); // ds es fs gs ss: data
         }
-        let set = |sregs: &mut [u8; 312], off: usize, v: u64| sregs[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        let set = |sregs: &mut [u8; 312], off: usize, v: u64| {
+            sregs[off..off + 8].copy_from_slice(&v.to_ne_bytes())
+        };
         set(&mut sregs, 240, 0x2000); // cr3
         set(&mut sregs, 248, 1 << 5); // cr4: PAE
         set(&mut sregs, 224, 0x8005_0033); // cr0: PE MP ET NE WP AM PG
         set(&mut sregs, 264, 0x500); // efer: LME LMA
-        check(libc::ioctl(vcpu, KVM_SET_SREGS, sregs.as_ptr()), "KVM_SET_SREGS")?;
+        check(
+            libc::ioctl(vcpu, KVM_SET_SREGS, sregs.as_ptr()),
+            "KVM_SET_SREGS",
+        )?;
         let mut regs = [0u64; 18];
         regs[6] = 0x20_0000; // rsp
         regs[16] = 0x1000; // rip
         regs[17] = 0x2; // rflags
-        check(libc::ioctl(vcpu, KVM_SET_REGS, regs.as_ptr()), "KVM_SET_REGS")?;
+        check(
+            libc::ioctl(vcpu, KVM_SET_REGS, regs.as_ptr()),
+            "KVM_SET_REGS",
+        )?;
         check(libc::ioctl(vcpu, KVM_RUN, 0), "KVM_RUN")?;
         let exit_reason = *(run.cast::<u8>().add(8).cast::<u32>());
         if exit_reason != KVM_EXIT_IO {
-            return Err(format!("a 64-bit test guest stopped with KVM exit reason {exit_reason}, expected port I/O; this host's KVM cannot run a normal guest"));
+            return Err(format!(
+                "a 64-bit test guest stopped with KVM exit reason {exit_reason}, expected port I/O; this host's KVM cannot run a normal guest"
+            ));
         }
         let port = *(run.cast::<u8>().add(32 + 2).cast::<u16>());
         if port != 0x10 {
             return Err(format!("test guest wrote to port {port:#x}, expected 0x10"));
         }
-        Ok(format!("KVM API {version}: a 64-bit test guest ran (booting a full guest kernel is checked by the VM backends)"))
+        Ok(format!(
+            "KVM API {version}: a 64-bit test guest ran (booting a full guest kernel is checked by the VM backends)"
+        ))
     }
 }

@@ -45,13 +45,17 @@ fn main() -> ExitCode {
     let default_level = if is_serve { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KRAAL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+            tracing_subscriber::EnvFilter::try_from_env("KRAAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let is_exec = matches!(cli.command, Command::Exec(_) | Command::Shell { .. });
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kraal: error: cannot start the async runtime: {e}");
@@ -86,7 +90,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
 fn client(host: Option<String>) -> Client {
     let token = std::env::var("KRAAL_TOKEN").ok();
     let endpoint = match host {
-        Some(h) if h.starts_with("tcp://") => Endpoint::Tcp(h.trim_start_matches("tcp://").to_owned()),
+        Some(h) if h.starts_with("tcp://") => {
+            Endpoint::Tcp(h.trim_start_matches("tcp://").to_owned())
+        }
         Some(h) => Endpoint::Unix(PathBuf::from(h.trim_start_matches("unix:"))),
         None => Endpoint::Unix(paths::socket()),
     };
@@ -107,14 +113,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 env.push((k.to_owned(), v.to_owned()));
             }
-            let opts = exec::ExecOptions { argv: a.command, env, cwd: a.workdir, tty: a.tty, forward_stdin: !a.no_stdin };
+            let opts = exec::ExecOptions {
+                argv: a.command,
+                env,
+                cwd: a.workdir,
+                tty: a.tty,
+                forward_stdin: !a.no_stdin,
+            };
             exec::run(&c, &a.workspace, opts).await
         }
         Command::Shell { workspace, workdir } => {
             if !std::io::stdin().is_terminal() {
-                anyhow::bail!("`kraal shell` needs a terminal; use `kraal exec {workspace} -- <command>` from scripts");
+                anyhow::bail!(
+                    "`kraal shell` needs a terminal; use `kraal exec {workspace} -- <command>` from scripts"
+                );
             }
-            let argv = ["/bin/sh", "-c", "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi"];
+            let argv = [
+                "/bin/sh",
+                "-c",
+                "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi",
+            ];
             let opts = exec::ExecOptions {
                 argv: argv.map(String::from).to_vec(),
                 env: vec![],
@@ -124,15 +142,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             exec::run(&c, &workspace, opts).await
         }
-        Command::Down { workspace, detach } => commands::down(&c, &workspace, detach).await.map(|()| 0),
+        Command::Down { workspace, detach } => {
+            commands::down(&c, &workspace, detach).await.map(|()| 0)
+        }
         Command::Rm { workspace, yes } => commands::rm(&c, &workspace, yes).await.map(|()| 0),
-        Command::Logs { workspace, events_only } => commands::logs(&c, &workspace, events_only).await.map(|()| 0),
+        Command::Logs {
+            workspace,
+            events_only,
+        } => commands::logs(&c, &workspace, events_only)
+            .await
+            .map(|()| 0),
         Command::Ps { workspace } => commands::ps(&c, &workspace).await.map(|()| 0),
         Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
         Command::Host(HostCommand::Check { json }) => {
             let opts = host::BackendOptions {
                 data_dir: paths::data_dir(),
-                runsc: std::env::var_os("KRAAL_RUNSC").map(PathBuf::from).unwrap_or_else(|| "runsc".into()),
+                runsc: std::env::var_os("KRAAL_RUNSC")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "runsc".into()),
                 guest_bin: std::env::var_os("KRAAL_GUEST_BIN").map(PathBuf::from),
                 network: kraal_gvisor::NetworkMode::Host,
             };
@@ -142,7 +169,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 host::print_report(&report);
             }
-            Ok(if report.backends.iter().any(|b| b.usable) { 0 } else { 1 })
+            Ok(if report.backends.iter().any(|b| b.usable) {
+                0
+            } else {
+                1
+            })
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kraal", &mut std::io::stdout());

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 /// `$KRAAL_DATA_DIR`, else `$XDG_DATA_HOME/kraal`, else `~/.local/share/kraal`.
@@ -34,5 +36,7 @@ pub fn socket() -> PathBuf {
 
 /// `$KRAAL_IMAGE_DIR`, else `<data dir>/images`.
 pub fn image_dir(data: &std::path::Path) -> PathBuf {
-    std::env::var_os("KRAAL_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| data.join("images"))
+    std::env::var_os("KRAAL_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data.join("images"))
 }

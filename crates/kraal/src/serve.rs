@@ -15,7 +15,8 @@ use crate::host::{BackendOptions, ensure_dir, inspect};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
-    ensure_dir(&data_dir, 0o700).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    ensure_dir(&data_dir, 0o700)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let socket = args.socket.clone().unwrap_or_else(crate::paths::socket);
 
     let opts = BackendOptions {
@@ -25,7 +26,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         network: NetworkMode::parse(&args.gvisor_network).expect("clap validated"),
     };
     let (report, backend) = inspect(&opts).await;
-    let chosen = report.backends.iter().find(|b| b.backend == report.selected).expect("selected is listed");
+    let chosen = report
+        .backends
+        .iter()
+        .find(|b| b.backend == report.selected)
+        .expect("selected is listed");
     if !chosen.usable {
         bail!(
             "the {} backend is not usable on this host:\n  {}\nhint: run scripts/setup.sh (installs runsc, debootstrap, nftables) and see `kraal host check`",
@@ -35,9 +40,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(backend = %report.selected, kvm = report.kvm.usable, "backend selected");
 
-    let store = Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
+    let store =
+        Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
     let engine = Engine::new(store, backend);
-    let state = AppState { engine: engine.clone(), host: Arc::new(report), data_dir: data_dir.display().to_string() };
+    let state = AppState {
+        engine: engine.clone(),
+        host: Arc::new(report),
+        data_dir: data_dir.display().to_string(),
+    };
 
     // Unix socket, owner-only.
     if let Some(dir) = socket.parent() {
@@ -45,16 +55,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if socket.exists() {
         if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            bail!("another kraal daemon is already listening on {}", socket.display());
+            bail!(
+                "another kraal daemon is already listening on {}",
+                socket.display()
+            );
         }
-        std::fs::remove_file(&socket).with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
-    let unix = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let unix = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     }
-    eprintln!("kraal daemon listening on unix:{} (data in {})", socket.display(), data_dir.display());
+    eprintln!(
+        "kraal daemon listening on unix:{} (data in {})",
+        socket.display(),
+        data_dir.display()
+    );
 
     let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -63,22 +82,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let app = kraal_server::router(state.clone(), None);
         let mut rx = shutdown_rx.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(unix, app).with_graceful_shutdown(async move {
-                let _ = rx.changed().await;
-            }).await
+            axum::serve(unix, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
         }));
     }
     if let Some(addr) = args.listen_tcp {
-        let token_file = args.token_file.clone().unwrap_or_else(|| data_dir.join("api-token"));
+        let token_file = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("api-token"));
         let token = load_or_create_token(&token_file)?;
-        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("kraal daemon listening on tcp://{addr} (bearer token in {})", token_file.display());
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "kraal daemon listening on tcp://{addr} (bearer token in {})",
+            token_file.display()
+        );
         let app = kraal_server::router(state.clone(), Some(token));
         let mut rx = shutdown_rx.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(tcp, app).with_graceful_shutdown(async move {
-                let _ = rx.changed().await;
-            }).await
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
         }));
     }
 

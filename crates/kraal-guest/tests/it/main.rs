@@ -45,13 +45,22 @@ async fn start() -> Guest {
 }
 
 fn exec(argv: &[&str]) -> ExecRequest {
-    ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), env: vec![], cwd: None, tty: None }
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![],
+        cwd: None,
+        tty: None,
+    }
 }
 
 async fn collect(h: &mut ExecHandle) -> (String, String, Option<i32>, u64) {
     let (mut out, mut err, mut last) = (String::new(), String::new(), 0);
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), h.next()).await.expect("exec hung").unwrap() {
+        match tokio::time::timeout(Duration::from_secs(20), h.next())
+            .await
+            .expect("exec hung")
+            .unwrap()
+        {
             ExecEvent::Stdout { seq, data } => {
                 out.push_str(&String::from_utf8_lossy(&data));
                 last = seq;
@@ -70,9 +79,15 @@ async fn collect(h: &mut ExecHandle) -> (String, String, Option<i32>, u64) {
 async fn exec_streams_output_and_exit_code() {
     let g = start().await;
     let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
-    let mut h = c.exec(exec(&["sh", "-c", "echo out; echo err >&2; pwd; exit 7"])).await.unwrap();
+    let mut h = c
+        .exec(exec(&["sh", "-c", "echo out; echo err >&2; pwd; exit 7"]))
+        .await
+        .unwrap();
     let (out, err, code, _) = collect(&mut h).await;
-    assert_eq!(out, format!("out\n{}\n", g.root.path().canonicalize().unwrap().display()));
+    assert_eq!(
+        out,
+        format!("out\n{}\n", g.root.path().canonicalize().unwrap().display())
+    );
     assert_eq!(err, "err\n");
     assert_eq!(code, Some(7));
 }
@@ -93,7 +108,11 @@ async fn stdin_is_forwarded_and_eof_ends_it() {
 async fn pty_reports_a_terminal_and_resizes() {
     let g = start().await;
     let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
-    let mut req = exec(&["sh", "-c", "test -t 0 && echo tty; stty size; read x; stty size"]);
+    let mut req = exec(&[
+        "sh",
+        "-c",
+        "test -t 0 && echo tty; stty size; read x; stty size",
+    ]);
     req.tty = Some(TtySize { rows: 24, cols: 80 });
     let mut h = c.exec(req).await.unwrap();
     let s = h.sender();
@@ -104,7 +123,12 @@ async fn pty_reports_a_terminal_and_resizes() {
             seen.push_str(&String::from_utf8_lossy(&data));
         }
     }
-    s.resize(TtySize { rows: 50, cols: 132 }).await.unwrap();
+    s.resize(TtySize {
+        rows: 50,
+        cols: 132,
+    })
+    .await
+    .unwrap();
     s.stdin(Bytes::from_static(b"go\r")).await.unwrap();
     let (out, _, code, _) = collect(&mut h).await;
     assert!(seen.contains("tty"), "{seen:?}");
@@ -116,7 +140,14 @@ async fn pty_reports_a_terminal_and_resizes() {
 async fn processes_survive_a_lost_link_and_can_be_reattached() {
     let g = start().await;
     let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
-    let mut h = c.exec(exec(&["sh", "-c", "echo one; sleep 1; echo two; sleep 1; echo three"])).await.unwrap();
+    let mut h = c
+        .exec(exec(&[
+            "sh",
+            "-c",
+            "echo one; sleep 1; echo two; sleep 1; echo three",
+        ]))
+        .await
+        .unwrap();
     let proc = h.proc;
     let first = match h.next().await.unwrap() {
         ExecEvent::Stdout { seq, data } => {
@@ -130,7 +161,10 @@ async fn processes_survive_a_lost_link_and_can_be_reattached() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c2 = GuestClient::connect(g.addr, TOKEN).await.unwrap();
     let procs = c2.processes().await.unwrap();
-    assert!(procs.iter().any(|p| p.proc == proc && p.running), "{procs:?}");
+    assert!(
+        procs.iter().any(|p| p.proc == proc && p.running),
+        "{procs:?}"
+    );
     let mut h2 = c2.attach(proc, first).await.unwrap();
     let (out, _, code, _) = collect(&mut h2).await;
     assert_eq!(out, "two\nthree\n", "no duplicate of 'one', no gap");
@@ -144,11 +178,17 @@ async fn processes_survive_a_lost_link_and_can_be_reattached() {
 async fn signals_reach_the_process_group() {
     let g = start().await;
     let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
-    let mut h = c.exec(exec(&["sh", "-c", "sleep 100; echo never"])).await.unwrap();
+    let mut h = c
+        .exec(exec(&["sh", "-c", "sleep 100; echo never"]))
+        .await
+        .unwrap();
     h.sender().signal(15).await.unwrap();
     loop {
         if let ExecEvent::Exit { code, signal } = h.next().await.unwrap() {
-            assert!(signal == Some(15) || code == Some(143), "{code:?} {signal:?}");
+            assert!(
+                signal == Some(15) || code == Some(143),
+                "{code:?} {signal:?}"
+            );
             break;
         }
     }
@@ -175,20 +215,35 @@ async fn files_round_trip_and_stay_confined() {
     let g = start().await;
     let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
     let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(c.write_file("dir/big.bin", &big, None, true).await.unwrap(), big.len() as u64);
+    assert_eq!(
+        c.write_file("dir/big.bin", &big, None, true).await.unwrap(),
+        big.len() as u64
+    );
     assert_eq!(c.read_file("dir/big.bin", 10_000_000).await.unwrap(), big);
     let st = c.stat("dir/big.bin").await.unwrap();
     assert_eq!(st.size, big.len() as u64);
     let ls = c.list_dir("dir").await.unwrap();
-    assert_eq!(ls.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["big.bin"]);
+    assert_eq!(
+        ls.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["big.bin"]
+    );
     c.mkdir("a/b/c", true).await.unwrap();
     c.remove("a", true).await.unwrap();
-    assert_eq!(c.stat("a").await.unwrap_err().to_string(), "a: No such file or directory (os error 2)");
+    assert_eq!(
+        c.stat("a").await.unwrap_err().to_string(),
+        "a: No such file or directory (os error 2)"
+    );
     for bad in ["../x", "/etc/passwd", "dir/../../x"] {
         let e = c.read_file(bad, 100).await.unwrap_err();
-        assert!(matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape), "{bad}: {e}");
+        assert!(
+            matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape),
+            "{bad}: {e}"
+        );
         let e = c.write_file(bad, b"x", None, true).await.unwrap_err();
-        assert!(matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape), "{bad}: {e}");
+        assert!(
+            matches!(&e, GuestClientError::Guest(g) if g.code == ErrorCode::PathEscape),
+            "{bad}: {e}"
+        );
     }
     assert!(!g.root.path().parent().unwrap().join("x").exists());
     let e = c.read_file("dir/big.bin", 10).await.unwrap_err();
@@ -210,7 +265,10 @@ async fn many_concurrent_streams_on_one_link() {
     for i in 0..32 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let mut h = c.exec(exec(&["sh", "-c", &format!("seq 1 2000; echo done-{i}")])).await.unwrap();
+            let mut h = c
+                .exec(exec(&["sh", "-c", &format!("seq 1 2000; echo done-{i}")]))
+                .await
+                .unwrap();
             let (out, _, code, _) = collect(&mut h).await;
             assert_eq!(code, Some(0));
             assert!(out.ends_with(&format!("2000\ndone-{i}\n")));

@@ -10,7 +10,8 @@ use kraal_protocol::ExecRequest;
 use kraal_sandbox::{Backend, ExecEvent, GuestClient, SandboxSpec, SandboxStatus};
 
 fn backend(tmp: &std::path::Path) -> GvisorBackend {
-    let images = std::env::var("KRAAL_TEST_IMAGE_DIR").unwrap_or_else(|_| "/var/tmp/kraal-test-images".into());
+    let images = std::env::var("KRAAL_TEST_IMAGE_DIR")
+        .unwrap_or_else(|_| "/var/tmp/kraal-test-images".into());
     GvisorBackend::new(GvisorConfig {
         state_dir: tmp.join("workspaces"),
         runsc_root: tmp.join("runsc"),
@@ -36,13 +37,20 @@ async fn connect(ep: &kraal_sandbox::GuestEndpoint, token: &str) -> GuestClient 
 
 async fn run(c: &GuestClient, cmd: &str) -> (String, Option<i32>) {
     let mut h = c
-        .exec(ExecRequest { argv: vec!["sh".into(), "-c".into(), cmd.into()], env: vec![], cwd: None, tty: None })
+        .exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), cmd.into()],
+            env: vec![],
+            cwd: None,
+            tty: None,
+        })
         .await
         .unwrap();
     let mut out = String::new();
     loop {
         match h.next().await.unwrap() {
-            ExecEvent::Stdout { data, .. } | ExecEvent::Stderr { data, .. } => out.push_str(&String::from_utf8_lossy(&data)),
+            ExecEvent::Stdout { data, .. } | ExecEvent::Stderr { data, .. } => {
+                out.push_str(&String::from_utf8_lossy(&data))
+            }
             ExecEvent::Exit { code, .. } => return (out, code),
             ExecEvent::Truncated { .. } => {}
         }
@@ -60,7 +68,11 @@ async fn lifecycle_with_real_runsc() {
         id: WorkspaceId::random(),
         name: WorkspaceName::parse("gv-test").unwrap(),
         source: Source::Local { path: src },
-        resources: Resources { cpus: 1.0, memory_mib: 512, pids: 256 },
+        resources: Resources {
+            cpus: 1.0,
+            memory_mib: 512,
+            pids: 256,
+        },
         guest_token: "tok".into(),
     };
     b.create(&spec).await.unwrap();
@@ -73,14 +85,22 @@ async fn lifecycle_with_real_runsc() {
     let (out, code) = run(&c, "cat /workspace/README && hostname && git --version && echo data > /workspace/new && apt-get --version >/dev/null && touch /root/layer").await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.starts_with("hello\ngv-test\ngit version"), "{out}");
-    let (mem, _) = run(&c, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; cat /proc/meminfo | head -1").await;
+    let (mem, _) = run(
+        &c,
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; cat /proc/meminfo | head -1",
+    )
+    .await;
     eprintln!("inside memory view: {mem}");
     b.stop(&spec.id).await.unwrap();
     assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Stopped);
     let ep = b.start(&spec).await.unwrap();
     let c = connect(&ep, "tok").await;
     let (out, code) = run(&c, "cat /workspace/new && ls /root/layer").await;
-    assert_eq!((out.as_str(), code), ("data\n/root/layer\n", Some(0)), "volume and writable layer survive stop/start");
+    assert_eq!(
+        (out.as_str(), code),
+        ("data\n/root/layer\n", Some(0)),
+        "volume and writable layer survive stop/start"
+    );
     b.destroy(&spec.id).await.unwrap();
     assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Absent);
     assert!(!kraal_net::netns_path(&spec.id).exists());

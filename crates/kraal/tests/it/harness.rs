@@ -24,9 +24,16 @@ impl Daemon {
     }
 
     pub fn start() -> Daemon {
-        let dir = tempfile::Builder::new().prefix("kraal-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("kraal-it-")
+            .tempdir()
+            .unwrap();
         let socket = dir.path().join("kraal.sock");
-        let mut d = Daemon { dir, socket, child: None };
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -43,10 +50,22 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("daemon.log")).unwrap();
-        let child = self.serve_cmd().stdout(log.try_clone().unwrap()).stderr(log).stdin(Stdio::null()).spawn().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = self
+            .serve_cmd()
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
         self.child = Some(child);
-        wait_until(Duration::from_secs(30), "daemon socket", || UnixStream::connect(&self.socket).is_ok());
+        wait_until(Duration::from_secs(30), "daemon socket", || {
+            UnixStream::connect(&self.socket).is_ok()
+        });
     }
 
     /// SIGKILL, like a crash.
@@ -60,7 +79,11 @@ impl Daemon {
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("daemon running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = c.try_wait().unwrap() {
@@ -74,7 +97,10 @@ impl Daemon {
     pub fn cmd(&self, args: &[&str]) -> Command {
         #[allow(clippy::disallowed_methods)]
         let mut c = Command::new(KRAAL);
-        c.args(args).env("KRAAL_SOCKET", &self.socket).env_remove("KRAAL_HOST").stdin(Stdio::null());
+        c.args(args)
+            .env("KRAAL_SOCKET", &self.socket)
+            .env_remove("KRAAL_HOST")
+            .stdin(Stdio::null());
         c
     }
 
@@ -87,7 +113,14 @@ impl Daemon {
     /// Runs the CLI and asserts success.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.code == Some(0), "kraal {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\n{}", o.code, o.stdout, o.stderr, self.log_tail());
+        assert!(
+            o.code == Some(0),
+            "kraal {args:?} failed ({:?}):\nstdout: {}\nstderr: {}\n{}",
+            o.code,
+            o.stdout,
+            o.stderr,
+            self.log_tail()
+        );
         o.stdout
     }
 
@@ -106,7 +139,10 @@ impl Daemon {
     }
 
     pub fn workspace(&self, name: &str) -> serde_json::Value {
-        self.workspaces().into_iter().find(|w| w["name"] == name).unwrap_or_else(|| panic!("no workspace {name}"))
+        self.workspaces()
+            .into_iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("no workspace {name}"))
     }
 
     /// A raw HTTP request on the daemon socket; returns status and body.
@@ -117,8 +153,15 @@ impl Daemon {
         s.write_all(body).unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
-        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, dechunk(&body))
     }
 }
@@ -128,8 +171,12 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     loop {
-        let Some((len, tail)) = rest.split_once("\r\n") else { return body.to_owned() };
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { return body.to_owned() };
+        let Some((len, tail)) = rest.split_once("\r\n") else {
+            return body.to_owned();
+        };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            return body.to_owned();
+        };
         if n == 0 {
             return out;
         }
@@ -152,11 +199,20 @@ impl Drop for Daemon {
 pub fn cleanup_host_resources(data: &Path) {
     let runsc_root = data.join("runsc");
     #[allow(clippy::disallowed_methods)]
-    let list = Command::new("runsc").arg(format!("--root={}", runsc_root.display())).args(["list", "-quiet"]).output();
+    let list = Command::new("runsc")
+        .arg(format!("--root={}", runsc_root.display()))
+        .args(["list", "-quiet"])
+        .output();
     if let Ok(out) = list {
-        for id in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        for id in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
             #[allow(clippy::disallowed_methods)]
-            let _ = Command::new("runsc").arg(format!("--root={}", runsc_root.display())).args(["delete", "-force", id]).output();
+            let _ = Command::new("runsc")
+                .arg(format!("--root={}", runsc_root.display()))
+                .args(["delete", "-force", id])
+                .output();
         }
     }
     if let Ok(rd) = std::fs::read_dir(data.join("workspaces")) {
@@ -164,10 +220,15 @@ pub fn cleanup_host_resources(data: &Path) {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(short) = name.strip_prefix("ws-") {
                 #[allow(clippy::disallowed_methods)]
-                let _ = Command::new("ip").args(["netns", "del", &format!("kraal-{short}")]).output();
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &format!("kraal-{short}")])
+                    .output();
             }
             #[allow(clippy::disallowed_methods)]
-            let _ = Command::new("umount").arg("-l").arg(e.path().join("rootfs")).output();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(e.path().join("rootfs"))
+                .output();
         }
     }
 }
@@ -180,7 +241,11 @@ pub struct Out {
 }
 
 pub fn run_bounded(c: &mut Command, limit: Duration) -> Out {
-    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut so = child.stdout.take().unwrap();
     let mut se = child.stderr.take().unwrap();
     let t1 = std::thread::spawn(move || {
@@ -205,7 +270,11 @@ pub fn run_bounded(c: &mut Command, limit: Duration) -> Out {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let out = Output { status, stdout: t1.join().unwrap(), stderr: t2.join().unwrap() };
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+    };
     Out {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -231,12 +300,23 @@ pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
     let git = |args: &[&str]| {
         #[allow(clippy::disallowed_methods)]
         let o = Command::new("git")
-            .args(["-c", "user.email=t@example.com", "-c", "user.name=Test", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "user.name=Test",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(&p)
             .output()
             .unwrap();
-        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     git(&["init", "-q"]);
     git(&["add", "."]);

@@ -10,27 +10,52 @@ fn kill9_during_exec_keeps_sandbox_and_command_alive() {
     let repo = git_repo(d.dir.path(), "long");
     d.ok(&["up", repo.to_str().unwrap()]);
 
-    let mut exec = d.cmd(&["exec", "long", "--", "sh", "-c", "for i in $(seq 1 8); do echo tick $i; sleep 1; done; echo finished"]);
+    let mut exec = d.cmd(&[
+        "exec",
+        "long",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 1 8); do echo tick $i; sleep 1; done; echo finished",
+    ]);
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(run_bounded(&mut exec, Duration::from_secs(180))).unwrap());
+    std::thread::spawn(move || {
+        tx.send(run_bounded(&mut exec, Duration::from_secs(180)))
+            .unwrap()
+    });
     std::thread::sleep(Duration::from_millis(2500));
 
     d.kill9();
     let id = d.workspace_id_from_disk("long");
     // The sandbox outlives the daemon.
     #[allow(clippy::disallowed_methods)]
-    let st = std::process::Command::new("runsc").arg(format!("--root={}", d.data().join("runsc").display())).args(["state", &id]).output().unwrap();
-    assert!(String::from_utf8_lossy(&st.stdout).contains("\"running\""), "sandbox died with the daemon");
+    let st = std::process::Command::new("runsc")
+        .arg(format!("--root={}", d.data().join("runsc").display()))
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("\"running\""),
+        "sandbox died with the daemon"
+    );
 
     d.spawn();
     assert_eq!(d.workspace("long")["state"], "running");
     let ps = d.ok(&["ps", "long"]);
-    assert!(ps.lines().any(|l| l.contains("running") && l.contains("tick")), "the command is still alive: {ps}");
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("running") && l.contains("tick")),
+        "the command is still alive: {ps}"
+    );
 
     let out = rx.recv_timeout(Duration::from_secs(120)).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
-    let expected: String = (1..=8).map(|i| format!("tick {i}\n")).collect::<String>() + "finished\n";
-    assert_eq!(out.stdout, expected, "no line lost or repeated across the restart");
+    let expected: String =
+        (1..=8).map(|i| format!("tick {i}\n")).collect::<String>() + "finished\n";
+    assert_eq!(
+        out.stdout, expected,
+        "no line lost or repeated across the restart"
+    );
     assert!(out.stderr.contains("reattached"), "{}", out.stderr);
 }
 
@@ -46,9 +71,17 @@ fn graceful_shutdown_leaves_sandboxes_running() {
     d.spawn();
     let o = d.exec("calm", "cat marker; cat /proc/1/cmdline | tr '\\0' ' '");
     assert_eq!(o.code, Some(0), "{o:?}");
-    assert!(o.stdout.starts_with("before\n/.kraal/kraal-guest"), "{}", o.stdout);
+    assert!(
+        o.stdout.starts_with("before\n/.kraal/kraal-guest"),
+        "{}",
+        o.stdout
+    );
     let logs = d.ok(&["logs", "calm", "--events-only"]);
-    assert_eq!(logs.matches("running on gvisor").count(), 1, "the sandbox was not restarted: {logs}");
+    assert_eq!(
+        logs.matches("running on gvisor").count(),
+        1,
+        "the sandbox was not restarted: {logs}"
+    );
 }
 
 #[test]
@@ -59,11 +92,21 @@ fn reconciler_restarts_a_sandbox_that_died() {
     d.ok(&["exec", "phoenix", "--", "sh", "-c", "echo kept > kept.txt"]);
     let id = d.workspace("phoenix")["id"].as_str().unwrap().to_owned();
     #[allow(clippy::disallowed_methods)]
-    let k = std::process::Command::new("runsc").arg(format!("--root={}", d.data().join("runsc").display())).args(["kill", &id, "KILL"]).output().unwrap();
+    let k = std::process::Command::new("runsc")
+        .arg(format!("--root={}", d.data().join("runsc").display()))
+        .args(["kill", &id, "KILL"])
+        .output()
+        .unwrap();
     assert!(k.status.success(), "{}", String::from_utf8_lossy(&k.stderr));
-    wait_until(Duration::from_secs(60), "the reconciler to restart the sandbox", || {
-        d.ok(&["logs", "phoenix", "--events-only"]).contains("starting it again") && d.workspace("phoenix")["state"] == "running"
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the reconciler to restart the sandbox",
+        || {
+            d.ok(&["logs", "phoenix", "--events-only"])
+                .contains("starting it again")
+                && d.workspace("phoenix")["state"] == "running"
+        },
+    );
     let o = d.exec("phoenix", "cat kept.txt");
     assert_eq!(o.stdout, "kept\n", "{o:?}");
 }
@@ -72,7 +115,10 @@ impl Daemon {
     /// Reads a workspace id without the daemon (which may be dead).
     pub fn workspace_id_from_disk(&self, _name: &str) -> String {
         let rd = std::fs::read_dir(self.data().join("workspaces")).unwrap();
-        let ids: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let ids: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(ids.len(), 1, "{ids:?}");
         ids[0].clone()
     }
