@@ -493,7 +493,19 @@ impl Engine {
         &self,
         reference: &str,
     ) -> Result<(WorkspaceRecord, GuestClient), EngineError> {
-        let rec = self.resolve(reference)?;
+        // A workspace on its way up (creating or starting, desired running) is waited for,
+        // so `up --detach` followed by `exec` just works.
+        let mut rec = self.resolve(reference)?;
+        let deadline = Instant::now() + GUEST_BOOT_TIMEOUT;
+        while matches!(
+            rec.state,
+            WorkspaceState::Creating | WorkspaceState::Starting
+        ) && rec.desired == DesiredState::Running
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            rec = self.resolve(rec.id.as_str())?;
+        }
         if rec.state != WorkspaceState::Running {
             return Err(EngineError::NotRunning {
                 workspace: rec.name.to_string(),
@@ -539,6 +551,10 @@ impl Engine {
                     if state != WorkspaceState::Failed =>
                 {
                     self.guests.lock().unwrap().remove(&rec.id);
+                    // Record what is true now, before anyone reads the old `running`.
+                    let _ = self
+                        .store
+                        .set_state(&rec.id, WorkspaceState::Starting, None);
                     let why = if state == WorkspaceState::Running {
                         "sandbox is not running"
                     } else {

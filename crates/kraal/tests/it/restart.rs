@@ -100,15 +100,18 @@ fn reconciler_restarts_a_sandbox_that_died() {
     assert!(k.status.success(), "{}", String::from_utf8_lossy(&k.stderr));
     wait_until(
         Duration::from_secs(60),
-        "the reconciler to restart the sandbox",
+        "the reconciler to notice the dead sandbox",
         || {
             d.ok(&["logs", "phoenix", "--events-only"])
-                .contains("starting it again")
-                && d.workspace("phoenix")["state"] == "running"
+                .contains("sandbox is not running; starting it again")
         },
     );
+    // exec waits for the workspace to come back instead of failing.
     let o = d.exec("phoenix", "cat kept.txt");
     assert_eq!(o.stdout, "kept\n", "{o:?}");
+    let logs = d.ok(&["logs", "phoenix", "--events-only"]);
+    assert_eq!(logs.matches("running on gvisor").count(), 2, "{logs}");
+    assert_eq!(d.workspace("phoenix")["state"], "running");
 }
 
 impl Daemon {

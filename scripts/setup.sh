@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Installs everything kraal needs on Debian 12 (run as root) and builds and installs it:
+# system packages (runsc from bookworm-backports, debootstrap, nftables, iproute2, git),
+# the Rust musl target for the static guest agent, cargo-nextest for the test suite,
+# then /usr/local/bin/kraal and /usr/local/lib/kraal/kraal-guest. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (kraal manages network namespaces, mounts and cgroups)"
+. /etc/os-release
+[ "${ID:-}" = debian ] || die "this script supports Debian (found ${ID:-unknown})"
+
+if [ "${VERSION_CODENAME:-}" = bookworm ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "enabling bookworm-backports (for a 2024 runsc)"
+    cat > /etc/apt/sources.list.d/kraal-backports.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+
+pkgs=(debootstrap nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config)
+need_apt=0
+for p in "${pkgs[@]}" runsc; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
+if [ "${VERSION_CODENAME:-}" = bookworm ] && dpkg -s runsc >/dev/null 2>&1; then
+    # bookworm's own runsc (2022) is too old for checkpoint/restore and cgroup handling we rely on.
+    dpkg --compare-versions "$(dpkg-query -W -f='${Version}' runsc)" ge 0.0~20240101 || need_apt=1
+fi
+if [ "$need_apt" = 1 ]; then
+    log "installing system packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+        apt-get install -y -qq -t bookworm-backports runsc >/dev/null
+    else
+        apt-get install -y -qq runsc >/dev/null
+    fi
+fi
+runsc --version | head -1
+
+command -v cargo >/dev/null || die "Rust is missing: install rustup (https://rustup.rs or Debian trixie's 'rustup' package), then re-run"
+if command -v rustup >/dev/null; then
+    log "Rust toolchain (rust-toolchain.toml) with the musl target"
+    rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
+    rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    log "installing cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+
+if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then
+    log "building kraal and the static guest agent"
+    cargo build --release -q -p kraal
+    cargo build --release -q -p kraal-guest --target x86_64-unknown-linux-musl
+    install -D -m 0755 target/release/kraal /usr/local/bin/kraal
+    install -D -m 0755 target/x86_64-unknown-linux-musl/release/kraal-guest /usr/local/lib/kraal/kraal-guest
+    kraal completions bash > /usr/share/bash-completion/completions/kraal 2>/dev/null || true
+    if [ -d /run/systemd/system ]; then
+        cat > /etc/systemd/system/kraal.service <<'UNIT'
+[Unit]
+Description=kraal daemon
+After=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/kraal serve
+# Sandboxes outlive daemon restarts: only the daemon process is stopped.
+KillMode=process
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+        systemctl daemon-reload || true
+    fi
+    log "installed $(kraal --version) to /usr/local/bin"
+fi
