@@ -233,3 +233,50 @@ fn tcp_listener_requires_the_bearer_token() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn host_check_is_bounded_and_picks_a_usable_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let mut c = std::process::Command::new(KRAAL);
+    c.args(["host", "check", "--json"])
+        .env("KRAAL_DATA_DIR", dir.path());
+    let t0 = std::time::Instant::now();
+    let o = run_bounded(&mut c, std::time::Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "host check took {took:?}"
+    );
+    let r: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(r["kvm"]["probe_ms"].as_u64().unwrap() < 5000, "{r}");
+    assert!(!r["kvm"]["detail"].as_str().unwrap().is_empty());
+    // No VM backend is built yet, so gVisor is selected whatever KVM says.
+    assert_eq!(r["selected"], "gvisor");
+    let g = r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "gvisor")
+        .unwrap();
+    assert_eq!(g["usable"], true, "{g}");
+    assert!(
+        g["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d.as_str().unwrap().contains("runsc")),
+        "{g}"
+    );
+    // The human form says the same.
+    #[allow(clippy::disallowed_methods)]
+    let mut c = std::process::Command::new(KRAAL);
+    c.args(["host", "check"]).env("KRAAL_DATA_DIR", dir.path());
+    let o = run_bounded(&mut c, std::time::Duration::from_secs(30));
+    assert!(
+        o.stdout.contains("selected backend: gvisor") && o.stdout.contains("KVM:"),
+        "{}",
+        o.stdout
+    );
+}
