@@ -13,8 +13,8 @@ pub use backend::{
 pub use guest::{ExecEvent, ExecHandle, GuestClient, GuestClientError};
 
 /// Finds the static guest agent binary: `$KRAAL_GUEST_BIN`, then next to the running
-/// executable, then the install location, then a development build in the cargo target
-/// directory above the executable.
+/// executable, then a development build in the cargo target directory above the
+/// executable (so a checkout tests its own guest), then the install location. Only statically linked binaries qualify.
 pub fn locate_guest_bin() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("KRAAL_GUEST_BIN") {
         return Some(p.into());
@@ -24,7 +24,6 @@ pub fn locate_guest_bin() -> Option<std::path::PathBuf> {
     if let Some(dir) = exe.parent() {
         candidates.push(dir.join("kraal-guest"));
     }
-    candidates.push("/usr/local/lib/kraal/kraal-guest".into());
     for anc in exe.ancestors() {
         if anc.file_name().is_some_and(|n| n == "target") {
             for profile in ["release", "debug"] {
@@ -37,5 +36,27 @@ pub fn locate_guest_bin() -> Option<std::path::PathBuf> {
             break;
         }
     }
-    candidates.into_iter().find(|p| p.is_file())
+    candidates.push("/usr/local/lib/kraal/kraal-guest".into());
+    // Only a static binary runs in every image; a dynamically linked development build
+    // next to a debug `kraal` is skipped.
+    candidates.into_iter().find(|p| is_static_elf(p))
+}
+
+/// Whether `path` is an ELF executable without a program interpreter (statically linked).
+pub fn is_static_elf(path: &std::path::Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return false; // Not a 64-bit ELF file.
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        // PT_INTERP (3) names the dynamic loader.
+        data.get(o..o + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) != 3)
+    })
 }

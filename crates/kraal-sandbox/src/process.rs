@@ -292,6 +292,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn static_elf_detection() {
+        // The host's own sh is dynamically linked; a text file is no ELF at all.
+        assert!(!crate::is_static_elf(std::path::Path::new("/bin/sh")));
+        assert!(!crate::is_static_elf(std::path::Path::new("/etc/hostname")));
+        let musl = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/x86_64-unknown-linux-musl/release/kraal-guest"
+        );
+        if std::path::Path::new(musl).exists() {
+            assert!(crate::is_static_elf(std::path::Path::new(musl)));
+        }
+    }
+
     #[tokio::test]
     async fn stdin_and_stdout() {
         let out = Cmd::new("cat")

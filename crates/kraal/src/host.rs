@@ -46,7 +46,9 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
     }];
     let vm_note = |name: &str| {
         if kvm.usable {
-            format!("KVM works, but the {name} backend is not part of this build yet")
+            format!(
+                "a 64-bit KVM test guest runs, but the {name} backend (which confirms KVM by booting its real guest kernel) is not part of this build yet"
+            )
         } else {
             format!("needs KVM: {}", kvm.detail)
         }
