@@ -88,20 +88,8 @@ impl EngineError {
     }
 }
 
-/// The whole chain of an error on one line, for records and logs.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+/// The whole chain of an error on one line.
+pub use kraal_sandbox::error_chain as chain;
 
 /// What a client asks for when creating a workspace.
 #[derive(Debug, Clone)]
@@ -275,45 +263,38 @@ impl Engine {
 
     /// Brings a workspace to running (start, or restart after a failure).
     pub fn up(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
-        let rec = self.resolve(reference)?;
-        if rec.state == WorkspaceState::Deleting {
-            return Err(EngineError::Conflict {
-                workspace: rec.name.to_string(),
-                state: rec.state.as_str(),
-                op: "start",
-            });
-        }
-        self.store.set_desired(&rec.id, DesiredState::Running)?;
-        let me = self.clone();
-        let id = rec.id.clone();
-        let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
-        Ok(Pending { record: rec, done })
+        self.schedule(reference, DesiredState::Running, Op::Start)
     }
 
     /// Stops a workspace, keeping its volume.
     pub fn down(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
-        let rec = self.resolve(reference)?;
-        if rec.state == WorkspaceState::Deleting {
-            return Err(EngineError::Conflict {
-                workspace: rec.name.to_string(),
-                state: rec.state.as_str(),
-                op: "stop",
-            });
-        }
-        self.store.set_desired(&rec.id, DesiredState::Stopped)?;
-        let me = self.clone();
-        let id = rec.id.clone();
-        let done = tokio::spawn(async move { me.run_op(&id, Op::Stop).await });
-        Ok(Pending { record: rec, done })
+        self.schedule(reference, DesiredState::Stopped, Op::Stop)
     }
 
     /// Removes a workspace and everything it owns.
     pub fn remove(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
+        self.schedule(reference, DesiredState::Stopped, Op::Remove)
+    }
+
+    /// Records the desired state and runs `op` in the background.
+    fn schedule(
+        self: &Arc<Self>,
+        reference: &str,
+        desired: DesiredState,
+        op: Op,
+    ) -> Result<Pending, EngineError> {
         let rec = self.resolve(reference)?;
-        self.store.set_desired(&rec.id, DesiredState::Stopped)?;
+        if rec.state == WorkspaceState::Deleting && op != Op::Remove {
+            return Err(EngineError::Conflict {
+                workspace: rec.name.to_string(),
+                state: rec.state.as_str(),
+                op: op.as_str(),
+            });
+        }
+        self.store.set_desired(&rec.id, desired)?;
         let me = self.clone();
         let id = rec.id.clone();
-        let done = tokio::spawn(async move { me.run_op(&id, Op::Remove).await });
+        let done = tokio::spawn(async move { me.run_op(&id, op).await });
         Ok(Pending { record: rec, done })
     }
 

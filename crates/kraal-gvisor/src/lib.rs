@@ -303,7 +303,7 @@ impl Backend for GvisorBackend {
                 .map_err(|e| BackendError::Failed {
                     workspace: id.to_string(),
                     op: "create",
-                    message: kraal_sandbox_chain(&e).to_string(),
+                    message: kraal_sandbox::error_chain(&e).to_string(),
                 })?;
             std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
                 .map_err(Self::io_err(id, "create", &image_file))?;
@@ -368,7 +368,7 @@ impl Backend for GvisorBackend {
                 .map_err(|e| BackendError::Failed {
                     workspace: id.to_string(),
                     op: "allocate network",
-                    message: kraal_sandbox_chain(&e),
+                    message: kraal_sandbox::error_chain(&e),
                 })?;
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool)
@@ -376,14 +376,14 @@ impl Backend for GvisorBackend {
             .map_err(|e| BackendError::Failed {
                 workspace: id.to_string(),
                 op: "firewall",
-                message: kraal_sandbox_chain(&e),
+                message: kraal_sandbox::error_chain(&e),
             })?;
         kraal_net::setup(id, &link)
             .await
             .map_err(|e| BackendError::Failed {
                 workspace: id.to_string(),
                 op: "network setup",
-                message: kraal_sandbox_chain(&e),
+                message: kraal_sandbox::error_chain(&e),
             })?;
         drop(guard);
 
@@ -466,7 +466,7 @@ impl Backend for GvisorBackend {
         if let Err(e) = run {
             let tail = tail_file(&console, 2000);
             let _ = self.halt(id).await;
-            let mut msg = kraal_sandbox_chain(&e);
+            let mut msg = kraal_sandbox::error_chain(&e);
             if !tail.trim().is_empty() {
                 msg.push_str(&format!("\nconsole:\n{}", tail.trim()));
             }
@@ -551,18 +551,6 @@ impl Backend for GvisorBackend {
             .map_err(Self::rt_err(id, "resume"))?;
         Ok(())
     }
-}
-
-/// The whole error chain on one line.
-fn kraal_sandbox_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -60,3 +60,19 @@ pub fn is_static_elf(path: &std::path::Path) -> bool {
             .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) != 3)
     })
 }
+
+/// The whole chain of an error on one line (`a: b: c`), skipping causes whose text the
+/// message already contains.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
