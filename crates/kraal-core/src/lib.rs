@@ -1,11 +1,13 @@
 //! Domain vocabulary shared by every kraal crate: workspace ids and names, sources, resources,
 //! lifecycle states and backend kinds. Pure data and validation; this crate performs no IO.
 
+mod event;
 mod names;
 mod resources;
 mod source;
 mod state;
 
+pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use source::{Source, SourceError};

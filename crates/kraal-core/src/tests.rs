@@ -100,3 +100,30 @@ fn memory_sizes_parse() {
     );
     assert!(Resources::default().validate().is_ok());
 }
+
+#[test]
+fn events_have_stable_json() {
+    let e = SessionEvent {
+        seq: 3,
+        at_ms: 10,
+        event: AgentEvent::State {
+            state: SessionState::NeedsApproval,
+            reason: None,
+        },
+    };
+    let j = serde_json::to_string(&e).unwrap();
+    assert_eq!(
+        j,
+        r#"{"seq":3,"at_ms":10,"type":"state","state":"needs_approval"}"#
+    );
+    assert_eq!(serde_json::from_str::<SessionEvent>(&j).unwrap(), e);
+    let t = AgentEvent::ToolCall {
+        id: "t1".into(),
+        name: "Bash".into(),
+        input: serde_json::json!({"command": "ls"}),
+    };
+    assert_eq!(
+        serde_json::to_string(&t).unwrap(),
+        r#"{"type":"tool_call","id":"t1","name":"Bash","input":{"command":"ls"}}"#
+    );
+}

@@ -1,0 +1,307 @@
+//! A scripted model server for tests: real agent CLIs (Claude Code today) are pointed at
+//! it through their base-URL setting and get streamed answers from a [`Scenario`] instead
+//! of a real model. Every request is recorded so tests can assert what the agent sent
+//! (tool results, the conversation so far, the model asked for).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::stream::{self, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A scripted conversation: each model request consumes the next turn.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Scenario {
+    #[serde(default)]
+    pub name: String,
+    pub turns: Vec<Turn>,
+}
+
+/// The answer to one model request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Turn {
+    /// Fail the request with an API error.
+    Error { error: ApiErrorSpec },
+    /// Stream these content blocks.
+    Respond { respond: Vec<Block> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiErrorSpec {
+    pub status: u16,
+    #[serde(default = "default_error_type", rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
+
+fn default_error_type() -> String {
+    "api_error".into()
+}
+
+/// One content block of a response.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Block {
+    Text {
+        text: String,
+        /// Characters per streamed delta (default: the whole text at once).
+        #[serde(default)]
+        chunk: Option<usize>,
+        /// Pause before each delta, for slow-stream scenarios.
+        #[serde(default)]
+        delay_ms: u64,
+    },
+    ToolUse {
+        tool_use: ToolUseSpec,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolUseSpec {
+    pub name: String,
+    pub input: Value,
+}
+
+impl Scenario {
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    turns: VecDeque<Turn>,
+    requests: Vec<Value>,
+    next_tool: u64,
+}
+
+/// A running scripted server. Dropping it stops the server.
+pub struct ScriptedModel {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ScriptedModel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ScriptedModel {
+    /// Serves `scenario` on 127.0.0.1 with an ephemeral port.
+    pub async fn start(scenario: Scenario) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("valid address"), scenario).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, scenario: Scenario) -> std::io::Result<Self> {
+        let inner = Arc::new(Mutex::new(Inner {
+            turns: scenario.turns.into(),
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/v1/messages", post(messages))
+            .route("/v1/messages/count_tokens", post(count_tokens))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(ScriptedModel { addr, inner, task })
+    }
+
+    /// Base URL for `ANTHROPIC_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every `/v1/messages` request body received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Turns not yet consumed.
+    pub fn remaining(&self) -> usize {
+        self.inner.lock().unwrap().turns.len()
+    }
+}
+
+async fn count_tokens() -> Json<Value> {
+    Json(json!({ "input_tokens": 100 }))
+}
+
+fn api_error(status: u16, kind: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({ "type": "error", "error": { "type": kind, "message": message } })),
+    )
+        .into_response()
+}
+
+fn ev(name: &str, data: Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
+    let (turn, first_tool) = {
+        let mut g = inner.lock().unwrap();
+        g.requests.push(body.clone());
+        let turn = g.turns.pop_front();
+        let tools = match &turn {
+            Some(Turn::Respond { respond }) => respond
+                .iter()
+                .filter(|b| matches!(b, Block::ToolUse { .. }))
+                .count() as u64,
+            _ => 0,
+        };
+        let first = g.next_tool;
+        g.next_tool += tools;
+        (turn, first)
+    };
+    let blocks = match turn {
+        None => {
+            return api_error(
+                500,
+                "api_error",
+                "scripted model: scenario exhausted (no turn left for this request)",
+            );
+        }
+        Some(Turn::Error { error }) => return api_error(error.status, &error.kind, &error.message),
+        Some(Turn::Respond { respond }) => respond,
+    };
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted")
+        .to_owned();
+    let has_tool = blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+    let mut events: Vec<(u64, Event)> = vec![(
+        0,
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_scripted", "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 100, "output_tokens": 1}}}),
+        ),
+    )];
+    let mut output_tokens = 0u64;
+    let mut tool_n = first_tool;
+    for (index, block) in blocks.iter().enumerate() {
+        match block {
+            Block::Text {
+                text,
+                chunk,
+                delay_ms,
+            } => {
+                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))));
+                let chars: Vec<char> = text.chars().collect();
+                let size = chunk.unwrap_or(chars.len()).max(1);
+                for piece in chars.chunks(size) {
+                    let piece: String = piece.iter().collect();
+                    events.push((*delay_ms, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}))));
+                }
+                output_tokens += (chars.len() as u64).div_ceil(4);
+            }
+            Block::ToolUse { tool_use } => {
+                tool_n += 1;
+                let id = format!("toolu_scripted_{tool_n:04}");
+                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": tool_use.name, "input": {}}}))));
+                events.push((0, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": tool_use.input.to_string()}}))));
+                output_tokens += 20;
+            }
+        }
+        events.push((
+            0,
+            ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ),
+        ));
+    }
+    let stop = if has_tool { "tool_use" } else { "end_turn" };
+    events.push((0, ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}))));
+    events.push((0, ev("message_stop", json!({"type": "message_stop"}))));
+    let stream = stream::iter(events).then(|(delay, e)| async move {
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok::<_, Infallible>(e)
+    });
+    Sse::new(stream).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn post(addr: SocketAddr, body: Value) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Full<bytes::Bytes>>();
+        let req = hyper::Request::post(format!("http://{addr}/v1/messages"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            String::from_utf8(
+                resp.into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn turns_stream_in_order_then_run_out() {
+        let s = Scenario::from_json(
+            r#"{"turns": [
+                {"respond": [{"text": "Hello world", "chunk": 5}, {"tool_use": {"name": "Bash", "input": {"command": "ls"}}}]},
+                {"error": {"status": 529, "type": "overloaded_error", "message": "busy"}}
+            ]}"#,
+        )
+        .unwrap();
+        let m = ScriptedModel::start(s).await.unwrap();
+        let (st, body) = post(m.addr, json!({"model": "m1", "messages": []})).await;
+        assert_eq!(st, 200);
+        let deltas: Vec<&str> = body.lines().filter(|l| l.contains("text_delta")).collect();
+        assert_eq!(deltas.len(), 3, "Hello world in 5-char chunks: {body}");
+        assert!(body.contains(r#""stop_reason":"tool_use""#));
+        assert!(
+            body.contains(r#""partial_json":"{\"command\":\"ls\"}""#),
+            "{body}"
+        );
+        assert!(body.contains("toolu_scripted_0001"));
+        let (st, body) = post(m.addr, json!({"model": "m1"})).await;
+        assert_eq!(st, 529);
+        assert!(body.contains("overloaded_error"));
+        let (st, body) = post(m.addr, json!({})).await;
+        assert_eq!(st, 500);
+        assert!(body.contains("scenario exhausted"));
+        assert_eq!(m.requests().len(), 3);
+        assert_eq!(m.remaining(), 0);
+    }
+}
