@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kraal needs on Debian 12 (run as root) and builds and installs it:
 # system packages (runsc from bookworm-backports, debootstrap, nftables, iproute2, git),
-# the Rust musl target for the static guest agent, cargo-nextest for the test suite,
+# the Rust musl target for the static guest agent, cargo-nextest for the test suite, the
+# agent CLIs from npm (agent-clis/),
 # then /usr/local/bin/kraal and /usr/local/lib/kraal/kraal-guest. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,15 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
     cargo install --locked cargo-nextest
+fi
+
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing Node.js and npm (for the agent CLIs)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if [ ! -x agent-clis/node_modules/.bin/claude ] || [ agent-clis/package-lock.json -nt agent-clis/node_modules/.package-lock.json ]; then
+    log "installing the agent CLIs from npm (agent-clis/package-lock.json)"
+    npm ci --prefix agent-clis --silent --no-audit --no-fund
 fi
 
 if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then

@@ -152,6 +152,26 @@ mod tests {
             !g["kraal-api"].contains("kraal-store"),
             "kraal-api must not depend on kraal-store"
         );
+        // Adapters are pure: they spawn nothing and do no IO.
+        for f in [
+            "tokio",
+            "nix",
+            "kraal-sandbox",
+            "kraal-store",
+            "kraal-engine",
+        ] {
+            assert!(
+                !g["kraal-agents"].contains(f),
+                "kraal-agents must not depend on {f}"
+            );
+        }
+        // Test support stays out of every shipped crate.
+        for (krate, deps) in &g {
+            assert!(
+                !deps.contains("kraal-testkit"),
+                "{krate} depends on kraal-testkit outside dev-dependencies"
+            );
+        }
         // The sandbox layer (trait, guest client) does not know the state store or the server.
         for f in ["kraal-store", "kraal-engine", "kraal-server"] {
             assert!(

@@ -87,26 +87,29 @@ struct Inner {
     next_tool: u64,
 }
 
-/// A running scripted server. Dropping it stops the server.
+/// A running scripted server. It runs on its own thread and runtime, so tests may block
+/// while an agent talks to it. Dropping it stops the server.
 pub struct ScriptedModel {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for ScriptedModel {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
     }
 }
 
 impl ScriptedModel {
     /// Serves `scenario` on 127.0.0.1 with an ephemeral port.
-    pub async fn start(scenario: Scenario) -> std::io::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse().expect("valid address"), scenario).await
+    pub fn start(scenario: Scenario) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0".parse().expect("valid address"), scenario)
     }
 
-    pub async fn start_on(addr: SocketAddr, scenario: Scenario) -> std::io::Result<Self> {
+    pub fn start_on(addr: SocketAddr, scenario: Scenario) -> std::io::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner {
             turns: scenario.turns.into(),
             ..Default::default()
@@ -115,12 +118,33 @@ impl ScriptedModel {
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(ScriptedModel { addr, inner, task })
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("scripted-model".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                });
+            })?;
+        Ok(ScriptedModel {
+            addr,
+            inner,
+            stop: Some(stop_tx),
+        })
     }
 
     /// Base URL for `ANTHROPIC_BASE_URL`.
@@ -284,7 +308,7 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let m = ScriptedModel::start(s).await.unwrap();
+        let m = ScriptedModel::start(s).unwrap();
         let (st, body) = post(m.addr, json!({"model": "m1", "messages": []})).await;
         assert_eq!(st, 200);
         let deltas: Vec<&str> = body.lines().filter(|l| l.contains("text_delta")).collect();
