@@ -11,7 +11,9 @@ use kraal_sandbox::{ExecEvent, ExecHandle, GuestClient, GuestClientError};
 struct Guest {
     child: Child,
     addr: SocketAddr,
-    root: tempfile::TempDir,
+    /// Private parent of the file root, so escape checks never look at shared directories.
+    parent: tempfile::TempDir,
+    root: std::path::PathBuf,
 }
 
 impl Drop for Guest {
@@ -24,7 +26,9 @@ impl Drop for Guest {
 const TOKEN: &str = "test-token";
 
 async fn start() -> Guest {
-    let root = tempfile::tempdir().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("ws");
+    std::fs::create_dir(&root).unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -33,7 +37,7 @@ async fn start() -> Guest {
     #[allow(clippy::disallowed_methods)]
     let child = Command::new(env!("CARGO_BIN_EXE_kraal-guest"))
         .args(["--listen", &addr.to_string(), "--token", TOKEN, "--root"])
-        .arg(root.path())
+        .arg(&root)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -41,7 +45,12 @@ async fn start() -> Guest {
         assert!(Instant::now() < deadline, "guest did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Guest { child, addr, root }
+    Guest {
+        child,
+        addr,
+        parent,
+        root,
+    }
 }
 
 fn exec(argv: &[&str]) -> ExecRequest {
@@ -86,7 +95,7 @@ async fn exec_streams_output_and_exit_code() {
     let (out, err, code, _) = collect(&mut h).await;
     assert_eq!(
         out,
-        format!("out\n{}\n", g.root.path().canonicalize().unwrap().display())
+        format!("out\n{}\n", g.root.canonicalize().unwrap().display())
     );
     assert_eq!(err, "err\n");
     assert_eq!(code, Some(7));
@@ -245,7 +254,10 @@ async fn files_round_trip_and_stay_confined() {
             "{bad}: {e}"
         );
     }
-    assert!(!g.root.path().parent().unwrap().join("x").exists());
+    assert!(
+        !g.parent.path().join("x").exists(),
+        "a write escaped the root"
+    );
     let e = c.read_file("dir/big.bin", 10).await.unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
 }
