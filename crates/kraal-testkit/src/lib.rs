@@ -1,6 +1,7 @@
-//! A scripted model server for tests: real agent CLIs (Claude Code today) are pointed at
-//! it through their base-URL setting and get streamed answers from a [`Scenario`] instead
-//! of a real model. Every request is recorded so tests can assert what the agent sent
+//! A scripted model server for tests: real agent CLIs are pointed at it through their
+//! base-URL setting and get streamed answers from a [`Scenario`] instead of a real model.
+//! It speaks the Anthropic Messages API (`POST /v1/messages`, Claude Code) and the OpenAI
+//! Responses API (`POST /v1/responses`, Codex), both with server-sent events. Every request is recorded so tests can assert what the agent sent
 //! (tool results, the conversation so far, the model asked for).
 
 use std::collections::VecDeque;
@@ -117,6 +118,7 @@ impl ScriptedModel {
         let app = Router::new()
             .route("/v1/messages", post(messages))
             .route("/v1/messages/count_tokens", post(count_tokens))
+            .route("/v1/responses", post(responses))
             .with_state(inner.clone());
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -145,6 +147,11 @@ impl ScriptedModel {
             inner,
             stop: Some(stop_tx),
         })
+    }
+
+    /// Base URL for `OPENAI_BASE_URL` (the Responses API lives under `/v1`).
+    pub fn openai_base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
     }
 
     /// Base URL for `ANTHROPIC_BASE_URL`.
@@ -180,22 +187,165 @@ fn ev(name: &str, data: Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
-async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let (turn, first_tool) = {
-        let mut g = inner.lock().unwrap();
-        g.requests.push(body.clone());
-        let turn = g.turns.pop_front();
-        let tools = match &turn {
-            Some(Turn::Respond { respond }) => respond
-                .iter()
-                .filter(|b| matches!(b, Block::ToolUse { .. }))
-                .count() as u64,
-            _ => 0,
-        };
-        let first = g.next_tool;
-        g.next_tool += tools;
-        (turn, first)
+/// Records the request and takes the next turn, numbering its tool calls.
+fn next_turn(inner: &Mutex<Inner>, body: &Value) -> (Option<Turn>, u64) {
+    let mut g = inner.lock().unwrap();
+    g.requests.push(body.clone());
+    let turn = g.turns.pop_front();
+    let tools = match &turn {
+        Some(Turn::Respond { respond }) => respond
+            .iter()
+            .filter(|b| matches!(b, Block::ToolUse { .. }))
+            .count() as u64,
+        _ => 0,
     };
+    let first = g.next_tool;
+    g.next_tool += tools;
+    (turn, first)
+}
+
+fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
+    let stream = stream::iter(events).then(|(delay, e)| async move {
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok::<_, Infallible>(e)
+    });
+    Sse::new(stream).into_response()
+}
+
+/// `POST /v1/responses` with `stream: true`: the OpenAI Responses API event sequence.
+async fn responses(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
+    let (turn, first_tool) = next_turn(&inner, &body);
+    let blocks = match turn {
+        None => {
+            return openai_error(
+                500,
+                "server_error",
+                "scripted model: scenario exhausted (no turn left for this request)",
+            );
+        }
+        Some(Turn::Error { error }) => {
+            return openai_error(error.status, &error.kind, &error.message);
+        }
+        Some(Turn::Respond { respond }) => respond,
+    };
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted")
+        .to_owned();
+    let mut seq = 0u64;
+    let mut events: Vec<(u64, Event)> = Vec::new();
+    let mut push = |delay: u64, mut data: Value| {
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        let name = data["type"].as_str().unwrap_or_default().to_owned();
+        events.push((delay, ev(&name, data)));
+    };
+    let response = |status: &str, output: &Value| json!({"id": "resp_scripted", "object": "response", "created_at": 0, "status": status, "model": model, "output": output});
+    push(
+        0,
+        json!({"type": "response.created", "response": response("in_progress", &json!([]))}),
+    );
+    push(
+        0,
+        json!({"type": "response.in_progress", "response": response("in_progress", &json!([]))}),
+    );
+    let mut output = Vec::new();
+    let mut tool_n = first_tool;
+    let mut output_tokens = 0u64;
+    for (i, block) in blocks.iter().enumerate() {
+        match block {
+            Block::Text {
+                text,
+                chunk,
+                delay_ms,
+            } => {
+                let id = format!("msg_scripted_{i}");
+                push(
+                    0,
+                    json!({"type": "response.output_item.added", "output_index": i,
+                    "item": {"id": id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}}),
+                );
+                push(
+                    0,
+                    json!({"type": "response.content_part.added", "item_id": id, "output_index": i, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []}}),
+                );
+                let chars: Vec<char> = text.chars().collect();
+                for piece in chars.chunks(chunk.unwrap_or(chars.len()).max(1)) {
+                    let piece: String = piece.iter().collect();
+                    push(
+                        *delay_ms,
+                        json!({"type": "response.output_text.delta", "item_id": id, "output_index": i, "content_index": 0, "delta": piece}),
+                    );
+                }
+                push(
+                    0,
+                    json!({"type": "response.output_text.done", "item_id": id, "output_index": i, "content_index": 0, "text": text}),
+                );
+                let part = json!({"type": "output_text", "text": text, "annotations": []});
+                push(
+                    0,
+                    json!({"type": "response.content_part.done", "item_id": id, "output_index": i, "content_index": 0, "part": part}),
+                );
+                let item = json!({"id": id, "type": "message", "role": "assistant", "status": "completed", "content": [part]});
+                push(
+                    0,
+                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+                );
+                output.push(item);
+                output_tokens += (chars.len() as u64).div_ceil(4);
+            }
+            Block::ToolUse { tool_use } => {
+                tool_n += 1;
+                let (id, call_id) = (
+                    format!("fc_scripted_{tool_n:04}"),
+                    format!("call_scripted_{tool_n:04}"),
+                );
+                let args = tool_use.input.to_string();
+                push(
+                    0,
+                    json!({"type": "response.output_item.added", "output_index": i,
+                    "item": {"id": id, "type": "function_call", "status": "in_progress", "call_id": call_id, "name": tool_use.name, "arguments": ""}}),
+                );
+                push(
+                    0,
+                    json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": i, "delta": args}),
+                );
+                push(
+                    0,
+                    json!({"type": "response.function_call_arguments.done", "item_id": id, "output_index": i, "arguments": args}),
+                );
+                let item = json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id, "name": tool_use.name, "arguments": args});
+                push(
+                    0,
+                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+                );
+                output.push(item);
+                output_tokens += 20;
+            }
+        }
+    }
+    let mut done = response("completed", &Value::Array(output));
+    done["usage"] = json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 100 + output_tokens});
+    push(0, json!({"type": "response.completed", "response": done}));
+    delayed_sse(events)
+}
+
+fn openai_error(status: u16, kind: &str, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({ "error": { "type": kind, "code": kind, "message": message, "param": null } })),
+    )
+        .into_response()
+}
+
+async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
+    let (turn, first_tool) = next_turn(&inner, &body);
     let blocks = match turn {
         None => {
             return api_error(
@@ -259,13 +409,7 @@ async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value
     let stop = if has_tool { "tool_use" } else { "end_turn" };
     events.push((0, ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}))));
     events.push((0, ev("message_stop", json!({"type": "message_stop"}))));
-    let stream = stream::iter(events).then(|(delay, e)| async move {
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        Ok::<_, Infallible>(e)
-    });
-    Sse::new(stream).into_response()
+    delayed_sse(events)
 }
 
 #[cfg(test)]
@@ -273,11 +417,15 @@ mod tests {
     use super::*;
 
     async fn post(addr: SocketAddr, body: Value) -> (u16, String) {
+        post_to(addr, "/v1/messages", body).await
+    }
+
+    async fn post_to(addr: SocketAddr, path: &str, body: Value) -> (u16, String) {
         use http_body_util::BodyExt;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let req = hyper::Request::post(format!("http://{addr}/v1/messages"))
+        let req = hyper::Request::post(format!("http://{addr}{path}"))
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.to_string(),
@@ -327,5 +475,59 @@ mod tests {
         assert!(body.contains("scenario exhausted"));
         assert_eq!(m.requests().len(), 3);
         assert_eq!(m.remaining(), 0);
+    }
+
+    #[tokio::test]
+    async fn responses_api_streams_text_and_function_calls() {
+        let s = Scenario::from_json(
+            r#"{"turns": [
+                {"respond": [{"text": "Running it.", "chunk": 4}, {"tool_use": {"name": "shell", "input": {"command": ["ls"]}}}]},
+                {"error": {"status": 400, "type": "invalid_request_error", "message": "bad"}}
+            ]}"#,
+        )
+        .unwrap();
+        let m = ScriptedModel::start(s).unwrap();
+        let (st, body) = post_to(
+            m.addr,
+            "/v1/responses",
+            json!({"model": "gpt", "stream": true, "input": []}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let names: Vec<&str> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(names.first(), Some(&"response.created"));
+        assert_eq!(names.last(), Some(&"response.completed"));
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| **n == "response.output_text.delta")
+                .count(),
+            3
+        );
+        assert!(names.contains(&"response.function_call_arguments.done"));
+        assert!(
+            body.contains(r#""arguments":"{\"command\":[\"ls\"]}""#),
+            "{body}"
+        );
+        let seqs: Vec<u64> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| {
+                serde_json::from_str::<Value>(d).unwrap()["sequence_number"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..seqs.len() as u64).collect::<Vec<_>>(),
+            "sequence numbers have no gaps"
+        );
+        let (st, body) = post_to(m.addr, "/v1/responses", json!({})).await;
+        assert_eq!(st, 400);
+        assert!(body.contains("invalid_request_error"));
     }
 }
