@@ -412,6 +412,23 @@ async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value
     delayed_sse(events)
 }
 
+/// Path of an agent CLI for live tests: `$env_var` if set, else the copy the project
+/// installs in `agent-clis/node_modules/.bin/` (`scripts/setup.sh`). Panics with the fix
+/// when it is missing, so a machine without it fails loudly instead of skipping.
+pub fn agent_cli(name: &str, env_var: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return p.into();
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../agent-clis/node_modules/.bin")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{name} is not installed: run scripts/setup.sh (npm ci --prefix agent-clis) or set {env_var}"
+    );
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

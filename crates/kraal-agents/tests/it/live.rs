@@ -11,15 +11,7 @@ use kraal_core::{AgentEvent, FileChangeKind, SessionState};
 use kraal_testkit::{Scenario, ScriptedModel};
 
 pub fn claude_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KRAAL_CLAUDE_BIN") {
-        return p.into();
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../agent-clis/node_modules/.bin/claude");
-    assert!(
-        p.exists(),
-        "Claude Code is not installed: run scripts/setup.sh (npm ci --prefix agent-clis)"
-    );
-    p
+    kraal_testkit::agent_cli("claude", "KRAAL_CLAUDE_BIN")
 }
 
 /// A running CLI with its output lines arriving on a channel.

@@ -2,22 +2,14 @@
 //! `agent-clis/` by `scripts/setup.sh`): Codex over the Responses API. Claude Code over the
 //! Messages API is exercised by `kraal-agents`' live tests.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kraal_testkit::{Scenario, ScriptedModel};
 
 fn codex_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KRAAL_CODEX_BIN") {
-        return p.into();
-    }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../agent-clis/node_modules/.bin/codex");
-    assert!(
-        p.exists(),
-        "Codex is not installed: run scripts/setup.sh (npm ci --prefix agent-clis)"
-    );
-    p
+    kraal_testkit::agent_cli("codex", "KRAAL_CODEX_BIN")
 }
 
 #[test]
