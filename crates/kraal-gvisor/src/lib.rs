@@ -77,6 +77,20 @@ impl GvisorBackend {
         }
     }
 
+    /// Wraps a lower layer's error (image store, network) as a failed `op`, keeping its
+    /// whole cause chain in the message.
+    fn chain_err<E: std::error::Error>(
+        id: &WorkspaceId,
+        op: &'static str,
+    ) -> impl FnOnce(E) -> BackendError {
+        let workspace = id.to_string();
+        move |e| BackendError::Failed {
+            workspace,
+            op,
+            message: kraal_sandbox::error_chain(&e),
+        }
+    }
+
     fn io_err(
         id: &WorkspaceId,
         op: &'static str,
@@ -154,7 +168,7 @@ impl GvisorBackend {
 
     async fn unmount_root(&self, id: &WorkspaceId) {
         let target = self.ws_dir(id).join("rootfs");
-        if is_mountpoint(&target)
+        if self.rootfs_mounted(id)
             && let Err(e) = Cmd::new("umount").arg(&target).run().await
         {
             tracing::warn!(workspace = %id, "unmount root: {e}; detaching lazily");
@@ -300,11 +314,7 @@ impl Backend for GvisorBackend {
                     &|line| tracing::info!(workspace = %id, "{line}"),
                 )
                 .await
-                .map_err(|e| BackendError::Failed {
-                    workspace: id.to_string(),
-                    op: "create",
-                    message: kraal_sandbox::error_chain(&e).to_string(),
-                })?;
+                .map_err(Self::chain_err(id, "create"))?;
             std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
                 .map_err(Self::io_err(id, "create", &image_file))?;
         }
@@ -362,29 +372,16 @@ impl Backend for GvisorBackend {
         }
         self.mount_root(id).await?;
 
-        let (slot, guard) =
-            kraal_net::allocate(self.cfg.pool)
-                .await
-                .map_err(|e| BackendError::Failed {
-                    workspace: id.to_string(),
-                    op: "allocate network",
-                    message: kraal_sandbox::error_chain(&e),
-                })?;
+        let (slot, guard) = kraal_net::allocate(self.cfg.pool)
+            .await
+            .map_err(Self::chain_err(id, "allocate network"))?;
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool)
             .await
-            .map_err(|e| BackendError::Failed {
-                workspace: id.to_string(),
-                op: "firewall",
-                message: kraal_sandbox::error_chain(&e),
-            })?;
+            .map_err(Self::chain_err(id, "firewall"))?;
         kraal_net::setup(id, &link)
             .await
-            .map_err(|e| BackendError::Failed {
-                workspace: id.to_string(),
-                op: "network setup",
-                message: kraal_sandbox::error_chain(&e),
-            })?;
+            .map_err(Self::chain_err(id, "network setup"))?;
         drop(guard);
 
         let guest_dir = dir.join("guest");
