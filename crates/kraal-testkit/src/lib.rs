@@ -187,21 +187,37 @@ fn ev(name: &str, data: Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
-/// Records the request and takes the next turn, numbering its tool calls.
-fn next_turn(inner: &Mutex<Inner>, body: &Value) -> (Option<Turn>, u64) {
+/// Records the request and takes the next turn: its content blocks and the number of
+/// tool calls before it, or the error response to send, built by the API's own `error`
+/// (`exhausted_kind` is that API's error type for "no turn left").
+fn next_turn(
+    inner: &Mutex<Inner>,
+    body: &Value,
+    error: fn(u16, &str, &str) -> Response,
+    exhausted_kind: &str,
+) -> Result<(Vec<Block>, u64), Box<Response>> {
     let mut g = inner.lock().unwrap();
     g.requests.push(body.clone());
-    let turn = g.turns.pop_front();
-    let tools = match &turn {
-        Some(Turn::Respond { respond }) => respond
-            .iter()
-            .filter(|b| matches!(b, Block::ToolUse { .. }))
-            .count() as u64,
-        _ => 0,
+    let blocks = match g.turns.pop_front() {
+        None => {
+            return Err(Box::new(error(
+                500,
+                exhausted_kind,
+                "scripted model: scenario exhausted (no turn left for this request)",
+            )));
+        }
+        Some(Turn::Error { error: e }) => {
+            return Err(Box::new(error(e.status, &e.kind, &e.message)));
+        }
+        Some(Turn::Respond { respond }) => respond,
     };
+    let tools = blocks
+        .iter()
+        .filter(|b| matches!(b, Block::ToolUse { .. }))
+        .count() as u64;
     let first = g.next_tool;
     g.next_tool += tools;
-    (turn, first)
+    Ok((blocks, first))
 }
 
 fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
@@ -216,19 +232,9 @@ fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
 
 /// `POST /v1/responses` with `stream: true`: the OpenAI Responses API event sequence.
 async fn responses(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let (turn, first_tool) = next_turn(&inner, &body);
-    let blocks = match turn {
-        None => {
-            return openai_error(
-                500,
-                "server_error",
-                "scripted model: scenario exhausted (no turn left for this request)",
-            );
-        }
-        Some(Turn::Error { error }) => {
-            return openai_error(error.status, &error.kind, &error.message);
-        }
-        Some(Turn::Respond { respond }) => respond,
+    let (blocks, first_tool) = match next_turn(&inner, &body, openai_error, "server_error") {
+        Ok(t) => t,
+        Err(response) => return *response,
     };
     let model = body
         .get("model")
@@ -345,17 +351,9 @@ fn openai_error(status: u16, kind: &str, message: &str) -> Response {
 }
 
 async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let (turn, first_tool) = next_turn(&inner, &body);
-    let blocks = match turn {
-        None => {
-            return api_error(
-                500,
-                "api_error",
-                "scripted model: scenario exhausted (no turn left for this request)",
-            );
-        }
-        Some(Turn::Error { error }) => return api_error(error.status, &error.kind, &error.message),
-        Some(Turn::Respond { respond }) => respond,
+    let (blocks, first_tool) = match next_turn(&inner, &body, api_error, "api_error") {
+        Ok(t) => t,
+        Err(response) => return *response,
     };
     let model = body
         .get("model")
