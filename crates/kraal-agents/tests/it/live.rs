@@ -83,19 +83,34 @@ impl Agent {
         self.stdin.as_mut().unwrap().flush().unwrap();
     }
 
-    /// Reads lines until `n` turn results have arrived in total.
-    fn until_results(&mut self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.transcript.iter().filter(|l| is_result(l)).count() < n {
+    /// Reads lines until `done` holds for the transcript so far, panicking with `what`
+    /// and the transcript after `limit`.
+    fn until(&mut self, what: &str, limit: Duration, done: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done(&self.transcript) {
             let left = deadline.saturating_duration_since(Instant::now());
             let l = self.lines.recv_timeout(left).unwrap_or_else(|_| {
                 panic!(
-                    "no result within 90 s; transcript:\n{}",
+                    "{what} within {limit:?}; transcript:\n{}",
                     self.transcript.join("\n")
                 )
             });
             self.transcript.push(l);
         }
+    }
+
+    /// Reads lines until `n` turn results have arrived in total.
+    fn until_results(&mut self, n: usize) {
+        self.until("no result", Duration::from_secs(90), |t| {
+            t.iter().filter(|l| is_result(l)).count() >= n
+        });
+    }
+
+    /// Reads lines until the first answer is streaming.
+    fn until_streaming(&mut self) {
+        self.until("no streaming started", Duration::from_secs(60), |t| {
+            t.iter().any(|l| l.contains("text_delta"))
+        });
     }
 
     /// Closes stdin and collects the rest of the output. Returns the transcript and
@@ -272,13 +287,7 @@ fn message_sent_mid_turn_is_queued_not_dropped() {
     let mut a = Agent::start(&model, dir.path());
     a.send(&encode_user_message("first"));
     // Wait until the first answer is streaming, then send the follow-up mid-turn.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !a.transcript.iter().any(|l| l.contains("text_delta")) {
-        assert!(Instant::now() < deadline, "no streaming started");
-        if let Ok(l) = a.lines.recv_timeout(Duration::from_millis(100)) {
-            a.transcript.push(l);
-        }
-    }
+    a.until_streaming();
     a.send(&encode_user_message("follow-up while you work"));
     a.until_results(2);
     let (lines, exited) = a.finish();
@@ -313,31 +322,13 @@ fn interrupt_stops_the_turn_and_the_next_message_is_answered() {
     let model = ScriptedModel::start(scenario).unwrap();
     let mut a = Agent::start(&model, dir.path());
     a.send(&encode_user_message("go slowly"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !a.transcript.iter().any(|l| l.contains("text_delta")) {
-        assert!(Instant::now() < deadline, "no streaming started");
-        if let Ok(l) = a.lines.recv_timeout(Duration::from_millis(100)) {
-            a.transcript.push(l);
-        }
-    }
+    a.until_streaming();
     let t0 = Instant::now();
     a.send(&encode_interrupt("kraal-interrupt-1"));
     // The CLI ends an interrupted turn with a marker message instead of a `result` line.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a
-        .transcript
-        .iter()
-        .any(|l| l.contains("[Request interrupted by user"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "interrupt not acknowledged: {}",
-            a.transcript.join("\n")
-        );
-        if let Ok(l) = a.lines.recv_timeout(Duration::from_millis(100)) {
-            a.transcript.push(l);
-        }
-    }
+    a.until("interrupt not acknowledged", Duration::from_secs(30), |t| {
+        t.iter().any(|l| l.contains("[Request interrupted by user"))
+    });
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "interrupt took {:?}",
