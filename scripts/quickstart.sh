@@ -23,7 +23,8 @@ kraal host check
 kraal status
 name="$(basename "$src" | tr 'A-Z_.' 'a-z--' | tr -cd 'a-z0-9-' | sed 's/^-*//;s/-*$//')"
 [ -n "$name" ] || name=workspace
-if kraal ls --json | grep -q "\"name\": \"$name\""; then
+existing=$(kraal ls --json)
+if grep -q "\"name\": \"$name\"" <<<"$existing"; then
     kraal up "$name"
 else
     kraal up "$src" --name "$name"

@@ -43,13 +43,18 @@ if [ "$need_apt" = 1 ]; then
         apt-get install -y -qq runsc >/dev/null
     fi
 fi
-runsc --version | head -1
+# Read the whole output: `| head -1` under pipefail can kill runsc with SIGPIPE (exit 141).
+runsc_version=$(runsc --version)
+log "${runsc_version%%$'\n'*}"
 
 command -v cargo >/dev/null || die "Rust is missing: install rustup (https://rustup.rs or Debian trixie's 'rustup' package), then re-run"
 if command -v rustup >/dev/null; then
     log "Rust toolchain (rust-toolchain.toml) with the musl target"
     rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
-    rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+    case $'\n'"$(rustup target list --installed)"$'\n' in
+        *$'\nx86_64-unknown-linux-musl\n'*) ;;
+        *) rustup target add x86_64-unknown-linux-musl ;;
+    esac
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"
