@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 
-use kraal_core::{AgentEvent, FileChangeKind, SessionState};
+use kraal_core::{AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState};
 use serde_json::{Value, json};
 
-use crate::{CommandSpec, ParseError};
+use crate::{Adapter, CommandSpec, ParseError, Step};
 
 /// How tool permissions are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -331,6 +331,141 @@ impl ClaudeParser {
             _ => None,
         };
         Some(AgentEvent::FileChange { path, kind, diff })
+    }
+}
+
+/// Claude Code as an [`Adapter`]. Messages sent during a turn are written at once: the
+/// CLI queues them and answers them after the current turn.
+pub struct ClaudeAdapter {
+    spec: AgentSpec,
+    resume: Option<String>,
+    parser: ClaudeParser,
+    busy: bool,
+    session: Option<String>,
+    /// Inputs of pending permission requests, echoed back when allowed.
+    pending: HashMap<String, Value>,
+    interrupts: u64,
+}
+
+impl ClaudeAdapter {
+    pub fn new(spec: &AgentSpec, resume: Option<String>) -> Self {
+        ClaudeAdapter {
+            spec: spec.clone(),
+            session: resume.clone(),
+            resume,
+            parser: ClaudeParser::new(),
+            busy: false,
+            pending: HashMap::new(),
+            interrupts: 0,
+        }
+    }
+}
+
+impl Adapter for ClaudeAdapter {
+    fn command(&self) -> CommandSpec {
+        let opts = ClaudeOptions {
+            binary: None,
+            model: self.spec.model.clone(),
+            system_prompt: self.spec.system_prompt.clone(),
+            resume: self.resume.clone(),
+            permissions: match self.spec.permissions {
+                PermissionMode::Bypass => Permissions::Bypass,
+                PermissionMode::Ask => Permissions::Ask,
+            },
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        };
+        crate::apply_overrides(opts.command(), &self.spec)
+    }
+
+    fn start(&mut self) -> Step {
+        Step::default()
+    }
+
+    fn on_line(&mut self, line: &str) -> Step {
+        let mut step = Step::default();
+        match self.parser.parse_line(line) {
+            Ok(events) => {
+                for e in &events {
+                    match e {
+                        AgentEvent::AgentSession { id } => self.session = Some(id.clone()),
+                        AgentEvent::ApprovalRequest {
+                            request_id, input, ..
+                        } => {
+                            self.pending.insert(request_id.clone(), input.clone());
+                        }
+                        AgentEvent::State { state, .. } => {
+                            self.busy =
+                                matches!(state, SessionState::Working | SessionState::NeedsApproval)
+                        }
+                        _ => {}
+                    }
+                }
+                step.events = events;
+            }
+            Err(e) => step.problems.push(e),
+        }
+        step
+    }
+
+    fn on_input(&mut self, input: SessionInput) -> Step {
+        match input {
+            SessionInput::Message { text } => {
+                let mut step = Step::default()
+                    .event(AgentEvent::UserMessage { text: text.clone() })
+                    .write(encode_user_message(&text));
+                if !self.busy {
+                    self.busy = true;
+                    step = step.event(AgentEvent::State {
+                        state: SessionState::Working,
+                        reason: None,
+                    });
+                }
+                step
+            }
+            SessionInput::Interrupt => {
+                if !self.busy {
+                    return Step::default();
+                }
+                self.interrupts += 1;
+                Step::default().write(encode_interrupt(&format!("kraal-int-{}", self.interrupts)))
+            }
+            SessionInput::Approval {
+                request_id,
+                allow,
+                message,
+            } => {
+                let Some(input) = self.pending.remove(&request_id) else {
+                    return Step::default().event(AgentEvent::Error {
+                        message: format!("no pending approval request {request_id:?}"),
+                    });
+                };
+                Step::default()
+                    .event(AgentEvent::ApprovalDecision {
+                        request_id: request_id.clone(),
+                        allow,
+                        message: message.clone(),
+                    })
+                    .event(AgentEvent::State {
+                        state: SessionState::Working,
+                        reason: None,
+                    })
+                    .write(encode_permission(
+                        &request_id,
+                        allow,
+                        &input,
+                        message.as_deref(),
+                    ))
+            }
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.busy
+    }
+
+    fn agent_session(&self) -> Option<String> {
+        self.session.clone()
     }
 }
 

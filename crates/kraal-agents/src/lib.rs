@@ -3,7 +3,11 @@
 //! [`kraal_core::AgentEvent`]s. Running the process is someone else's job (the guest
 //! agent), so adapters are tested from transcripts without spawning anything.
 
+pub mod acp;
 pub mod claude;
+pub mod codex;
+
+use kraal_core::{AgentEvent, AgentProtocol, AgentSpec, SessionInput};
 
 /// A command to start an agent: program, arguments and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,4 +34,77 @@ impl ParseError {
             excerpt,
         }
     }
+}
+
+/// What an adapter wants done after it saw a line or an input: events for the session log,
+/// lines to write to the agent's standard input (each ending in `\n`), and output it could
+/// not understand (to be logged, never fatal).
+#[derive(Debug, Default)]
+pub struct Step {
+    pub events: Vec<AgentEvent>,
+    pub writes: Vec<String>,
+    pub problems: Vec<ParseError>,
+}
+
+impl Step {
+    pub fn event(mut self, e: AgentEvent) -> Self {
+        self.events.push(e);
+        self
+    }
+
+    pub fn write(mut self, line: String) -> Self {
+        self.writes.push(line);
+        self
+    }
+
+    pub fn extend(&mut self, other: Step) {
+        self.events.extend(other.events);
+        self.writes.extend(other.writes);
+        self.problems.extend(other.problems);
+    }
+}
+
+/// One agent protocol, without IO. The runner spawns [`Adapter::command`], writes the
+/// lines of [`Adapter::start`], then feeds every output line and every user input through
+/// the adapter and does what the returned [`Step`]s say.
+pub trait Adapter: Send {
+    fn command(&self) -> CommandSpec;
+    /// Lines to send right after the process started (handshakes).
+    fn start(&mut self) -> Step;
+    /// One line of the agent's standard output, without its newline.
+    fn on_line(&mut self, line: &str) -> Step;
+    /// Something the user sent.
+    fn on_input(&mut self, input: SessionInput) -> Step;
+    /// Whether a turn is running (used by watchdogs).
+    fn busy(&self) -> bool;
+    /// The agent's own conversation id, once known (used to resume after a restart).
+    fn agent_session(&self) -> Option<String>;
+}
+
+/// The adapter for `spec`; `resume` is the agent's own conversation id from an earlier run.
+pub fn adapter(spec: &AgentSpec, resume: Option<String>) -> Box<dyn Adapter> {
+    match spec.agent.protocol() {
+        AgentProtocol::ClaudeStreamJson => Box::new(claude::ClaudeAdapter::new(spec, resume)),
+        AgentProtocol::CodexAppServer => Box::new(codex::CodexAdapter::new(spec, resume)),
+        AgentProtocol::Acp => Box::new(acp::AcpAdapter::new(spec, resume)),
+    }
+}
+
+/// Adds `spec`'s argument and environment overrides to an adapter's command.
+fn apply_overrides(mut cmd: CommandSpec, spec: &AgentSpec) -> CommandSpec {
+    if let Some(b) = &spec.binary {
+        cmd.argv[0] = b.clone();
+    }
+    cmd.argv.extend(spec.args.iter().cloned());
+    for (k, v) in &spec.env {
+        cmd.env.retain(|(ek, _)| ek != k);
+        cmd.env.push((k.clone(), v.clone()));
+    }
+    cmd
+}
+
+fn json_line(v: serde_json::Value) -> String {
+    let mut s = v.to_string();
+    s.push('\n');
+    s
 }
