@@ -16,6 +16,9 @@ pub struct Config {
     pub files_root: PathBuf,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Where session logs live (default `<files_root>/.kraal/sessions`).
+    #[serde(default)]
+    pub sessions_dir: Option<PathBuf>,
 }
 
 fn default_root() -> PathBuf {
@@ -58,6 +61,7 @@ impl Config {
             token: token.ok_or("missing --token")?,
             files_root: root.map(PathBuf::from).unwrap_or_else(default_root),
             hostname: None,
+            sessions_dir: None,
         })
     }
 }

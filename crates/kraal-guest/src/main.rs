@@ -7,6 +7,7 @@ mod files;
 mod procs;
 mod pty;
 mod server;
+mod sessions;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -18,6 +18,7 @@ use tokio_util::codec::Framed;
 use crate::config::Config;
 use crate::files;
 use crate::procs::{self, Input, Proc, Procs};
+use crate::sessions::Sessions;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 256 * 1024;
@@ -27,6 +28,7 @@ pub struct Guest {
     config: Config,
     root: PathBuf,
     procs: Arc<Procs>,
+    sessions: Arc<Sessions>,
     started: Instant,
     hostname: String,
 }
@@ -44,10 +46,16 @@ impl Guest {
             .files_root
             .canonicalize()
             .unwrap_or_else(|_| config.files_root.clone());
+        let procs = Arc::new(Procs::default());
+        let sessions_dir = config
+            .sessions_dir
+            .clone()
+            .unwrap_or_else(|| root.join(".kraal/sessions"));
         Guest {
+            sessions: Arc::new(Sessions::load(sessions_dir, procs.clone())),
             config,
             root,
-            procs: Arc::new(Procs::default()),
+            procs,
             started: Instant::now(),
             hostname,
         }
@@ -339,6 +347,53 @@ impl Guest {
                 let p = files::resolve(&self.root, &path, false)?;
                 files::remove(&self.root, &p, recursive)?;
                 send(out, done(Response::Ok)).await;
+            }
+            Request::SessionStart {
+                id: sid,
+                spec,
+                message,
+                env,
+            } => {
+                let info = self.sessions.start(&sid, spec, message, env)?;
+                send(out, done(Response::Session(info))).await;
+            }
+            Request::SessionInput {
+                id: sid,
+                input: i,
+                env,
+            } => {
+                self.sessions.input(&sid, i, env)?;
+                send(out, done(Response::Ok)).await;
+            }
+            Request::SessionStop { id: sid } => {
+                self.sessions.stop(&sid)?;
+                send(out, done(Response::Ok)).await;
+            }
+            Request::Sessions => {
+                send(
+                    out,
+                    done(Response::Sessions {
+                        sessions: self.sessions.list(),
+                    }),
+                )
+                .await;
+            }
+            Request::SessionEvents { id: sid, mut after } => {
+                let session = self.sessions.get(&sid)?;
+                let mut changed = session.changed.subscribe();
+                loop {
+                    for e in session.since(after) {
+                        after = e.seq;
+                        if out.send(Frame::control(id, &StreamMsg::Event(e))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    tokio::select! {
+                        r = changed.changed() => { if r.is_err() { return Ok(()); } }
+                        // The host closed the stream (or the connection went away).
+                        f = input.recv() => { if f.is_none() { return Ok(()); } }
+                    }
+                }
             }
             Request::Shutdown { grace_ms } => {
                 procs::shutdown(&self.procs, Duration::from_millis(grace_ms.min(60_000))).await;

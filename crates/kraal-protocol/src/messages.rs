@@ -1,5 +1,6 @@
 //! Requests, responses and in-stream messages of the guest protocol.
 
+use kraal_core::{AgentKind, AgentSpec, SessionEvent, SessionInput, SessionState};
 use serde::{Deserialize, Serialize};
 
 /// Host → guest, stream 0, in answer to the [`crate::Challenge`].
@@ -95,6 +96,29 @@ pub enum Request {
     Shutdown {
         grace_ms: u64,
     },
+    /// Create a session and launch its agent, optionally with a first message. `env` is
+    /// applied to the agent process only and never written to disk (credentials).
+    SessionStart {
+        id: String,
+        spec: AgentSpec,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        env: Vec<(String, String)>,
+    },
+    /// Deliver input to a session. A message to a session whose agent is not running
+    /// relaunches it with the agent's own resume mechanism (using `env`).
+    SessionInput {
+        id: String,
+        input: SessionInput,
+        #[serde(default)]
+        env: Vec<(String, String)>,
+    },
+    /// Stream a session's events with `seq > after` as `Event` messages, then follow.
+    SessionEvents { id: String, after: u64 },
+    /// Close the agent's input and let it exit (killed after the watchdog's grace).
+    SessionStop { id: String },
+    Sessions,
 }
 
 /// Control messages exchanged on a stream after its request.
@@ -120,6 +144,8 @@ pub enum StreamMsg {
     Signal { signal: i32 },
     /// Host: no more input (standard input of a process, or data of a `WriteFile`).
     Eof,
+    /// Guest: one entry of a session log.
+    Event(SessionEvent),
 }
 
 /// Successful results.
@@ -132,7 +158,24 @@ pub enum Response {
     ReadDone { bytes: u64 },
     Written { bytes: u64 },
     Processes { processes: Vec<ProcInfo> },
+    Session(SessionInfo),
+    Sessions { sessions: Vec<SessionInfo> },
     Ok,
+}
+
+/// A session as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub agent: AgentKind,
+    pub state: SessionState,
+    /// Sequence number of the newest event (0 when there is none).
+    pub last_seq: u64,
+    /// The agent's own conversation id, once known.
+    pub agent_session: Option<String>,
+    /// Whether the agent process is alive.
+    pub running: bool,
+    pub created_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +236,7 @@ pub enum ErrorCode {
     IsADirectory,
     DirectoryNotEmpty,
     UnknownProcess,
+    UnknownSession,
     SpawnFailed,
     NoSpace,
     Io,
