@@ -169,7 +169,10 @@ impl AcpAdapter {
             return step;
         };
         if let Some(err) = v.get("error") {
-            let message = err["message"].as_str().unwrap_or("request failed").to_owned();
+            let message = err["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned();
             match what {
                 // The agent cannot load the old session: start a fresh one and say so.
                 Pending::LoadSession => {
@@ -519,7 +522,8 @@ impl Adapter for AcpAdapter {
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
             SessionInput::Message { text } => {
-                let mut step = Step::default().event(AgentEvent::UserMessage { text: text.clone() });
+                let mut step =
+                    Step::default().event(AgentEvent::UserMessage { text: text.clone() });
                 if self.busy || self.session.is_none() {
                     self.queued.push_back(text);
                     if self.session.is_none() && !self.busy {

@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use kraal_core::{AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState};
+use kraal_core::{
+    AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState,
+};
 use serde_json::{Value, json};
 
 use crate::{Adapter, CommandSpec, ParseError, Step};
@@ -76,6 +78,12 @@ impl ClaudeOptions {
             // Root inside a sandbox is allowed to skip permissions only with this set.
             ("IS_SANDBOX".to_owned(), "1".to_owned()),
             ("CLAUDE_CODE_ENTRYPOINT".to_owned(), "sdk-kraal".to_owned()),
+            // Sandboxes reach the model API only: no update checks, telemetry or reports.
+            (
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".to_owned(),
+                "1".to_owned(),
+            ),
+            ("DISABLE_AUTOUPDATER".to_owned(), "1".to_owned()),
         ];
         env.extend(self.env.iter().cloned());
         CommandSpec { argv, env }

@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use kraal_core::{AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState};
+use kraal_core::{
+    AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState,
+};
 use serde_json::{Value, json};
 
 use crate::{Adapter, CommandSpec, ParseError, Step, json_line};
@@ -86,7 +88,10 @@ impl CodexAdapter {
             return step;
         };
         if let Some(err) = v.get("error") {
-            let message = err["message"].as_str().unwrap_or("request failed").to_owned();
+            let message = err["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_owned();
             match what {
                 // The turn finished before the steer arrived: start a new one instead.
                 Pending::Steer(text) => {
@@ -321,23 +326,22 @@ impl CodexAdapter {
                             .as_str()
                             .unwrap_or_default()
                             .to_owned(),
-                        is_error: item["status"] != "completed" || exit_code.is_some_and(|c| c != 0),
+                        is_error: item["status"] != "completed"
+                            || exit_code.is_some_and(|c| c != 0),
                     });
             }
-            Some("fileChange") => {
-                if item["status"] == "completed" {
-                    for c in item["changes"].as_array().into_iter().flatten() {
-                        let kind = match c["kind"]["type"].as_str() {
-                            Some("add") => FileChangeKind::Created,
-                            Some("delete") => FileChangeKind::Deleted,
-                            _ => FileChangeKind::Modified,
-                        };
-                        step = step.event(AgentEvent::FileChange {
-                            path: c["path"].as_str().unwrap_or_default().to_owned(),
-                            kind,
-                            diff: c["diff"].as_str().map(str::to_owned),
-                        });
-                    }
+            Some("fileChange") if item["status"] == "completed" => {
+                for c in item["changes"].as_array().into_iter().flatten() {
+                    let kind = match c["kind"]["type"].as_str() {
+                        Some("add") => FileChangeKind::Created,
+                        Some("delete") => FileChangeKind::Deleted,
+                        _ => FileChangeKind::Modified,
+                    };
+                    step = step.event(AgentEvent::FileChange {
+                        path: c["path"].as_str().unwrap_or_default().to_owned(),
+                        kind,
+                        diff: c["diff"].as_str().map(str::to_owned),
+                    });
                 }
             }
             Some("mcpToolCall") | Some("dynamicToolCall") => {
@@ -445,7 +449,8 @@ impl Adapter for CodexAdapter {
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
             SessionInput::Message { text } => {
-                let mut step = Step::default().event(AgentEvent::UserMessage { text: text.clone() });
+                let mut step =
+                    Step::default().event(AgentEvent::UserMessage { text: text.clone() });
                 if self.thread.is_none() {
                     self.queued.push_back(text);
                     return step.event(AgentEvent::State {

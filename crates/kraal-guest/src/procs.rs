@@ -84,6 +84,8 @@ pub struct Proc {
     /// Bumped on every output chunk, end of file and exit.
     pub changed: watch::Sender<u64>,
     pub input: mpsc::Sender<Input>,
+    /// Set while a write to the process's input is blocked (the process is not reading).
+    pub writing_since: Mutex<Option<std::time::Instant>>,
     master_fd: Option<i32>,
     _master: Option<Arc<AsyncFdIo>>,
 }
@@ -314,6 +316,7 @@ impl Procs {
             }),
             changed,
             input: input_tx,
+            writing_since: Mutex::new(None),
             master_fd: master.as_ref().map(|m| m.raw()),
             _master: master,
         });
@@ -423,10 +426,13 @@ async fn pump_input(proc: Arc<Proc>, io: Arc<AsyncFdIo>, mut rx: mpsc::Receiver<
     while let Some(msg) = rx.recv().await {
         match msg {
             Input::Data(b) => {
-                if let Some(w) = &io
-                    && w.write_all(&b).await.is_err()
-                {
-                    io = None;
+                if let Some(w) = &io {
+                    *proc.writing_since.lock().unwrap() = Some(std::time::Instant::now());
+                    let failed = w.write_all(&b).await.is_err();
+                    *proc.writing_since.lock().unwrap() = None;
+                    if failed {
+                        io = None;
+                    }
                 }
             }
             Input::Eof => {

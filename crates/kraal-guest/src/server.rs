@@ -384,7 +384,11 @@ impl Guest {
                 loop {
                     for e in session.since(after) {
                         after = e.seq;
-                        if out.send(Frame::control(id, &StreamMsg::Event(e))).await.is_err() {
+                        if out
+                            .send(Frame::control(id, &StreamMsg::Event(e)))
+                            .await
+                            .is_err()
+                        {
                             return Ok(());
                         }
                     }

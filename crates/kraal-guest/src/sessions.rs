@@ -346,7 +346,7 @@ fn exclude_from_git(sessions_dir: &Path) {
         } else {
             "\n"
         };
-        let _ = write!(f, "{sep}/.kraal/\n");
+        let _ = writeln!(f, "{sep}/.kraal/");
     }
 }
 
@@ -381,7 +381,8 @@ fn load_one(dir: &Path) -> Result<Session, String> {
         }
         let tmp = dir.join("events.jsonl.tmp");
         std::fs::write(&tmp, &clean).map_err(|e| format!("events.jsonl: {e}"))?;
-        std::fs::rename(&tmp, dir.join("events.jsonl")).map_err(|e| format!("events.jsonl: {e}"))?;
+        std::fs::rename(&tmp, dir.join("events.jsonl"))
+            .map_err(|e| format!("events.jsonl: {e}"))?;
     }
     let file = open_log(dir).map_err(|e| format!("events.jsonl: {e}"))?;
     let last = events.len() as u64;
@@ -614,6 +615,17 @@ async fn watchdogs(
     wd: &kraal_core::Watchdog,
 ) {
     let grace = Duration::from_secs(wd.exit_grace_secs);
+    let blocked = *run.proc.writing_since.lock().unwrap();
+    if let Some(t) = blocked
+        && t.elapsed() >= Duration::from_secs(wd.stdin_write_secs)
+    {
+        run.failure = Some(format!(
+            "the agent stopped reading its input for {} s (hung stdin); it was killed",
+            wd.stdin_write_secs
+        ));
+        let _ = run.proc.signal(libc::SIGKILL);
+        return;
+    }
     if let Some(t) = run.stopping
         && t.elapsed() >= grace
     {

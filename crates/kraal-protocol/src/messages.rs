@@ -115,9 +115,14 @@ pub enum Request {
         env: Vec<(String, String)>,
     },
     /// Stream a session's events with `seq > after` as `Event` messages, then follow.
-    SessionEvents { id: String, after: u64 },
+    SessionEvents {
+        id: String,
+        after: u64,
+    },
     /// Close the agent's input and let it exit (killed after the watchdog's grace).
-    SessionStop { id: String },
+    SessionStop {
+        id: String,
+    },
     Sessions,
 }
 

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use kraal_core::{AgentSpec, SessionEvent, SessionInput};
 use kraal_protocol::{
     Challenge, ExecRequest, FileInfo, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello,
-    PROTOCOL_VERSION, ProcInfo, Request, Response, StreamMsg, TtySize, Welcome, compute_mac,
+    PROTOCOL_VERSION, ProcInfo, Request, Response, SessionInfo, StreamMsg, TtySize, Welcome,
+    compute_mac,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -354,6 +356,97 @@ impl GuestClient {
     pub async fn attach(&self, proc: u64, after: u64) -> Result<ExecHandle, GuestClientError> {
         let s = self.open(&Request::Attach { proc, after }).await?;
         ExecHandle::start(s).await
+    }
+}
+
+impl GuestClient {
+    pub async fn session_start(
+        &self,
+        id: &str,
+        spec: AgentSpec,
+        message: Option<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<SessionInfo, GuestClientError> {
+        match self
+            .call(Request::SessionStart {
+                id: id.to_owned(),
+                spec,
+                message,
+                env,
+            })
+            .await?
+        {
+            Response::Session(i) => Ok(i),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn session_input(
+        &self,
+        id: &str,
+        input: SessionInput,
+        env: Vec<(String, String)>,
+    ) -> Result<(), GuestClientError> {
+        self.call(Request::SessionInput {
+            id: id.to_owned(),
+            input,
+            env,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn session_stop(&self, id: &str) -> Result<(), GuestClientError> {
+        self.call(Request::SessionStop { id: id.to_owned() })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, GuestClientError> {
+        match self.call(Request::Sessions).await? {
+            Response::Sessions { sessions } => Ok(sessions),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Follows a session log from `seq > after`; see [`SessionEvents::next`].
+    pub async fn session_events(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<SessionEvents, GuestClientError> {
+        let stream = self
+            .open(&Request::SessionEvents {
+                id: id.to_owned(),
+                after,
+            })
+            .await?;
+        Ok(SessionEvents { stream })
+    }
+}
+
+/// A followed session log. Dropping it ends the subscription.
+pub struct SessionEvents {
+    stream: GuestStream,
+}
+
+impl SessionEvents {
+    /// The next event, in sequence order; `Err(Closed)` when the link dropped.
+    pub async fn next(&mut self) -> Result<SessionEvent, GuestClientError> {
+        loop {
+            let Some(f) = self.stream.rx.recv().await else {
+                return Err(GuestClientError::Closed);
+            };
+            if f.kind != FrameKind::Control {
+                continue;
+            }
+            match f.parse::<StreamMsg>() {
+                Ok(StreamMsg::Event(e)) => return Ok(e),
+                Ok(StreamMsg::Error(e)) => return Err(e.into()),
+                Ok(_) => {}
+                Err(e) => return Err(GuestClientError::Protocol(e.to_string())),
+            }
+        }
     }
 }
 
