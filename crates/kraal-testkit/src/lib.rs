@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -85,6 +85,7 @@ impl Scenario {
 struct Inner {
     turns: VecDeque<Turn>,
     requests: Vec<Value>,
+    headers: Vec<std::collections::HashMap<String, String>>,
     next_tool: u64,
 }
 
@@ -164,6 +165,12 @@ impl ScriptedModel {
         self.inner.lock().unwrap().requests.clone()
     }
 
+    /// The headers of every model request so far (lowercase names), in order; tests use
+    /// them to check which credential reached the model.
+    pub fn request_headers(&self) -> Vec<std::collections::HashMap<String, String>> {
+        self.inner.lock().unwrap().headers.clone()
+    }
+
     /// Turns not yet consumed.
     pub fn remaining(&self) -> usize {
         self.inner.lock().unwrap().turns.len()
@@ -192,12 +199,19 @@ fn ev(name: &str, data: Value) -> Event {
 /// (`exhausted_kind` is that API's error type for "no turn left").
 fn next_turn(
     inner: &Mutex<Inner>,
+    headers: &HeaderMap,
     body: &Value,
     error: fn(u16, &str, &str) -> Response,
     exhausted_kind: &str,
 ) -> Result<(Vec<Block>, u64), Box<Response>> {
     let mut g = inner.lock().unwrap();
     g.requests.push(body.clone());
+    g.headers.push(
+        headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+    );
     let blocks = match g.turns.pop_front() {
         None => {
             return Err(Box::new(error(
@@ -231,8 +245,12 @@ fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
 }
 
 /// `POST /v1/responses` with `stream: true`: the OpenAI Responses API event sequence.
-async fn responses(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let (blocks, first_tool) = match next_turn(&inner, &body, openai_error, "server_error") {
+async fn responses(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let (blocks, first_tool) = match next_turn(&inner, &headers, &body, openai_error, "server_error") {
         Ok(t) => t,
         Err(response) => return *response,
     };
@@ -350,8 +368,12 @@ fn openai_error(status: u16, kind: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn messages(State(inner): State<Arc<Mutex<Inner>>>, Json(body): Json<Value>) -> Response {
-    let (blocks, first_tool) = match next_turn(&inner, &body, api_error, "api_error") {
+async fn messages(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let (blocks, first_tool) = match next_turn(&inner, &headers, &body, api_error, "api_error") {
         Ok(t) => t,
         Err(response) => return *response,
     };

@@ -1,0 +1,435 @@
+//! The model gateway: one small HTTP server per workspace, bound to the host side of that
+//! workspace's private link, forwarding `/anthropic/...` and `/openai/...` to the real APIs
+//! with the real credentials added.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::task::JoinHandle;
+
+/// Port of the gateway on the host side of every workspace link (the guest agent is 7071).
+pub const GATEWAY_PORT: u16 = 7072;
+
+/// Largest request body forwarded to a model API.
+const MAX_REQUEST: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr} for workspace {workspace}")]
+    Bind {
+        workspace: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client for the model gateway")]
+    Client(#[source] reqwest::Error),
+}
+
+/// How requests to the Anthropic API are authenticated.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AnthropicAuth {
+    /// `x-api-key`.
+    ApiKey(String),
+    /// A Claude subscription OAuth token (`sk-ant-oat01-…`), sent as a bearer token.
+    OauthToken(String),
+}
+
+impl std::fmt::Debug for AnthropicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a credential.
+        match self {
+            AnthropicAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
+            AnthropicAuth::OauthToken(_) => f.write_str("OauthToken(<redacted>)"),
+        }
+    }
+}
+
+/// The real credentials, as known on the host right now.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub anthropic: Option<AnthropicAuth>,
+    pub openai: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("anthropic", &self.anthropic)
+            .field("openai", &self.openai.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Where real credentials come from; asked on every request, so a refreshed token is used
+/// as soon as the source has it.
+pub trait CredentialSource: Send + Sync + 'static {
+    fn credentials(&self) -> Credentials;
+}
+
+/// Fixed credentials (from the daemon's environment or configuration).
+#[derive(Debug, Clone, Default)]
+pub struct StaticCredentials(pub Credentials);
+
+impl CredentialSource for StaticCredentials {
+    fn credentials(&self) -> Credentials {
+        self.0.clone()
+    }
+}
+
+/// Base URLs of the real APIs, without a trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstreams {
+    pub anthropic: String,
+    pub openai: String,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Upstreams {
+            anthropic: "https://api.anthropic.com".into(),
+            openai: "https://api.openai.com".into(),
+        }
+    }
+}
+
+/// The placeholder key agents in a workspace are given: derived from the workspace's secret,
+/// worthless anywhere but at that workspace's gateway.
+pub fn placeholder_key(workspace_secret: &str) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(workspace_secret.as_bytes()).expect("any key length");
+    mac.update(b"kraal model gateway placeholder v1");
+    format!("sk-kraal-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+}
+
+struct Shared {
+    client: reqwest::Client,
+    upstreams: Upstreams,
+    credentials: Arc<dyn CredentialSource>,
+}
+
+/// One workspace's gateway.
+struct Workspace {
+    shared: Arc<Shared>,
+    workspace: String,
+    key: String,
+}
+
+struct Running {
+    /// The address asked for (port 0 in tests) and the one actually bound.
+    requested: SocketAddr,
+    bound: SocketAddr,
+    key: String,
+    task: JoinHandle<()>,
+}
+
+/// The gateways of every workspace this daemon serves.
+pub struct Gateways {
+    shared: Arc<Shared>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl Gateways {
+    pub fn new(
+        upstreams: Upstreams,
+        credentials: Arc<dyn CredentialSource>,
+    ) -> Result<Self, GatewayError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(GatewayError::Client)?;
+        Ok(Gateways {
+            shared: Arc::new(Shared {
+                client,
+                upstreams,
+                credentials,
+            }),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.shared.upstreams
+    }
+
+    /// Makes sure `workspace`'s gateway listens on `addr` and accepts `key`; returns the
+    /// bound address. Idempotent: a gateway already serving that address and key is left
+    /// alone.
+    pub async fn ensure(
+        &self,
+        workspace: &str,
+        addr: SocketAddr,
+        key: &str,
+    ) -> Result<SocketAddr, GatewayError> {
+        {
+            let mut running = self.running.lock().unwrap();
+            if let Some(r) = running.get(workspace) {
+                if r.requested == addr && r.key == key && !r.task.is_finished() {
+                    return Ok(r.bound);
+                }
+                r.task.abort();
+                running.remove(workspace);
+            }
+        }
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| GatewayError::Bind {
+                    workspace: workspace.to_owned(),
+                    addr,
+                    source,
+                })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let state = Arc::new(Workspace {
+            shared: self.shared.clone(),
+            workspace: workspace.to_owned(),
+            key: key.to_owned(),
+        });
+        let app = Router::new().fallback(forward).with_state(state);
+        let ws = workspace.to_owned();
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(workspace = %ws, "model gateway stopped: {e}");
+            }
+        });
+        tracing::debug!(workspace, %bound, "model gateway listening");
+        self.running.lock().unwrap().insert(
+            workspace.to_owned(),
+            Running {
+                requested: addr,
+                bound,
+                key: key.to_owned(),
+                task,
+            },
+        );
+        Ok(bound)
+    }
+
+    /// Stops `workspace`'s gateway (its link is going away).
+    pub fn stop(&self, workspace: &str) {
+        if let Some(r) = self.running.lock().unwrap().remove(workspace) {
+            r.task.abort();
+        }
+    }
+
+    /// Where `workspace`'s gateway listens, if it runs.
+    pub fn addr(&self, workspace: &str) -> Option<SocketAddr> {
+        self.running.lock().unwrap().get(workspace).map(|r| r.bound)
+    }
+}
+
+impl Drop for Gateways {
+    fn drop(&mut self) {
+        for (_, r) in self.running.lock().unwrap().drain() {
+            r.task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    Anthropic,
+    OpenAi,
+}
+
+impl Provider {
+    fn as_str(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+        }
+    }
+}
+
+/// An error in a shape both Anthropic and OpenAI clients understand well enough to show
+/// the message.
+fn gateway_error(status: StatusCode, message: String) -> Response {
+    let body = format!(
+        "{{\"type\":\"error\",\"error\":{{\"type\":\"kraal_gateway_error\",\"message\":{}}}}}",
+        json_string(&format!("kraal gateway: {message}"))
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Headers that describe one hop, never forwarded.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+/// The key a client presented: `x-api-key`, or a bearer token.
+fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim());
+    }
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
+    let t0 = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let (provider, rest) = if let Some(rest) = path.strip_prefix("/anthropic") {
+        (Provider::Anthropic, rest)
+    } else if let Some(rest) = path.strip_prefix("/openai") {
+        (Provider::OpenAi, rest)
+    } else {
+        return gateway_error(
+            StatusCode::NOT_FOUND,
+            format!("no route {path}; use /anthropic/… or /openai/…"),
+        );
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return gateway_error(StatusCode::NOT_FOUND, format!("no route {path}"));
+    }
+    let ok = presented_key(req.headers()).is_some_and(|k| {
+        use subtle::ConstantTimeEq;
+        k.len() == ws.key.len() && bool::from(k.as_bytes().ct_eq(ws.key.as_bytes()))
+    });
+    if !ok {
+        tracing::warn!(workspace = %ws.workspace, provider = provider.as_str(), %method, path = %path, "model gateway: refused a request without this workspace's key");
+        return gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "the API key is not this workspace's kraal key".into(),
+        );
+    }
+    let base = match provider {
+        Provider::Anthropic => &ws.shared.upstreams.anthropic,
+        Provider::OpenAi => &ws.shared.upstreams.openai,
+    };
+    let mut url = format!("{}{}", base.trim_end_matches('/'), rest);
+    if let Some(q) = &query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let creds = ws.shared.credentials.credentials();
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers() {
+        if hop_by_hop(name) || name == "x-api-key" || name == header::AUTHORIZATION {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    match provider {
+        Provider::Anthropic => match &creds.anthropic {
+            Some(AnthropicAuth::ApiKey(k)) => {
+                if let Ok(v) = HeaderValue::from_str(k) {
+                    headers.insert("x-api-key", v);
+                }
+            }
+            Some(AnthropicAuth::OauthToken(t)) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+                // Subscription tokens are accepted only with the OAuth beta flag.
+                let beta = match headers.get("anthropic-beta").and_then(|v| v.to_str().ok()) {
+                    Some(b) if b.contains("oauth-2025-04-20") => b.to_owned(),
+                    Some(b) if !b.is_empty() => format!("{b},oauth-2025-04-20"),
+                    _ => "oauth-2025-04-20".to_owned(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&beta) {
+                    headers.insert("anthropic-beta", v);
+                }
+            }
+            None => {}
+        },
+        Provider::OpenAi => {
+            if let Some(k) = &creds.openai
+                && let Ok(v) = HeaderValue::from_str(&format!("Bearer {k}"))
+            {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+    }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_REQUEST).await {
+        Ok(b) => b,
+        Err(e) => {
+            return gateway_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body unreadable or over {MAX_REQUEST} bytes: {e}"),
+            );
+        }
+    };
+    let upstream = ws
+        .shared
+        .client
+        .request(method.clone(), &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let resp = match upstream {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(workspace = %ws.workspace, provider = provider.as_str(), %method, path = %path, "model gateway: upstream failed: {e}");
+            return gateway_error(
+                StatusCode::BAD_GATEWAY,
+                format!("{} API unreachable: {e}", provider.as_str()),
+            );
+        }
+    };
+    let status = resp.status();
+    tracing::info!(
+        workspace = %ws.workspace,
+        provider = provider.as_str(),
+        %method,
+        path = %path,
+        status = status.as_u16(),
+        ms = t0.elapsed().as_millis() as u64,
+        "model gateway"
+    );
+    let mut out = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream))
+        .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
+}

@@ -1,0 +1,238 @@
+//! The model gateway against the scripted model server: credentials are swapped on the way
+//! out, streams pass through, strangers are refused.
+
+use std::sync::Arc;
+
+use kraal_testkit::{Scenario, ScriptedModel};
+
+use crate::*;
+
+const KEY: &str = "sk-kraal-test-placeholder";
+
+fn scenario() -> Scenario {
+    Scenario::from_json(
+        r#"{"turns": [
+            {"respond": [{"text": "streamed through the gateway", "chunk": 4}]},
+            {"respond": [{"text": "second"}]}
+        ]}"#,
+    )
+    .unwrap()
+}
+
+async fn gateway(model: &ScriptedModel, creds: Credentials) -> (Gateways, std::net::SocketAddr) {
+    let g = Gateways::new(
+        Upstreams {
+            anthropic: model.base_url(),
+            openai: model.base_url(),
+        },
+        Arc::new(StaticCredentials(creds)),
+    )
+    .unwrap();
+    let addr = g
+        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY)
+        .await
+        .unwrap();
+    (g, addr)
+}
+
+fn anthropic_body() -> serde_json::Value {
+    serde_json::json!({
+        "model": "claude-test", "max_tokens": 100, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]
+    })
+}
+
+#[tokio::test]
+async fn anthropic_api_key_replaces_the_placeholder_and_the_stream_passes_through() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (_g, addr) = gateway(
+        &model,
+        Credentials {
+            anthropic: Some(AnthropicAuth::ApiKey("sk-ant-REAL".into())),
+            openai: None,
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/anthropic/v1/messages?beta=true"))
+        .header("x-api-key", KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&anthropic_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    for piece in ["stre", "amed", " thr"] {
+        assert!(
+            text.contains(&format!("\"text\":\"{piece}\"")),
+            "delta {piece:?} in {text}"
+        );
+    }
+    assert!(text.contains("message_stop"), "{text}");
+    let h = &model.request_headers()[0];
+    assert_eq!(h["x-api-key"], "sk-ant-REAL");
+    assert_eq!(h["anthropic-version"], "2023-06-01");
+    assert!(!h.contains_key("authorization"));
+    assert!(
+        !h.values().any(|v| v.contains(KEY)),
+        "the placeholder never reaches the model: {h:?}"
+    );
+}
+
+#[tokio::test]
+async fn oauth_tokens_go_out_as_bearer_with_the_oauth_beta() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (_g, addr) = gateway(
+        &model,
+        Credentials {
+            anthropic: Some(AnthropicAuth::OauthToken("sk-ant-oat01-REAL".into())),
+            openai: None,
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/anthropic/v1/messages"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("anthropic-beta", "fine-grained-tool-streaming-2025-05-14")
+        .json(&anthropic_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await.unwrap();
+    let h = &model.request_headers()[0];
+    assert_eq!(h["authorization"], "Bearer sk-ant-oat01-REAL");
+    assert_eq!(
+        h["anthropic-beta"],
+        "fine-grained-tool-streaming-2025-05-14,oauth-2025-04-20"
+    );
+    assert!(!h.contains_key("x-api-key"));
+}
+
+#[tokio::test]
+async fn openai_requests_get_the_real_bearer_key() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (_g, addr) = gateway(
+        &model,
+        Credentials {
+            anthropic: None,
+            openai: Some("sk-openai-REAL".into()),
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/openai/v1/responses"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&serde_json::json!({"model": "gpt-test", "stream": true, "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("response.completed"), "{text}");
+    assert_eq!(
+        model.request_headers()[0]["authorization"],
+        "Bearer sk-openai-REAL"
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_keys_are_refused_before_reaching_the_model() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (_g, addr) = gateway(&model, Credentials::default()).await;
+    let c = reqwest::Client::new();
+    for key in [None, Some("sk-ant-guess"), Some("sk-kraal-test-placeholdeR")] {
+        let mut req = c
+            .post(format!("http://{addr}/anthropic/v1/messages"))
+            .json(&anthropic_body());
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "key {key:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "kraal_gateway_error");
+    }
+    let resp = c
+        .post(format!("http://{addr}/elsewhere/v1/messages"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(model.requests().is_empty(), "nothing reached the model");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_clear_502() {
+    // A port that was just free: nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let g = Gateways::new(
+        Upstreams {
+            anthropic: format!("http://{free}"),
+            openai: format!("http://{free}"),
+        },
+        Arc::new(StaticCredentials::default()),
+    )
+    .unwrap();
+    let addr = g
+        .ensure("ws-0000000002", "127.0.0.1:0".parse().unwrap(), KEY)
+        .await
+        .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/anthropic/v1/messages"))
+        .header("x-api-key", KEY)
+        .json(&anthropic_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("anthropic API unreachable"), "{msg}");
+}
+
+#[tokio::test]
+async fn ensure_is_idempotent_and_stop_closes_the_port() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (g, addr) = gateway(&model, Credentials::default()).await;
+    let again = g
+        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY)
+        .await
+        .unwrap();
+    assert_eq!(again, addr, "same request, same listener");
+    assert_eq!(g.addr("ws-0000000001"), Some(addr));
+    g.stop("ws-0000000001");
+    assert_eq!(g.addr("ws-0000000001"), None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port still open after stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn placeholders_are_per_workspace_and_never_the_secret() {
+    let a = placeholder_key("secret-a");
+    let b = placeholder_key("secret-b");
+    assert_ne!(a, b);
+    assert_eq!(a, placeholder_key("secret-a"));
+    assert!(a.starts_with("sk-kraal-") && a.len() == "sk-kraal-".len() + 32);
+    assert!(!a.contains("secret-a"));
+    let creds = Credentials {
+        anthropic: Some(AnthropicAuth::OauthToken("sk-ant-oat01-x".into())),
+        openai: Some("sk-openai-x".into()),
+    };
+    let printed = format!("{creds:?}");
+    assert!(
+        !printed.contains("sk-ant-oat01-x") && !printed.contains("sk-openai-x"),
+        "{printed}"
+    );
+}
