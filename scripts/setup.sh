@@ -71,6 +71,18 @@ if [ ! -x agent-clis/node_modules/.bin/claude ] || [ agent-clis/package-lock.jso
 fi
 
 if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then
+    # The agent CLIs every sandbox gets read-only at /opt/kraal/agents.
+    agents=/usr/local/lib/kraal/agents
+    if ! cmp -s agent-clis/package-lock.json "$agents/package-lock.json"; then
+        log "installing the agent CLIs to $agents"
+        rm -rf "$agents.new"
+        mkdir -p "$agents.new"
+        cp -a agent-clis/package.json agent-clis/package-lock.json agent-clis/node_modules "$agents.new/"
+        rm -rf "$agents.old"
+        [ -d "$agents" ] && mv "$agents" "$agents.old"
+        mv "$agents.new" "$agents"
+        rm -rf "$agents.old"
+    fi
     log "building kraal and the static guest agent"
     cargo build --release -q -p kraal
     cargo build --release -q -p kraal-guest --target x86_64-unknown-linux-musl

@@ -10,7 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use kraal_core::{
-    AgentEvent, AgentKind, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState,
+    AgentEvent, AgentKind, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput,
+    SessionState,
 };
 use serde_json::{Value, json};
 
@@ -87,6 +88,44 @@ pub fn acp_command(kind: AgentKind, permissions: PermissionMode) -> CommandSpec 
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     }
+}
+
+/// How each ACP agent is pointed at the model gateway.
+pub fn gateway_env(kind: AgentKind, g: &ModelGateway) -> Vec<(String, String)> {
+    let url = g.url.trim_end_matches('/');
+    let pairs: Vec<(&str, String)> = match kind {
+        AgentKind::Gemini => vec![
+            ("GOOGLE_GEMINI_BASE_URL", format!("{url}/google")),
+            ("GEMINI_API_KEY", g.key.clone()),
+        ],
+        AgentKind::Qwen => vec![
+            ("OPENAI_BASE_URL", g.openai_base_url()),
+            ("OPENAI_API_KEY", g.key.clone()),
+        ],
+        AgentKind::Goose => vec![
+            ("GOOSE_PROVIDER", "openai".into()),
+            ("OPENAI_HOST", url.to_owned()),
+            ("OPENAI_BASE_PATH", "openai/v1/chat/completions".into()),
+            ("OPENAI_API_KEY", g.key.clone()),
+        ],
+        AgentKind::Opencode => vec![
+            (
+                "OPENCODE_CONFIG_CONTENT",
+                json!({"provider": {"openai": {"options": {"baseURL": g.openai_base_url(), "apiKey": g.key}}}})
+                    .to_string(),
+            ),
+            ("OPENAI_API_KEY", g.key.clone()),
+        ],
+        AgentKind::Claude => vec![
+            ("ANTHROPIC_BASE_URL", g.anthropic_base_url()),
+            ("ANTHROPIC_API_KEY", g.key.clone()),
+        ],
+        AgentKind::Codex => vec![
+            ("OPENAI_BASE_URL", g.openai_base_url()),
+            ("OPENAI_API_KEY", g.key.clone()),
+        ],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 impl AcpAdapter {
@@ -459,11 +498,12 @@ fn permission_response(p: &Permission, allow: bool) -> String {
 }
 
 impl Adapter for AcpAdapter {
-    fn command(&self) -> CommandSpec {
-        crate::apply_overrides(
-            acp_command(self.spec.agent, self.spec.permissions),
-            &self.spec,
-        )
+    fn command(&self, gateway: Option<&ModelGateway>) -> CommandSpec {
+        let mut cmd = acp_command(self.spec.agent, self.spec.permissions);
+        if let Some(g) = gateway {
+            cmd.env.extend(gateway_env(self.spec.agent, g));
+        }
+        crate::apply_overrides(cmd, &self.spec)
     }
 
     fn start(&mut self) -> Step {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use kraal_core::{
-    AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState,
+    AgentEvent, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput, SessionState,
 };
 use serde_json::{Value, json};
 
@@ -133,6 +133,9 @@ pub fn encode_permission(
 #[derive(Debug, Default)]
 pub struct ClaudeParser {
     tools: HashMap<String, (String, Value)>,
+    /// `total_cost_usd` of the last `result`: Claude Code reports the cost of the whole
+    /// process run so far, the event model wants each turn's own cost.
+    cost_so_far: f64,
 }
 
 /// What Claude Code writes as a user message when a turn is interrupted.
@@ -266,7 +269,12 @@ impl ClaudeParser {
                     output_tokens: n("output_tokens"),
                     cache_read_tokens: n("cache_read_input_tokens"),
                     cache_write_tokens: n("cache_creation_input_tokens"),
-                    cost_usd: v["total_cost_usd"].as_f64(),
+                    cost_usd: v["total_cost_usd"].as_f64().map(|total| {
+                        let turn = (total - self.cost_so_far).max(0.0);
+                        self.cost_so_far = total;
+                        // Cost is in dollars; keep it free of float noise.
+                        (turn * 1e9).round() / 1e9
+                    }),
                 });
                 let aborted = v["terminal_reason"]
                     .as_str()
@@ -370,7 +378,7 @@ impl ClaudeAdapter {
 }
 
 impl Adapter for ClaudeAdapter {
-    fn command(&self) -> CommandSpec {
+    fn command(&self, gateway: Option<&ModelGateway>) -> CommandSpec {
         let opts = ClaudeOptions {
             binary: None,
             model: self.spec.model.clone(),
@@ -381,7 +389,14 @@ impl Adapter for ClaudeAdapter {
                 PermissionMode::Ask => Permissions::Ask,
             },
             extra_args: Vec::new(),
-            env: Vec::new(),
+            env: gateway
+                .map(|g| {
+                    vec![
+                        ("ANTHROPIC_BASE_URL".to_owned(), g.anthropic_base_url()),
+                        ("ANTHROPIC_API_KEY".to_owned(), g.key.clone()),
+                    ]
+                })
+                .unwrap_or_default(),
         };
         crate::apply_overrides(opts.command(), &self.spec)
     }

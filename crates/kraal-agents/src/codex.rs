@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use kraal_core::{
-    AgentEvent, AgentSpec, FileChangeKind, PermissionMode, SessionInput, SessionState,
+    AgentEvent, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput, SessionState,
 };
 use serde_json::{Value, json};
 
@@ -363,13 +363,26 @@ impl CodexAdapter {
 }
 
 impl Adapter for CodexAdapter {
-    fn command(&self) -> CommandSpec {
+    fn command(&self, gateway: Option<&ModelGateway>) -> CommandSpec {
         let mut argv = vec!["codex".to_owned(), "app-server".to_owned()];
+        let mut env = Vec::new();
         if let Some(m) = &self.spec.model {
             argv.push("-c".into());
             argv.push(format!("model={}", toml_string(m)));
         }
-        crate::apply_overrides(CommandSpec { argv, env: vec![] }, &self.spec)
+        // Codex's built-in provider ignores OPENAI_BASE_URL; a provider of our own points
+        // it at the gateway, with the placeholder key read from the environment.
+        if let Some(g) = gateway {
+            argv.push("-c".into());
+            argv.push(format!(
+                "model_providers.kraal={{name=\"kraal\",base_url={},env_key=\"OPENAI_API_KEY\",wire_api=\"responses\"}}",
+                toml_string(&g.openai_base_url())
+            ));
+            argv.push("-c".into());
+            argv.push("model_provider=\"kraal\"".into());
+            env.push(("OPENAI_API_KEY".to_owned(), g.key.clone()));
+        }
+        crate::apply_overrides(CommandSpec { argv, env }, &self.spec)
     }
 
     fn start(&mut self) -> Step {

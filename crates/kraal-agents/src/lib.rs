@@ -7,7 +7,7 @@ pub mod acp;
 pub mod claude;
 pub mod codex;
 
-use kraal_core::{AgentEvent, AgentProtocol, AgentSpec, SessionInput};
+use kraal_core::{AgentEvent, AgentProtocol, AgentSpec, ModelGateway, SessionInput};
 
 /// A command to start an agent: program, arguments and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,10 @@ impl Step {
 /// lines of [`Adapter::start`], then feeds every output line and every user input through
 /// the adapter and does what the returned [`Step`]s say.
 pub trait Adapter: Send {
-    fn command(&self) -> CommandSpec;
+    /// The command line; with a `gateway`, the agent is pointed at it (base URL and
+    /// placeholder key in whatever form the agent reads them). The user's overrides in the
+    /// spec come last and win.
+    fn command(&self, gateway: Option<&ModelGateway>) -> CommandSpec;
     /// Lines to send right after the process started (handshakes).
     fn start(&mut self) -> Step;
     /// One line of the agent's standard output, without its newline.

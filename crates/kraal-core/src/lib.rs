@@ -12,8 +12,8 @@ pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{
-    AgentKind, AgentProtocol, AgentSpec, PermissionMode, SessionError, SessionId, SessionInput,
-    Watchdog, parse_env_entry,
+    AgentKind, AgentProtocol, AgentSpec, ModelGateway, PermissionMode, SessionError, SessionId,
+    SessionInput, Watchdog, parse_env_entry,
 };
 pub use source::{Source, SourceError};
 pub use state::{BackendKind, Capabilities, DesiredState, WorkspaceState};

@@ -229,6 +229,28 @@ pub fn parse_env_entry(entry: &str) -> Result<(String, String), SessionError> {
     }
 }
 
+/// Where an agent reaches the model APIs from inside its sandbox: the host's model
+/// gateway on the workspace link, and the placeholder key that gateway accepts. The real
+/// credentials stay on the host; this is handed to the agent at every launch (the address
+/// can change across restarts) and never written to disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelGateway {
+    /// Origin of the gateway, e.g. `http://10.213.0.1:7072`; the Anthropic API is under
+    /// `/anthropic`, the OpenAI API under `/openai/v1`.
+    pub url: String,
+    pub key: String,
+}
+
+impl ModelGateway {
+    pub fn anthropic_base_url(&self) -> String {
+        format!("{}/anthropic", self.url.trim_end_matches('/'))
+    }
+
+    pub fn openai_base_url(&self) -> String {
+        format!("{}/openai/v1", self.url.trim_end_matches('/'))
+    }
+}
+
 /// Something a user sends to a running session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -162,7 +162,8 @@ pub struct Procs {
     table: Mutex<Table>,
 }
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The image's tools first, then the agent CLIs mounted by the host.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/kraal/agents/node_modules/.bin";
 
 impl Procs {
     pub fn get(&self, id: u64) -> Option<Arc<Proc>> {
@@ -463,4 +464,15 @@ pub async fn shutdown(procs: &Procs, grace: Duration) {
         let _ = p.signal(libc::SIGKILL);
     }
     nix::unistd::sync();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_clis_are_on_the_default_path_after_the_image_tools() {
+        let agents = kraal_protocol::AGENTS_BIN;
+        assert!(agents.starts_with(kraal_protocol::AGENTS_DIR));
+        assert!(super::DEFAULT_PATH.ends_with(&format!(":{agents}")));
+        assert_eq!(crate::sessions::AGENT_PATH, agents);
+    }
 }

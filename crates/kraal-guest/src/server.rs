@@ -352,17 +352,17 @@ impl Guest {
                 id: sid,
                 spec,
                 message,
-                env,
+                launch,
             } => {
-                let info = self.sessions.start(&sid, spec, message, env)?;
+                let info = self.sessions.start(&sid, spec, message, launch)?;
                 send(out, done(Response::Session(info))).await;
             }
             Request::SessionInput {
                 id: sid,
                 input: i,
-                env,
+                launch,
             } => {
-                self.sessions.input(&sid, i, env)?;
+                self.sessions.input(&sid, i, launch)?;
                 send(out, done(Response::Ok)).await;
             }
             Request::SessionStop { id: sid } => {

@@ -11,14 +11,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kraal_core::{AgentEvent, AgentKind, AgentSpec, SessionEvent, SessionInput, SessionState};
-use kraal_protocol::{ErrorCode, ExecRequest, FrameKind, GuestError, SessionInfo};
+use kraal_protocol::{ErrorCode, ExecRequest, FrameKind, GuestError, Launch, SessionInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::procs::{Exit, Input, Proc, Procs};
 
-/// Where agent CLIs mounted by the host live; searched before the image's own PATH.
-const AGENT_PATH: &str = "/opt/kraal/agents/bin";
+/// Where the agent CLIs (and the Node.js they run on) mounted by the host live; searched
+/// before the image's own PATH.
+pub(crate) const AGENT_PATH: &str = kraal_protocol::AGENTS_BIN;
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Bytes of the agent's standard error kept to explain a failure.
 const STDERR_TAIL: usize = 4096;
@@ -200,7 +201,7 @@ impl Sessions {
         id: &str,
         spec: AgentSpec,
         message: Option<String>,
-        env: Vec<(String, String)>,
+        launch: Launch,
     ) -> Result<SessionInfo, GuestError> {
         let valid_id = !id.is_empty()
             && id.len() <= 64
@@ -248,7 +249,7 @@ impl Sessions {
             .lock()
             .unwrap()
             .insert(id.to_owned(), session.clone());
-        self.launch(&session, env);
+        self.launch(&session, launch);
         if let Some(text) = message {
             self.send(&session, SessionInput::Message { text })?;
         }
@@ -256,17 +257,12 @@ impl Sessions {
     }
 
     /// Delivers input; a message to a stopped agent relaunches it to resume.
-    pub fn input(
-        &self,
-        id: &str,
-        input: SessionInput,
-        env: Vec<(String, String)>,
-    ) -> Result<(), GuestError> {
+    pub fn input(&self, id: &str, input: SessionInput, launch: Launch) -> Result<(), GuestError> {
         let s = self.get(id)?;
         let running = s.ctl.lock().unwrap().is_some();
         if !running {
             match input {
-                SessionInput::Message { .. } => self.launch(&s, env),
+                SessionInput::Message { .. } => self.launch(&s, launch),
                 SessionInput::Interrupt => return Ok(()),
                 SessionInput::Approval { request_id, .. } => {
                     return Err(GuestError::new(
@@ -300,7 +296,7 @@ impl Sessions {
 
     /// Starts the agent process and its driver. Inputs sent before the process is up are
     /// buffered in the control channel, so nothing is lost during start-up.
-    fn launch(&self, s: &Arc<Session>, env: Vec<(String, String)>) {
+    fn launch(&self, s: &Arc<Session>, launch: Launch) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut guard = s.ctl.lock().unwrap();
         if guard.is_some() {
@@ -310,7 +306,7 @@ impl Sessions {
         drop(guard);
         let resume = s.log.lock().unwrap().agent_session.clone();
         let adapter = kraal_agents::adapter(&s.meta.spec, resume);
-        tokio::spawn(drive(s.clone(), self.procs.clone(), adapter, rx, env));
+        tokio::spawn(drive(s.clone(), self.procs.clone(), adapter, rx, launch));
     }
 }
 
@@ -417,18 +413,18 @@ async fn drive(
     procs: Arc<Procs>,
     mut adapter: Box<dyn kraal_agents::Adapter>,
     mut rx: mpsc::UnboundedReceiver<Ctl>,
-    launch_env: Vec<(String, String)>,
+    launch: Launch,
 ) {
     let spec = s.meta.spec.clone();
     let wd = spec.watchdog;
-    let cmd = adapter.command();
+    let cmd = adapter.command(launch.gateway.as_ref());
     let mut env = vec![
         ("PATH".to_owned(), format!("{AGENT_PATH}:{BASE_PATH}")),
         ("TERM".to_owned(), "dumb".to_owned()),
         ("KRAAL_SESSION".to_owned(), s.meta.id.clone()),
     ];
     env.extend(cmd.env.iter().cloned());
-    env.extend(launch_env);
+    env.extend(launch.env);
     if spec.agent == AgentKind::Codex {
         let home = env
             .iter()

@@ -42,6 +42,12 @@ pub struct GvisorConfig {
     pub images: ImageStore,
     /// `systrap` (default) or `ptrace`/`kvm`.
     pub platform: Option<String>,
+    /// A directory whose `node_modules` holds the agent CLIs and Node.js, mounted
+    /// read-only at `/opt/kraal/agents` in every sandbox.
+    pub agents_dir: Option<PathBuf>,
+    /// TCP ports of host services (the model gateway) a sandbox may reach at the host's
+    /// address on its own link.
+    pub host_ports: Vec<u16>,
 }
 
 pub struct GvisorBackend {
@@ -285,6 +291,28 @@ impl Backend for GvisorBackend {
                     .into(),
             );
         }
+        match &self.cfg.agents_dir {
+            Some(dir) => {
+                let bin = dir.join("node_modules/.bin");
+                let found: Vec<&str> = ["claude", "codex", "gemini", "qwen", "opencode", "goose"]
+                    .into_iter()
+                    .filter(|c| bin.join(c).exists())
+                    .collect();
+                details.push(format!(
+                    "agent CLIs from {} ({})",
+                    dir.display(),
+                    if found.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        found.join(", ")
+                    }
+                ));
+            }
+            None => details.push(
+                "no agent CLIs to mount: sessions need them in the image (scripts/setup.sh installs them)"
+                    .into(),
+            ),
+        }
         details.push(format!("network mode {}", self.cfg.network.as_str()));
         HostCheck {
             backend: BackendKind::Gvisor,
@@ -376,7 +404,7 @@ impl Backend for GvisorBackend {
             .await
             .map_err(Self::chain_err(id, "allocate network"))?;
         let link = self.link(id, slot);
-        kraal_net::install_firewall(self.cfg.pool)
+        kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
             .await
             .map_err(Self::chain_err(id, "firewall"))?;
         kraal_net::setup(id, &link)
@@ -421,6 +449,7 @@ impl Backend for GvisorBackend {
             hostname: spec.name.to_string(),
             cgroup: format!("/kraal/{}", id),
             resources: spec.resources,
+            agents: self.cfg.agents_dir.clone(),
             network: self.cfg.network,
             netns: kraal_net::netns_path(id),
         };
@@ -475,6 +504,7 @@ impl Backend for GvisorBackend {
         }
         Ok(GuestEndpoint {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+            host: Some(link.host_ip.into()),
         })
     }
 
@@ -520,6 +550,7 @@ impl Backend for GvisorBackend {
             })?;
         Ok(GuestEndpoint {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+            host: Some(kraal_net::host_ip_for(ip).into()),
         })
     }
 

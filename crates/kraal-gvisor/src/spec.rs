@@ -44,9 +44,14 @@ pub struct BundleSpec {
     pub hostname: String,
     pub cgroup: String,
     pub resources: Resources,
+    /// Agent CLIs mounted read-only at [`AGENTS_MOUNT`].
+    pub agents: Option<PathBuf>,
     pub network: NetworkMode,
     pub netns: PathBuf,
 }
+
+/// Where the host's agent CLIs appear inside the sandbox; its `.bin` is on `PATH`.
+pub const AGENTS_MOUNT: &str = kraal_protocol::AGENTS_DIR;
 
 /// Docker's default capability set: enough for package managers and build tools, without
 /// the administrative capabilities.
@@ -89,6 +94,22 @@ impl BundleSpec {
             namespaces.push(json!({ "type": "network", "path": self.netns }));
         }
         let quota = (self.resources.cpus * 100_000.0).round() as i64;
+        let mut mounts = vec![
+            json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
+            json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+            json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+            json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+            json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+            json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+            bind(&self.volume, "/workspace", true),
+            bind(&self.guest_bin, "/.kraal/kraal-guest", false),
+            bind(&self.guest_config, "/.kraal/guest.json", false),
+            bind(&self.resolv_conf, "/etc/resolv.conf", false),
+            bind(&self.hosts, "/etc/hosts", false),
+        ];
+        if let Some(agents) = &self.agents {
+            mounts.push(bind(agents, AGENTS_MOUNT, false));
+        }
         json!({
             "ociVersion": "1.0.2",
             "root": { "path": self.rootfs, "readonly": false },
@@ -98,7 +119,7 @@ impl BundleSpec {
                 "user": { "uid": 0, "gid": 0 },
                 "args": ["/.kraal/kraal-guest", "--config", "/.kraal/guest.json"],
                 "env": [
-                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    format!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}", kraal_protocol::AGENTS_BIN),
                     "HOME=/root",
                     "LANG=C.UTF-8",
                 ],
@@ -109,19 +130,7 @@ impl BundleSpec {
                 "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1048576, "soft": 1048576 }],
                 "noNewPrivileges": false,
             },
-            "mounts": [
-                { "destination": "/proc", "type": "proc", "source": "proc" },
-                { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-                { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-                { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-                { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
-                { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] },
-                bind(&self.volume, "/workspace", true),
-                bind(&self.guest_bin, "/.kraal/kraal-guest", false),
-                bind(&self.guest_config, "/.kraal/guest.json", false),
-                bind(&self.resolv_conf, "/etc/resolv.conf", false),
-                bind(&self.hosts, "/etc/hosts", false),
-            ],
+            "mounts": mounts,
             "linux": {
                 "namespaces": namespaces,
                 "cgroupsPath": self.cgroup,
@@ -155,6 +164,7 @@ mod tests {
                 memory_mib: 1024,
                 pids: 512,
             },
+            agents: Some(PathBuf::from("/usr/local/lib/kraal/agents")),
             network,
             netns: PathBuf::from("/run/netns/kraal-0000000001"),
         }
@@ -208,6 +218,17 @@ mod tests {
         assert_eq!(
             g["options"][1], "ro",
             "the guest binary is read-only inside"
+        );
+        let a = mounts
+            .iter()
+            .find(|m| m["destination"] == AGENTS_MOUNT)
+            .unwrap();
+        assert_eq!(a["options"][1], "ro", "agent CLIs are read-only inside");
+        assert!(
+            h["process"]["env"][0]
+                .as_str()
+                .unwrap()
+                .ends_with(":/opt/kraal/agents/node_modules/.bin")
         );
     }
 }

@@ -112,6 +112,12 @@ impl Link {
     }
 }
 
+/// The host's address on the link whose guest address is `guest` (links are /30s: the
+/// host takes the first address, the guest the second).
+pub fn host_ip_for(guest: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(guest) - 1)
+}
+
 pub fn netns_name(id: &WorkspaceId) -> String {
     format!("kraal-{}", id.short())
 }
@@ -121,8 +127,20 @@ pub fn netns_path(id: &WorkspaceId) -> PathBuf {
 }
 
 /// The whole kraal nftables table. Rules match interface names (`kh*`), so one static
-/// table serves every workspace of every daemon on the host.
-pub fn ruleset(pool: Pool) -> String {
+/// table serves every workspace of every daemon on the host. `host_ports` are the TCP
+/// ports of host services for sandboxes (the model gateway): a workspace may reach them
+/// only at the host's address on its *own* link (`fib daddr . iif type local`), never at
+/// another workspace's link address.
+pub fn ruleset(pool: Pool, host_ports: &[u16]) -> String {
+    let services = if host_ports.is_empty() {
+        String::new()
+    } else {
+        let ports: Vec<String> = host_ports.iter().map(u16::to_string).collect();
+        format!(
+            "\t\tiifname \"kh*\" tcp dport {{ {} }} fib daddr . iif type local accept comment \"host services on the workspace's own link\"\n",
+            ports.join(", ")
+        )
+    };
     format!(
         r#"table inet kraal
 delete table inet kraal
@@ -136,7 +154,7 @@ table inet kraal {{
 	chain input {{
 		type filter hook input priority filter; policy accept;
 		iifname "kh*" ct state established,related accept
-		iifname "kh*" drop comment "workspaces cannot open connections to the host"
+{services}		iifname "kh*" drop comment "workspaces cannot open connections to the host"
 	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
@@ -147,10 +165,10 @@ table inet kraal {{
     )
 }
 
-pub async fn install_firewall(pool: Pool) -> Result<(), NetError> {
+pub async fn install_firewall(pool: Pool, host_ports: &[u16]) -> Result<(), NetError> {
     Cmd::new("nft")
         .args(["-f", "-"])
-        .stdin(ruleset(pool))
+        .stdin(ruleset(pool, host_ports))
         .timeout(Duration::from_secs(30))
         .run()
         .await
@@ -309,6 +327,7 @@ mod tests {
         assert!(l.host_if.len() <= 15 && l.guest_if.len() <= 15);
         assert_eq!(l.host_ip, Ipv4Addr::new(10, 213, 0, 13));
         assert_eq!(l.guest_ip, Ipv4Addr::new(10, 213, 0, 14));
+        assert_eq!(host_ip_for(l.guest_ip), l.host_ip);
         assert_eq!(DEFAULT_POOL.slots(), 16384);
         let last = Link::new(&id, DEFAULT_POOL, 16383);
         assert_eq!(last.guest_ip, Ipv4Addr::new(10, 213, 255, 254));
@@ -327,7 +346,7 @@ mod tests {
 
     #[test]
     fn ruleset_golden() {
-        let r = ruleset(DEFAULT_POOL);
+        let r = ruleset(DEFAULT_POOL, &[7072]);
         assert!(
             r.starts_with("table inet kraal\ndelete table inet kraal\n"),
             "must replace atomically"
@@ -337,6 +356,33 @@ mod tests {
             r#"iifname "kh*" drop comment "workspaces cannot open connections to the host""#
         ));
         assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"kh*\" masquerade"));
+        let services = r
+            .find("tcp dport { 7072 } fib daddr . iif type local accept")
+            .expect("host services rule");
+        assert!(
+            services
+                < r.find("workspaces cannot open connections to the host")
+                    .unwrap(),
+            "the service rule comes before the drop"
+        );
+        assert!(!ruleset(DEFAULT_POOL, &[]).contains("dport"));
+    }
+
+    /// The kernel's own parser checks the ruleset (`nft -c` changes nothing).
+    #[tokio::test]
+    async fn ruleset_is_accepted_by_nft() {
+        if kraal_sandbox::process::which("nft").is_none() || !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root and nft (installed by scripts/setup.sh)");
+            return;
+        }
+        for ports in [&[][..], &[7072][..], &[7072, 7073][..]] {
+            Cmd::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(ruleset(DEFAULT_POOL, ports))
+                .run()
+                .await
+                .unwrap_or_else(|e| panic!("nft rejected the ruleset for {ports:?}: {e}"));
+        }
     }
 
     #[test]

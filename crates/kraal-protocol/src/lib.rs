@@ -23,5 +23,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// TCP port the guest agent listens on inside the sandbox's private network.
 pub const DEFAULT_GUEST_PORT: u16 = 7071;
 
+/// Where backends mount the host's agent CLIs inside every sandbox: a directory whose
+/// `node_modules` holds the CLIs and Node.js. [`AGENTS_BIN`] is on the `PATH` of processes
+/// the guest starts.
+pub const AGENTS_DIR: &str = "/opt/kraal/agents";
+/// The agent CLIs' executables (and `node`).
+pub const AGENTS_BIN: &str = "/opt/kraal/agents/node_modules/.bin";
+
 #[cfg(test)]
 mod tests;

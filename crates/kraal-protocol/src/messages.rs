@@ -1,6 +1,6 @@
 //! Requests, responses and in-stream messages of the guest protocol.
 
-use kraal_core::{AgentKind, AgentSpec, SessionEvent, SessionInput, SessionState};
+use kraal_core::{AgentKind, AgentSpec, ModelGateway, SessionEvent, SessionInput, SessionState};
 use serde::{Deserialize, Serialize};
 
 /// Host → guest, stream 0, in answer to the [`crate::Challenge`].
@@ -103,16 +103,16 @@ pub enum Request {
         spec: AgentSpec,
         #[serde(default)]
         message: Option<String>,
-        #[serde(default)]
-        env: Vec<(String, String)>,
+        #[serde(flatten)]
+        launch: Launch,
     },
     /// Deliver input to a session. A message to a session whose agent is not running
     /// relaunches it with the agent's own resume mechanism (using `env`).
     SessionInput {
         id: String,
         input: SessionInput,
-        #[serde(default)]
-        env: Vec<(String, String)>,
+        #[serde(flatten)]
+        launch: Launch,
     },
     /// Stream a session's events with `seq > after` as `Event` messages, then follow.
     SessionEvents {
@@ -124,6 +124,18 @@ pub enum Request {
         id: String,
     },
     Sessions,
+}
+
+/// What an agent process gets at launch besides its spec: given with every request that
+/// may (re)launch it, applied to the process only, never written to disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Extra environment (e.g. credentials while no gateway is used).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Where the agent reaches the model APIs.
+    #[serde(default)]
+    pub gateway: Option<ModelGateway>,
 }
 
 /// Control messages exchanged on a stream after its request.

@@ -109,7 +109,10 @@ pub fn placeholder_key(workspace_secret: &str) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(workspace_secret.as_bytes()).expect("any key length");
     mac.update(b"kraal model gateway placeholder v1");
-    format!("sk-kraal-{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    format!(
+        "sk-kraal-{}",
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    )
 }
 
 struct Shared {
@@ -181,14 +184,13 @@ impl Gateways {
                 running.remove(workspace);
             }
         }
-        let listener =
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    workspace: workspace.to_owned(),
-                    addr,
-                    source,
-                })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                workspace: workspace.to_owned(),
+                addr,
+                source,
+            })?;
         let bound = listener.local_addr().unwrap_or(addr);
         let state = Arc::new(Workspace {
             shared: self.shared.clone(),
@@ -260,7 +262,10 @@ fn gateway_error(status: StatusCode, message: String) -> Response {
     );
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -142,7 +142,11 @@ async fn wrong_or_missing_keys_are_refused_before_reaching_the_model() {
     let model = ScriptedModel::start(scenario()).unwrap();
     let (_g, addr) = gateway(&model, Credentials::default()).await;
     let c = reqwest::Client::new();
-    for key in [None, Some("sk-ant-guess"), Some("sk-kraal-test-placeholdeR")] {
+    for key in [
+        None,
+        Some("sk-ant-guess"),
+        Some("sk-kraal-test-placeholdeR"),
+    ] {
         let mut req = c
             .post(format!("http://{addr}/anthropic/v1/messages"))
             .json(&anthropic_body());

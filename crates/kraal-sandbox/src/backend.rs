@@ -22,6 +22,9 @@ pub struct SandboxSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestEndpoint {
     pub addr: SocketAddr,
+    /// The host's own address on the sandbox's private link, where host services for the
+    /// sandbox (the model gateway) listen; `None` when the backend has no such link.
+    pub host: Option<std::net::IpAddr>,
 }
 
 /// What the backend sees of a sandbox right now.

@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use kraal_core::{AgentSpec, SessionEvent, SessionInput};
 use kraal_protocol::{
     Challenge, ExecRequest, FileInfo, Frame, FrameCodec, FrameKind, GuestError, HealthInfo, Hello,
-    PROTOCOL_VERSION, ProcInfo, Request, Response, SessionInfo, StreamMsg, TtySize, Welcome,
-    compute_mac,
+    Launch, PROTOCOL_VERSION, ProcInfo, Request, Response, SessionInfo, StreamMsg, TtySize,
+    Welcome, compute_mac,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -365,14 +365,14 @@ impl GuestClient {
         id: &str,
         spec: AgentSpec,
         message: Option<String>,
-        env: Vec<(String, String)>,
+        launch: Launch,
     ) -> Result<SessionInfo, GuestClientError> {
         match self
             .call(Request::SessionStart {
                 id: id.to_owned(),
                 spec,
                 message,
-                env,
+                launch,
             })
             .await?
         {
@@ -385,12 +385,12 @@ impl GuestClient {
         &self,
         id: &str,
         input: SessionInput,
-        env: Vec<(String, String)>,
+        launch: Launch,
     ) -> Result<(), GuestClientError> {
         self.call(Request::SessionInput {
             id: id.to_owned(),
             input,
-            env,
+            launch,
         })
         .await
         .map(|_| ())

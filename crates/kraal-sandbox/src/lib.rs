@@ -42,6 +42,30 @@ pub fn locate_guest_bin() -> Option<std::path::PathBuf> {
     candidates.into_iter().find(|p| is_static_elf(p))
 }
 
+/// Finds the agent CLIs mounted into sandboxes: a directory whose `node_modules` holds the
+/// CLIs and Node.js (in `node_modules/.bin`). `$KRAAL_AGENTS_DIR`, then the checkout's
+/// `agent-clis` (above the cargo target directory of the running executable), then the
+/// install location. Only a directory whose `node_modules/.bin/node` exists qualifies.
+pub fn locate_agents_dir() -> Option<std::path::PathBuf> {
+    let valid = |p: &std::path::Path| p.join("node_modules/.bin/node").exists();
+    if let Some(p) = std::env::var_os("KRAAL_AGENTS_DIR") {
+        let p = std::path::PathBuf::from(p);
+        return valid(&p).then_some(p);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let mut candidates = vec![];
+    for anc in exe.ancestors() {
+        if anc.file_name().is_some_and(|n| n == "target") {
+            if let Some(checkout) = anc.parent() {
+                candidates.push(checkout.join("agent-clis"));
+            }
+            break;
+        }
+    }
+    candidates.push("/usr/local/lib/kraal/agents".into());
+    candidates.into_iter().find(|p| valid(p))
+}
+
 /// Whether `path` is an ELF executable without a program interpreter (statically linked).
 pub fn is_static_elf(path: &std::path::Path) -> bool {
     let Ok(data) = std::fs::read(path) else {

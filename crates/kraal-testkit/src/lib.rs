@@ -250,10 +250,11 @@ async fn responses(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    let (blocks, first_tool) = match next_turn(&inner, &headers, &body, openai_error, "server_error") {
-        Ok(t) => t,
-        Err(response) => return *response,
-    };
+    let (blocks, first_tool) =
+        match next_turn(&inner, &headers, &body, openai_error, "server_error") {
+            Ok(t) => t,
+            Err(response) => return *response,
+        };
     let model = body
         .get("model")
         .and_then(Value::as_str)

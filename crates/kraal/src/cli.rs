@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Path of the static guest agent binary.
     #[arg(long, env = "KRAAL_GUEST_BIN")]
     pub guest_bin: Option<PathBuf>,
+    /// Agent CLIs to mount read-only at /opt/kraal/agents in every sandbox: a node_modules
+    /// tree with Node.js and the CLIs (default: installed by scripts/setup.sh).
+    #[arg(long, env = "KRAAL_AGENTS_DIR")]
+    pub agents_dir: Option<PathBuf>,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,

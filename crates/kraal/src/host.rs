@@ -13,6 +13,7 @@ pub struct BackendOptions {
     pub data_dir: PathBuf,
     pub runsc: PathBuf,
     pub guest_bin: Option<PathBuf>,
+    pub agents_dir: Option<PathBuf>,
     pub network: NetworkMode,
 }
 
@@ -30,6 +31,11 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
             .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest")),
         images: ImageStore::new(crate::paths::image_dir(&o.data_dir)),
         platform: std::env::var("KRAAL_RUNSC_PLATFORM").ok(),
+        agents_dir: o
+            .agents_dir
+            .clone()
+            .or_else(kraal_sandbox::locate_agents_dir),
+        host_ports: vec![kraal_proxy::GATEWAY_PORT],
     })
 }
 

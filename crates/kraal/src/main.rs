@@ -161,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| "runsc".into()),
                 guest_bin: std::env::var_os("KRAAL_GUEST_BIN").map(PathBuf::from),
+                agents_dir: None,
                 network: kraal_gvisor::NetworkMode::Host,
             };
             let (report, _) = host::inspect(&opts).await;

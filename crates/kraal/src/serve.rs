@@ -23,6 +23,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         runsc: args.runsc.clone(),
         guest_bin: args.guest_bin.clone(),
+        agents_dir: args.agents_dir.clone(),
         network: NetworkMode::parse(&args.gvisor_network).expect("clap validated"),
     };
     let (report, backend) = inspect(&opts).await;

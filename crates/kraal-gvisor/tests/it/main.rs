@@ -21,6 +21,10 @@ fn backend(tmp: &std::path::Path) -> GvisorBackend {
         guest_bin: kraal_sandbox::locate_guest_bin().expect("build kraal-guest for musl first"),
         images: ImageStore::new(images),
         platform: None,
+        agents_dir: Some(
+            kraal_sandbox::locate_agents_dir().expect("agent CLIs (scripts/setup.sh runs npm ci)"),
+        ),
+        host_ports: vec![7072],
     })
 }
 
@@ -91,6 +95,31 @@ async fn lifecycle_with_real_runsc() {
     )
     .await;
     eprintln!("inside memory view: {mem}");
+    // The host's agent CLIs are mounted read-only and on PATH.
+    let (out, code) = run(
+        &c,
+        "node --version && claude --version && codex --version && touch /opt/kraal/agents/x 2>&1 || true",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("v22."), "{out}");
+    assert!(
+        out.contains("(Claude Code)") && out.contains("codex-cli"),
+        "{out}"
+    );
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_eq!(
+        ep.host,
+        Some(
+            std::net::Ipv4Addr::from(
+                u32::from(match ep.addr.ip() {
+                    std::net::IpAddr::V4(v) => v,
+                    _ => unreachable!(),
+                }) - 1
+            )
+            .into()
+        )
+    );
     b.stop(&spec.id).await.unwrap();
     assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Stopped);
     let ep = b.start(&spec).await.unwrap();
