@@ -149,8 +149,16 @@ mod tests {
                 }
             }
         }
-        // The engine has no HTTP; the API types are never database rows.
-        for http in ["axum", "hyper", "kraal-server", "kraal-api"] {
+        // The engine has no HTTP (host services reach it through the `LinkServices`
+        // trait); the API types are never database rows.
+        for http in [
+            "axum",
+            "hyper",
+            "reqwest",
+            "kraal-server",
+            "kraal-api",
+            "kraal-proxy",
+        ] {
             assert!(
                 !g["kraal-engine"].contains(http),
                 "kraal-engine must not depend on {http}"
@@ -192,7 +200,13 @@ mod tests {
     /// The CLI side of the binary talks to the daemon only over its API.
     #[test]
     fn cli_never_touches_the_database_or_engine() {
-        for f in ["client.rs", "commands.rs", "exec.rs"] {
+        for f in [
+            "client.rs",
+            "commands.rs",
+            "exec.rs",
+            "chat.rs",
+            "render.rs",
+        ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
             for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor"] {
                 assert!(

@@ -55,6 +55,9 @@ impl ClaudeOptions {
                 "stream-json",
                 "--verbose",
                 "--include-partial-messages",
+                // Echo each user message when a turn takes it in, so queued messages are
+                // tracked until the agent really consumed them.
+                "--replay-user-messages",
             ]
             .map(String::from),
         );
@@ -361,6 +364,9 @@ pub struct ClaudeAdapter {
     /// Inputs of pending permission requests, echoed back when allowed.
     pending: HashMap<String, Value>,
     interrupts: u64,
+    /// Messages written to the CLI that no turn has taken in yet (Claude Code echoes what
+    /// a turn consumed; several queued messages are consumed together, joined by `\n`).
+    unconsumed: std::collections::VecDeque<String>,
 }
 
 impl ClaudeAdapter {
@@ -373,7 +379,38 @@ impl ClaudeAdapter {
             busy: false,
             pending: HashMap::new(),
             interrupts: 0,
+            unconsumed: std::collections::VecDeque::new(),
         }
+    }
+}
+
+impl ClaudeAdapter {
+    /// Drops the echoes of messages we sent (they are already in the log, from the moment
+    /// they were sent) and marks them consumed. Echoes of messages we did not send stay.
+    fn consume_echoes(&mut self, events: Vec<AgentEvent>) -> Vec<AgentEvent> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            if let AgentEvent::UserMessage { text } = &e {
+                let mut rest = text.as_str();
+                let mut matched = 0;
+                while let Some(front) = self.unconsumed.front() {
+                    let Some(after) = rest.strip_prefix(front.as_str()) else {
+                        break;
+                    };
+                    if !(after.is_empty() || after.starts_with('\n')) {
+                        break;
+                    }
+                    rest = after.strip_prefix('\n').unwrap_or(after);
+                    self.unconsumed.pop_front();
+                    matched += 1;
+                }
+                if matched > 0 {
+                    continue;
+                }
+            }
+            out.push(e);
+        }
+        out
     }
 }
 
@@ -409,7 +446,8 @@ impl Adapter for ClaudeAdapter {
         let mut step = Step::default();
         match self.parser.parse_line(line) {
             Ok(events) => {
-                for e in &events {
+                let mut events = self.consume_echoes(events);
+                for e in &mut events {
                     match e {
                         AgentEvent::AgentSession { id } => self.session = Some(id.clone()),
                         AgentEvent::ApprovalRequest {
@@ -417,7 +455,17 @@ impl Adapter for ClaudeAdapter {
                         } => {
                             self.pending.insert(request_id.clone(), input.clone());
                         }
-                        AgentEvent::State { state, .. } => {
+                        AgentEvent::State { state, reason } => {
+                            // A turn ended but messages wait: the agent goes straight on.
+                            if *state == SessionState::WaitingForInput
+                                && !self.unconsumed.is_empty()
+                            {
+                                *state = SessionState::Working;
+                                *reason = Some(format!(
+                                    "{} queued message(s) next",
+                                    self.unconsumed.len()
+                                ));
+                            }
                             self.busy =
                                 matches!(state, SessionState::Working | SessionState::NeedsApproval)
                         }
@@ -434,6 +482,7 @@ impl Adapter for ClaudeAdapter {
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
             SessionInput::Message { text } => {
+                self.unconsumed.push_back(text.clone());
                 let mut step = Step::default()
                     .event(AgentEvent::UserMessage { text: text.clone() })
                     .write(encode_user_message(&text));

@@ -1,7 +1,12 @@
 //! The daemon's HTTP API vocabulary, shared by the server and the CLI. Every type here is
 //! part of the public, OpenAPI-described contract.
 
-use kraal_core::{BackendKind, DesiredState, Resources, Source, WorkspaceState};
+use std::collections::BTreeMap;
+
+use kraal_core::{
+    AgentKind, BackendKind, DesiredState, PermissionMode, Resources, SessionEvent, SessionState,
+    Source, Watchdog, WorkspaceState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -216,3 +221,103 @@ pub enum ExecServerMsg {
 
 pub const STREAM_STDOUT: u8 = 1;
 pub const STREAM_STDERR: u8 = 2;
+
+/// One agent conversation in a workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: String,
+    /// Name of the workspace the session runs in.
+    pub workspace: String,
+    pub workspace_id: String,
+    pub agent: AgentKind,
+    /// The first line of the first message.
+    pub title: String,
+    pub state: SessionState,
+    /// Why the session is in its state (failures, interruptions).
+    pub reason: Option<String>,
+    /// The agent's own conversation id (used to resume it).
+    pub agent_session: Option<String>,
+    /// Sequence number of the newest event.
+    pub last_seq: u64,
+    pub model: Option<String>,
+    pub permissions: PermissionMode,
+    pub usage: SessionUsage,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Tokens and cost of a session so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SessionUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+/// Start an agent session in a running workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, Default)]
+pub struct CreateSession {
+    /// Which agent (default `claude`).
+    #[serde(default)]
+    pub agent: Option<AgentKind>,
+    /// The first message (the task).
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Appended to the agent's system prompt.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// `bypass` (default: the sandbox is the boundary) or `ask` (approvals).
+    #[serde(default)]
+    pub permissions: Option<PermissionMode>,
+    /// Program to run instead of the agent's usual one.
+    #[serde(default)]
+    pub binary: Option<String>,
+    /// Extra arguments for the agent.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment for the agent (stored with the session: not for secrets, which
+    /// stay on the host behind the model gateway).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the workspace (default `/workspace`).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub watchdog: Option<Watchdog>,
+}
+
+/// A page of a session's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<SessionEvent>,
+    /// The newest sequence number stored (more may follow on the stream).
+    pub last_seq: u64,
+    pub state: SessionState,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only events with a larger sequence number.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default and maximum 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct SessionsQuery {
+    /// Only the sessions of this workspace (name or id).
+    #[serde(default)]
+    pub workspace: Option<String>,
+}

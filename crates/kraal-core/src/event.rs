@@ -21,6 +21,43 @@ pub enum SessionState {
     Failed,
 }
 
+impl SessionState {
+    pub const ALL: [SessionState; 6] = [
+        SessionState::Starting,
+        SessionState::Working,
+        SessionState::WaitingForInput,
+        SessionState::NeedsApproval,
+        SessionState::Done,
+        SessionState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Starting => "starting",
+            SessionState::Working => "working",
+            SessionState::WaitingForInput => "waiting_for_input",
+            SessionState::NeedsApproval => "needs_approval",
+            SessionState::Done => "done",
+            SessionState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        SessionState::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The session ended; nothing more happens without a new message.
+    pub fn is_final(self) -> bool {
+        matches!(self, SessionState::Done | SessionState::Failed)
+    }
+}
+
+impl std::fmt::Display for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileChangeKind {

@@ -127,3 +127,16 @@ fn events_have_stable_json() {
         r#"{"type":"tool_call","id":"t1","name":"Bash","input":{"command":"ls"}}"#
     );
 }
+
+#[test]
+fn session_state_names_match_their_json() {
+    for s in SessionState::ALL {
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{}\"", s.as_str())
+        );
+        assert_eq!(SessionState::parse(s.as_str()), Some(s));
+    }
+    assert_eq!(SessionState::parse("sleeping"), None);
+    assert!(SessionState::Failed.is_final() && !SessionState::WaitingForInput.is_final());
+}

@@ -10,13 +10,16 @@
 // cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod sessions;
+pub use sessions::{LinkServices, MAX_MESSAGE, NewSession};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kraal_core::{
-    BackendKind, DesiredState, NameError, Resources, Source, WorkspaceId, WorkspaceName,
-    WorkspaceState, derive_name,
+    BackendKind, DesiredState, ModelGateway, NameError, Resources, SessionId, Source, WorkspaceId,
+    WorkspaceName, WorkspaceState, derive_name,
 };
 use kraal_sandbox::{
     Backend, BackendError, GuestClient, GuestClientError, SandboxSpec, SandboxStatus,
@@ -29,6 +32,8 @@ use tokio::task::JoinHandle;
 pub enum EngineError {
     #[error("no workspace named {reference}")]
     NotFound { reference: String },
+    #[error("no session {reference}")]
+    NoSession { reference: String },
     #[error("a workspace named {name} already exists")]
     NameTaken { name: String },
     #[error(transparent)]
@@ -64,7 +69,7 @@ impl EngineError {
     /// Stable code for the HTTP layer.
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::NotFound { .. } => "not_found",
+            EngineError::NotFound { .. } | EngineError::NoSession { .. } => "not_found",
             EngineError::NameTaken { .. } => "already_exists",
             EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
             EngineError::Conflict { .. } => "conflict",
@@ -108,8 +113,15 @@ pub struct Pending {
 pub struct Engine {
     store: Store,
     backend: Arc<dyn Backend>,
+    services: Option<Arc<dyn LinkServices>>,
     guests: Mutex<HashMap<WorkspaceId, GuestClient>>,
     locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Model gateways of running workspaces, as their link services reported them.
+    gateways: Mutex<HashMap<WorkspaceId, ModelGateway>>,
+    /// One mirror task per session being followed.
+    followers: Mutex<HashMap<SessionId, JoinHandle<()>>>,
+    /// Newest mirrored sequence number per session, for live readers.
+    watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     started: Instant,
 }
 
@@ -117,12 +129,21 @@ pub struct Engine {
 const GUEST_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Engine {
-    pub fn new(store: Store, backend: Arc<dyn Backend>) -> Arc<Self> {
+    /// An engine driving `backend`; `services` run on each running workspace's link.
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        services: Option<Arc<dyn LinkServices>>,
+    ) -> Arc<Self> {
         Arc::new(Engine {
             store,
             backend,
+            services,
             guests: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            gateways: Mutex::new(HashMap::new()),
+            followers: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
     }
@@ -328,13 +349,17 @@ impl Engine {
         }
     }
 
-    async fn do_start(&self, rec: &WorkspaceRecord) -> Result<(), EngineError> {
+    async fn do_start(self: &Arc<Self>, rec: &WorkspaceRecord) -> Result<(), EngineError> {
         let spec = Self::spec(rec);
         if self.backend.status(&rec.id).await? == SandboxStatus::Running
-            && self.connect(rec).await.is_ok()
+            && let Ok(client) = self.connect(rec).await
         {
             self.store
                 .set_state(&rec.id, WorkspaceState::Running, None)?;
+            if let Ok(ep) = self.backend.endpoint(&rec.id).await {
+                self.attach_link(rec, ep.host).await;
+            }
+            self.sync_sessions(rec, &client).await;
             return Ok(());
         }
         if rec.state == WorkspaceState::Creating
@@ -359,6 +384,7 @@ impl Engine {
         let client = self
             .connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT)
             .await?;
+        self.attach_link(rec, ep.host).await;
         self.event(
             &rec.id,
             "info",
@@ -372,6 +398,7 @@ impl Engine {
         );
         self.store
             .set_state(&rec.id, WorkspaceState::Running, None)?;
+        self.sync_sessions(rec, &client).await;
         Ok(())
     }
 
@@ -385,6 +412,7 @@ impl Engine {
                     .await;
         }
         self.guests.lock().unwrap().remove(&rec.id);
+        self.detach_link(&rec.id);
         self.backend.stop(&rec.id).await?;
         self.store.set_guest_addr(&rec.id, None)?;
         self.store
@@ -397,6 +425,7 @@ impl Engine {
         self.store
             .set_state(&rec.id, WorkspaceState::Deleting, None)?;
         self.guests.lock().unwrap().remove(&rec.id);
+        self.detach_link(&rec.id);
         self.backend.destroy(&rec.id).await?;
         self.store.delete(&rec.id)?;
         self.locks.lock().unwrap().remove(&rec.id);
@@ -517,13 +546,31 @@ impl Engine {
             };
             match (rec.desired, observed, rec.state) {
                 (DesiredState::Running, SandboxStatus::Running, _) => {
-                    if let Err(e) = self.connect(&rec).await {
-                        if rec.state == WorkspaceState::Running {
-                            tracing::warn!(workspace = %rec.id, "guest check: {}", chain(&e));
+                    match self.connect(&rec).await {
+                        Err(e) => {
+                            if rec.state == WorkspaceState::Running {
+                                tracing::warn!(workspace = %rec.id, "guest check: {}", chain(&e));
+                            }
                         }
-                    } else if rec.state != WorkspaceState::Running {
-                        let _ = self.store.set_state(&rec.id, WorkspaceState::Running, None);
-                        self.event(&rec.id, "info", "sandbox found running; guest reconnected");
+                        Ok(client) => {
+                            if rec.state != WorkspaceState::Running {
+                                let _ =
+                                    self.store.set_state(&rec.id, WorkspaceState::Running, None);
+                                self.event(
+                                    &rec.id,
+                                    "info",
+                                    "sandbox found running; guest reconnected",
+                                );
+                            }
+                            // After a daemon restart: bring the link services back and resume
+                            // mirroring every session where it stopped.
+                            if !self.gateways.lock().unwrap().contains_key(&rec.id)
+                                && let Ok(ep) = self.backend.endpoint(&rec.id).await
+                            {
+                                self.attach_link(&rec, ep.host).await;
+                            }
+                            self.sync_sessions(&rec, &client).await;
+                        }
                     }
                 }
                 // A failed workspace waits for the user; an interrupted create or start

@@ -385,7 +385,7 @@ impl Guest {
                     for e in session.since(after) {
                         after = e.seq;
                         if out
-                            .send(Frame::control(id, &StreamMsg::Event(e)))
+                            .send(Frame::control(id, &StreamMsg::Event { event: e }))
                             .await
                             .is_err()
                         {

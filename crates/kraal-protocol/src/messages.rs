@@ -161,8 +161,8 @@ pub enum StreamMsg {
     Signal { signal: i32 },
     /// Host: no more input (standard input of a process, or data of a `WriteFile`).
     Eof,
-    /// Guest: one entry of a session log.
-    Event(SessionEvent),
+    /// Guest: one entry of a session log (a struct variant: the event has its own `type`).
+    Event { event: SessionEvent },
 }
 
 /// Successful results.

@@ -100,3 +100,55 @@ fn messages_have_stable_json() {
         r#"{"type":"error","code":"path_escape","message":"x"}"#
     );
 }
+
+/// Regression: a session event carries its own `type` tag, which once collided with the
+/// stream message's tag ("duplicate field `type`") and broke every event subscription.
+#[test]
+fn session_events_and_launch_settings_round_trip() {
+    use kraal_core::{AgentEvent, AgentKind, AgentSpec, ModelGateway, SessionEvent, SessionState};
+    for event in [
+        AgentEvent::State {
+            state: SessionState::Working,
+            reason: None,
+        },
+        AgentEvent::AssistantDelta { text: "hi".into() },
+        AgentEvent::ToolCall {
+            id: "t".into(),
+            name: "Bash".into(),
+            input: serde_json::json!({"type": "nested"}),
+        },
+    ] {
+        let m = StreamMsg::Event {
+            event: SessionEvent {
+                seq: 9,
+                at_ms: 1,
+                event,
+            },
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            serde_json::from_str::<StreamMsg>(&text).unwrap(),
+            m,
+            "{text}"
+        );
+    }
+    let r = Request::SessionStart {
+        id: "se-000000000001".into(),
+        spec: AgentSpec::new(AgentKind::Codex),
+        message: Some("go".into()),
+        launch: Launch {
+            env: vec![("A".into(), "b".into())],
+            gateway: Some(ModelGateway {
+                url: "http://10.0.0.1:7072".into(),
+                key: "sk-kraal-x".into(),
+            }),
+        },
+    };
+    let text = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r, "{text}");
+    // Older hosts send no launch settings at all.
+    let bare: Request =
+        serde_json::from_str(r#"{"op":"session_input","id":"x","input":{"type":"interrupt"}}"#)
+            .unwrap();
+    assert!(matches!(bare, Request::SessionInput { launch, .. } if launch == Launch::default()));
+}

@@ -437,15 +437,31 @@ impl SessionEvents {
             let Some(f) = self.stream.rx.recv().await else {
                 return Err(GuestClientError::Closed);
             };
-            if f.kind != FrameKind::Control {
-                continue;
+            if let Some(r) = Self::decode(f) {
+                return r;
             }
-            match f.parse::<StreamMsg>() {
-                Ok(StreamMsg::Event(e)) => return Ok(e),
-                Ok(StreamMsg::Error(e)) => return Err(e.into()),
-                Ok(_) => {}
-                Err(e) => return Err(GuestClientError::Protocol(e.to_string())),
+        }
+    }
+
+    /// An event that already arrived, without waiting (to batch what is buffered).
+    pub fn try_next(&mut self) -> Option<Result<SessionEvent, GuestClientError>> {
+        loop {
+            let f = self.stream.rx.try_recv().ok()?;
+            if let Some(r) = Self::decode(f) {
+                return Some(r);
             }
+        }
+    }
+
+    fn decode(f: Frame) -> Option<Result<SessionEvent, GuestClientError>> {
+        if f.kind != FrameKind::Control {
+            return None;
+        }
+        match f.parse::<StreamMsg>() {
+            Ok(StreamMsg::Event { event }) => Some(Ok(event)),
+            Ok(StreamMsg::Error(e)) => Some(Err(e.into())),
+            Ok(_) => None,
+            Err(e) => Some(Err(GuestClientError::Protocol(e.to_string()))),
         }
     }
 }

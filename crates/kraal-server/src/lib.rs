@@ -4,6 +4,7 @@
 mod error;
 mod exec;
 mod routes;
+mod sessions;
 
 use std::sync::Arc;
 

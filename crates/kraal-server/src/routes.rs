@@ -41,6 +41,13 @@ use crate::error::HttpError;
         remove_file,
         mkdir,
         crate::exec::exec_ws,
+        crate::sessions::list_sessions,
+        crate::sessions::create_session,
+        crate::sessions::get_session,
+        crate::sessions::send_input,
+        crate::sessions::stop_session,
+        crate::sessions::events,
+        crate::sessions::stream,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -81,6 +88,22 @@ pub fn routes() -> Router<AppState> {
                 .delete(remove_file)
                 .layer(DefaultBodyLimit::max(MAX_FILE as usize)),
         )
+        .route(
+            "/v1/workspaces/{ws}/sessions",
+            axum::routing::post(crate::sessions::create_session),
+        )
+        .route("/v1/sessions", get(crate::sessions::list_sessions))
+        .route("/v1/sessions/{id}", get(crate::sessions::get_session))
+        .route(
+            "/v1/sessions/{id}/input",
+            axum::routing::post(crate::sessions::send_input),
+        )
+        .route(
+            "/v1/sessions/{id}/stop",
+            axum::routing::post(crate::sessions::stop_session),
+        )
+        .route("/v1/sessions/{id}/events", get(crate::sessions::events))
+        .route("/v1/sessions/{id}/stream", get(crate::sessions::stream))
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
 

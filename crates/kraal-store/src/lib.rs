@@ -11,6 +11,9 @@ use kraal_core::{
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod sessions;
+pub use sessions::SessionRecord;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database at {path}")]
@@ -29,8 +32,14 @@ pub enum StoreError {
     NameTaken { name: String },
     #[error("database query failed")]
     Sql(#[from] rusqlite::Error),
-    #[error("corrupt row for workspace {id}: {what}")]
+    #[error("corrupt row for {id}: {what}")]
     Corrupt { id: String, what: String },
+    #[error("event log of session {session} has a gap: expected event {expected}, got {got}")]
+    Gap {
+        session: String,
+        expected: u64,
+        got: u64,
+    },
 }
 
 /// One workspace as stored.
@@ -67,9 +76,10 @@ pub struct Store {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../migrations/0001_workspaces.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("../migrations/0001_workspaces.sql")),
+        M::up(include_str!("../migrations/0002_sessions.sql")),
+    ])
 }
 
 pub fn now() -> String {
@@ -349,10 +359,10 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(name: &str) -> WorkspaceRecord {
+    pub(crate) fn rec(name: &str) -> WorkspaceRecord {
         WorkspaceRecord {
             id: WorkspaceId::random(),
             name: WorkspaceName::parse(name).unwrap(),

@@ -59,6 +59,67 @@ pub enum Command {
     },
     /// Show processes started through kraal in a workspace.
     Ps { workspace: String },
+    /// Start a conversation with a coding agent in a workspace.
+    NewChat(NewChatArgs),
+    /// Talk to an agent: its history, live events and a prompt (`/help` inside).
+    Chat {
+        /// Pick among this workspace's sessions (a new one if it has none).
+        #[arg(short = 'w', long)]
+        workspace: Option<String>,
+        /// The session to talk to (id or unique prefix).
+        #[arg(short = 'c', long = "conversation", alias = "session")]
+        session: Option<String>,
+    },
+    /// Send a message to a session; it is queued or steered in while the agent works.
+    Send {
+        session: String,
+        /// The message (words are joined with spaces); `-` reads it from standard input.
+        #[arg(required = true)]
+        message: Vec<String>,
+        /// Print the agent's work until the turn that handles the message ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List agent sessions.
+    Sessions {
+        /// Only this workspace's sessions.
+        workspace: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the current turn of a session.
+    Interrupt { session: String },
+    /// Approve a request an agent is waiting on.
+    Approve {
+        session: String,
+        request: String,
+        /// A note for the agent.
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Deny a request an agent is waiting on.
+    Deny {
+        session: String,
+        request: String,
+        /// Why (the agent sees it).
+        #[arg(short, long)]
+        message: Option<String>,
+    },
+    /// Print a session's events.
+    Events {
+        session: String,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep following new events.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a session: the agent finishes and exits; its log is kept.
+    EndChat { session: String },
     /// Show the daemon's status.
     Status {
         #[arg(long)]
@@ -114,6 +175,21 @@ pub struct ServeArgs {
     /// tree with Node.js and the CLIs (default: installed by scripts/setup.sh).
     #[arg(long, env = "KRAAL_AGENTS_DIR")]
     pub agents_dir: Option<PathBuf>,
+    /// Anthropic API the model gateway forwards to (credentials: ANTHROPIC_API_KEY or
+    /// CLAUDE_CODE_OAUTH_TOKEN in the daemon's environment; they never enter a sandbox).
+    #[arg(
+        long,
+        env = "KRAAL_ANTHROPIC_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_url: String,
+    /// OpenAI API the model gateway forwards to (credential: OPENAI_API_KEY).
+    #[arg(
+        long,
+        env = "KRAAL_OPENAI_URL",
+        default_value = "https://api.openai.com"
+    )]
+    pub openai_url: String,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,
@@ -161,4 +237,40 @@ pub struct ExecArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NewChatArgs {
+    pub workspace: String,
+    /// The coding agent.
+    #[arg(long, default_value = "claude", value_parser = ["claude", "codex", "gemini", "qwen", "goose", "opencode"])]
+    pub agent: String,
+    /// The first message (the task); the turn is followed until it ends.
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Model name, as the agent knows it.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Added to the agent's system prompt.
+    #[arg(long)]
+    pub system_prompt: Option<String>,
+    /// Ask before every tool use (answer with `kraal approve|deny`); the default lets
+    /// the agent act freely inside its sandbox.
+    #[arg(long)]
+    pub ask: bool,
+    /// Program to run instead of the agent's usual one.
+    #[arg(long)]
+    pub binary: Option<String>,
+    /// Extra argument for the agent (repeatable).
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// Extra environment variable for the agent (stored with the session; not for secrets).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the workspace (default /workspace).
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Print the session id and return at once.
+    #[arg(short, long)]
+    pub detach: bool,
 }

@@ -114,20 +114,54 @@ impl Client {
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
-            let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
-                Ok(e) => (e.code, e.message),
-                Err(_) => (
-                    "http_error".to_owned(),
-                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
-                ),
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code,
-                message,
-            });
+            return Err(api_error(status, &body));
         }
         Ok((status, body))
+    }
+
+    /// Opens a long-lived GET (a server-sent-event stream) and returns its body as it
+    /// arrives; `last_event_id` asks the server to resume after that event.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let conn = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", self.host())
+            .header("accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &body));
+        }
+        Ok(resp.into_body())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -189,6 +223,21 @@ impl Client {
             }
             Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let (code, message) = match serde_json::from_slice::<ApiError>(body) {
+        Ok(e) => (e.code, e.message),
+        Err(_) => (
+            "http_error".to_owned(),
+            format!("HTTP {status}: {}", String::from_utf8_lossy(body)),
+        ),
+    };
+    ClientError::Api {
+        status: status.as_u16(),
+        code,
+        message,
     }
 }
 

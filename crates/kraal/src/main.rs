@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 error; 2 usage error; for `exec`/`shell`, the command's own
 //! exit code (128+N when killed by signal N) and 125 when kraal itself failed.
 
+mod chat;
 mod cli;
 mod client;
 mod commands;
@@ -10,7 +11,9 @@ mod exec;
 mod host;
 mod kvm;
 mod paths;
+mod render;
 mod serve;
+mod services;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -81,6 +84,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
         ClientError::DaemonDown { .. } => Some(
             "start the daemon with `kraal serve` (as root), or point --host / KRAAL_HOST at a running one".into(),
         ),
+        ClientError::Api { code, message, .. } if code == "not_found" && message.starts_with("no session") => {
+            Some("`kraal sessions` lists sessions".into())
+        }
         ClientError::Api { code, .. } if code == "not_found" => Some("`kraal ls` lists workspaces".into()),
         ClientError::Api { code, .. } if code == "unauthorized" => Some("set KRAAL_TOKEN to the daemon's API token".into()),
         _ => None,
@@ -154,6 +160,90 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0),
         Command::Ps { workspace } => commands::ps(&c, &workspace).await.map(|()| 0),
         Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
+        Command::NewChat(a) => {
+            let env = a
+                .env
+                .iter()
+                .map(|kv| {
+                    kraal_core::parse_env_entry(kv).map_err(|e| anyhow::anyhow!("--env: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            chat::new_chat(
+                &c,
+                chat::NewChat {
+                    workspace: a.workspace,
+                    agent: kraal_core::AgentKind::parse(&a.agent)?,
+                    message: a.message,
+                    model: a.model,
+                    system_prompt: a.system_prompt,
+                    ask: a.ask,
+                    binary: a.binary,
+                    args: a.args,
+                    env,
+                    cwd: a.cwd,
+                    detach: a.detach,
+                },
+            )
+            .await
+        }
+        Command::Chat { workspace, session } => chat::chat(&c, workspace, session).await,
+        Command::Send {
+            session,
+            message,
+            wait,
+        } => {
+            let text = if message == ["-"] {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                message.join(" ")
+            };
+            chat::send(&c, &session, text, wait).await
+        }
+        Command::Sessions { workspace, json } => chat::list(&c, workspace.as_deref(), json).await,
+        Command::Interrupt { session } => {
+            chat::input(&c, &session, kraal_core::SessionInput::Interrupt).await
+        }
+        Command::Approve {
+            session,
+            request,
+            message,
+        } => {
+            chat::input(
+                &c,
+                &session,
+                kraal_core::SessionInput::Approval {
+                    request_id: request,
+                    allow: true,
+                    message,
+                },
+            )
+            .await
+        }
+        Command::Deny {
+            session,
+            request,
+            message,
+        } => {
+            chat::input(
+                &c,
+                &session,
+                kraal_core::SessionInput::Approval {
+                    request_id: request,
+                    allow: false,
+                    message,
+                },
+            )
+            .await
+        }
+        Command::Events {
+            session,
+            after,
+            follow,
+            json,
+        } => chat::events(&c, &session, after, follow, json).await,
+        Command::EndChat { session } => chat::end_chat(&c, &session).await,
         Command::Host(HostCommand::Check { json }) => {
             let opts = host::BackendOptions {
                 data_dir: paths::data_dir(),

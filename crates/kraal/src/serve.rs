@@ -43,7 +43,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let store =
         Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
-    let engine = Engine::new(store, backend);
+    let upstreams = kraal_proxy::Upstreams {
+        anthropic: args.anthropic_url.clone(),
+        openai: args.openai_url.clone(),
+    };
+    let creds = crate::services::credentials_from_env();
+    tracing::info!(
+        anthropic = %upstreams.anthropic,
+        openai = %upstreams.openai,
+        anthropic_credential = creds.anthropic.is_some(),
+        openai_credential = creds.openai.is_some(),
+        "model gateway"
+    );
+    let services = crate::services::GatewayServices::new(upstreams, creds)?;
+    let engine = Engine::new(store, backend, Some(services));
     let state = AppState {
         engine: engine.clone(),
         host: Arc::new(report),
