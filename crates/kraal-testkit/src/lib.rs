@@ -67,6 +67,17 @@ pub enum Block {
     ToolUse {
         tool_use: ToolUseSpec,
     },
+    /// A free-form ("custom") tool call of the Responses API, e.g. Codex's `exec` tool that
+    /// takes JavaScript. The Messages API sends it as a tool use with `{"input": …}`.
+    CustomTool {
+        custom_tool: CustomToolSpec,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CustomToolSpec {
+    pub name: String,
+    pub input: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,7 +238,7 @@ fn next_turn(
     };
     let tools = blocks
         .iter()
-        .filter(|b| matches!(b, Block::ToolUse { .. }))
+        .filter(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }))
         .count() as u64;
     let first = g.next_tool;
     g.next_tool += tools;
@@ -351,6 +362,33 @@ async fn responses(
                 output.push(item);
                 output_tokens += 20;
             }
+            Block::CustomTool { custom_tool } => {
+                tool_n += 1;
+                let (id, call_id) = (
+                    format!("ctc_scripted_{tool_n:04}"),
+                    format!("call_scripted_{tool_n:04}"),
+                );
+                push(
+                    0,
+                    json!({"type": "response.output_item.added", "output_index": i,
+                    "item": {"id": id, "type": "custom_tool_call", "status": "in_progress", "call_id": call_id, "name": custom_tool.name, "input": ""}}),
+                );
+                push(
+                    0,
+                    json!({"type": "response.custom_tool_call_input.delta", "item_id": id, "output_index": i, "delta": custom_tool.input}),
+                );
+                push(
+                    0,
+                    json!({"type": "response.custom_tool_call_input.done", "item_id": id, "output_index": i, "input": custom_tool.input}),
+                );
+                let item = json!({"id": id, "type": "custom_tool_call", "status": "completed", "call_id": call_id, "name": custom_tool.name, "input": custom_tool.input});
+                push(
+                    0,
+                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
+                );
+                output.push(item);
+                output_tokens += 20;
+            }
         }
     }
     let mut done = response("completed", &Value::Array(output));
@@ -383,7 +421,9 @@ async fn messages(
         .and_then(Value::as_str)
         .unwrap_or("scripted")
         .to_owned();
-    let has_tool = blocks.iter().any(|b| matches!(b, Block::ToolUse { .. }));
+    let has_tool = blocks
+        .iter()
+        .any(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }));
     let mut events: Vec<(u64, Event)> = vec![(
         0,
         ev(
@@ -411,11 +451,19 @@ async fn messages(
                 }
                 output_tokens += (chars.len() as u64).div_ceil(4);
             }
-            Block::ToolUse { tool_use } => {
+            Block::ToolUse { .. } | Block::CustomTool { .. } => {
+                let (name, input) = match block {
+                    Block::ToolUse { tool_use } => (tool_use.name.clone(), tool_use.input.clone()),
+                    Block::CustomTool { custom_tool } => (
+                        custom_tool.name.clone(),
+                        json!({ "input": custom_tool.input }),
+                    ),
+                    Block::Text { .. } => unreachable!("matched above"),
+                };
                 tool_n += 1;
                 let id = format!("toolu_scripted_{tool_n:04}");
-                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": tool_use.name, "input": {}}}))));
-                events.push((0, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": tool_use.input.to_string()}}))));
+                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}))));
+                events.push((0, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}))));
                 output_tokens += 20;
             }
         }

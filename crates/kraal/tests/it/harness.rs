@@ -15,6 +15,8 @@ pub fn image_dir() -> String {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// Extra environment of `kraal serve` (model upstreams and credentials).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -24,6 +26,10 @@ impl Daemon {
     }
 
     pub fn start() -> Daemon {
+        Self::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("kraal-it-")
             .tempdir()
@@ -32,6 +38,10 @@ impl Daemon {
         let mut d = Daemon {
             dir,
             socket,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         d.spawn();
@@ -45,6 +55,7 @@ impl Daemon {
             .env("KRAAL_DATA_DIR", self.data())
             .env("KRAAL_SOCKET", &self.socket)
             .env("KRAAL_IMAGE_DIR", image_dir())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["--reconcile-secs", "1"]);
         c
     }
