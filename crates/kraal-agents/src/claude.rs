@@ -367,6 +367,9 @@ pub struct ClaudeAdapter {
     /// Messages written to the CLI that no turn has taken in yet (Claude Code echoes what
     /// a turn consumed; several queued messages are consumed together, joined by `\n`).
     unconsumed: std::collections::VecDeque<String>,
+    /// Whether this CLI echoes consumed messages at all; one that never did (an older
+    /// version, a stand-in) gets no queue tracking.
+    echoes: bool,
 }
 
 impl ClaudeAdapter {
@@ -380,6 +383,7 @@ impl ClaudeAdapter {
             pending: HashMap::new(),
             interrupts: 0,
             unconsumed: std::collections::VecDeque::new(),
+            echoes: false,
         }
     }
 }
@@ -405,6 +409,7 @@ impl ClaudeAdapter {
                     matched += 1;
                 }
                 if matched > 0 {
+                    self.echoes = true;
                     continue;
                 }
             }
@@ -456,6 +461,11 @@ impl Adapter for ClaudeAdapter {
                             self.pending.insert(request_id.clone(), input.clone());
                         }
                         AgentEvent::State { state, reason } => {
+                            // A turn ended without any echo so far: this CLI does not
+                            // echo, so nothing can be tracked as queued.
+                            if *state == SessionState::WaitingForInput && !self.echoes {
+                                self.unconsumed.clear();
+                            }
                             // A turn ended but messages wait: the agent goes straight on.
                             if *state == SessionState::WaitingForInput
                                 && !self.unconsumed.is_empty()

@@ -52,7 +52,7 @@ impl Guest {
             .clone()
             .unwrap_or_else(|| root.join(".kraal/sessions"));
         Guest {
-            sessions: Arc::new(Sessions::load(sessions_dir, procs.clone())),
+            sessions: Arc::new(Sessions::load(sessions_dir, root.clone(), procs.clone())),
             config,
             root,
             procs,

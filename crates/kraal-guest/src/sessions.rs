@@ -127,6 +127,8 @@ impl Session {
 
 pub struct Sessions {
     dir: PathBuf,
+    /// Where agents work unless their spec says otherwise (the file root, `/workspace`).
+    workdir: PathBuf,
     procs: Arc<Procs>,
     map: Mutex<HashMap<String, Arc<Session>>>,
 }
@@ -138,7 +140,7 @@ fn unknown(id: &str) -> GuestError {
 impl Sessions {
     /// Loads the sessions kept under `dir`. A session whose turn was cut short by a
     /// sandbox stop gets a closing state event, so no client waits on it forever.
-    pub fn load(dir: PathBuf, procs: Arc<Procs>) -> Self {
+    pub fn load(dir: PathBuf, workdir: PathBuf, procs: Arc<Procs>) -> Self {
         let mut map = HashMap::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -170,6 +172,7 @@ impl Sessions {
         }
         Sessions {
             dir,
+            workdir,
             procs,
             map: Mutex::new(map),
         }
@@ -305,8 +308,19 @@ impl Sessions {
         *guard = Some(tx);
         drop(guard);
         let resume = s.log.lock().unwrap().agent_session.clone();
-        let adapter = kraal_agents::adapter(&s.meta.spec, resume);
-        tokio::spawn(drive(s.clone(), self.procs.clone(), adapter, rx, launch));
+        // Adapters tell some agents their working directory; give them the real one.
+        let mut spec = s.meta.spec.clone();
+        spec.cwd
+            .get_or_insert_with(|| self.workdir.to_string_lossy().into_owned());
+        let adapter = kraal_agents::adapter(&spec, resume);
+        tokio::spawn(drive(
+            s.clone(),
+            self.procs.clone(),
+            adapter,
+            rx,
+            launch,
+            spec,
+        ));
     }
 }
 
@@ -414,8 +428,8 @@ async fn drive(
     mut adapter: Box<dyn kraal_agents::Adapter>,
     mut rx: mpsc::UnboundedReceiver<Ctl>,
     launch: Launch,
+    spec: AgentSpec,
 ) {
-    let spec = s.meta.spec.clone();
     let wd = spec.watchdog;
     let cmd = adapter.command(launch.gateway.as_ref());
     let mut env = vec![
@@ -434,7 +448,7 @@ async fn drive(
             .unwrap_or_else(|| PathBuf::from("/root/.codex"));
         let _ = std::fs::create_dir_all(home);
     }
-    let cwd = spec.cwd.clone().unwrap_or_else(|| "/workspace".into());
+    let cwd = spec.cwd.clone().unwrap_or_else(|| "/".into());
     let req = ExecRequest {
         argv: cmd.argv.clone(),
         env,

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use kraal_protocol::{ErrorCode, ExecRequest, TtySize};
 use kraal_sandbox::{ExecEvent, ExecHandle, GuestClient, GuestClientError};
 
+mod sessions;
+
 struct Guest {
     child: Child,
     addr: SocketAddr,
@@ -34,10 +36,20 @@ async fn start() -> Guest {
         l.local_addr().unwrap().port()
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = spawn_guest(addr, &root);
+    Guest {
+        child,
+        addr,
+        parent,
+        root,
+    }
+}
+
+fn spawn_guest(addr: SocketAddr, root: &std::path::Path) -> Child {
     #[allow(clippy::disallowed_methods)]
     let child = Command::new(env!("CARGO_BIN_EXE_kraal-guest"))
         .args(["--listen", &addr.to_string(), "--token", TOKEN, "--root"])
-        .arg(&root)
+        .arg(root)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -45,11 +57,13 @@ async fn start() -> Guest {
         assert!(Instant::now() < deadline, "guest did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Guest {
-        child,
-        addr,
-        parent,
-        root,
+    child
+}
+
+impl Guest {
+    /// Starts the guest again on the same address and root (after the test killed it).
+    async fn respawn(&mut self) {
+        self.child = spawn_guest(self.addr, &self.root);
     }
 }
 
