@@ -23,6 +23,7 @@ pub const PROTOCOL_VERSION: u64 = 1;
 #[derive(Debug, Clone)]
 enum Pending {
     Initialize,
+    Authenticate,
     NewSession,
     LoadSession,
     Prompt,
@@ -49,7 +50,18 @@ pub struct AcpAdapter {
     text: String,
     thought: String,
     permissions: HashMap<String, Permission>,
-    tools: HashMap<String, (String, Value)>,
+    tools: HashMap<String, Tool>,
+}
+
+/// A tool call as reported so far. Agents announce a call before its input is known
+/// (`pending`, empty `rawInput`); kraal reports it once the input is there.
+#[derive(Debug, Clone, Default)]
+struct Tool {
+    name: String,
+    kind: String,
+    input: Value,
+    locations: Vec<String>,
+    announced: bool,
 }
 
 /// The command line that starts `kind` in ACP mode.
@@ -58,11 +70,13 @@ pub fn acp_command(kind: AgentKind, permissions: PermissionMode) -> CommandSpec 
     let (argv, env): (Vec<&str>, Vec<(&str, &str)>) = match kind {
         AgentKind::Gemini => (
             if bypass {
-                vec!["gemini", "--experimental-acp", "--yolo"]
+                vec!["gemini", "--acp", "--yolo"]
             } else {
-                vec!["gemini", "--experimental-acp"]
+                vec!["gemini", "--acp"]
             },
-            vec![],
+            // The sandbox is the trust boundary; headless Gemini CLI refuses untrusted
+            // folders otherwise.
+            vec![("GEMINI_CLI_TRUST_WORKSPACE", "true")],
         ),
         AgentKind::Qwen => (
             if bypass {
@@ -90,42 +104,97 @@ pub fn acp_command(kind: AgentKind, permissions: PermissionMode) -> CommandSpec 
     }
 }
 
-/// How each ACP agent is pointed at the model gateway.
-pub fn gateway_env(kind: AgentKind, g: &ModelGateway) -> Vec<(String, String)> {
-    let url = g.url.trim_end_matches('/');
-    let pairs: Vec<(&str, String)> = match kind {
-        AgentKind::Gemini => vec![
-            ("GOOGLE_GEMINI_BASE_URL", format!("{url}/google")),
-            ("GEMINI_API_KEY", g.key.clone()),
-        ],
-        AgentKind::Qwen => vec![
-            ("OPENAI_BASE_URL", g.openai_base_url()),
-            ("OPENAI_API_KEY", g.key.clone()),
-        ],
-        AgentKind::Goose => vec![
-            ("GOOSE_PROVIDER", "openai".into()),
-            ("OPENAI_HOST", url.to_owned()),
-            ("OPENAI_BASE_PATH", "openai/v1/chat/completions".into()),
-            ("OPENAI_API_KEY", g.key.clone()),
-        ],
-        AgentKind::Opencode => vec![
-            (
-                "OPENCODE_CONFIG_CONTENT",
-                json!({"provider": {"openai": {"options": {"baseURL": g.openai_base_url(), "apiKey": g.key}}}})
-                    .to_string(),
-            ),
-            ("OPENAI_API_KEY", g.key.clone()),
-        ],
-        AgentKind::Claude => vec![
-            ("ANTHROPIC_BASE_URL", g.anthropic_base_url()),
-            ("ANTHROPIC_API_KEY", g.key.clone()),
-        ],
-        AgentKind::Codex => vec![
-            ("OPENAI_BASE_URL", g.openai_base_url()),
-            ("OPENAI_API_KEY", g.key.clone()),
-        ],
+/// The authentication method kraal picks for an agent, among those it offers: the one
+/// that uses the API key kraal configures (the gateway's placeholder).
+fn auth_method<'a>(kind: AgentKind, offered: &[&'a str]) -> Option<&'a str> {
+    let wanted: &[&str] = match kind {
+        AgentKind::Gemini => &["gemini-api-key"],
+        AgentKind::Qwen => &["openai"],
+        _ => &[],
     };
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    offered.iter().copied().find(|m| wanted.contains(m))
+}
+
+/// How each ACP agent is pointed at the model gateway and told its model: extra
+/// arguments and environment.
+pub fn agent_setup(
+    kind: AgentKind,
+    gateway: Option<&ModelGateway>,
+    model: Option<&str>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args: Vec<String> = Vec::new();
+    let mut env: Vec<(&str, String)> = Vec::new();
+    match kind {
+        AgentKind::Gemini => {
+            if let Some(g) = gateway {
+                env.push((
+                    "GOOGLE_GEMINI_BASE_URL",
+                    format!("{}/google", g.url.trim_end_matches('/')),
+                ));
+                env.push(("GEMINI_API_KEY", g.key.clone()));
+            }
+            if let Some(m) = model {
+                args.extend(["--model".into(), m.into()]);
+            }
+        }
+        AgentKind::Qwen => {
+            if let Some(g) = gateway {
+                env.push(("OPENAI_BASE_URL", g.openai_base_url()));
+                env.push(("OPENAI_API_KEY", g.key.clone()));
+                args.push("--auth-type=openai".into());
+            }
+            if let Some(m) = model {
+                args.extend(["--model".into(), m.into()]);
+            }
+        }
+        AgentKind::Goose => {
+            if let Some(g) = gateway {
+                env.push(("GOOSE_PROVIDER", "openai".into()));
+                env.push(("OPENAI_HOST", g.url.trim_end_matches('/').to_owned()));
+                env.push(("OPENAI_BASE_PATH", "openai/v1/chat/completions".into()));
+                env.push(("OPENAI_API_KEY", g.key.clone()));
+            }
+            if let Some(m) = model {
+                env.push(("GOOSE_MODEL", m.into()));
+            }
+        }
+        AgentKind::Opencode => {
+            let mut config = json!({});
+            if let Some(g) = gateway {
+                config["provider"] = json!({"openai": {"options": {"baseURL": g.openai_base_url(), "apiKey": g.key}}});
+                env.push(("OPENAI_API_KEY", g.key.clone()));
+            }
+            if let Some(m) = model {
+                config["model"] = json!(if m.contains('/') {
+                    m.to_owned()
+                } else {
+                    format!("openai/{m}")
+                });
+            }
+            if config.as_object().is_some_and(|o| !o.is_empty()) {
+                env.push(("OPENCODE_CONFIG_CONTENT", config.to_string()));
+            }
+        }
+        AgentKind::Claude => {
+            if let Some(g) = gateway {
+                env.push(("ANTHROPIC_BASE_URL", g.anthropic_base_url()));
+                env.push(("ANTHROPIC_API_KEY", g.key.clone()));
+            }
+            if let Some(m) = model {
+                env.push(("ANTHROPIC_MODEL", m.into()));
+            }
+        }
+        AgentKind::Codex => {
+            if let Some(g) = gateway {
+                env.push(("OPENAI_BASE_URL", g.openai_base_url()));
+                env.push(("OPENAI_API_KEY", g.key.clone()));
+            }
+        }
+    }
+    (
+        args,
+        env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    )
 }
 
 impl AcpAdapter {
@@ -197,6 +266,19 @@ impl AcpAdapter {
         true
     }
 
+    /// After the handshake: load the conversation to resume, or start a new one.
+    fn begin(&mut self) -> String {
+        match self.resume.clone() {
+            Some(sid) if self.can_load => {
+                self.loading = true;
+                self.session = Some(sid.clone());
+                let params = json!({"sessionId": sid, "cwd": self.cwd(), "mcpServers": []});
+                self.request("session/load", params, Pending::LoadSession)
+            }
+            _ => self.new_session(),
+        }
+    }
+
     fn new_session(&mut self) -> String {
         let params = json!({"cwd": self.cwd(), "mcpServers": []});
         self.request("session/new", params, Pending::NewSession)
@@ -213,6 +295,11 @@ impl AcpAdapter {
                 .unwrap_or("request failed")
                 .to_owned();
             match what {
+                // Not fatal: the agent may be logged in another way; session/new tells.
+                Pending::Authenticate => {
+                    let line = self.begin();
+                    return step.write(line);
+                }
                 // The agent cannot load the old session: start a fresh one and say so.
                 Pending::LoadSession => {
                     self.loading = false;
@@ -251,15 +338,25 @@ impl AcpAdapter {
                 self.can_load = result["agentCapabilities"]["loadSession"]
                     .as_bool()
                     .unwrap_or(false);
-                let line = match self.resume.clone() {
-                    Some(sid) if self.can_load => {
-                        self.loading = true;
-                        self.session = Some(sid.clone());
-                        let params = json!({"sessionId": sid, "cwd": self.cwd(), "mcpServers": []});
-                        self.request("session/load", params, Pending::LoadSession)
-                    }
-                    _ => self.new_session(),
+                let offered: Vec<&str> = result["authMethods"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m["id"].as_str())
+                    .collect();
+                let line = match auth_method(self.spec.agent, &offered) {
+                    Some(method) => self.request(
+                        "authenticate",
+                        json!({"methodId": method}),
+                        Pending::Authenticate,
+                    ),
+                    None => self.begin(),
                 };
+                step = step.write(line);
+            }
+            // Whether or not it worked (the agent may already be logged in), go on.
+            Pending::Authenticate => {
+                let line = self.begin();
                 step = step.write(line);
             }
             Pending::NewSession | Pending::LoadSession => {
@@ -269,12 +366,6 @@ impl AcpAdapter {
                 }
                 if let Some(sid) = self.session.clone() {
                     step.events.push(AgentEvent::AgentSession { id: sid });
-                }
-                if let Some(m) = self.spec.model.clone() {
-                    let sid = self.session.clone().unwrap_or_default();
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    step.writes.push(json_line(json!({"jsonrpc": "2.0", "id": id, "method": "session/set_model", "params": {"sessionId": sid, "modelId": m}})));
                 }
                 if !self.next_prompt(&mut step) {
                     step.events.push(AgentEvent::State {
@@ -331,27 +422,6 @@ impl AcpAdapter {
             Some("agent_thought_chunk") => self.thought.push_str(&text_of(&u["content"])),
             Some("tool_call") => {
                 self.flush(&mut step);
-                let id = u["toolCallId"].as_str().unwrap_or_default().to_owned();
-                let name = u["title"]
-                    .as_str()
-                    .or_else(|| u["kind"].as_str())
-                    .unwrap_or("tool")
-                    .to_owned();
-                let input = if u["rawInput"].is_null() {
-                    json!({"kind": u["kind"], "locations": u["locations"]})
-                } else {
-                    u["rawInput"].clone()
-                };
-                if u["kind"] == "execute"
-                    && let Some(c) = input["command"].as_str()
-                {
-                    step.events.push(AgentEvent::CommandRun {
-                        command: c.to_owned(),
-                        exit_code: None,
-                    });
-                }
-                self.tools.insert(id.clone(), (name.clone(), input.clone()));
-                step.events.push(AgentEvent::ToolCall { id, name, input });
                 self.tool_update(u, &mut step);
             }
             Some("tool_call_update") => self.tool_update(u, &mut step),
@@ -361,13 +431,66 @@ impl AcpAdapter {
         step
     }
 
-    /// Results and diffs of a tool call, reported once it finished.
+    /// Folds a `tool_call` or `tool_call_update` into what is known of the call; reports
+    /// the call once its input is known (or it started), and its result and file changes
+    /// once it finished.
     fn tool_update(&mut self, u: &Value, step: &mut Step) {
         let status = u["status"].as_str();
+        let id = u["toolCallId"].as_str().unwrap_or_default().to_owned();
+        let t = self.tools.entry(id.clone()).or_default();
+        if let Some(n) = u["_meta"]["toolName"].as_str() {
+            t.name = n.to_owned();
+        } else if t.name.is_empty()
+            && let Some(n) = u["title"].as_str().or_else(|| u["kind"].as_str())
+        {
+            t.name = n.to_owned();
+        }
+        if let Some(k) = u["kind"].as_str() {
+            t.kind = k.to_owned();
+        }
+        let raw = &u["rawInput"];
+        if raw.as_object().is_some_and(|o| !o.is_empty()) {
+            t.input = raw.clone();
+        }
+        for l in u["locations"].as_array().into_iter().flatten() {
+            if let Some(p) = l["path"].as_str()
+                && !t.locations.iter().any(|x| x == p)
+            {
+                t.locations.push(p.to_owned());
+            }
+        }
+        let started = !matches!(status, None | Some("pending"));
+        let known = t.input.as_object().is_some_and(|o| !o.is_empty());
+        if !t.announced && (known || started) {
+            t.announced = true;
+            let name = if t.name.is_empty() {
+                "tool".to_owned()
+            } else {
+                t.name.clone()
+            };
+            let input = if known {
+                t.input.clone()
+            } else {
+                json!({"kind": t.kind, "locations": t.locations})
+            };
+            if t.kind == "execute"
+                && let Some(c) = input["command"].as_str()
+            {
+                step.events.push(AgentEvent::CommandRun {
+                    command: c.to_owned(),
+                    exit_code: None,
+                });
+            }
+            step.events.push(AgentEvent::ToolCall {
+                id: id.clone(),
+                name,
+                input,
+            });
+        }
         if !matches!(status, Some("completed") | Some("failed")) {
             return;
         }
-        let id = u["toolCallId"].as_str().unwrap_or_default().to_owned();
+        let (kind, locations) = (t.kind.clone(), t.locations.clone());
         let mut output = Vec::new();
         let mut changes = Vec::new();
         for c in u["content"].as_array().into_iter().flatten() {
@@ -381,7 +504,7 @@ impl AcpAdapter {
                     let path = c["path"].as_str().unwrap_or_default().to_owned();
                     let old = c["oldText"].as_str();
                     let new = c["newText"].as_str().unwrap_or_default();
-                    let kind = if old.is_none() {
+                    let kind = if old.is_none_or(str::is_empty) {
                         FileChangeKind::Created
                     } else {
                         FileChangeKind::Modified
@@ -409,6 +532,16 @@ impl AcpAdapter {
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             });
+        }
+        // An edit that reported no diff still changed the files it named.
+        if changes.is_empty() && kind == "edit" {
+            for path in locations {
+                changes.push(AgentEvent::FileChange {
+                    path,
+                    kind: FileChangeKind::Modified,
+                    diff: None,
+                });
+            }
         }
         let failed = status == Some("failed");
         step.events.push(AgentEvent::ToolResult {
@@ -500,9 +633,9 @@ fn permission_response(p: &Permission, allow: bool) -> String {
 impl Adapter for AcpAdapter {
     fn command(&self, gateway: Option<&ModelGateway>) -> CommandSpec {
         let mut cmd = acp_command(self.spec.agent, self.spec.permissions);
-        if let Some(g) = gateway {
-            cmd.env.extend(gateway_env(self.spec.agent, g));
-        }
+        let (args, env) = agent_setup(self.spec.agent, gateway, self.spec.model.as_deref());
+        cmd.argv.extend(args);
+        cmd.env.extend(env);
         crate::apply_overrides(cmd, &self.spec)
     }
 

@@ -291,6 +291,9 @@ pub struct CreateSession {
     pub cwd: Option<String>,
     #[serde(default)]
     pub watchdog: Option<Watchdog>,
+    /// Keep the agent's raw protocol traffic in the session directory (debugging).
+    #[serde(default)]
+    pub transcript: bool,
 }
 
 /// A page of a session's event log.

@@ -195,6 +195,11 @@ pub struct AgentSpec {
     pub cwd: Option<String>,
     #[serde(default)]
     pub watchdog: Watchdog,
+    /// Keep the agent's raw protocol traffic (`transcript.jsonl` in the session directory:
+    /// every line read and written, every input and launch), to debug adapters and to
+    /// capture test fixtures.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transcript: bool,
 }
 
 impl AgentSpec {
@@ -209,6 +214,7 @@ impl AgentSpec {
             permissions: PermissionMode::default(),
             cwd: None,
             watchdog: Watchdog::default(),
+            transcript: false,
         }
     }
 }

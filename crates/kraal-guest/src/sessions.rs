@@ -312,11 +312,11 @@ impl Sessions {
         let mut spec = s.meta.spec.clone();
         spec.cwd
             .get_or_insert_with(|| self.workdir.to_string_lossy().into_owned());
-        let adapter = kraal_agents::adapter(&spec, resume);
+        let adapter = kraal_agents::adapter(&spec, resume.clone());
         tokio::spawn(drive(
             s.clone(),
             self.procs.clone(),
-            adapter,
+            (adapter, resume),
             rx,
             launch,
             spec,
@@ -413,6 +413,8 @@ fn load_one(dir: &Path) -> Result<Session, String> {
 /// Supervision state of one agent run.
 struct Run {
     proc: Arc<Proc>,
+    /// `transcript.jsonl`, when the spec asks for one.
+    transcript: Option<std::fs::File>,
     out_seq: u64,
     line: Vec<u8>,
     stderr: Vec<u8>,
@@ -425,7 +427,7 @@ struct Run {
 async fn drive(
     s: Arc<Session>,
     procs: Arc<Procs>,
-    mut adapter: Box<dyn kraal_agents::Adapter>,
+    (mut adapter, resume): (Box<dyn kraal_agents::Adapter>, Option<String>),
     mut rx: mpsc::UnboundedReceiver<Ctl>,
     launch: Launch,
     spec: AgentSpec,
@@ -476,7 +478,15 @@ async fn drive(
             return;
         }
     };
+    let transcript = spec.transcript.then(|| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(s.dir.join("transcript.jsonl"))
+            .ok()
+    });
     let mut run = Run {
+        transcript: transcript.flatten(),
         proc: proc.clone(),
         out_seq: 0,
         line: Vec::new(),
@@ -486,6 +496,10 @@ async fn drive(
         interrupted: None,
         failure: None,
     };
+    record(
+        &mut run,
+        serde_json::json!({"launch": {"resume": resume, "argv": cmd.argv, "spec": spec}}),
+    );
     let mut changed = proc.changed.subscribe();
     let start = adapter.start();
     apply(&s, &mut run, start, wd.stdin_write_secs).await;
@@ -500,6 +514,7 @@ async fn drive(
             r = changed.changed() => { if r.is_err() { break; } }
             c = rx.recv(), if ctl_open => match c {
                 Some(Ctl::Input(i)) => {
+                    record(&mut run, serde_json::json!({"input": i}));
                     if matches!(i, SessionInput::Interrupt) && adapter.busy() {
                         run.interrupted.get_or_insert_with(tokio::time::Instant::now);
                     }
@@ -507,6 +522,7 @@ async fn drive(
                     apply(&s, &mut run, step, wd.stdin_write_secs).await;
                 }
                 Some(Ctl::Stop) => {
+                    record(&mut run, serde_json::json!({"stop": true}));
                     run.stopping.get_or_insert_with(tokio::time::Instant::now);
                     let _ = run.proc.input.send(Input::Eof).await;
                 }
@@ -524,6 +540,7 @@ async fn drive(
         Some(Exit::Signal(sig)) => format!("was killed by signal {sig}"),
         None => "vanished".to_owned(),
     };
+    record(&mut run, serde_json::json!({"exit": exit_text}));
     let mut events = Vec::new();
     if let Some(reason) = run.failure.take() {
         events.push(AgentEvent::Error {
@@ -559,6 +576,15 @@ async fn drive(
     let _ = &s.dir;
 }
 
+/// Appends one record to the session's transcript, if it keeps one.
+fn record(run: &mut Run, v: serde_json::Value) {
+    if let Some(f) = run.transcript.as_mut() {
+        let mut line = v.to_string();
+        line.push('\n');
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
 /// Feeds new output to the adapter: stdout line by line, stderr into a tail buffer.
 async fn read_output(
     s: &Arc<Session>,
@@ -579,7 +605,8 @@ async fn read_output(
                 run.line.extend_from_slice(&data);
                 while let Some(pos) = run.line.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = run.line.drain(..=pos).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    record(run, serde_json::json!({"read": text}));
                     step.extend(adapter.on_line(&text));
                 }
             }
@@ -603,6 +630,10 @@ async fn apply(s: &Arc<Session>, run: &mut Run, step: kraal_agents::Step, stdin_
     }
     s.append(step.events);
     for line in step.writes {
+        record(
+            run,
+            serde_json::json!({"write": line.strip_suffix('\n').unwrap_or(&line)}),
+        );
         let send = run.proc.input.send(Input::Data(Bytes::from(line)));
         match tokio::time::timeout(Duration::from_secs(stdin_secs), send).await {
             Ok(_) => {}

@@ -60,6 +60,8 @@ impl std::fmt::Debug for AnthropicAuth {
 pub struct Credentials {
     pub anthropic: Option<AnthropicAuth>,
     pub openai: Option<String>,
+    /// A Gemini API key (`x-goog-api-key`).
+    pub google: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -67,6 +69,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("anthropic", &self.anthropic)
             .field("openai", &self.openai.as_ref().map(|_| "<redacted>"))
+            .field("google", &self.google.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -92,6 +95,7 @@ impl CredentialSource for StaticCredentials {
 pub struct Upstreams {
     pub anthropic: String,
     pub openai: String,
+    pub google: String,
 }
 
 impl Default for Upstreams {
@@ -99,6 +103,7 @@ impl Default for Upstreams {
         Upstreams {
             anthropic: "https://api.anthropic.com".into(),
             openai: "https://api.openai.com".into(),
+            google: "https://generativelanguage.googleapis.com".into(),
         }
     }
 }
@@ -242,6 +247,7 @@ impl Drop for Gateways {
 enum Provider {
     Anthropic,
     OpenAi,
+    Google,
 }
 
 impl Provider {
@@ -249,6 +255,7 @@ impl Provider {
         match self {
             Provider::Anthropic => "anthropic",
             Provider::OpenAi => "openai",
+            Provider::Google => "google",
         }
     }
 }
@@ -303,10 +310,12 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-/// The key a client presented: `x-api-key`, or a bearer token.
+/// The key a client presented: `x-api-key`, `x-goog-api-key`, or a bearer token.
 fn presented_key(h: &HeaderMap) -> Option<&str> {
-    if let Some(k) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(k.trim());
+    for name in ["x-api-key", "x-goog-api-key"] {
+        if let Some(k) = h.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(k.trim());
+        }
     }
     h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -323,10 +332,12 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         (Provider::Anthropic, rest)
     } else if let Some(rest) = path.strip_prefix("/openai") {
         (Provider::OpenAi, rest)
+    } else if let Some(rest) = path.strip_prefix("/google") {
+        (Provider::Google, rest)
     } else {
         return gateway_error(
             StatusCode::NOT_FOUND,
-            format!("no route {path}; use /anthropic/… or /openai/…"),
+            format!("no route {path}; use /anthropic/…, /openai/… or /google/…"),
         );
     };
     if !(rest.is_empty() || rest.starts_with('/')) {
@@ -346,6 +357,7 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
     let base = match provider {
         Provider::Anthropic => &ws.shared.upstreams.anthropic,
         Provider::OpenAi => &ws.shared.upstreams.openai,
+        Provider::Google => &ws.shared.upstreams.google,
     };
     let mut url = format!("{}{}", base.trim_end_matches('/'), rest);
     if let Some(q) = &query {
@@ -355,7 +367,11 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
     let creds = ws.shared.credentials.credentials();
     let mut headers = HeaderMap::new();
     for (name, value) in req.headers() {
-        if hop_by_hop(name) || name == "x-api-key" || name == header::AUTHORIZATION {
+        if hop_by_hop(name)
+            || name == "x-api-key"
+            || name == "x-goog-api-key"
+            || name == header::AUTHORIZATION
+        {
             continue;
         }
         headers.append(name.clone(), value.clone());
@@ -388,6 +404,13 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
                 && let Ok(v) = HeaderValue::from_str(&format!("Bearer {k}"))
             {
                 headers.insert(header::AUTHORIZATION, v);
+            }
+        }
+        Provider::Google => {
+            if let Some(k) = &creds.google
+                && let Ok(v) = HeaderValue::from_str(k)
+            {
+                headers.insert("x-goog-api-key", v);
             }
         }
     }

@@ -24,6 +24,7 @@ async fn gateway(model: &ScriptedModel, creds: Credentials) -> (Gateways, std::n
         Upstreams {
             anthropic: model.base_url(),
             openai: model.base_url(),
+            google: model.base_url(),
         },
         Arc::new(StaticCredentials(creds)),
     )
@@ -50,6 +51,7 @@ async fn anthropic_api_key_replaces_the_placeholder_and_the_stream_passes_throug
         Credentials {
             anthropic: Some(AnthropicAuth::ApiKey("sk-ant-REAL".into())),
             openai: None,
+            google: None,
         },
     )
     .await;
@@ -88,6 +90,7 @@ async fn oauth_tokens_go_out_as_bearer_with_the_oauth_beta() {
         Credentials {
             anthropic: Some(AnthropicAuth::OauthToken("sk-ant-oat01-REAL".into())),
             openai: None,
+            google: None,
         },
     )
     .await;
@@ -118,6 +121,7 @@ async fn openai_requests_get_the_real_bearer_key() {
         Credentials {
             anthropic: None,
             openai: Some("sk-openai-REAL".into()),
+            google: None,
         },
     )
     .await;
@@ -179,6 +183,7 @@ async fn an_unreachable_upstream_is_a_clear_502() {
         Upstreams {
             anthropic: format!("http://{free}"),
             openai: format!("http://{free}"),
+            google: format!("http://{free}"),
         },
         Arc::new(StaticCredentials::default()),
     )
@@ -233,10 +238,41 @@ fn placeholders_are_per_workspace_and_never_the_secret() {
     let creds = Credentials {
         anthropic: Some(AnthropicAuth::OauthToken("sk-ant-oat01-x".into())),
         openai: Some("sk-openai-x".into()),
+        google: Some("AIza-google-x".into()),
     };
     let printed = format!("{creds:?}");
     assert!(
-        !printed.contains("sk-ant-oat01-x") && !printed.contains("sk-openai-x"),
+        !printed.contains("sk-ant-oat01-x")
+            && !printed.contains("sk-openai-x")
+            && !printed.contains("AIza-google-x"),
         "{printed}"
     );
+}
+
+#[tokio::test]
+async fn gemini_requests_get_the_real_google_key() {
+    let model = ScriptedModel::start(scenario()).unwrap();
+    let (_g, addr) = gateway(
+        &model,
+        Credentials {
+            anthropic: None,
+            openai: None,
+            google: Some("AIza-REAL".into()),
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/google/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
+        ))
+        .header("x-goog-api-key", KEY)
+        .json(&serde_json::json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"text\":\"stre\""), "{text}");
+    let h = &model.request_headers()[0];
+    assert_eq!(h["x-goog-api-key"], "AIza-REAL");
 }

@@ -105,6 +105,7 @@ pub async fn create_session(
     if let Some(w) = req.watchdog {
         spec.watchdog = w;
     }
+    spec.transcript = req.transcript;
     let rec = s
         .engine
         .create_session(

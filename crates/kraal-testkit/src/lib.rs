@@ -10,23 +10,28 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+
+mod anthropic;
+mod gemini;
+mod openai;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// A scripted conversation: each model request consumes the next turn.
+/// A scripted conversation: each model request consumes the next turn, except the side
+/// requests agents make on their own (titles, suggestions, memory), which `side` answers.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Scenario {
     #[serde(default)]
     pub name: String,
     pub turns: Vec<Turn>,
+    #[serde(default)]
+    pub side: Vec<SideTurn>,
 }
 
 /// The answer to one model request.
@@ -37,6 +42,14 @@ pub enum Turn {
     Error { error: ApiErrorSpec },
     /// Stream these content blocks.
     Respond { respond: Vec<Block> },
+}
+
+/// A reusable answer for every request whose JSON body contains `contains`; such requests
+/// consume no turn and are not counted in [`ScriptedModel::requests`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct SideTurn {
+    pub contains: String,
+    pub respond: Vec<Block>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,9 +106,11 @@ impl Scenario {
 }
 
 #[derive(Default)]
-struct Inner {
+pub(crate) struct Inner {
     turns: VecDeque<Turn>,
     requests: Vec<Value>,
+    side: Vec<SideTurn>,
+    side_requests: usize,
     headers: Vec<std::collections::HashMap<String, String>>,
     next_tool: u64,
 }
@@ -125,12 +140,31 @@ impl ScriptedModel {
     pub fn start_on(addr: SocketAddr, scenario: Scenario) -> std::io::Result<Self> {
         let inner = Arc::new(Mutex::new(Inner {
             turns: scenario.turns.into(),
+            side: scenario.side,
             ..Default::default()
         }));
         let app = Router::new()
-            .route("/v1/messages", post(messages))
-            .route("/v1/messages/count_tokens", post(count_tokens))
-            .route("/v1/responses", post(responses))
+            .route("/v1/messages", post(anthropic::messages))
+            .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+            .route("/v1/responses", post(openai::responses))
+            .route("/v1/chat/completions", post(openai::chat_completions))
+            .route("/v1beta/models/{model_action}", post(gemini::generate))
+            // The same APIs under the model gateway's prefixes, so the scripted server can
+            // stand in for the gateway itself (`ModelGateway { url: base_url() }`).
+            .route("/anthropic/v1/messages", post(anthropic::messages))
+            .route(
+                "/anthropic/v1/messages/count_tokens",
+                post(anthropic::count_tokens),
+            )
+            .route("/openai/v1/responses", post(openai::responses))
+            .route(
+                "/openai/v1/chat/completions",
+                post(openai::chat_completions),
+            )
+            .route(
+                "/google/v1beta/models/{model_action}",
+                post(gemini::generate),
+            )
             .with_state(inner.clone());
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -182,33 +216,25 @@ impl ScriptedModel {
         self.inner.lock().unwrap().headers.clone()
     }
 
+    /// How many side requests (answered from `side`) arrived.
+    pub fn side_requests(&self) -> usize {
+        self.inner.lock().unwrap().side_requests
+    }
+
     /// Turns not yet consumed.
     pub fn remaining(&self) -> usize {
         self.inner.lock().unwrap().turns.len()
     }
 }
 
-async fn count_tokens() -> Json<Value> {
-    Json(json!({ "input_tokens": 100 }))
-}
-
-fn api_error(status: u16, kind: &str, message: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(json!({ "type": "error", "error": { "type": kind, "message": message } })),
-    )
-        .into_response()
-}
-
-fn ev(name: &str, data: Value) -> Event {
+pub(crate) fn ev(name: &str, data: Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }
 
 /// Records the request and takes the next turn: its content blocks and the number of
 /// tool calls before it, or the error response to send, built by the API's own `error`
 /// (`exhausted_kind` is that API's error type for "no turn left").
-fn next_turn(
+pub(crate) fn next_turn(
     inner: &Mutex<Inner>,
     headers: &HeaderMap,
     body: &Value,
@@ -216,6 +242,11 @@ fn next_turn(
     exhausted_kind: &str,
 ) -> Result<(Vec<Block>, u64), Box<Response>> {
     let mut g = inner.lock().unwrap();
+    let text = body.to_string();
+    if let Some(side) = g.side.iter().find(|s| text.contains(&s.contains)).cloned() {
+        g.side_requests += 1;
+        return Ok((side.respond, 0));
+    }
     g.requests.push(body.clone());
     g.headers.push(
         headers
@@ -245,7 +276,7 @@ fn next_turn(
     Ok((blocks, first))
 }
 
-fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
+pub(crate) fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
     let stream = stream::iter(events).then(|(delay, e)| async move {
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -253,232 +284,6 @@ fn delayed_sse(events: Vec<(u64, Event)>) -> Response {
         Ok::<_, Infallible>(e)
     });
     Sse::new(stream).into_response()
-}
-
-/// `POST /v1/responses` with `stream: true`: the OpenAI Responses API event sequence.
-async fn responses(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    let (blocks, first_tool) =
-        match next_turn(&inner, &headers, &body, openai_error, "server_error") {
-            Ok(t) => t,
-            Err(response) => return *response,
-        };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("scripted")
-        .to_owned();
-    let mut seq = 0u64;
-    let mut events: Vec<(u64, Event)> = Vec::new();
-    let mut push = |delay: u64, mut data: Value| {
-        data["sequence_number"] = json!(seq);
-        seq += 1;
-        let name = data["type"].as_str().unwrap_or_default().to_owned();
-        events.push((delay, ev(&name, data)));
-    };
-    let response = |status: &str, output: &Value| json!({"id": "resp_scripted", "object": "response", "created_at": 0, "status": status, "model": model, "output": output});
-    push(
-        0,
-        json!({"type": "response.created", "response": response("in_progress", &json!([]))}),
-    );
-    push(
-        0,
-        json!({"type": "response.in_progress", "response": response("in_progress", &json!([]))}),
-    );
-    let mut output = Vec::new();
-    let mut tool_n = first_tool;
-    let mut output_tokens = 0u64;
-    for (i, block) in blocks.iter().enumerate() {
-        match block {
-            Block::Text {
-                text,
-                chunk,
-                delay_ms,
-            } => {
-                let id = format!("msg_scripted_{i}");
-                push(
-                    0,
-                    json!({"type": "response.output_item.added", "output_index": i,
-                    "item": {"id": id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}}),
-                );
-                push(
-                    0,
-                    json!({"type": "response.content_part.added", "item_id": id, "output_index": i, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": []}}),
-                );
-                let chars: Vec<char> = text.chars().collect();
-                for piece in chars.chunks(chunk.unwrap_or(chars.len()).max(1)) {
-                    let piece: String = piece.iter().collect();
-                    push(
-                        *delay_ms,
-                        json!({"type": "response.output_text.delta", "item_id": id, "output_index": i, "content_index": 0, "delta": piece}),
-                    );
-                }
-                push(
-                    0,
-                    json!({"type": "response.output_text.done", "item_id": id, "output_index": i, "content_index": 0, "text": text}),
-                );
-                let part = json!({"type": "output_text", "text": text, "annotations": []});
-                push(
-                    0,
-                    json!({"type": "response.content_part.done", "item_id": id, "output_index": i, "content_index": 0, "part": part}),
-                );
-                let item = json!({"id": id, "type": "message", "role": "assistant", "status": "completed", "content": [part]});
-                push(
-                    0,
-                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
-                );
-                output.push(item);
-                output_tokens += (chars.len() as u64).div_ceil(4);
-            }
-            Block::ToolUse { tool_use } => {
-                tool_n += 1;
-                let (id, call_id) = (
-                    format!("fc_scripted_{tool_n:04}"),
-                    format!("call_scripted_{tool_n:04}"),
-                );
-                let args = tool_use.input.to_string();
-                push(
-                    0,
-                    json!({"type": "response.output_item.added", "output_index": i,
-                    "item": {"id": id, "type": "function_call", "status": "in_progress", "call_id": call_id, "name": tool_use.name, "arguments": ""}}),
-                );
-                push(
-                    0,
-                    json!({"type": "response.function_call_arguments.delta", "item_id": id, "output_index": i, "delta": args}),
-                );
-                push(
-                    0,
-                    json!({"type": "response.function_call_arguments.done", "item_id": id, "output_index": i, "arguments": args}),
-                );
-                let item = json!({"id": id, "type": "function_call", "status": "completed", "call_id": call_id, "name": tool_use.name, "arguments": args});
-                push(
-                    0,
-                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
-                );
-                output.push(item);
-                output_tokens += 20;
-            }
-            Block::CustomTool { custom_tool } => {
-                tool_n += 1;
-                let (id, call_id) = (
-                    format!("ctc_scripted_{tool_n:04}"),
-                    format!("call_scripted_{tool_n:04}"),
-                );
-                push(
-                    0,
-                    json!({"type": "response.output_item.added", "output_index": i,
-                    "item": {"id": id, "type": "custom_tool_call", "status": "in_progress", "call_id": call_id, "name": custom_tool.name, "input": ""}}),
-                );
-                push(
-                    0,
-                    json!({"type": "response.custom_tool_call_input.delta", "item_id": id, "output_index": i, "delta": custom_tool.input}),
-                );
-                push(
-                    0,
-                    json!({"type": "response.custom_tool_call_input.done", "item_id": id, "output_index": i, "input": custom_tool.input}),
-                );
-                let item = json!({"id": id, "type": "custom_tool_call", "status": "completed", "call_id": call_id, "name": custom_tool.name, "input": custom_tool.input});
-                push(
-                    0,
-                    json!({"type": "response.output_item.done", "output_index": i, "item": item}),
-                );
-                output.push(item);
-                output_tokens += 20;
-            }
-        }
-    }
-    let mut done = response("completed", &Value::Array(output));
-    done["usage"] = json!({"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 100 + output_tokens});
-    push(0, json!({"type": "response.completed", "response": done}));
-    delayed_sse(events)
-}
-
-fn openai_error(status: u16, kind: &str, message: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(json!({ "error": { "type": kind, "code": kind, "message": message, "param": null } })),
-    )
-        .into_response()
-}
-
-async fn messages(
-    State(inner): State<Arc<Mutex<Inner>>>,
-    headers: HeaderMap,
-    Json(body): Json<Value>,
-) -> Response {
-    let (blocks, first_tool) = match next_turn(&inner, &headers, &body, api_error, "api_error") {
-        Ok(t) => t,
-        Err(response) => return *response,
-    };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("scripted")
-        .to_owned();
-    let has_tool = blocks
-        .iter()
-        .any(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }));
-    let mut events: Vec<(u64, Event)> = vec![(
-        0,
-        ev(
-            "message_start",
-            json!({"type": "message_start", "message": {"id": "msg_scripted", "type": "message", "role": "assistant",
-                "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 100, "output_tokens": 1}}}),
-        ),
-    )];
-    let mut output_tokens = 0u64;
-    let mut tool_n = first_tool;
-    for (index, block) in blocks.iter().enumerate() {
-        match block {
-            Block::Text {
-                text,
-                chunk,
-                delay_ms,
-            } => {
-                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}))));
-                let chars: Vec<char> = text.chars().collect();
-                let size = chunk.unwrap_or(chars.len()).max(1);
-                for piece in chars.chunks(size) {
-                    let piece: String = piece.iter().collect();
-                    events.push((*delay_ms, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}))));
-                }
-                output_tokens += (chars.len() as u64).div_ceil(4);
-            }
-            Block::ToolUse { .. } | Block::CustomTool { .. } => {
-                let (name, input) = match block {
-                    Block::ToolUse { tool_use } => (tool_use.name.clone(), tool_use.input.clone()),
-                    Block::CustomTool { custom_tool } => (
-                        custom_tool.name.clone(),
-                        json!({ "input": custom_tool.input }),
-                    ),
-                    Block::Text { .. } => unreachable!("matched above"),
-                };
-                tool_n += 1;
-                let id = format!("toolu_scripted_{tool_n:04}");
-                events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}))));
-                events.push((0, ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": input.to_string()}}))));
-                output_tokens += 20;
-            }
-        }
-        events.push((
-            0,
-            ev(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-            ),
-        ));
-    }
-    let stop = if has_tool { "tool_use" } else { "end_turn" };
-    events.push((0, ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output_tokens}}))));
-    events.push((0, ev("message_stop", json!({"type": "message_stop"}))));
-    delayed_sse(events)
 }
 
 /// Path of an agent CLI for live tests: `$env_var` if set, else the copy the project
@@ -499,121 +304,4 @@ pub fn agent_cli(name: &str, env_var: &str) -> std::path::PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn post(addr: SocketAddr, body: Value) -> (u16, String) {
-        post_to(addr, "/v1/messages", body).await
-    }
-
-    async fn post_to(addr: SocketAddr, path: &str, body: Value) -> (u16, String) {
-        use http_body_util::BodyExt;
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-        let req = hyper::Request::post(format!("http://{addr}{path}"))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            )))
-            .unwrap();
-        let resp = client.request(req).await.unwrap();
-        let status = resp.status().as_u16();
-        (
-            status,
-            String::from_utf8(
-                resp.into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .to_vec(),
-            )
-            .unwrap(),
-        )
-    }
-
-    #[tokio::test]
-    async fn turns_stream_in_order_then_run_out() {
-        let s = Scenario::from_json(
-            r#"{"turns": [
-                {"respond": [{"text": "Hello world", "chunk": 5}, {"tool_use": {"name": "Bash", "input": {"command": "ls"}}}]},
-                {"error": {"status": 529, "type": "overloaded_error", "message": "busy"}}
-            ]}"#,
-        )
-        .unwrap();
-        let m = ScriptedModel::start(s).unwrap();
-        let (st, body) = post(m.addr, json!({"model": "m1", "messages": []})).await;
-        assert_eq!(st, 200);
-        let deltas: Vec<&str> = body.lines().filter(|l| l.contains("text_delta")).collect();
-        assert_eq!(deltas.len(), 3, "Hello world in 5-char chunks: {body}");
-        assert!(body.contains(r#""stop_reason":"tool_use""#));
-        assert!(
-            body.contains(r#""partial_json":"{\"command\":\"ls\"}""#),
-            "{body}"
-        );
-        assert!(body.contains("toolu_scripted_0001"));
-        let (st, body) = post(m.addr, json!({"model": "m1"})).await;
-        assert_eq!(st, 529);
-        assert!(body.contains("overloaded_error"));
-        let (st, body) = post(m.addr, json!({})).await;
-        assert_eq!(st, 500);
-        assert!(body.contains("scenario exhausted"));
-        assert_eq!(m.requests().len(), 3);
-        assert_eq!(m.remaining(), 0);
-    }
-
-    #[tokio::test]
-    async fn responses_api_streams_text_and_function_calls() {
-        let s = Scenario::from_json(
-            r#"{"turns": [
-                {"respond": [{"text": "Running it.", "chunk": 4}, {"tool_use": {"name": "shell", "input": {"command": ["ls"]}}}]},
-                {"error": {"status": 400, "type": "invalid_request_error", "message": "bad"}}
-            ]}"#,
-        )
-        .unwrap();
-        let m = ScriptedModel::start(s).unwrap();
-        let (st, body) = post_to(
-            m.addr,
-            "/v1/responses",
-            json!({"model": "gpt", "stream": true, "input": []}),
-        )
-        .await;
-        assert_eq!(st, 200);
-        let names: Vec<&str> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("event: "))
-            .collect();
-        assert_eq!(names.first(), Some(&"response.created"));
-        assert_eq!(names.last(), Some(&"response.completed"));
-        assert_eq!(
-            names
-                .iter()
-                .filter(|n| **n == "response.output_text.delta")
-                .count(),
-            3
-        );
-        assert!(names.contains(&"response.function_call_arguments.done"));
-        assert!(
-            body.contains(r#""arguments":"{\"command\":[\"ls\"]}""#),
-            "{body}"
-        );
-        let seqs: Vec<u64> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .map(|d| {
-                serde_json::from_str::<Value>(d).unwrap()["sequence_number"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(
-            seqs,
-            (0..seqs.len() as u64).collect::<Vec<_>>(),
-            "sequence numbers have no gaps"
-        );
-        let (st, body) = post_to(m.addr, "/v1/responses", json!({})).await;
-        assert_eq!(st, 400);
-        assert!(body.contains("invalid_request_error"));
-    }
-}
+mod tests;

@@ -167,6 +167,7 @@ pub struct NewChat {
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub detach: bool,
+    pub transcript: bool,
 }
 
 pub async fn new_chat(c: &Client, a: NewChat) -> anyhow::Result<i32> {
@@ -181,6 +182,7 @@ pub async fn new_chat(c: &Client, a: NewChat) -> anyhow::Result<i32> {
         env: a.env.into_iter().collect(),
         cwd: a.cwd,
         watchdog: None,
+        transcript: a.transcript,
     };
     let s: Session = c
         .send(

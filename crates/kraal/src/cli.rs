@@ -190,6 +190,13 @@ pub struct ServeArgs {
         default_value = "https://api.openai.com"
     )]
     pub openai_url: String,
+    /// Gemini API the model gateway forwards to (credential: GEMINI_API_KEY).
+    #[arg(
+        long,
+        env = "KRAAL_GOOGLE_URL",
+        default_value = "https://generativelanguage.googleapis.com"
+    )]
+    pub google_url: String,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,
@@ -273,4 +280,7 @@ pub struct NewChatArgs {
     /// Print the session id and return at once.
     #[arg(short, long)]
     pub detach: bool,
+    /// Keep the agent's raw protocol traffic in /workspace/.kraal/sessions/<id>/transcript.jsonl.
+    #[arg(long)]
+    pub transcript: bool,
 }

@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     env,
                     cwd: a.cwd,
                     detach: a.detach,
+                    transcript: a.transcript,
                 },
             )
             .await

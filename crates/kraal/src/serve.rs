@@ -46,6 +46,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let upstreams = kraal_proxy::Upstreams {
         anthropic: args.anthropic_url.clone(),
         openai: args.openai_url.clone(),
+        google: args.google_url.clone(),
     };
     let creds = crate::services::credentials_from_env();
     tracing::info!(
@@ -53,6 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         openai = %upstreams.openai,
         anthropic_credential = creds.anthropic.is_some(),
         openai_credential = creds.openai.is_some(),
+        google_credential = creds.google.is_some(),
         "model gateway"
     );
     let services = crate::services::GatewayServices::new(upstreams, creds)?;

@@ -17,7 +17,8 @@ pub struct GatewayServices {
 }
 
 /// Credentials the daemon was started with: `ANTHROPIC_API_KEY` (preferred) or
-/// `CLAUDE_CODE_OAUTH_TOKEN`, and `OPENAI_API_KEY`. Empty values count as unset.
+/// `CLAUDE_CODE_OAUTH_TOKEN`, `OPENAI_API_KEY`, and `GEMINI_API_KEY` (or
+/// `GOOGLE_API_KEY`). Empty values count as unset.
 pub fn credentials_from_env() -> Credentials {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     Credentials {
@@ -25,6 +26,7 @@ pub fn credentials_from_env() -> Credentials {
             .map(AnthropicAuth::ApiKey)
             .or_else(|| var("CLAUDE_CODE_OAUTH_TOKEN").map(AnthropicAuth::OauthToken)),
         openai: var("OPENAI_API_KEY"),
+        google: var("GEMINI_API_KEY").or_else(|| var("GOOGLE_API_KEY")),
     }
 }
 

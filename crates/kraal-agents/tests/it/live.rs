@@ -150,14 +150,6 @@ pub fn parse_all(lines: &[String]) -> Vec<AgentEvent> {
         .collect()
 }
 
-fn capture(name: &str, lines: &[String]) {
-    if std::env::var_os("KRAAL_CAPTURE_FIXTURES").is_some() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("tests/fixtures/claude/{name}.jsonl"));
-        std::fs::write(p, lines.join("\n") + "\n").unwrap();
-    }
-}
-
 fn texts(events: &[AgentEvent]) -> Vec<String> {
     events
         .iter()
@@ -193,7 +185,6 @@ fn real_claude_writes_a_file_over_two_turns() {
     a.until_results(2);
     let (lines, exited) = a.finish();
     assert!(exited, "claude did not exit after stdin closed");
-    capture("write-file", &lines);
 
     assert_eq!(
         std::fs::read_to_string(&target).unwrap(),
@@ -292,7 +283,6 @@ fn message_sent_mid_turn_is_queued_not_dropped() {
     a.until_results(2);
     let (lines, exited) = a.finish();
     assert!(exited, "claude did not exit after stdin closed");
-    capture("mid-turn", &lines);
     let events = parse_all(&lines);
     assert_eq!(
         texts(&events),
@@ -340,7 +330,6 @@ fn interrupt_stops_the_turn_and_the_next_message_is_answered() {
     a.until_results(2);
     let (lines, exited) = a.finish();
     assert!(exited, "claude did not exit after stdin closed");
-    capture("interrupt", &lines);
     let events = parse_all(&lines);
     let full = "This would take a very long time to finish streaming to you.";
     assert!(

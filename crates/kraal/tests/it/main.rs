@@ -5,6 +5,7 @@
 //! (built once, from scratch when empty). Needs root, runsc, nftables, debootstrap and the
 //! musl guest build; `.ci/run` provides all of them.
 
+mod agents;
 mod harness;
 mod isolation;
 mod lifecycle;
