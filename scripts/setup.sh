@@ -96,6 +96,8 @@ Description=kraal daemon
 After=network-online.target
 
 [Service]
+# Model API credentials (ANTHROPIC_API_KEY=…, OPENAI_API_KEY=…); only the daemon reads them.
+EnvironmentFile=-/etc/kraal/env
 ExecStart=/usr/local/bin/kraal serve
 # Sandboxes outlive daemon restarts: only the daemon process is stopped.
 KillMode=process

@@ -38,7 +38,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -50,7 +50,7 @@ fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn stats(mut v: Vec<f64>) -> serde_json::Value {
+pub(crate) fn stats(mut v: Vec<f64>) -> serde_json::Value {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len().max(1);
     let mean = v.iter().sum::<f64>() / n as f64;
@@ -58,14 +58,14 @@ fn stats(mut v: Vec<f64>) -> serde_json::Value {
     json!({ "n": v.len(), "mean_ms": mean, "p50_ms": p(0.5), "p95_ms": p(0.95), "min_ms": v[0], "max_ms": v[n - 1] })
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: std::process::Child,
-    socket: PathBuf,
-    data: PathBuf,
+    pub socket: PathBuf,
+    pub data: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -76,15 +76,23 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    fn kraal(&self, kraal: &Path) -> Command {
+    pub fn kraal(&self, kraal: &Path) -> Command {
         let mut c = Command::new(kraal);
         c.env("KRAAL_SOCKET", &self.socket).stdin(Stdio::null());
         c
     }
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let o = parse(args)?;
+/// A release build, a daemon on a private data dir and socket, and a small git repo.
+pub(crate) struct Setup {
+    pub d: Daemon,
+    pub kraal: PathBuf,
+    pub images: String,
+    pub tmp: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let root = root();
     println!("building release binaries…");
     sh(Command::new(env!("CARGO"))
@@ -116,6 +124,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .env("KRAAL_SOCKET", &socket)
         .env("KRAAL_IMAGE_DIR", &images)
         .env("KRAAL_GUEST_BIN", &guest)
+        .envs(env.iter().copied())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
@@ -154,7 +163,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     ] {
         sh(Command::new("git").args(&args).current_dir(&repo))?;
     }
+    Ok(Setup {
+        d,
+        kraal,
+        images,
+        tmp,
+        repo,
+    })
+}
 
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    let root = root();
+    let Setup {
+        d,
+        kraal,
+        images,
+        tmp,
+        repo,
+    } = setup(&[])?;
+    let socket = d.socket.clone();
     // Warm-up: builds the base image when the cache is empty, warms page caches.
     println!("warming up (builds the base image on first use)…");
     sh(d.kraal(&kraal)

@@ -5,6 +5,7 @@
 //!   of the same root file system, measured in one run (needs root and runsc).
 
 mod bench;
+mod bench_events;
 
 use std::path::PathBuf;
 
@@ -25,8 +26,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("bench") => bench::run(&args[1..]),
+        Some("bench-events") => bench_events::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N]>");
+            eprintln!(
+                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N]>"
+            );
             std::process::exit(2);
         }
     }

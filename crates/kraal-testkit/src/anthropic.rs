@@ -69,14 +69,7 @@ pub(crate) async fn messages(
                 output_tokens += (chars.len() as u64).div_ceil(4);
             }
             Block::ToolUse { .. } | Block::CustomTool { .. } => {
-                let (name, input) = match block {
-                    Block::ToolUse { tool_use } => (tool_use.name.clone(), tool_use.input.clone()),
-                    Block::CustomTool { custom_tool } => (
-                        custom_tool.name.clone(),
-                        json!({ "input": custom_tool.input }),
-                    ),
-                    Block::Text { .. } => unreachable!("matched above"),
-                };
+                let (name, input) = block.as_function().expect("a tool block");
                 tool_n += 1;
                 let id = format!("toolu_scripted_{tool_n:04}");
                 events.push((0, ev("content_block_start", json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}))));

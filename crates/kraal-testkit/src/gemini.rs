@@ -40,15 +40,9 @@ fn parts(blocks: &[Block]) -> (Vec<Vec<Value>>, Vec<u64>, u64) {
                 }
                 tokens += (chars.len() as u64).div_ceil(4);
             }
-            Block::ToolUse { tool_use } => {
-                chunks.push(vec![
-                    json!({"functionCall": {"name": tool_use.name, "args": tool_use.input}}),
-                ]);
-                delays.push(0);
-                tokens += 20;
-            }
-            Block::CustomTool { custom_tool } => {
-                chunks.push(vec![json!({"functionCall": {"name": custom_tool.name, "args": {"input": custom_tool.input}}})]);
+            Block::ToolUse { .. } | Block::CustomTool { .. } => {
+                let (name, args) = b.as_function().expect("a tool block");
+                chunks.push(vec![json!({"functionCall": {"name": name, "args": args}})]);
                 delays.push(0);
                 tokens += 20;
             }

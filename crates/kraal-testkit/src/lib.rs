@@ -87,6 +87,21 @@ pub enum Block {
     },
 }
 
+impl Block {
+    /// A tool block as a function call: its name and JSON arguments (a custom tool's
+    /// free-form input becomes `{"input": …}`); `None` for text.
+    pub(crate) fn as_function(&self) -> Option<(String, Value)> {
+        match self {
+            Block::ToolUse { tool_use } => Some((tool_use.name.clone(), tool_use.input.clone())),
+            Block::CustomTool { custom_tool } => Some((
+                custom_tool.name.clone(),
+                serde_json::json!({ "input": custom_tool.input }),
+            )),
+            Block::Text { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct CustomToolSpec {
     pub name: String,

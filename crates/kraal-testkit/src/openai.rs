@@ -208,14 +208,7 @@ pub(crate) async fn chat_completions(
                 output_tokens += (chars.len() as u64).div_ceil(4);
             }
             Block::ToolUse { .. } | Block::CustomTool { .. } => {
-                let (name, args) = match block {
-                    Block::ToolUse { tool_use } => (tool_use.name.clone(), tool_use.input.clone()),
-                    Block::CustomTool { custom_tool } => (
-                        custom_tool.name.clone(),
-                        json!({ "input": custom_tool.input }),
-                    ),
-                    Block::Text { .. } => unreachable!("matched above"),
-                };
+                let (name, args) = block.as_function().expect("a tool block");
                 tool_n += 1;
                 let call = json!({"index": tool_index, "id": format!("call_scripted_{tool_n:04}"), "type": "function",
                     "function": {"name": name, "arguments": ""}});

@@ -66,7 +66,7 @@ fn follow(
         let mut warned = false;
         loop {
             let path = format!("/v1/sessions/{}/stream?after={last}", enc(&session));
-            match client.open_stream(&path, None).await {
+            match client.open_stream(&path).await {
                 Ok(mut body) => {
                     if warned {
                         eprintln!("kraal: reconnected to the daemon; resuming after event {last}");
@@ -234,6 +234,26 @@ pub async fn input(c: &Client, session: &str, input: SessionInput) -> anyhow::Re
     Ok(0)
 }
 
+/// Answers an approval request.
+pub async fn decide(
+    c: &Client,
+    session: &str,
+    request_id: String,
+    allow: bool,
+    message: Option<String>,
+) -> anyhow::Result<i32> {
+    input(
+        c,
+        session,
+        SessionInput::Approval {
+            request_id,
+            allow,
+            message,
+        },
+    )
+    .await
+}
+
 pub async fn end_chat(c: &Client, session: &str) -> anyhow::Result<i32> {
     let s: Session = c
         .send::<(), Session>(
@@ -296,22 +316,7 @@ pub async fn events(
             print(&r.render(e, live));
         }
     };
-    let mut last = after;
-    loop {
-        let page: EventPage = c
-            .get(&format!(
-                "/v1/sessions/{}/events?after={last}&limit=1000",
-                enc(&s.id)
-            ))
-            .await?;
-        if page.events.is_empty() {
-            break;
-        }
-        for e in &page.events {
-            last = e.seq;
-            show(&mut r, e, false);
-        }
-    }
+    let last = history(c, &s.id, after, |e| show(&mut r, e, false)).await?;
     if follow_live {
         let mut rx = follow(c.clone(), s.id.clone(), last);
         while let Some(e) = rx.recv().await {
@@ -319,6 +324,32 @@ pub async fn events(
         }
     }
     Ok(0)
+}
+
+/// Feeds every stored event after `after` to `each`, page by page; returns the last
+/// sequence number seen.
+async fn history(
+    c: &Client,
+    session: &str,
+    after: u64,
+    mut each: impl FnMut(&SessionEvent),
+) -> anyhow::Result<u64> {
+    let mut last = after;
+    loop {
+        let page: EventPage = c
+            .get(&format!(
+                "/v1/sessions/{}/events?after={last}&limit=1000",
+                enc(session)
+            ))
+            .await?;
+        if page.events.is_empty() {
+            return Ok(last);
+        }
+        for e in &page.events {
+            last = e.seq;
+            each(e);
+        }
+    }
 }
 
 /// Picks a session: `-c` wins; with `-w`, one of that workspace's sessions (a new one if
@@ -395,26 +426,14 @@ async fn interactive(c: &Client, s: Session) -> anyhow::Result<i32> {
         s.agent, s.workspace, s.id
     );
     let mut r = Renderer::new(&s.id, color());
-    let mut last = 0;
     let mut pending_approval: Option<String> = None;
     let mut working = false;
     // History first, rendered compactly.
-    loop {
-        let page: EventPage = c
-            .get(&format!(
-                "/v1/sessions/{}/events?after={last}&limit=1000",
-                enc(&s.id)
-            ))
-            .await?;
-        if page.events.is_empty() {
-            break;
-        }
-        for e in &page.events {
-            last = e.seq;
-            track(&e.event, &mut pending_approval, &mut working);
-            print(&r.render(e, false));
-        }
-    }
+    let last = history(c, &s.id, 0, |e| {
+        track(&e.event, &mut pending_approval, &mut working);
+        print(&r.render(e, false));
+    })
+    .await?;
     let mut events = follow(c.clone(), s.id.clone(), last);
     let (line_tx, mut lines) = mpsc::channel::<String>(16);
     std::thread::spawn(move || {

@@ -76,13 +76,14 @@ impl Client {
         }
     }
 
-    /// Sends a request; returns the status and body of a 2xx answer, an `Api` error otherwise.
-    pub async fn raw(
+    /// Sends a request; returns the response of a 2xx answer, an `Api` error otherwise.
+    async fn request(
         &self,
         method: Method,
         path: &str,
+        accept: Option<&str>,
         body: Option<(Vec<u8>, &str)>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let conn = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
             .await
@@ -97,6 +98,9 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
         let (bytes, ctype) = body.unwrap_or((Vec::new(), "application/json"));
         let req = req
             .header("content-type", ctype)
@@ -107,60 +111,31 @@ impl Client {
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_bytes();
         if !status.is_success() {
+            let body = collect(resp).await?;
             return Err(api_error(status, &body));
         }
-        Ok((status, body))
+        Ok(resp)
+    }
+
+    /// Sends a request; returns the status and body of a 2xx answer, an `Api` error otherwise.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let resp = self.request(method, path, None, body).await?;
+        let status = resp.status();
+        Ok((status, collect(resp).await?))
     }
 
     /// Opens a long-lived GET (a server-sent-event stream) and returns its body as it
-    /// arrives; `last_event_id` asks the server to resume after that event.
-    pub async fn open_stream(
-        &self,
-        path: &str,
-        last_event_id: Option<u64>,
-    ) -> Result<hyper::body::Incoming, ClientError> {
-        let conn = self.connect().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", self.host())
-            .header("accept", "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .to_bytes();
-            return Err(api_error(status, &body));
-        }
+    /// arrives.
+    pub async fn open_stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let resp = self
+            .request(Method::GET, path, Some("text/event-stream"), None)
+            .await?;
         Ok(resp.into_body())
     }
 
@@ -224,6 +199,15 @@ impl Client {
             Err(e) => Err(ClientError::Protocol(e.to_string())),
         }
     }
+}
+
+async fn collect(resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, ClientError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .to_bytes())
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {

@@ -210,34 +210,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             session,
             request,
             message,
-        } => {
-            chat::input(
-                &c,
-                &session,
-                kraal_core::SessionInput::Approval {
-                    request_id: request,
-                    allow: true,
-                    message,
-                },
-            )
-            .await
-        }
+        } => chat::decide(&c, &session, request, true, message).await,
         Command::Deny {
             session,
             request,
             message,
-        } => {
-            chat::input(
-                &c,
-                &session,
-                kraal_core::SessionInput::Approval {
-                    request_id: request,
-                    allow: false,
-                    message,
-                },
-            )
-            .await
-        }
+        } => chat::decide(&c, &session, request, false, message).await,
         Command::Events {
             session,
             after,

@@ -4,8 +4,6 @@
 //! session keeps its raw protocol transcript; with `KRAAL_CAPTURE_FIXTURES=1` the
 //! transcripts become the adapter fixtures in `crates/kraal-agents/tests/fixtures/`.
 
-use std::time::{Duration, Instant};
-
 use kraal_testkit::{Scenario, ScriptedModel};
 use serde_json::Value;
 
@@ -25,31 +23,8 @@ fn daemon(scenario: &str) -> (ScriptedModel, Daemon) {
     (model, d)
 }
 
-fn events(d: &Daemon, sid: &str) -> Vec<Value> {
-    d.ok(&["events", sid, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn wait(d: &Daemon, sid: &str, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ev = events(d, sid);
-        if cond(&ev) {
-            return ev;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}\n{}",
-            ev.iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            d.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_events(sid, what, cond)
 }
 
 /// Ended turns: state events `waiting_for_input` after the n-th user message.

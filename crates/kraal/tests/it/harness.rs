@@ -121,6 +121,16 @@ impl Daemon {
         run_bounded(&mut c, Duration::from_secs(300))
     }
 
+    /// Runs the CLI with `input` on its standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Out {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("stdin");
+        std::fs::write(&f, input).unwrap();
+        let mut c = self.cmd(args);
+        c.stdin(std::fs::File::open(&f).unwrap());
+        run_bounded(&mut c, Duration::from_secs(300))
+    }
+
     /// Runs the CLI and asserts success.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
@@ -137,6 +147,40 @@ impl Daemon {
 
     pub fn exec(&self, ws: &str, script: &str) -> Out {
         self.run(&["exec", ws, "--", "sh", "-c", script])
+    }
+
+    /// A session's mirrored events, through `kraal events --json`.
+    pub fn session_events(&self, sid: &str) -> Vec<serde_json::Value> {
+        self.ok(&["events", sid, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls a session's events until `cond` holds (at most two minutes).
+    pub fn wait_events(
+        &self,
+        sid: &str,
+        what: &str,
+        cond: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ev = self.session_events(sid);
+            if cond(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; events so far:\n{}\n{}",
+                ev.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn log_tail(&self) -> String {

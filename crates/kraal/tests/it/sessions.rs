@@ -34,13 +34,6 @@ fn workspace(d: &Daemon, name: &str) {
     d.ok(&["up", repo.to_str().unwrap()]);
 }
 
-fn events(d: &Daemon, sid: &str) -> Vec<Value> {
-    d.ok(&["events", sid, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn session(d: &Daemon, sid: &str) -> Value {
     let all: Vec<Value> = serde_json::from_str(&d.ok(&["sessions", "--json"])).unwrap();
     all.into_iter()
@@ -48,25 +41,12 @@ fn session(d: &Daemon, sid: &str) -> Value {
         .unwrap_or_else(|| panic!("no session {sid}"))
 }
 
-/// Polls the mirrored events until `cond` holds.
+fn events(d: &Daemon, sid: &str) -> Vec<Value> {
+    d.session_events(sid)
+}
+
 fn wait_events(d: &Daemon, sid: &str, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let ev = events(d, sid);
-        if cond(&ev) {
-            return ev;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; events so far:\n{}\n{}",
-            ev.iter()
-                .map(Value::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            d.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_events(sid, what, cond)
 }
 
 /// The last state event after the last user message is `state`.
@@ -303,9 +283,23 @@ fn resume_after_down_and_up_continues_the_same_conversation() {
 
     d.ok(&["down", "resume"]);
     d.ok(&["up", "resume"]);
-    let o = d.run(&["send", "--wait", &sid, "what was the word?"]);
+    // `kraal chat` shows the history, then sends what is typed.
+    let o = d.run_with_stdin(&["chat", "-w", "resume"], "what was the word?\n");
     assert_eq!(o.code, Some(0), "{o:?}\n{}", d.log_tail());
-    assert!(o.stdout.contains("The word was kiwi."), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("› remember the word kiwi")
+            && o.stdout.contains("I will remember the word kiwi."),
+        "history first: {}",
+        o.stdout
+    );
+    let ev = wait_events(&d, &sid, "the answer after the resume", |ev| {
+        texts(ev, "assistant_text").contains(&"The word was kiwi.".to_owned())
+            && turn_ended_in(ev, "waiting_for_input")
+    });
+    assert_eq!(
+        texts(&ev, "user_message"),
+        ["remember the word kiwi", "what was the word?"]
+    );
     // The agent's own resume: the model got the earlier conversation with the question.
     let reqs = request_texts(&model);
     assert_eq!(reqs.len(), 2);

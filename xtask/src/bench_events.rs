@@ -1,0 +1,457 @@
+//! `cargo xtask bench-events`: agent events from the agent's standard output to CLI
+//! subscribers (`kraal events --follow`), with many concurrent sessions. The agent is a
+//! small stand-in speaking Claude Code's stream-json that stamps every text delta with the
+//! wall-clock time it printed it; each subscriber stamps its arrival. Measured next to the
+//! raw baseline in the same run: the same stand-in on the host, read through a plain pipe.
+//!
+//! A second baseline separates the sandbox from kraal's session machinery: the same
+//! stand-in in the same sandboxes, its output streamed by `kraal exec` (guest process I/O
+//! and the exec stream, without adapter, event log, mirror or SSE).
+//!
+//! Two phases: latency at a steady rate (every session printing `--rate` events per second)
+//! and throughput with every session printing as fast as it can. Stamps are wall-clock
+//! milliseconds, so latencies have a resolution of about 1 ms.
+
+#![allow(clippy::disallowed_methods)] // Automation: spawns kraal, node and the stand-in.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::bench::{Setup, setup, sh, stats};
+use crate::root;
+
+/// Claude Code's stream-json, reduced to what the benchmark needs. Environment:
+/// `BENCH_EVENTS` deltas per message, `BENCH_RATE` per second (0: as fast as possible).
+const STAND_IN: &str = r#"#!/usr/bin/env node
+const rl = require('readline').createInterface({ input: process.stdin });
+const N = +(process.env.BENCH_EVENTS || 200), RATE = +(process.env.BENCH_RATE || 0);
+const now = () => Date.now();
+const out = (o) => new Promise((r) => { if (process.stdout.write(JSON.stringify(o) + '\n')) r(); else process.stdout.once('drain', r); });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+rl.on('line', async (l) => {
+  let m; try { m = JSON.parse(l); } catch { return; }
+  if (m.type !== 'user') return;
+  await out({ type: 'system', subtype: 'init', session_id: 'bench' });
+  const start = now();
+  for (let i = 0; i < N; i++) {
+    if (RATE > 0) { const due = start + (i * 1000) / RATE; const wait = due - now(); if (wait > 0) await sleep(wait); }
+    await out({ type: 'stream_event', event: { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: 't' + now() } } });
+  }
+  await out({ type: 'result', subtype: 'success', is_error: false, result: 'done', usage: { input_tokens: 1, output_tokens: N }, total_cost_usd: 0 });
+});
+"#;
+
+struct Opts {
+    sessions: usize,
+    workspaces: usize,
+    events: usize,
+    rate: usize,
+    burst: usize,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        sessions: 100,
+        workspaces: 10,
+        events: 200,
+        rate: 20,
+        burst: 2000,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let v: usize = it
+            .next()
+            .with_context(|| format!("{a} needs a value"))?
+            .parse()
+            .with_context(|| format!("{a} needs a number"))?;
+        match a.as_str() {
+            "--sessions" => o.sessions = v,
+            "--workspaces" => o.workspaces = v,
+            "--events" => o.events = v,
+            "--rate" => o.rate = v,
+            "--burst" => o.burst = v,
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if o.workspaces == 0 || o.sessions < o.workspaces {
+        bail!("need at least one workspace and one session per workspace");
+    }
+    Ok(o)
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Latency of one received line: its stamp against the arrival time.
+fn latency(text: &str, arrived: f64) -> Option<f64> {
+    text.strip_prefix('t')?
+        .parse::<f64>()
+        .ok()
+        .map(|t| arrived - t)
+}
+
+/// What every subscriber saw.
+struct Seen {
+    latencies: Vec<f64>,
+    first: f64,
+    last: f64,
+    count: usize,
+}
+
+fn collect(rx: mpsc::Receiver<(f64, String)>, expected: usize, limit: Duration) -> Seen {
+    let mut s = Seen {
+        latencies: Vec::with_capacity(expected),
+        first: f64::MAX,
+        last: 0.0,
+        count: 0,
+    };
+    let deadline = Instant::now() + limit;
+    while s.count < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((arrived, text)) = rx.recv_timeout(left) else {
+            break;
+        };
+        if let Some(l) = latency(&text, arrived) {
+            s.latencies.push(l);
+            s.first = s.first.min(arrived - l);
+            s.last = s.last.max(arrived);
+            s.count += 1;
+        }
+    }
+    s
+}
+
+/// The stand-in on the host, `n` at once, each read through a pipe by a thread.
+fn raw_baseline(node: &Path, script: &Path, n: usize, events: usize, rate: usize) -> Seen {
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let mut c = Command::new(node)
+            .arg(script)
+            .env("BENCH_EVENTS", events.to_string())
+            .env("BENCH_RATE", rate.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let out = c.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let arrived = now_ms();
+                if let Ok(v) = serde_json::from_str::<Value>(&l)
+                    && let Some(t) = v["event"]["delta"]["text"].as_str()
+                {
+                    let _ = tx.send((arrived, t.to_owned()));
+                }
+            }
+        });
+        children.push(c);
+    }
+    for c in &mut children {
+        let mut stdin = c.stdin.take().unwrap();
+        let _ = writeln!(
+            stdin,
+            r#"{{"type":"user","message":{{"role":"user","content":"go"}}}}"#
+        );
+        std::mem::forget(stdin);
+    }
+    drop(tx);
+    let seen = collect(rx, n * events, Duration::from_secs(600));
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    seen
+}
+
+/// The stand-in inside the workspaces through `kraal exec`, `per_ws` in each at once.
+fn exec_baseline(
+    s: &Setup,
+    workspaces: &[String],
+    per_ws: usize,
+    events: usize,
+    rate: usize,
+) -> Seen {
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    let script = format!(
+        r#"echo '{{"type":"user","message":{{"role":"user","content":"go"}}}}' | BENCH_EVENTS={events} BENCH_RATE={rate} /workspace/stand-in"#
+    );
+    for ws in workspaces {
+        for _ in 0..per_ws {
+            let mut c =
+                s.d.kraal(&s.kraal)
+                    .args(["exec", "-n", ws, "--", "sh", "-c", &script])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("kraal runs");
+            let out = c.stdout.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let arrived = now_ms();
+                    if let Ok(v) = serde_json::from_str::<Value>(&l)
+                        && let Some(t) = v["event"]["delta"]["text"].as_str()
+                    {
+                        let _ = tx.send((arrived, t.to_owned()));
+                    }
+                }
+            });
+            children.push(c);
+        }
+    }
+    drop(tx);
+    let seen = collect(
+        rx,
+        workspaces.len() * per_ws * events,
+        Duration::from_secs(900),
+    );
+    for mut c in children {
+        let _ = c.wait();
+    }
+    seen
+}
+
+/// One `kraal events --follow --json` per session; deltas go to `tx`.
+fn subscribe(
+    kraal: &Path,
+    socket: &Path,
+    sessions: &[String],
+    tx: &mpsc::Sender<(f64, String)>,
+) -> Vec<std::process::Child> {
+    sessions
+        .iter()
+        .map(|sid| {
+            let mut c = Command::new(kraal)
+                .env("KRAAL_SOCKET", socket)
+                .args(["events", sid, "--follow", "--json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kraal runs");
+            let out = c.stdout.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(out).lines().map_while(Result::ok) {
+                    let arrived = now_ms();
+                    if let Ok(v) = serde_json::from_str::<Value>(&l)
+                        && v["type"] == "assistant_delta"
+                        && let Some(t) = v["text"].as_str()
+                    {
+                        let _ = tx.send((arrived, t.to_owned()));
+                    }
+                }
+            });
+            c
+        })
+        .collect()
+}
+
+/// Runs one phase through kraal: fresh sessions, subscribers, then every session is told
+/// to go.
+fn kraal_phase(
+    s: &Setup,
+    workspaces: &[String],
+    per_ws: usize,
+    events: usize,
+    rate: usize,
+) -> anyhow::Result<(Seen, f64)> {
+    let mut sessions = Vec::new();
+    for ws in workspaces {
+        for _ in 0..per_ws {
+            let out = sh(s.d.kraal(&s.kraal).args([
+                "new-chat",
+                ws,
+                "--detach",
+                "--binary",
+                "/workspace/stand-in",
+                "-e",
+                &format!("BENCH_EVENTS={events}"),
+                "-e",
+                &format!("BENCH_RATE={rate}"),
+            ]))?;
+            sessions.push(out.trim().to_owned());
+        }
+    }
+    let (tx, rx) = mpsc::channel();
+    let subs = subscribe(&s.kraal, &s.d.socket, &sessions, &tx);
+    drop(tx);
+    std::thread::sleep(Duration::from_secs(2));
+    let senders: Vec<_> = sessions
+        .iter()
+        .map(|sid| {
+            s.d.kraal(&s.kraal)
+                .args(["send", sid, "go"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("kraal runs")
+        })
+        .collect();
+    for mut c in senders {
+        c.wait()?;
+    }
+    let t0 = Instant::now();
+    let seen = collect(rx, sessions.len() * events, Duration::from_secs(900));
+    let wall = t0.elapsed().as_secs_f64();
+    for mut c in subs {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for sid in &sessions {
+        let _ = s.d.kraal(&s.kraal).args(["end-chat", sid]).output();
+    }
+    Ok((seen, wall))
+}
+
+fn summary(s: &Seen, expected: usize) -> Value {
+    let secs = ((s.last - s.first) / 1000.0).max(1e-9);
+    json!({
+        "events_expected": expected,
+        "events_received": s.count,
+        "latency": stats(s.latencies.clone()),
+        "p99_ms": percentile(&s.latencies, 0.99),
+        "throughput_events_per_s": s.count as f64 / secs,
+    })
+}
+
+fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((q * (v.len() as f64 - 1.0)).round() as usize).min(v.len() - 1)]
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    let root = root();
+    let node = root.join("agent-clis/node_modules/.bin/node");
+    if !node.exists() {
+        bail!("{} is missing: run scripts/setup.sh", node.display());
+    }
+    let s = setup(&[])?;
+    let script = s.repo.join("stand-in");
+    std::fs::write(&script, STAND_IN)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let per_ws = o.sessions / o.workspaces;
+    let sessions = per_ws * o.workspaces;
+    println!(
+        "{sessions} sessions in {} workspaces; latency phase: {} events each at {}/s; throughput phase: {} each, unthrottled",
+        o.workspaces, o.events, o.rate, o.burst
+    );
+    let workspaces: Vec<String> = (0..o.workspaces).map(|i| format!("ev-{i}")).collect();
+    for ws in &workspaces {
+        sh(s.d
+            .kraal(&s.kraal)
+            .args(["up", s.repo.to_str().unwrap(), "--name", ws]))?;
+    }
+
+    println!("latency phase…");
+    let raw_lat = raw_baseline(&node, &script, sessions, o.events, o.rate);
+    let ex_lat = exec_baseline(&s, &workspaces, per_ws, o.events, o.rate);
+    let (k_lat, _) = kraal_phase(&s, &workspaces, per_ws, o.events, o.rate)?;
+    println!("throughput phase…");
+    let raw_tp = raw_baseline(&node, &script, sessions, o.burst, 0);
+    let ex_tp = exec_baseline(&s, &workspaces, per_ws, o.burst, 0);
+    let (k_tp, wall) = kraal_phase(&s, &workspaces, per_ws, o.burst, 0)?;
+
+    let results = json!({
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+        "sessions": sessions,
+        "workspaces": o.workspaces,
+        "latency_phase": {
+            "events_per_session": o.events, "rate_per_session": o.rate,
+            "kraal": summary(&k_lat, sessions * o.events),
+            "exec_in_sandbox": summary(&ex_lat, sessions * o.events),
+            "raw_pipe": summary(&raw_lat, sessions * o.events),
+        },
+        "throughput_phase": {
+            "events_per_session": o.burst,
+            "kraal": summary(&k_tp, sessions * o.burst),
+            "kraal_wall_s": wall,
+            "exec_in_sandbox": summary(&ex_tp, sessions * o.burst),
+            "raw_pipe": summary(&raw_tp, sessions * o.burst),
+        },
+    });
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("events.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!();
+    println!(
+        "{:<40} {:>14} {:>16} {:>12}",
+        "measurement", "kraal session", "exec in sandbox", "raw pipe"
+    );
+    let row = |name: &str, k: String, e: String, r: String| {
+        println!("{name:<40} {k:>14} {e:>16} {r:>12}")
+    };
+    let ms = |v: f64| format!("{v:.0} ms");
+    for (name, q) in [
+        ("latency p50 (agent stdout → reader)", 0.5),
+        ("latency p99", 0.99),
+    ] {
+        row(
+            name,
+            ms(percentile(&k_lat.latencies, q)),
+            ms(percentile(&ex_lat.latencies, q)),
+            ms(percentile(&raw_lat.latencies, q)),
+        );
+    }
+    row(
+        "latency mean",
+        ms(mean(&k_lat.latencies)),
+        ms(mean(&ex_lat.latencies)),
+        ms(mean(&raw_lat.latencies)),
+    );
+    let n = |x: &Seen, of: usize| format!("{}/{of}", x.count);
+    row(
+        "events delivered (latency phase)",
+        n(&k_lat, sessions * o.events),
+        n(&ex_lat, sessions * o.events),
+        n(&raw_lat, sessions * o.events),
+    );
+    let tp = |x: &Seen| {
+        format!(
+            "{:.0}",
+            x.count as f64 / ((x.last - x.first) / 1000.0).max(1e-9)
+        )
+    };
+    row(
+        "throughput, all sessions (events/s)",
+        tp(&k_tp),
+        tp(&ex_tp),
+        tp(&raw_tp),
+    );
+    row(
+        "events delivered (throughput phase)",
+        n(&k_tp, sessions * o.burst),
+        n(&ex_tp, sessions * o.burst),
+        n(&raw_tp, sessions * o.burst),
+    );
+    println!("\nresults: {}", out.join("events.json").display());
+    for ws in &workspaces {
+        let _ = s.d.kraal(&s.kraal).args(["rm", "--yes", ws]).output();
+    }
+    Ok(())
+}
