@@ -67,7 +67,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 if [ ! -x agent-clis/node_modules/.bin/claude ] || [ agent-clis/package-lock.json -nt agent-clis/node_modules/.package-lock.json ]; then
     log "installing the agent CLIs from npm (agent-clis/package-lock.json)"
-    npm ci --prefix agent-clis --silent --no-audit --no-fund
+    # `npm install --no-save` rather than `npm ci`: Qwen Code lists platform packages that
+    # were never published (404), which `npm ci` refuses as an out-of-sync lock; the lock
+    # still pins every version installed.
+    npm install --prefix agent-clis --no-audit --no-fund --no-save --loglevel=error
 fi
 
 if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then

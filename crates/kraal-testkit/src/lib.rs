@@ -313,7 +313,7 @@ pub fn agent_cli(name: &str, env_var: &str) -> std::path::PathBuf {
         .join(name);
     assert!(
         p.exists(),
-        "{name} is not installed: run scripts/setup.sh (npm ci --prefix agent-clis) or set {env_var}"
+        "{name} is not installed: run scripts/setup.sh (it installs agent-clis/) or set {env_var}"
     );
     p
 }

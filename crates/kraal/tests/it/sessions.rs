@@ -542,3 +542,82 @@ fn bad_session_input_is_refused_clearly() {
     assert_eq!(status, 404, "{body}");
     assert!(d.ok(&["sessions", "--json"]).trim() == "[]");
 }
+
+#[test]
+fn codex_interrupts_and_resumes_its_thread_after_down_and_up() {
+    let long = "y".repeat(300);
+    let (model, d) = with_model(&format!(
+        r#"{{"turns": [
+            {{"respond": [{{"text": "Noted: the colour is teal."}}]}},
+            {{"respond": [{{"text": "{long}", "chunk": 1, "delay_ms": 60}}]}},
+            {{"respond": [{{"text": "The colour was teal."}}]}}
+        ]}}"#
+    ));
+    workspace(&d, "cxresume");
+    let o = d.run(&[
+        "new-chat",
+        "cxresume",
+        "--agent",
+        "codex",
+        "-m",
+        "remember the colour teal",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let all: Vec<Value> = serde_json::from_str(&d.ok(&["sessions", "cxresume", "--json"])).unwrap();
+    let sid = all[0]["id"].as_str().unwrap().to_owned();
+    let thread = all[0]["agent_session"].as_str().unwrap().to_owned();
+    // Interrupt a long turn (turn/interrupt).
+    d.ok(&["send", &sid, "write a long answer"]);
+    wait_events(&d, &sid, "the long answer streaming", |ev| {
+        texts(ev, "assistant_delta").iter().filter(|t| t.contains('y')).count() >= 5
+    });
+    let t0 = Instant::now();
+    d.ok(&["interrupt", &sid]);
+    wait_events(&d, &sid, "the interrupted turn", |ev| {
+        turn_ended_in(ev, "waiting_for_input")
+    });
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    // Down and up: the thread is resumed (thread/resume) with its history.
+    d.ok(&["down", "cxresume"]);
+    d.ok(&["up", "cxresume"]);
+    let o = d.run(&["send", "--wait", &sid, "which colour?"]);
+    assert_eq!(o.code, Some(0), "{o:?}\n{}", d.log_tail());
+    assert!(o.stdout.contains("The colour was teal."), "{}", o.stdout);
+    let reqs = request_texts(&model);
+    let last = reqs.last().unwrap();
+    assert!(
+        last.contains("remember the colour teal")
+            && last.contains("Noted: the colour is teal.")
+            && last.contains("which colour?"),
+        "{last}"
+    );
+    let ev = assert_mirrored(&d, "cxresume", &sid);
+    for e in ev.iter().filter(|e| e["type"] == "agent_session") {
+        assert_eq!(e["id"], thread, "the same thread continues");
+    }
+}
+
+#[test]
+fn a_model_api_error_is_reported_and_the_session_goes_on() {
+    let (_model, d) = with_model(
+        r#"{"turns": [
+            {"error": {"status": 400, "type": "invalid_request_error", "message": "prompt is too long: scripted"}},
+            {"respond": [{"text": "Fine now."}]}
+        ]}"#,
+    );
+    workspace(&d, "apierr");
+    let o = d.run(&["new-chat", "apierr", "-m", "hello"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("prompt is too long: scripted"), "{}", o.stdout);
+    let all: Vec<Value> = serde_json::from_str(&d.ok(&["sessions", "apierr", "--json"])).unwrap();
+    let sid = all[0]["id"].as_str().unwrap().to_owned();
+    let ev = events(&d, &sid);
+    assert!(
+        ev.iter()
+            .any(|e| e["type"] == "error" && e["message"].as_str().unwrap().contains("prompt is too long")),
+        "{ev:?}"
+    );
+    let o = d.run(&["send", "--wait", &sid, "again"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("Fine now."));
+}
