@@ -22,7 +22,8 @@ fn backend(tmp: &std::path::Path) -> GvisorBackend {
         images: ImageStore::new(images),
         platform: None,
         agents_dir: Some(
-            kraal_sandbox::locate_agents_dir().expect("agent CLIs (scripts/setup.sh installs them)"),
+            kraal_sandbox::locate_agents_dir()
+                .expect("agent CLIs (scripts/setup.sh installs them)"),
         ),
         host_ports: vec![7072],
     })

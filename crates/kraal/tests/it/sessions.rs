@@ -569,7 +569,11 @@ fn codex_interrupts_and_resumes_its_thread_after_down_and_up() {
     // Interrupt a long turn (turn/interrupt).
     d.ok(&["send", &sid, "write a long answer"]);
     wait_events(&d, &sid, "the long answer streaming", |ev| {
-        texts(ev, "assistant_delta").iter().filter(|t| t.contains('y')).count() >= 5
+        texts(ev, "assistant_delta")
+            .iter()
+            .filter(|t| t.contains('y'))
+            .count()
+            >= 5
     });
     let t0 = Instant::now();
     d.ok(&["interrupt", &sid]);
@@ -608,13 +612,20 @@ fn a_model_api_error_is_reported_and_the_session_goes_on() {
     workspace(&d, "apierr");
     let o = d.run(&["new-chat", "apierr", "-m", "hello"]);
     assert_eq!(o.code, Some(0), "{o:?}");
-    assert!(o.stdout.contains("prompt is too long: scripted"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("prompt is too long: scripted"),
+        "{}",
+        o.stdout
+    );
     let all: Vec<Value> = serde_json::from_str(&d.ok(&["sessions", "apierr", "--json"])).unwrap();
     let sid = all[0]["id"].as_str().unwrap().to_owned();
     let ev = events(&d, &sid);
     assert!(
-        ev.iter()
-            .any(|e| e["type"] == "error" && e["message"].as_str().unwrap().contains("prompt is too long")),
+        ev.iter().any(|e| e["type"] == "error"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("prompt is too long")),
         "{ev:?}"
     );
     let o = d.run(&["send", "--wait", &sid, "again"]);
