@@ -603,15 +603,16 @@ fn codex_interrupts_and_resumes_its_thread_after_down_and_up() {
 
 #[test]
 fn a_model_api_error_is_reported_and_the_session_goes_on() {
-    let (_model, d) = with_model(
+    let (model, d) = with_model(
         r#"{"turns": [
-            {"error": {"status": 400, "type": "invalid_request_error", "message": "prompt is too long: scripted"}},
+            {"error": {"status": 403, "type": "permission_error", "message": "scripted failure marker 42"}},
             {"respond": [{"text": "Fine now."}]}
         ]}"#,
     );
     workspace(&d, "apierr");
     let o = d.run(&["new-chat", "apierr", "-m", "hello"]);
     assert_eq!(o.code, Some(0), "{o:?}");
+    assert_eq!(model.requests().len(), 1, "a 403 is not retried");
     assert!(
         o.stdout.contains("prompt is too long: scripted"),
         "{}",
