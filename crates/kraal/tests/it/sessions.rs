@@ -614,7 +614,7 @@ fn a_model_api_error_is_reported_and_the_session_goes_on() {
     assert_eq!(o.code, Some(0), "{o:?}");
     assert_eq!(model.requests().len(), 1, "a 403 is not retried");
     assert!(
-        o.stdout.contains("prompt is too long: scripted"),
+        o.stdout.contains("scripted failure marker 42"),
         "{}",
         o.stdout
     );
@@ -626,7 +626,7 @@ fn a_model_api_error_is_reported_and_the_session_goes_on() {
             && e["message"]
                 .as_str()
                 .unwrap()
-                .contains("prompt is too long")),
+                .contains("scripted failure marker 42")),
         "{ev:?}"
     );
     let o = d.run(&["send", "--wait", &sid, "again"]);
