@@ -80,6 +80,12 @@ async fn lifecycle_with_real_runsc() {
         },
         guest_token: "tok".into(),
     };
+    // Whatever happens below, leave no sandbox, namespace or mount behind.
+    let _cleanup = Cleanup {
+        runsc_root: tmp.path().join("runsc"),
+        id: spec.id.clone(),
+        state: tmp.path().join("workspaces"),
+    };
     b.create(&spec).await.unwrap();
     assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Stopped);
     let t0 = Instant::now();
@@ -134,4 +140,27 @@ async fn lifecycle_with_real_runsc() {
     b.destroy(&spec.id).await.unwrap();
     assert_eq!(b.status(&spec.id).await.unwrap(), SandboxStatus::Absent);
     assert!(!kraal_net::netns_path(&spec.id).exists());
+}
+
+/// Removes the test's sandbox even when an assertion failed half-way.
+struct Cleanup {
+    runsc_root: std::path::PathBuf,
+    id: WorkspaceId,
+    state: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        #[allow(clippy::disallowed_methods)]
+        let run = |args: &[&str]| {
+            let _ = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .output();
+        };
+        let root = format!("--root={}", self.runsc_root.display());
+        run(&["runsc", &root, "delete", "-force", self.id.as_str()]);
+        run(&["ip", "netns", "del", &kraal_net::netns_name(&self.id)]);
+        let rootfs = self.state.join(self.id.as_str()).join("rootfs");
+        run(&["umount", "-l", rootfs.to_str().unwrap_or_default()]);
+    }
 }
