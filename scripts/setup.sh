@@ -73,6 +73,17 @@ if [ ! -x agent-clis/node_modules/.bin/claude ] || [ agent-clis/package-lock.jso
     npm install --prefix agent-clis --no-audit --no-fund --no-save --loglevel=error
 fi
 
+if [ ! -f web/node_modules/htmx.org/dist/htmx.min.js ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
+    log "installing the web UI's front-end packages from npm (web/package-lock.json)"
+    npm install --prefix web --no-audit --no-fund --no-save --loglevel=error
+fi
+
+# The browser tests drive Debian's Chromium (test.sh asks for it).
+if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ] && ! dpkg -s chromium >/dev/null 2>&1; then
+    log "installing Chromium for the browser tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then
     # The agent CLIs every sandbox gets read-only at /opt/kraal/agents.
     agents=/usr/local/lib/kraal/agents

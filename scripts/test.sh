@@ -3,7 +3,7 @@
 # real-runsc end-to-end tests, with cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KRAAL_SETUP_SKIP_INSTALL=1 ./scripts/setup.sh
+KRAAL_SETUP_SKIP_INSTALL=1 KRAAL_SETUP_TEST_DEPS=1 ./scripts/setup.sh
 
 echo "==> cargo fmt --check and clippy"
 cargo fmt --all --check

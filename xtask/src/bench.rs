@@ -119,7 +119,7 @@ pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let socket = tmp.path().join("kraal.sock");
     let log = std::fs::File::create(tmp.path().join("daemon.log"))?;
     let child = Command::new(&kraal)
-        .arg("serve")
+        .args(["serve", "--listen", "none"])
         .env("KRAAL_DATA_DIR", &data)
         .env("KRAAL_SOCKET", &socket)
         .env("KRAAL_IMAGE_DIR", &images)

@@ -107,6 +107,9 @@ pub struct Status {
     pub version: String,
     pub backend: BackendKind,
     pub data_dir: String,
+    /// The web UI's address, when the daemon serves it.
+    #[serde(default)]
+    pub web_url: Option<String>,
     pub uptime_secs: u64,
     pub workspaces: u64,
     pub running: u64,
@@ -323,4 +326,33 @@ pub struct SessionsQuery {
     /// Only the sessions of this workspace (name or id).
     #[serde(default)]
     pub workspace: Option<String>,
+}
+
+/// Create an access token for the web UI (and remote clients).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreateToken {
+    /// A unique label, e.g. `phone`.
+    pub name: String,
+}
+
+/// A new token: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
 }

@@ -7,6 +7,7 @@ mod resources;
 mod session;
 mod source;
 mod state;
+mod template;
 
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name};
@@ -17,6 +18,7 @@ pub use session::{
 };
 pub use source::{Source, SourceError};
 pub use state::{BackendKind, Capabilities, DesiredState, WorkspaceState};
+pub use template::{TemplateError, TemplateSpec};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,8 @@
 #![allow(clippy::result_large_err)]
 
 mod sessions;
+mod templates;
+pub use kraal_store::SessionRecord;
 pub use sessions::{LinkServices, MAX_MESSAGE, NewSession};
 
 use std::collections::HashMap;
@@ -122,7 +124,27 @@ pub struct Engine {
     followers: Mutex<HashMap<SessionId, JoinHandle<()>>>,
     /// Newest mirrored sequence number per session, for live readers.
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
+    /// Session state changes of every session, for notifications.
+    changes: tokio::sync::broadcast::Sender<SessionChange>,
     started: Instant,
+}
+
+/// A session reached a new state (from its event log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionChange {
+    pub session: SessionId,
+    pub workspace: WorkspaceId,
+    pub state: kraal_core::SessionState,
+    pub reason: Option<String>,
+}
+
+/// What a command run to completion printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// The exit code (128+N when killed by signal N).
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// How long a freshly started sandbox gets to bring its guest agent up.
@@ -144,6 +166,7 @@ impl Engine {
             gateways: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            changes: tokio::sync::broadcast::channel(256).0,
             started: Instant::now(),
         })
     }
@@ -524,6 +547,70 @@ impl Engine {
         }
         let c = self.connect(&rec).await?;
         Ok((rec, c))
+    }
+
+    /// Runs a command in a running workspace to completion (at most `timeout`), capturing
+    /// up to `max` bytes of each output stream.
+    pub async fn capture(
+        &self,
+        workspace: &str,
+        argv: &[&str],
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Captured, EngineError> {
+        let (rec, client) = self.guest(workspace).await?;
+        let guest_err = |source| EngineError::Guest {
+            workspace: rec.name.to_string(),
+            source,
+        };
+        let mut h = client
+            .exec(kraal_protocol::ExecRequest {
+                argv: argv.iter().map(|a| a.to_string()).collect(),
+                env: vec![],
+                cwd: None,
+                tty: None,
+            })
+            .await
+            .map_err(guest_err)?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let run = async {
+            loop {
+                match h.next().await? {
+                    kraal_sandbox::ExecEvent::Stdout { data, .. } => {
+                        let room = max.saturating_sub(out.len());
+                        out.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    kraal_sandbox::ExecEvent::Stderr { data, .. } => {
+                        let room = max.saturating_sub(err.len());
+                        err.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    kraal_sandbox::ExecEvent::Truncated { .. } => {}
+                    kraal_sandbox::ExecEvent::Exit { code, signal } => {
+                        return Ok(code.unwrap_or(128 + signal.unwrap_or(0)));
+                    }
+                }
+            }
+        };
+        let code = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| {
+                EngineError::Invalid(format!(
+                    "{} did not finish within {} s",
+                    argv.join(" "),
+                    timeout.as_secs()
+                ))
+            })?
+            .map_err(guest_err)?;
+        Ok(Captured {
+            code,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        })
+    }
+
+    /// Every session state change from now on.
+    pub fn subscribe_changes(&self) -> tokio::sync::broadcast::Receiver<SessionChange> {
+        self.changes.subscribe()
     }
 
     /// One reconciliation pass over every workspace not busy with an operation.

@@ -419,6 +419,7 @@ impl Engine {
                         if let Some(tx) = self.watchers.lock().unwrap().get(&id) {
                             tx.send_replace(last);
                         }
+                        self.announce(&id, &batch);
                         break;
                     }
                     Err(e @ StoreError::Gap { .. }) => {
@@ -433,6 +434,26 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Engine {
+    /// Tells subscribers the last state a batch of events reached, if it has one.
+    fn announce(&self, id: &SessionId, batch: &[SessionEvent]) {
+        let Some((state, reason)) = batch.iter().rev().find_map(|e| match &e.event {
+            kraal_core::AgentEvent::State { state, reason } => Some((*state, reason.clone())),
+            _ => None,
+        }) else {
+            return;
+        };
+        if let Ok(Some(s)) = self.store.get_session(id) {
+            let _ = self.changes.send(crate::SessionChange {
+                session: id.clone(),
+                workspace: s.workspace_id,
+                state,
+                reason,
+            });
         }
     }
 }

@@ -5,6 +5,8 @@ mod error;
 mod exec;
 mod routes;
 mod sessions;
+mod tokens;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub host: Arc<HostReport>,
     pub data_dir: String,
+    /// Where the web UI listens (`http://…`), when it does.
+    pub web_url: Option<String>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

@@ -48,6 +48,9 @@ use crate::error::HttpError;
         crate::sessions::stop_session,
         crate::sessions::events,
         crate::sessions::stream,
+        crate::tokens::create_token,
+        crate::tokens::list_tokens,
+        crate::tokens::revoke_token,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -104,6 +107,14 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/v1/sessions/{id}/events", get(crate::sessions::events))
         .route("/v1/sessions/{id}/stream", get(crate::sessions::stream))
+        .route(
+            "/v1/tokens",
+            get(crate::tokens::list_tokens).post(crate::tokens::create_token),
+        )
+        .route(
+            "/v1/tokens/{token}",
+            axum::routing::delete(crate::tokens::revoke_token),
+        )
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
 
@@ -162,6 +173,7 @@ async fn status(State(s): State<AppState>) -> Result<Json<Status>, HttpError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         backend: s.engine.backend_kind(),
         data_dir: s.data_dir.clone(),
+        web_url: s.web_url.clone(),
         uptime_secs: s.engine.uptime().as_secs(),
         workspaces: all.len() as u64,
         running: all

@@ -12,7 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
 mod sessions;
+mod web;
 pub use sessions::SessionRecord;
+pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +36,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("corrupt row for {id}: {what}")]
     Corrupt { id: String, what: String },
+    #[error("a token named {name} already exists")]
+    TokenNameTaken { name: String },
+    #[error("a template named {name} already exists")]
+    TemplateNameTaken { name: String },
     #[error("event log of session {session} has a gap: expected event {expected}, got {got}")]
     Gap {
         session: String,
@@ -79,6 +85,7 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_workspaces.sql")),
         M::up(include_str!("../migrations/0002_sessions.sql")),
+        M::up(include_str!("../migrations/0003_web.sql")),
     ])
 }
 
@@ -267,6 +274,22 @@ impl Store {
                 params![id.as_str(), now(), level, message],
             )?;
             Ok(())
+        })
+    }
+
+    /// The newest `limit` events of every workspace, newest first, with the workspace's
+    /// name.
+    pub fn all_events(&self, limit: usize) -> Result<Vec<(String, EventRecord)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT w.name, e.seq, e.at, e.level, e.message FROM workspace_events e JOIN workspaces w ON w.id = e.workspace_id ORDER BY e.seq DESC LIMIT ?1",
+            )?;
+            let v = stmt
+                .query_map([limit as i64], |r| {
+                    Ok((r.get(0)?, EventRecord { seq: r.get(1)?, at: r.get(2)?, level: r.get(3)?, message: r.get(4)? }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(v)
         })
     }
 

@@ -120,6 +120,15 @@ pub enum Command {
     },
     /// End a session: the agent finishes and exits; its log is kept.
     EndChat { session: String },
+    /// Print the web UI's address (and open it when a desktop is around).
+    Web {
+        /// Only print the address.
+        #[arg(long)]
+        no_open: bool,
+    },
+    /// Manage access tokens for the web UI.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show the daemon's status.
     Status {
         #[arg(long)]
@@ -136,6 +145,24 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once and stored only as a hash.
+    Create {
+        /// A unique label (default: token-<random>).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id or name; its web logins end at once.
+    Revoke { token: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum HostCommand {
     /// Report which backends are usable here and why.
     Check {
@@ -149,6 +176,10 @@ pub struct ServeArgs {
     /// Unix socket to listen on.
     #[arg(long, env = "KRAAL_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Address of the web UI: loopback by default; a tailnet address to reach it from a
+    /// phone; `none` to turn it off. Logins use tokens from `kraal token create`.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub listen: String,
     /// Also listen on TCP (requires a bearer token on every request).
     #[arg(long, value_name = "ADDR")]
     pub listen_tcp: Option<std::net::SocketAddr>,

@@ -299,7 +299,86 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     println!("kraal daemon {} at {}", s.version, client.endpoint);
     println!("  backend:    {}", s.backend);
     println!("  data:       {}", s.data_dir);
+    if let Some(u) = &s.web_url {
+        println!("  web UI:     {u}");
+    }
     println!("  uptime:     {} s", s.uptime_secs);
     println!("  workspaces: {} ({} running)", s.workspaces, s.running);
+    Ok(())
+}
+
+pub async fn web(client: &Client, no_open: bool) -> anyhow::Result<()> {
+    let s: Status = client.get("/v1/status").await?;
+    let Some(url) = s.web_url else {
+        bail!(
+            "the daemon serves no web UI\nhint: start it with `kraal serve --listen 127.0.0.1:7080` (or a tailnet address)"
+        );
+    };
+    println!("{url}");
+    let tokens: TokenList = client.get("/v1/tokens").await?;
+    if !tokens.tokens.iter().any(|t| t.revoked_at.is_none()) {
+        eprintln!("no access token yet: create one with `kraal token create --name phone`");
+    }
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_open && desktop && kraal_sandbox::process::which("xdg-open").is_some() {
+        let _ = kraal_sandbox::process::Cmd::new("xdg-open")
+            .arg(&url)
+            .timeout(Duration::from_secs(10))
+            .run()
+            .await;
+    }
+    Ok(())
+}
+
+pub async fn token_create(client: &Client, name: Option<String>) -> anyhow::Result<()> {
+    let name = name.unwrap_or_else(|| {
+        use rand::RngCore;
+        let mut b = [0u8; 3];
+        rand::thread_rng().fill_bytes(&mut b);
+        format!("token-{}", hex::encode(b))
+    });
+    let t: NewToken = client
+        .send(Method::POST, "/v1/tokens", Some(&CreateToken { name }))
+        .await?;
+    println!("{}", t.token);
+    eprintln!(
+        "token {} ({}) created; it is shown only now. Log in to the web UI with it (`kraal web` prints the address).",
+        t.name, t.id
+    );
+    Ok(())
+}
+
+pub async fn token_ls(client: &Client, json: bool) -> anyhow::Result<()> {
+    let l: TokenList = client.get("/v1/tokens").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l.tokens)?);
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["ID", "NAME", "CREATED", "LAST USED", "STATE"]);
+    for k in l.tokens {
+        t.add_row([
+            k.id,
+            k.name,
+            k.created_at,
+            k.last_used_at.unwrap_or_else(|| "never".into()),
+            if k.revoked_at.is_some() {
+                "revoked".into()
+            } else {
+                "live".to_owned()
+            },
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+    Ok(())
+}
+
+pub async fn token_revoke(client: &Client, token: &str) -> anyhow::Result<()> {
+    client
+        .raw(Method::DELETE, &format!("/v1/tokens/{}", enc(token)), None)
+        .await?;
+    println!("token {token} revoked");
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command, HostCommand};
+use cli::{Cli, Command, HostCommand, TokenCommand};
 use client::{Client, ClientError, Endpoint};
 
 fn main() -> ExitCode {
@@ -160,6 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0),
         Command::Ps { workspace } => commands::ps(&c, &workspace).await.map(|()| 0),
         Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
+        Command::Web { no_open } => commands::web(&c, no_open).await.map(|()| 0),
+        Command::Token(TokenCommand::Create { name }) => {
+            commands::token_create(&c, name).await.map(|()| 0)
+        }
+        Command::Token(TokenCommand::Ls { json }) => commands::token_ls(&c, json).await.map(|()| 0),
+        Command::Token(TokenCommand::Revoke { token }) => {
+            commands::token_revoke(&c, &token).await.map(|()| 0)
+        }
         Command::NewChat(a) => {
             let env = a
                 .env

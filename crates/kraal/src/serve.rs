@@ -59,10 +59,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let services = crate::services::GatewayServices::new(upstreams, creds)?;
     let engine = Engine::new(store, backend, Some(services));
+    // The web UI: bound first, so its address is known to the API.
+    let web = match args.listen.as_str() {
+        "none" | "off" => None,
+        addr => {
+            let addr: std::net::SocketAddr = addr.parse().with_context(|| {
+                format!("--listen {addr:?} is not an address like 127.0.0.1:7080 (or `none`)")
+            })?;
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("the web UI cannot listen on {addr}; pick another with --listen ADDR, or --listen none")
+            })?;
+            Some(l)
+        }
+    };
+    let web_url = web
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| format!("http://{a}"));
     let state = AppState {
         engine: engine.clone(),
         host: Arc::new(report),
         data_dir: data_dir.display().to_string(),
+        web_url: web_url.clone(),
     };
 
     // Unix socket, owner-only.
@@ -122,6 +140,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let mut rx = shutdown_rx.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.changed().await;
+                })
+                .await
+        }));
+    }
+
+    if let Some(l) = web {
+        let app = kraal_server::web::router(state.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        eprintln!(
+            "kraal web UI on {} (log in with a token from `kraal token create`)",
+            web_url.as_deref().unwrap_or_default()
+        );
+        let mut rx = shutdown_rx.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(l, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.changed().await;
                 })

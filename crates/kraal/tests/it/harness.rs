@@ -56,7 +56,7 @@ impl Daemon {
             .env("KRAAL_SOCKET", &self.socket)
             .env("KRAAL_IMAGE_DIR", image_dir())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .args(["--reconcile-secs", "1"]);
+            .args(["--reconcile-secs", "1", "--listen", "127.0.0.1:0"]);
         c
     }
 

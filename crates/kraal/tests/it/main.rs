@@ -12,3 +12,4 @@ mod lifecycle;
 mod restart;
 mod sessions;
 mod validation;
+mod web;

@@ -1,0 +1,84 @@
+//! The web UI: server-rendered pages (maud) made live with a little JavaScript and htmx,
+//! for supervising agents from a phone. Everything but the login page and the static
+//! assets needs a login (see [`auth`]); every asset is embedded in the binary.
+
+mod actions;
+mod assets;
+mod auth;
+mod events;
+mod pages;
+mod terminal;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::middleware;
+use axum::routing::{get, post};
+
+pub use auth::Limiter;
+
+use crate::AppState;
+
+/// Largest form body accepted (messages to agents, file edits are not uploaded here).
+pub const MAX_FORM: usize = 2 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct WebState {
+    pub app: AppState,
+    pub limiter: Arc<Limiter>,
+}
+
+impl FromRef<WebState> for AppState {
+    fn from_ref(w: &WebState) -> AppState {
+        w.app.clone()
+    }
+}
+
+/// The web UI router (serve it with `into_make_service_with_connect_info::<SocketAddr>()`
+/// so login rate limits see client addresses).
+pub fn router(app: AppState) -> Router {
+    let state = WebState {
+        app,
+        limiter: Arc::new(Limiter::default()),
+    };
+    Router::new()
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/static/{file}", get(assets::serve))
+        .route("/", get(pages::dashboard))
+        .route("/dashboard/workspaces", get(pages::dashboard_table))
+        .route("/w/{ws}", get(pages::workspace))
+        .route("/w/{ws}/files", get(pages::files))
+        .route("/w/{ws}/diff", get(pages::diff))
+        .route("/w/{ws}/terminal", get(terminal::page))
+        .route("/w/{ws}/exec", get(crate::exec::exec_ws))
+        .route("/w/{ws}/up", post(actions::up))
+        .route("/w/{ws}/down", post(actions::down))
+        .route("/w/{ws}/commit", post(actions::commit))
+        .route("/w/{ws}/push", post(actions::push))
+        .route("/w/{ws}/sessions", post(actions::new_session))
+        .route("/s/{id}", get(pages::session))
+        .route("/s/{id}/live", get(events::live))
+        .route("/s/{id}/send", post(actions::send))
+        .route("/s/{id}/interrupt", post(actions::interrupt))
+        .route("/s/{id}/decide", post(actions::decide))
+        .route("/s/{id}/end", post(actions::end))
+        .route(
+            "/templates",
+            get(pages::templates).post(actions::save_template),
+        )
+        .route("/templates/new", get(pages::template_form))
+        .route(
+            "/templates/{id}",
+            get(pages::template_edit).post(actions::save_template_version),
+        )
+        .route("/templates/{id}/delete", post(actions::delete_template))
+        .route("/templates/{id}/launch", post(actions::launch_template))
+        .route("/logs", get(pages::logs))
+        .route("/notify", get(events::notify))
+        .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .with_state(state)
+}
