@@ -220,6 +220,9 @@ try {
   const desk = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const d = await desk.newPage();
   await login(d);
+  // The dashboard lists every session that is not done, with the workspace cards agreeing.
+  await d.waitForSelector(`#workspaces ul.sessions a.session[href="/s/${sid}"]`);
+  assert.ok(await d.$(`#workspaces ul.sessions a.session[href="/s/${asker}"]`), 'the approval session is listed');
   await shot(d, 'desktop-dashboard');
   await d.goto(`${URL}/w/${WS}`);
   await d.waitForSelector('#diff details.diff-file');

@@ -199,6 +199,23 @@ fn counts(sessions: &[SessionRecord]) -> HashMap<String, Counts> {
 fn workspace_rows(ws: &[WorkspaceRecord], sessions: &[SessionRecord]) -> Markup {
     let counts = counts(sessions);
     let total: f64 = sessions.iter().map(|s| s.cost_usd).sum();
+    let names: HashMap<&str, &str> = ws
+        .iter()
+        .map(|w| (w.id.as_str(), w.name.as_str()))
+        .collect();
+    // Live sessions first (needing approval, then working, then waiting), then failures.
+    let mut attention: Vec<&SessionRecord> = sessions
+        .iter()
+        .filter(|s| s.state != SessionState::Done)
+        .collect();
+    attention.sort_by_key(|s| match s.state {
+        SessionState::NeedsApproval => 0,
+        SessionState::Working | SessionState::Starting => 1,
+        SessionState::WaitingForInput => 2,
+        _ => 3,
+    });
+    // The whole fragment (cards and the list of sessions) refreshes together, so the two never
+    // disagree.
     html! {
         div #workspaces hx-get="/dashboard/workspaces" hx-trigger="every 5s" hx-swap="outerHTML" {
             @if ws.is_empty() {
@@ -226,6 +243,16 @@ fn workspace_rows(ws: &[WorkspaceRecord], sessions: &[SessionRecord]) -> Markup 
                 }
                 p.muted.total { "Cost so far: " strong { (money(total)) } }
             }
+            h3 { "Sessions to watch" }
+            @if attention.is_empty() {
+                p.muted { "Nothing is running or waiting for you." }
+            } @else {
+                ul.sessions {
+                    @for s in attention {
+                        li { (session_link(s, names.get(s.workspace_id.as_str()).copied())) }
+                    }
+                }
+            }
         }
     }
 }
@@ -237,19 +264,6 @@ pub async fn dashboard(
     let e = &w.app.engine;
     let ws = e.list().map_err(|x| error_page(&auth, x.into()))?;
     let sessions = e.sessions(None).map_err(|x| error_page(&auth, x.into()))?;
-    let names: HashMap<String, String> = ws
-        .iter()
-        .map(|w| (w.id.to_string(), w.name.to_string()))
-        .collect();
-    let attention: Vec<&SessionRecord> = sessions
-        .iter()
-        .filter(|s| {
-            matches!(
-                s.state,
-                SessionState::NeedsApproval | SessionState::Working | SessionState::Failed
-            )
-        })
-        .collect();
     Ok(layout(
         "Dashboard",
         &auth,
@@ -259,16 +273,6 @@ pub async fn dashboard(
                 button.secondary.outline.small #enable-notifications type="button" hidden { "Enable notifications" }
             }
             (workspace_rows(&ws, &sessions))
-            h3 { "Sessions to watch" }
-            @if attention.is_empty() {
-                p.muted { "Nothing is running or waiting for you." }
-            } @else {
-                ul.sessions {
-                    @for s in attention {
-                        li { (session_link(s, names.get(s.workspace_id.as_str()).map(String::as_str))) }
-                    }
-                }
-            }
         },
     ))
 }
