@@ -25,7 +25,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
-pkgs=(debootstrap nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config)
+pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config)
 need_apt=0
 for p in "${pkgs[@]}" runsc; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
 if [ "${VERSION_CODENAME:-}" = bookworm ] && dpkg -s runsc >/dev/null 2>&1; then
@@ -78,10 +78,17 @@ if [ ! -f web/node_modules/htmx.org/dist/htmx.min.js ] || [ web/package-lock.jso
     npm install --prefix web --no-audit --no-fund --no-save --loglevel=error
 fi
 
-# The browser tests drive Debian's Chromium (test.sh asks for it).
-if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ] && ! dpkg -s chromium >/dev/null 2>&1; then
-    log "installing Chromium for the browser tests"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# The browser tests drive Debian's Chromium; the image tests check OCI layouts with skopeo
+# and pull from a local registry (test.sh asks for them).
+if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ]; then
+    for p in chromium skopeo docker-registry; do
+        if ! dpkg -s "$p" >/dev/null 2>&1; then
+            log "installing $p for the tests"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+        fi
+    done
+    # The tests start their own registry on loopback; the packaged service is not needed.
+    if [ -d /run/systemd/system ]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 fi
 
 if [ "${KRAAL_SETUP_SKIP_INSTALL:-0}" != 1 ]; then

@@ -227,6 +227,17 @@ try {
   await d.goto(`${URL}/w/${WS}`);
   await d.waitForSelector('#diff details.diff-file');
   await shot(d, 'desktop-workspace');
+  // Commit everything, then push to a remote (a bare repository inside the workspace).
+  await d.fill('form.commit input[name=message]', 'changes reviewed in the browser');
+  await Promise.all([d.waitForNavigation(), d.click('form.commit button[type=submit]')]);
+  await d.waitForFunction(() => document.querySelector('#diff').innerText.includes('No uncommitted changes'), null, { timeout: 30000 });
+  assert.equal(kraal('exec', WS, '--', 'git', 'log', '-1', '--format=%s').trim(), 'changes reviewed in the browser');
+  kraal('exec', WS, '--', 'sh', '-c', 'git init -q --bare /tmp/remote.git && git remote add origin /tmp/remote.git');
+  await Promise.all([d.waitForNavigation(), d.click('form[action$="/push"] button')]);
+  assert.equal(
+    kraal('exec', WS, '--', 'git', '--git-dir=/tmp/remote.git', 'log', '-1', '--format=%s', '--all').trim(),
+    'changes reviewed in the browser');
+  log('committed all changes and pushed them (setting the upstream) from the desktop page');
   await d.goto(`${URL}/s/${sid}`);
   await d.waitForSelector('#log [data-seq]');
   assert.deepEqual(await seqsInDom(d), renderable(events(sid)));

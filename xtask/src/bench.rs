@@ -123,6 +123,7 @@ pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
         .env("KRAAL_DATA_DIR", &data)
         .env("KRAAL_SOCKET", &socket)
         .env("KRAAL_IMAGE_DIR", &images)
+        .env("KRAAL_IMAGE", "base")
         .env("KRAAL_GUEST_BIN", &guest)
         .envs(env.iter().copied())
         .stdout(log.try_clone()?)
@@ -194,6 +195,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .map(|e| e.path())
         .find(|p| {
             p.join("complete").is_file()
+                && p.join("image.json").is_file()
                 && p.file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("base-"))
         })

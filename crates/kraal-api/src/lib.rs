@@ -39,6 +39,9 @@ pub struct Workspace {
     pub persistent: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// The image it was created from (absent: the daemon's default at the time).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -49,6 +52,9 @@ pub struct CreateWorkspace {
     pub source: Source,
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// Image to create it from (`kraal image ls`); the daemon's default when absent.
+    #[serde(default)]
+    pub image: Option<String>,
     /// Wait until the workspace is running (or failed) before answering.
     #[serde(default)]
     pub wait: bool,
@@ -355,4 +361,80 @@ pub struct Token {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<Token>,
+}
+
+/// A built image (`GET /v1/images`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    pub name: String,
+    /// Content hash of everything that went into it.
+    pub hash: String,
+    pub description: String,
+    pub built_at: String,
+    /// The content-addressed layers, bottom first: `os-<hash>`, `agents-<hash>`, `guest-<hash>`.
+    pub layers: Vec<String>,
+    /// Agent CLIs inside.
+    pub agents: Vec<String>,
+    pub packages: usize,
+    /// Outputs with their path and size in bytes.
+    pub outputs: Vec<ImageOutput>,
+    /// Workspaces running on it (ids).
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageOutput {
+    /// `rootfs`, `ext4` or `oci`.
+    pub format: String,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// A recipe the daemon can build by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecipeInfo {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageList {
+    pub images: Vec<ImageInfo>,
+    /// Built-in recipes.
+    pub recipes: Vec<RecipeInfo>,
+}
+
+/// `POST /v1/images/build`: a built-in recipe by `name`, or a recipe file's TOML text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BuildImage {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// TOML text of a recipe (what `kraal image build --file` sends).
+    #[serde(default)]
+    pub recipe: Option<String>,
+    /// `rootfs`, `ext4`, `oci` (default: all three).
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+/// One line of the newline-delimited JSON a build answers with: progress lines, then
+/// the image or an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildLine {
+    Progress {
+        step: u32,
+        steps: u32,
+        title: String,
+        detail: String,
+        done: bool,
+    },
+    Image(ImageInfo),
+    Error(ApiError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RemovedImages {
+    /// `name-hash` of each build removed.
+    pub removed: Vec<String>,
 }

@@ -104,6 +104,8 @@ pub struct CreateRequest {
     pub name: Option<String>,
     pub source: Source,
     pub resources: Option<Resources>,
+    /// Image name (`None`: the backend's default).
+    pub image: Option<String>,
 }
 
 /// The result of an operation that may still be running.
@@ -224,6 +226,7 @@ impl Engine {
             source: rec.source.clone(),
             resources: rec.resources,
             guest_token: rec.guest_token.clone(),
+            image: rec.image.clone(),
         }
     }
 
@@ -253,6 +256,18 @@ impl Engine {
                 &req.source.basename().unwrap_or_else(|| "workspace".into()),
             ))?,
         };
+        if let Some(image) = &req.image {
+            let ok = !image.is_empty()
+                && image.len() <= 40
+                && image
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(EngineError::Invalid(format!(
+                    "image name {image:?} must be 1-40 characters of a-z, 0-9 and '-'"
+                )));
+            }
+        }
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);
         let now = kraal_store::now();
@@ -270,6 +285,7 @@ impl Engine {
             persistent: false,
             created_at: now.clone(),
             updated_at: now,
+            image: req.image,
         };
         self.store.insert(&rec).map_err(|e| match e {
             StoreError::NameTaken { name } => EngineError::NameTaken { name },

@@ -26,6 +26,7 @@ impl Engine {
             name,
             source,
             resources: Some(spec.resources),
+            image: spec.image.clone().filter(|i| !i.is_empty()),
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

@@ -19,6 +19,12 @@ pub struct Config {
     /// Where session logs live (default `<files_root>/.kraal/sessions`).
     #[serde(default)]
     pub sessions_dir: Option<PathBuf>,
+    /// Environment every process gets (the image's), before the request's own.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Programs started in the background when the guest starts (the image's services).
+    #[serde(default)]
+    pub start: Vec<Vec<String>>,
 }
 
 fn default_root() -> PathBuf {
@@ -62,6 +68,8 @@ impl Config {
             files_root: root.map(PathBuf::from).unwrap_or_else(default_root),
             hostname: None,
             sessions_dir: None,
+            env: Vec::new(),
+            start: Vec::new(),
         })
     }
 }

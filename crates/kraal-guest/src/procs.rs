@@ -160,12 +160,22 @@ struct Table {
 #[derive(Default)]
 pub struct Procs {
     table: Mutex<Table>,
+    /// The image's environment, applied to every process before the request's own.
+    base_env: Vec<(String, String)>,
 }
 
 /// The image's tools first, then the agent CLIs mounted by the host.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/kraal/agents/node_modules/.bin";
 
 impl Procs {
+    /// A process table whose processes all get `env` (after the defaults).
+    pub fn with_env(env: Vec<(String, String)>) -> Procs {
+        Procs {
+            base_env: env,
+            ..Procs::default()
+        }
+    }
+
     pub fn get(&self, id: u64) -> Option<Arc<Proc>> {
         self.table.lock().unwrap().by_id.get(&id).cloned()
     }
@@ -207,7 +217,7 @@ impl Procs {
         if req.tty.is_some() {
             cmd.env("TERM", "xterm-256color");
         }
-        for (k, v) in &req.env {
+        for (k, v) in self.base_env.iter().chain(&req.env) {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return Err(GuestError::new(
                     ErrorCode::InvalidRequest,

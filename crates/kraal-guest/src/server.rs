@@ -46,7 +46,7 @@ impl Guest {
             .files_root
             .canonicalize()
             .unwrap_or_else(|_| config.files_root.clone());
-        let procs = Arc::new(Procs::default());
+        let procs = Arc::new(Procs::with_env(config.env.clone()));
         let sessions_dir = config
             .sessions_dir
             .clone()
@@ -70,6 +70,21 @@ impl Guest {
             env!("CARGO_PKG_VERSION"),
             self.config.listen
         );
+
+        // The image's services: started once, listed by `kraal ps`, output kept like any
+        // other process's.
+        for argv in &self.config.start {
+            let req = kraal_protocol::ExecRequest {
+                argv: argv.clone(),
+                env: Vec::new(),
+                cwd: Some("/".to_owned()),
+                tty: None,
+            };
+            match self.procs.spawn(&req, "/") {
+                Ok(p) => eprintln!("kraal-guest: started {argv:?} (process {})", p.id),
+                Err(e) => eprintln!("kraal-guest: cannot start {argv:?}: {}", e.message),
+            }
+        }
 
         let reaper = self.procs.clone();
         tokio::spawn(async move {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kraal_core::{BackendKind, Capabilities, WorkspaceId};
-use kraal_image::{ImageStore, Recipe};
+use kraal_image::{ImageStore, Output, Recipe};
 use kraal_net::{Link, Pool};
 use kraal_sandbox::process::{Cmd, ProcessError, which};
 use kraal_sandbox::{
@@ -40,6 +40,9 @@ pub struct GvisorConfig {
     /// The static guest agent binary mounted into every sandbox.
     pub guest_bin: PathBuf,
     pub images: ImageStore,
+    /// The image of workspaces that do not name one: a built-in recipe (built on first use)
+    /// or an image built with `kraal image build`.
+    pub default_image: String,
     /// `systrap` (default) or `ptrace`/`kvm`.
     pub platform: Option<String>,
     /// A directory whose `node_modules` holds the agent CLIs and Node.js, mounted
@@ -334,14 +337,28 @@ impl Backend for GvisorBackend {
         }
         let image_file = dir.join("image");
         if !image_file.is_file() {
-            let image = self
-                .cfg
-                .images
-                .ensure(
-                    &Recipe::base(),
-                    &|line| tracing::info!(workspace = %id, "{line}"),
-                )
-                .await
+            let name = spec.image.as_deref().unwrap_or(&self.cfg.default_image);
+            let image = match Recipe::builtin(name) {
+                Ok(recipe) => self
+                    .cfg
+                    .images
+                    .ensure(&recipe, &[Output::Rootfs], &|p| {
+                        if p.done || !p.detail.is_empty() {
+                            tracing::info!(workspace = %id, "image {name} [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
+                        }
+                    })
+                    .await
+                    .map_err(Self::chain_err(id, "create"))?,
+                Err(_) => self.cfg.images.find(name).ok_or_else(|| BackendError::Failed {
+                    workspace: id.to_string(),
+                    op: "create",
+                    message: format!(
+                        "no image named {name:?}: it is neither built-in ({}) nor built with `kraal image build --file`",
+                        kraal_image::recipe::BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                })?,
+            };
+            ImageStore::add_user(&image.rootfs, id.as_str())
                 .map_err(Self::chain_err(id, "create"))?;
             std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
                 .map_err(Self::io_err(id, "create", &image_file))?;
@@ -414,11 +431,18 @@ impl Backend for GvisorBackend {
 
         let guest_dir = dir.join("guest");
         std::fs::create_dir_all(&guest_dir).map_err(Self::io_err(id, "start", &guest_dir))?;
+        // The image's environment, services and whether it carries the agent CLIs.
+        let image = std::fs::read_to_string(dir.join("image"))
+            .ok()
+            .and_then(|p| ImageStore::image_of(Path::new(p.trim())));
+        let image_cfg = image.map(|i| i.config).unwrap_or_default();
         let guest_cfg = serde_json::json!({
             "listen": format!("0.0.0.0:{}", kraal_protocol::DEFAULT_GUEST_PORT),
             "token": spec.guest_token,
             "files_root": "/workspace",
             "hostname": spec.name.as_str(),
+            "env": image_cfg.env.iter().collect::<Vec<_>>(),
+            "start": image_cfg.start,
         });
         let cfg_path = guest_dir.join("guest.json");
         write_private(&cfg_path, guest_cfg.to_string().as_bytes())
@@ -449,7 +473,12 @@ impl Backend for GvisorBackend {
             hostname: spec.name.to_string(),
             cgroup: format!("/kraal/{}", id),
             resources: spec.resources,
-            agents: self.cfg.agents_dir.clone(),
+            // An image with its own agent CLIs keeps them; others get the host's.
+            agents: if image_cfg.has_agents {
+                None
+            } else {
+                self.cfg.agents_dir.clone()
+            },
             network: self.cfg.network,
             netns: kraal_net::netns_path(id),
         };
@@ -524,6 +553,9 @@ impl Backend for GvisorBackend {
                     dir.join("rootfs").display()
                 ),
             });
+        }
+        if let Ok(rootfs) = std::fs::read_to_string(dir.join("image")) {
+            ImageStore::remove_user(Path::new(rootfs.trim()), id.as_str());
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(Self::io_err(id, "destroy", &dir))?;

@@ -1,25 +1,40 @@
-//! Workspace images: a declarative [`Recipe`] (Debian suite + packages) is built with
-//! debootstrap into a root file system directory, cached under a content hash of the
-//! recipe. Builds happen in a temporary directory renamed into place only when complete,
-//! under a per-hash lock, so concurrent daemons and interrupted builds never see or leave
-//! a half-built image.
+//! Workspace images: a declarative [`Recipe`] is built into content-addressed **layers**
+//! (the Debian system from debootstrap, the agent CLIs from npm, the guest agent), each
+//! cached under the hash of what went into it, then assembled into the outputs the
+//! backends need: a root file system directory (gVisor), an ext4 disk image (microVMs)
+//! and an OCI image layout (Kubernetes). Everything is built in a temporary directory and
+//! renamed into place only when complete, under a lock, so concurrent daemons and
+//! interrupted builds never see or leave a half-built image.
+
+pub mod ext4;
+pub mod oci;
+pub mod recipe;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kraal_sandbox::process::{Cmd, ProcessError, which};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use recipe::Recipe;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error(
-        "debootstrap is not installed; run the project's setup (scripts/setup.sh) or `apt-get install debootstrap`"
-    )]
-    NoDebootstrap,
-    #[error("building image {name} failed")]
+    #[error("recipe {recipe}: {message}")]
+    Recipe { recipe: String, message: String },
+    #[error("no recipe named {name:?} (built-in: {known}); give a file with --file")]
+    UnknownRecipe { name: String, known: String },
+    #[error("no image named {0:?} is built")]
+    NotFound(String),
+    #[error("image {name} is used by workspace(s) {users}; remove them first (`kraal rm`)")]
+    InUse { name: String, users: String },
+    #[error("{program} is not installed; run the project's setup (scripts/setup.sh){hint}")]
+    MissingTool { program: String, hint: String },
+    #[error("building image {name}: {step} failed")]
     Build {
         name: String,
+        step: &'static str,
         #[source]
         source: ProcessError,
     },
@@ -31,45 +46,83 @@ pub enum ImageError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-/// What goes into an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recipe {
-    pub name: String,
-    pub suite: String,
-    /// debootstrap variant, e.g. `minbase`.
-    pub variant: String,
-    pub packages: Vec<String>,
-    /// Bumped when the post-processing below changes.
-    pub revision: u32,
+/// Bumped when the way a layer kind is built changes, so caches rebuild.
+const OS_REVISION: u32 = 2;
+const AGENTS_REVISION: u32 = 1;
+const IMAGE_REVISION: u32 = 1;
+
+/// Where the agent CLIs live inside an image that carries them.
+pub const AGENTS_DIR: &str = "opt/kraal/agents";
+
+/// The formats a build can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// A root file system directory (always built; the others are made from it).
+    Rootfs,
+    /// An ext4 file system image with the root file system, for microVMs.
+    Ext4,
+    /// An OCI image layout directory, one layer per kraal layer.
+    Oci,
 }
 
-impl Recipe {
-    /// The minimal image of the foundation: a shell, coreutils, git, CA certificates and
-    /// the usual process tools. The guest agent is mounted in by the backend.
-    pub fn base() -> Recipe {
-        Recipe {
-            name: "base".to_owned(),
-            suite: "bookworm".to_owned(),
-            variant: "minbase".to_owned(),
-            packages: ["git", "ca-certificates", "procps", "less", "openssh-client"]
-                .map(String::from)
-                .to_vec(),
-            revision: 1,
+impl Output {
+    pub const ALL: [Output; 3] = [Output::Rootfs, Output::Ext4, Output::Oci];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Rootfs => "rootfs",
+            Output::Ext4 => "ext4",
+            Output::Oci => "oci",
         }
     }
 
-    /// Content hash of the recipe (mirror excluded: it does not change what is built).
-    pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).expect("recipe serializes");
-        hex::encode(&Sha256::digest(json)[..8])
+    pub fn parse(s: &str) -> Result<Output, String> {
+        Output::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown image output {s:?} (rootfs, ext4, oci)"))
     }
+}
+
+/// One step of a build, for progress displays.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    /// 1-based step number and the number of steps.
+    pub step: u32,
+    pub steps: u32,
+    /// What the step does, e.g. "system packages (debootstrap)".
+    pub title: String,
+    /// A line of the tool's output, or the step's result ("cached", "done in 3 s").
+    pub detail: String,
+    /// Whether the step has finished.
+    pub done: bool,
+}
+
+/// A content-addressed layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    /// `os`, `agents` or `guest`.
+    pub kind: String,
+    pub hash: String,
+    pub dir: PathBuf,
+}
+
+/// What a workspace started from an image gets besides its files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub env: std::collections::BTreeMap<String, String>,
+    pub start: Vec<Vec<String>>,
+    pub ports: Vec<u16>,
+    /// Whether `/opt/kraal/agents` holds the agent CLIs (else the backend mounts the host's).
+    pub has_agents: bool,
 }
 
 /// A built image.
@@ -77,7 +130,57 @@ impl Recipe {
 pub struct Image {
     pub name: String,
     pub hash: String,
+    pub dir: PathBuf,
     pub rootfs: PathBuf,
+    pub recipe: Recipe,
+    pub layers: Vec<Layer>,
+    pub config: ImageConfig,
+    pub built_at: String,
+    /// Outputs present besides the root file system.
+    #[serde(default)]
+    pub outputs: Vec<Output>,
+}
+
+impl Image {
+    pub fn ext4(&self) -> Option<PathBuf> {
+        self.outputs
+            .contains(&Output::Ext4)
+            .then(|| self.dir.join("rootfs.ext4"))
+    }
+
+    pub fn oci(&self) -> Option<PathBuf> {
+        self.outputs
+            .contains(&Output::Oci)
+            .then(|| self.dir.join("oci"))
+    }
+
+    /// Bytes on disk of each output (hard links into layers counted once).
+    pub fn sizes(&self) -> Vec<(Output, u64)> {
+        let mut v = vec![(Output::Rootfs, dir_size(&self.rootfs))];
+        if let Some(p) = self.ext4() {
+            v.push((
+                Output::Ext4,
+                std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0),
+            ));
+        }
+        if let Some(p) = self.oci() {
+            v.push((Output::Oci, dir_size(&p)));
+        }
+        v
+    }
+}
+
+/// Apparent size of a tree, hard links once.
+pub fn dir_size(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file() && (m.nlink() == 1 || seen.insert((m.dev(), m.ino()))))
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Where images live.
@@ -85,6 +188,66 @@ pub struct Image {
 pub struct ImageStore {
     dir: PathBuf,
     mirror: String,
+    guest: Option<PathBuf>,
+}
+
+/// An exclusive lock on a file, held while the value lives.
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+async fn lock(path: PathBuf) -> Result<Lock, ImageError> {
+    lock_mode(path, true, true)
+        .await
+        .map(|l| l.expect("blocking locks are always taken"))
+}
+
+/// Takes a lock on `path`: exclusive or shared, waiting for it or not (`None`: busy).
+async fn lock_mode(path: PathBuf, exclusive: bool, wait: bool) -> Result<Option<Lock>, ImageError> {
+    use nix::fcntl::FlockArg;
+    let arg = match (exclusive, wait) {
+        (true, true) => FlockArg::LockExclusive,
+        (true, false) => FlockArg::LockExclusiveNonblock,
+        (false, true) => FlockArg::LockShared,
+        (false, false) => FlockArg::LockSharedNonblock,
+    };
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        match nix::fcntl::Flock::lock(f, arg) {
+            Ok(l) => Ok(Some(Lock(l))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+            Err((_, e)) => Err(ImageError::Io {
+                path: path.clone(),
+                source: e.into(),
+            }),
+        }
+    })
+    .await
+    .expect("lock task does not panic")
+}
+
+fn short_hash(data: &[u8]) -> String {
+    hex::encode(&Sha256::digest(data)[..8])
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 ns is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
+}
+
+/// Removes `path` whatever it is; missing is fine.
+fn remove_any(path: &Path) {
+    if path.is_dir() && !path.is_symlink() {
+        let _ = std::fs::remove_dir_all(path);
+    } else {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 impl ImageStore {
@@ -94,159 +257,483 @@ impl ImageStore {
         ImageStore {
             dir: dir.into(),
             mirror,
+            guest: None,
         }
+    }
+
+    /// Puts this guest agent binary into every image (at `/.kraal/kraal-guest`).
+    pub fn with_guest(mut self, guest: Option<PathBuf>) -> Self {
+        self.guest = guest;
+        self
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn final_dir(&self, r: &Recipe) -> PathBuf {
-        self.dir.join(format!("{}-{}", r.name, r.hash()))
+    fn layers_dir(&self) -> PathBuf {
+        self.dir.join("layers")
     }
 
-    /// The image if it is already built.
+    /// The layers of a recipe, with the hash each would have (built or not).
+    fn plan(&self, r: &Recipe) -> Result<Vec<(String, String, Vec<u8>)>, ImageError> {
+        let mut v = Vec::new();
+        let os = serde_json::json!({
+            "rev": OS_REVISION, "suite": r.suite, "variant": r.variant, "packages": r.packages,
+        });
+        v.push((
+            "os".to_owned(),
+            short_hash(os.to_string().as_bytes()),
+            vec![],
+        ));
+        let agents = r.agent_packages();
+        if !agents.is_empty() {
+            let key = serde_json::json!({
+                "rev": AGENTS_REVISION, "packages": agents,
+                "lock": short_hash(recipe::AGENT_LOCK.as_bytes()),
+            });
+            v.push((
+                "agents".to_owned(),
+                short_hash(key.to_string().as_bytes()),
+                vec![],
+            ));
+        }
+        if let Some(g) = &self.guest {
+            let bin = std::fs::read(g).map_err(|_| ImageError::MissingTool {
+                program: format!("the guest agent {}", g.display()),
+                hint: "; build it with `cargo build --release -p kraal-guest --target x86_64-unknown-linux-musl`".into(),
+            })?;
+            v.push(("guest".to_owned(), short_hash(&bin), bin));
+        }
+        Ok(v)
+    }
+
+    fn image_hash(r: &Recipe, layers: &[(String, String, Vec<u8>)]) -> String {
+        let key = serde_json::json!({
+            "rev": IMAGE_REVISION,
+            "recipe": r,
+            "layers": layers.iter().map(|(k, h, _)| format!("{k}-{h}")).collect::<Vec<_>>(),
+        });
+        short_hash(key.to_string().as_bytes())
+    }
+
+    fn image_dir(&self, name: &str, hash: &str) -> PathBuf {
+        self.dir.join(format!("{name}-{hash}"))
+    }
+
+    fn load(dir: &Path) -> Option<Image> {
+        if !dir.join("complete").is_file() {
+            return None;
+        }
+        let text = std::fs::read(dir.join("image.json")).ok()?;
+        let mut img: Image = serde_json::from_slice(&text).ok()?;
+        // The store may have moved since the build.
+        img.dir = dir.to_owned();
+        img.rootfs = dir.join("rootfs");
+        img.outputs.retain(|o| match o {
+            Output::Rootfs => true,
+            Output::Ext4 => dir.join("rootfs.ext4").is_file(),
+            Output::Oci => dir.join("oci/index.json").is_file(),
+        });
+        Some(img)
+    }
+
+    /// The image for this recipe if it is already built (with the current guest agent).
     pub fn get(&self, r: &Recipe) -> Option<Image> {
-        let d = self.final_dir(r);
-        d.join("complete").is_file().then(|| Image {
-            name: r.name.clone(),
-            hash: r.hash(),
-            rootfs: d.join("rootfs"),
-        })
+        let plan = self.plan(r).ok()?;
+        Self::load(&self.image_dir(&r.name, &Self::image_hash(r, &plan)))
     }
 
-    /// Returns the image, building it first if needed. `progress` receives human-readable
-    /// status lines.
+    /// Returns the image, building what is missing first: layers, then the root file
+    /// system, then the requested `outputs`. `progress` hears about every step.
     pub async fn ensure(
         &self,
         r: &Recipe,
-        progress: &(dyn Fn(&str) + Send + Sync),
+        outputs: &[Output],
+        progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<Image, ImageError> {
-        if let Some(img) = self.get(r) {
-            return Ok(img);
-        }
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let lock_path = self.dir.join(format!(".{}-{}.lock", r.name, r.hash()));
-        let lp = lock_path.clone();
-        let _lock = tokio::task::spawn_blocking(move || {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lp)
-                .map_err(io(&lp))?;
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-                ImageError::Io {
-                    path: lp.clone(),
-                    source: e.into(),
-                }
+        let plan = self.plan(r)?;
+        let hash = Self::image_hash(r, &plan);
+        let dir = self.image_dir(&r.name, &hash);
+        let extra: Vec<Output> = outputs
+            .iter()
+            .copied()
+            .filter(|o| *o != Output::Rootfs)
+            .collect();
+        let steps = plan.len() as u32 + 1 + extra.len() as u32;
+        let report = |step: u32, title: &str, detail: String, done: bool| {
+            progress(Progress {
+                step,
+                steps,
+                title: title.to_owned(),
+                detail,
+                done,
             })
-        })
-        .await
-        .expect("lock task does not panic")?;
-        // Somebody else may have built it while we waited for the lock.
-        if let Some(img) = self.get(r) {
+        };
+        if let Some(img) = Self::load(&dir)
+            && extra.iter().all(|o| img.outputs.contains(o))
+        {
+            for (i, (kind, h, _)) in plan.iter().enumerate() {
+                report(
+                    i as u32 + 1,
+                    &layer_title(kind),
+                    format!("cached ({h})"),
+                    true,
+                );
+            }
+            report(
+                plan.len() as u32 + 1,
+                "root file system",
+                "cached".into(),
+                true,
+            );
+            for (i, o) in extra.iter().enumerate() {
+                report(
+                    plan.len() as u32 + 2 + i as u32,
+                    output_title(*o),
+                    "cached".into(),
+                    true,
+                );
+            }
             return Ok(img);
         }
-        if which("debootstrap").is_none() {
-            return Err(ImageError::NoDebootstrap);
-        }
-        let final_dir = self.final_dir(r);
-        let tmp = self.dir.join(format!(
-            ".build-{}-{}-{}",
-            r.name,
-            r.hash(),
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&tmp);
-        // Leftovers of builds killed half-way.
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!(
-                    ".build-{}-{}-",
-                    r.name,
-                    r.hash()
-                )) {
-                    let _ = std::fs::remove_dir_all(e.path());
+        std::fs::create_dir_all(self.layers_dir()).map_err(io(&self.dir))?;
+        // Builds hold the store lock shared; garbage collection needs it exclusively, so it
+        // never deletes a layer a build is making or about to use.
+        let _store = lock_mode(self.dir.join(".store.lock"), false, true).await?;
+        let _lock = lock(self.dir.join(format!(".{}-{hash}.lock", r.name))).await?;
+
+        // Layers.
+        let mut layers = Vec::new();
+        for (i, (kind, h, payload)) in plan.iter().enumerate() {
+            let step = i as u32 + 1;
+            let title = layer_title(kind);
+            let ldir = self.layers_dir().join(format!("{kind}-{h}"));
+            let done_mark = self.layers_dir().join(format!("{kind}-{h}.done"));
+            if done_mark.is_file() && ldir.is_dir() {
+                report(step, &title, format!("cached ({h})"), true);
+            } else {
+                let _l = lock(self.layers_dir().join(format!(".{kind}-{h}.lock"))).await?;
+                if !(done_mark.is_file() && ldir.is_dir()) {
+                    let t0 = Instant::now();
+                    report(step, &title, "building".into(), false);
+                    let tmp = self
+                        .layers_dir()
+                        .join(format!(".build-{kind}-{h}-{}", std::process::id()));
+                    remove_any(&tmp);
+                    remove_any(&ldir);
+                    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                    let line = |l: String| report(step, &title, l, false);
+                    let built = match kind.as_str() {
+                        "os" => self.build_os(r, &tmp, &line).await,
+                        "agents" => build_agents(r, &tmp, &line).await,
+                        _ => build_guest(payload, &tmp),
+                    };
+                    if let Err(e) = built {
+                        remove_any(&tmp);
+                        return Err(e);
+                    }
+                    std::fs::rename(&tmp, &ldir).map_err(io(&ldir))?;
+                    std::fs::write(&done_mark, b"").map_err(io(&done_mark))?;
+                    report(
+                        step,
+                        &title,
+                        format!("built in {:.1} s", t0.elapsed().as_secs_f64()),
+                        true,
+                    );
+                } else {
+                    report(step, &title, format!("cached ({h})"), true);
                 }
             }
-        }
-        let rootfs = tmp.join("rootfs");
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        progress(&format!(
-            "building image {} ({} {}, {} extra packages) with debootstrap",
-            r.name,
-            r.suite,
-            r.variant,
-            r.packages.len()
-        ));
-        let t0 = std::time::Instant::now();
-        let result = Cmd::new("debootstrap")
-            .arg(format!("--variant={}", r.variant))
-            .arg(format!("--include={}", r.packages.join(",")))
-            .args([r.suite.as_str()])
-            .arg(&rootfs)
-            .arg(&self.mirror)
-            .timeout(Duration::from_secs(45 * 60))
-            .run()
-            .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(ImageError::Build {
-                name: r.name.clone(),
-                source: e,
+            layers.push(Layer {
+                kind: kind.clone(),
+                hash: h.clone(),
+                dir: ldir,
             });
         }
-        post_process(&rootfs)?;
-        std::fs::write(
-            tmp.join("recipe.json"),
-            serde_json::to_vec_pretty(r).expect("serializes"),
-        )
-        .map_err(io(&tmp))?;
-        std::fs::write(tmp.join("complete"), b"").map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
-        progress(&format!(
-            "image {} built in {:.0} s",
-            r.name,
-            t0.elapsed().as_secs_f64()
-        ));
-        Ok(Image {
+
+        // The root file system: the layers merged with hard links (no copy of the data).
+        let step = plan.len() as u32 + 1;
+        let mut img = match Self::load(&dir) {
+            Some(img) => {
+                report(step, "root file system", "cached".into(), true);
+                img
+            }
+            None => {
+                let t0 = Instant::now();
+                report(step, "root file system", "merging layers".into(), false);
+                let tmp = self
+                    .dir
+                    .join(format!(".build-{}-{hash}-{}", r.name, std::process::id()));
+                remove_any(&tmp);
+                remove_any(&dir);
+                let res = async {
+                    std::fs::create_dir_all(tmp.join("rootfs")).map_err(io(&tmp))?;
+                    for l in &layers {
+                        Cmd::new("cp")
+                            .args([
+                                "-a",
+                                "--link",
+                                "--remove-destination",
+                                "--no-target-directory",
+                            ])
+                            .arg(&l.dir)
+                            .arg(tmp.join("rootfs"))
+                            .timeout(Duration::from_secs(600))
+                            .run()
+                            .await
+                            .map_err(|source| ImageError::Build {
+                                name: r.name.clone(),
+                                step: "merging layers",
+                                source,
+                            })?;
+                    }
+                    let img = Image {
+                        name: r.name.clone(),
+                        hash: hash.clone(),
+                        dir: dir.clone(),
+                        rootfs: dir.join("rootfs"),
+                        recipe: r.clone(),
+                        layers: layers.clone(),
+                        config: ImageConfig {
+                            env: r.env.clone(),
+                            start: r.start.clone(),
+                            ports: r.ports.clone(),
+                            has_agents: !r.agents.is_empty(),
+                        },
+                        built_at: now(),
+                        outputs: vec![Output::Rootfs],
+                    };
+                    write_json(&tmp.join("image.json"), &img)?;
+                    std::fs::write(tmp.join("complete"), b"").map_err(io(&tmp))?;
+                    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+                    Ok::<_, ImageError>(img)
+                }
+                .await;
+                if res.is_err() {
+                    remove_any(&tmp);
+                }
+                let img = res?;
+                report(
+                    step,
+                    "root file system",
+                    format!("done in {:.1} s", t0.elapsed().as_secs_f64()),
+                    true,
+                );
+                img
+            }
+        };
+
+        // Other outputs.
+        for (i, o) in extra.iter().enumerate() {
+            let step = plan.len() as u32 + 2 + i as u32;
+            let title = output_title(*o);
+            if img.outputs.contains(o) {
+                report(step, title, "cached".into(), true);
+                continue;
+            }
+            let t0 = Instant::now();
+            report(step, title, "building".into(), false);
+            match o {
+                Output::Ext4 => ext4::build(&img.rootfs, &dir.join("rootfs.ext4"), &r.name).await?,
+                Output::Oci => {
+                    let (i, p) = (img.clone(), dir.join("oci"));
+                    tokio::task::spawn_blocking(move || oci::build(&i, &p))
+                        .await
+                        .expect("the OCI writer does not panic")?
+                }
+                Output::Rootfs => {}
+            }
+            img.outputs.push(*o);
+            write_json(&dir.join("image.json"), &img)?;
+            report(
+                step,
+                title,
+                format!("done in {:.1} s", t0.elapsed().as_secs_f64()),
+                true,
+            );
+        }
+        Ok(img)
+    }
+
+    async fn build_os(
+        &self,
+        r: &Recipe,
+        tmp: &Path,
+        line: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), ImageError> {
+        if which("debootstrap").is_none() {
+            return Err(ImageError::MissingTool {
+                program: "debootstrap".into(),
+                hint: " or `apt-get install debootstrap`".into(),
+            });
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut cmd = Cmd::new("debootstrap").arg(format!("--variant={}", r.variant));
+        if !r.packages.is_empty() {
+            cmd = cmd.arg(format!("--include={}", r.packages.join(",")));
+        }
+        let run = cmd
+            .arg(&r.suite)
+            .arg(tmp)
+            .arg(&self.mirror)
+            .timeout(Duration::from_secs(45 * 60))
+            .lines_to(tx)
+            .run();
+        let relay = async {
+            while let Some(l) = rx.recv().await {
+                // debootstrap's "I: Retrieving x" / "I: Unpacking x" lines.
+                if let Some(rest) = l.strip_prefix("I: ") {
+                    line(rest.to_owned());
+                }
+            }
+        };
+        let (res, ()) = tokio::join!(run, relay);
+        res.map_err(|source| ImageError::Build {
             name: r.name.clone(),
-            hash: r.hash(),
-            rootfs: final_dir.join("rootfs"),
-        })
+            step: "debootstrap",
+            source,
+        })?;
+        post_process_os(tmp)
     }
 
     /// Built images, newest first.
     pub fn list(&self) -> Vec<Image> {
-        let mut v = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if !p.join("complete").is_file() {
-                    continue;
-                }
-                let Ok(text) = std::fs::read(p.join("recipe.json")) else {
-                    continue;
-                };
-                let Ok(r) = serde_json::from_slice::<Recipe>(&text) else {
-                    continue;
-                };
-                v.push(Image {
-                    name: r.name.clone(),
-                    hash: r.hash(),
-                    rootfs: p.join("rootfs"),
-                });
+        let mut v: Vec<Image> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| Self::load(&e.path()))
+            .collect();
+        v.sort_by(|a, b| b.built_at.cmp(&a.built_at).then(a.name.cmp(&b.name)));
+        v
+    }
+
+    /// The newest build of the image called `name`.
+    pub fn find(&self, name: &str) -> Option<Image> {
+        self.list().into_iter().find(|i| i.name == name)
+    }
+
+    /// Records that workspace `user` runs on the image whose root is `rootfs`, so that
+    /// `remove` refuses to delete it.
+    pub fn add_user(rootfs: &Path, user: &str) -> Result<(), ImageError> {
+        let d = rootfs.with_file_name("users");
+        std::fs::create_dir_all(&d).map_err(io(&d))?;
+        std::fs::write(d.join(user), b"").map_err(io(&d))
+    }
+
+    /// Forgets `user` (its workspace was deleted).
+    pub fn remove_user(rootfs: &Path, user: &str) {
+        let _ = std::fs::remove_file(rootfs.with_file_name("users").join(user));
+    }
+
+    /// The image a root file system path belongs to, if it is a kraal image.
+    pub fn image_of(rootfs: &Path) -> Option<Image> {
+        Self::load(rootfs.parent()?)
+    }
+
+    /// Removes every build of `name`, then the layers no image uses any more. Refuses while
+    /// a workspace runs on one of them. Returns the builds removed.
+    pub fn remove(&self, name: &str) -> Result<Vec<Image>, ImageError> {
+        let builds: Vec<Image> = self.list().into_iter().filter(|i| i.name == name).collect();
+        if builds.is_empty() {
+            return Err(ImageError::NotFound(name.to_owned()));
+        }
+        let mut users: Vec<String> = builds
+            .iter()
+            .flat_map(|b| {
+                std::fs::read_dir(b.dir.join("users"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect();
+        if !users.is_empty() {
+            users.sort();
+            return Err(ImageError::InUse {
+                name: name.to_owned(),
+                users: users.join(", "),
+            });
+        }
+        for b in &builds {
+            // Unmark first so a crash half-way leaves no "complete" image.
+            let _ = std::fs::remove_file(b.dir.join("complete"));
+            std::fs::remove_dir_all(&b.dir).map_err(io(&b.dir))?;
+        }
+        self.gc_layers();
+        Ok(builds)
+    }
+
+    /// Deletes layers no built image refers to, and leftovers of interrupted builds —
+    /// only while no build is running (skipped otherwise).
+    pub fn gc_layers(&self) {
+        let path = self.dir.join(".store.lock");
+        let Ok(f) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            return;
+        };
+        let Ok(_gc) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        else {
+            tracing::info!("a build is running; unused layers are kept for now");
+            return;
+        };
+        let used: std::collections::HashSet<PathBuf> = self
+            .list()
+            .into_iter()
+            .flat_map(|i| i.layers.into_iter().map(|l| l.dir))
+            .collect();
+        for e in std::fs::read_dir(self.layers_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".done") || name.ends_with(".lock") {
+                continue;
+            }
+            if name.starts_with(".build-") || !used.contains(&p) {
+                let _ = std::fs::remove_file(self.layers_dir().join(format!("{name}.done")));
+                remove_any(&p);
             }
         }
-        v
     }
 }
 
+fn layer_title(kind: &str) -> String {
+    match kind {
+        "os" => "system packages (debootstrap)".into(),
+        "agents" => "agent CLIs (npm)".into(),
+        "guest" => "guest agent".into(),
+        k => k.to_owned(),
+    }
+}
+
+fn output_title(o: Output) -> &'static str {
+    match o {
+        Output::Rootfs => "root file system",
+        Output::Ext4 => "ext4 disk image",
+        Output::Oci => "OCI image layout",
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ImageError> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v).expect("serializes")).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
 /// Makes a debootstrapped tree fit to be a sandbox root: mount points for the workspace
-/// volume and the guest agent, no package caches.
-fn post_process(rootfs: &Path) -> Result<(), ImageError> {
-    for d in ["workspace", ".kraal"] {
+/// volume and the guest agent, no package caches, no SSH host keys (each workspace makes
+/// its own).
+fn post_process_os(rootfs: &Path) -> Result<(), ImageError> {
+    for d in ["workspace", ".kraal", AGENTS_DIR] {
         let p = rootfs.join(d);
         std::fs::create_dir_all(&p).map_err(io(&p))?;
     }
@@ -254,14 +741,128 @@ fn post_process(rootfs: &Path) -> Result<(), ImageError> {
         let p = rootfs.join(f);
         std::fs::write(&p, b"").map_err(io(&p))?;
     }
-    let cache = rootfs.join("var/cache/apt/archives");
-    if let Ok(rd) = std::fs::read_dir(&cache) {
-        for e in rd.flatten() {
-            if e.path().extension().is_some_and(|x| x == "deb") {
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        for e in std::fs::read_dir(rootfs.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().is_file() && e.file_name() != "lock" {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
+    for e in std::fs::read_dir(rootfs.join("etc/ssh"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Installs the recipe's agent CLIs with npm into `<layer>/opt/kraal/agents`, pinned by
+/// `agent-clis/package.json` and its lock, and links them (and `node`) into
+/// `/usr/local/bin`.
+async fn build_agents(
+    r: &Recipe,
+    tmp: &Path,
+    line: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), ImageError> {
+    if which("npm").is_none() {
+        return Err(ImageError::MissingTool {
+            program: "npm".into(),
+            hint: " or `apt-get install npm`".into(),
+        });
+    }
+    let dir = tmp.join(AGENTS_DIR);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let pkgs = r.agent_packages();
+    let deps: serde_json::Map<String, serde_json::Value> = pkgs
+        .iter()
+        .map(|(p, v)| (p.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let manifest = serde_json::json!({
+        "name": "kraal-image-agents", "private": true, "dependencies": deps,
+    });
+    write_json(&dir.join("package.json"), &manifest)?;
+    std::fs::write(dir.join("package-lock.json"), recipe::AGENT_LOCK).map_err(io(&dir))?;
+    line(format!(
+        "npm install {}",
+        pkgs.iter()
+            .map(|(p, v)| format!("{p}@{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let run = Cmd::new("npm")
+        .args([
+            "install",
+            "--no-save",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            "--loglevel=http",
+            "--prefix",
+        ])
+        .arg(&dir)
+        .timeout(Duration::from_secs(30 * 60))
+        .lines_to(tx)
+        .run();
+    let relay = async {
+        while let Some(l) = rx.recv().await {
+            if !l.trim().is_empty() {
+                line(l);
+            }
+        }
+    };
+    let (res, ()) = tokio::join!(run, relay);
+    res.map_err(|source| ImageError::Build {
+        name: r.name.clone(),
+        step: "npm install of the agent CLIs",
+        source,
+    })?;
+    let bin = tmp.join("usr/local/bin");
+    std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+    let nm_bin = dir.join("node_modules/.bin");
+    for e in std::fs::read_dir(&nm_bin).map_err(io(&nm_bin))?.flatten() {
+        let name = e.file_name();
+        let target = Path::new("/")
+            .join(AGENTS_DIR)
+            .join("node_modules/.bin")
+            .join(&name);
+        let link = bin.join(&name);
+        remove_any(&link);
+        std::os::unix::fs::symlink(&target, &link).map_err(io(&link))?;
+    }
+    if !nm_bin.join("node").exists() {
+        return Err(ImageError::Build {
+            name: r.name.clone(),
+            step: "npm install of the agent CLIs",
+            source: ProcessError::Failed {
+                command: "npm install".into(),
+                status: "0".into(),
+                stderr: format!(
+                    "{} did not provide node_modules/.bin/node",
+                    recipe::NODE_PACKAGE
+                ),
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The guest agent at `/.kraal/kraal-guest`.
+fn build_guest(bin: &[u8], tmp: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp.join(".kraal");
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    let p = d.join("kraal-guest");
+    std::fs::write(&p, bin).map_err(io(&p))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(io(&p))?;
     Ok(())
 }
 
@@ -270,26 +871,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_changes_with_recipe_content() {
-        let a = Recipe::base();
-        let mut b = Recipe::base();
-        assert_eq!(a.hash(), b.hash());
-        b.packages.push("vim".into());
-        assert_ne!(a.hash(), b.hash());
-        assert_eq!(a.hash().len(), 16);
-    }
-
-    #[test]
     fn incomplete_builds_are_not_images() {
         let d = tempfile::tempdir().unwrap();
         let store = ImageStore::new(d.path());
         let r = Recipe::base();
-        let dir = d.path().join(format!("base-{}", r.hash()));
+        let plan = store.plan(&r).unwrap();
+        let dir = store.image_dir(&r.name, &ImageStore::image_hash(&r, &plan));
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
-        assert!(store.get(&r).is_none());
+        let img = Image {
+            name: r.name.clone(),
+            hash: "x".into(),
+            dir: dir.clone(),
+            rootfs: dir.join("rootfs"),
+            recipe: r.clone(),
+            layers: vec![],
+            config: ImageConfig::default(),
+            built_at: now(),
+            outputs: vec![Output::Rootfs, Output::Ext4],
+        };
+        write_json(&dir.join("image.json"), &img).unwrap();
+        assert!(store.get(&r).is_none(), "no complete marker, no image");
         std::fs::write(dir.join("complete"), "").unwrap();
-        std::fs::write(dir.join("recipe.json"), serde_json::to_vec(&r).unwrap()).unwrap();
-        assert_eq!(store.get(&r).unwrap().rootfs, dir.join("rootfs"));
+        let got = store.get(&r).unwrap();
+        assert_eq!(got.rootfs, dir.join("rootfs"));
+        assert_eq!(
+            got.outputs,
+            [Output::Rootfs],
+            "a missing ext4 file is not an output"
+        );
         assert_eq!(store.list().len(), 1);
+        assert_eq!(store.find("base").unwrap().dir, dir);
+    }
+
+    #[test]
+    fn image_hash_follows_recipe_and_guest() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path().join("guest");
+        std::fs::write(&g, b"v1").unwrap();
+        let store = ImageStore::new(d.path()).with_guest(Some(g.clone()));
+        let r = Recipe::base();
+        let h1 = ImageStore::image_hash(&r, &store.plan(&r).unwrap());
+        std::fs::write(&g, b"v2").unwrap();
+        let h2 = ImageStore::image_hash(&r, &store.plan(&r).unwrap());
+        assert_ne!(h1, h2, "a new guest agent makes a new image");
+        let mut r2 = r.clone();
+        r2.packages.push("vim".into());
+        let p2 = store.plan(&r2).unwrap();
+        assert_ne!(
+            p2[0].1,
+            store.plan(&r).unwrap()[0].1,
+            "the os layer follows packages"
+        );
+        assert_eq!(
+            p2[1].1,
+            store.plan(&r).unwrap()[1].1,
+            "the guest layer does not"
+        );
+    }
+
+    #[test]
+    fn missing_guest_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(d.path()).with_guest(Some(d.path().join("nope")));
+        let e = store.plan(&Recipe::base()).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("cargo build"), "{e}");
     }
 }

@@ -16,6 +16,8 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Secret the daemon uses to authenticate to the guest agent.
     pub guest_token: String,
+    /// The image to create it from (`None`: the backend's default).
+    pub image: Option<String>,
 }
 
 /// How to reach a started sandbox's guest agent.

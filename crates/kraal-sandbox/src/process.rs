@@ -41,6 +41,7 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     new_session: bool,
     stdout_file: Option<PathBuf>,
+    lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// What a finished command printed.
@@ -67,7 +68,15 @@ impl Cmd {
             stdin: None,
             new_session: false,
             stdout_file: None,
+            lines: None,
         }
+    }
+
+    /// Also sends every line the command prints (stdout and stderr) to `tx` as it comes,
+    /// for progress reports. The output is still captured.
+    pub fn lines_to(mut self, tx: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        self.lines = Some(tx);
+        self
     }
 
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -194,14 +203,15 @@ impl Cmd {
         let collect = async {
             let mut o = Vec::new();
             let mut e = Vec::new();
+            let lines = self.lines.clone();
             let ro = async {
                 if let Some(s) = out.as_mut() {
-                    let _ = s.read_to_end(&mut o).await;
+                    read_all(s, &mut o, lines.as_ref()).await;
                 }
             };
             let re = async {
                 if let Some(s) = err.as_mut() {
-                    let _ = s.read_to_end(&mut e).await;
+                    read_all(s, &mut e, lines.as_ref()).await;
                 }
             };
             tokio::join!(ro, re);
@@ -231,6 +241,36 @@ impl Cmd {
             });
         }
         Ok(Output { stdout, stderr })
+    }
+}
+
+/// Reads `r` to its end into `buf`, sending each complete line to `lines` if given.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    lines: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+) {
+    let mut chunk = [0u8; 8192];
+    let mut line_start = 0;
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(tx) = lines {
+                    while let Some(i) = buf[line_start..].iter().position(|&b| b == b'\n') {
+                        let l = String::from_utf8_lossy(&buf[line_start..line_start + i]);
+                        let _ = tx.send(l.trim_end_matches('\r').to_owned());
+                        line_start += i + 1;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(tx) = lines
+        && line_start < buf.len()
+    {
+        let _ = tx.send(String::from_utf8_lossy(&buf[line_start..]).into_owned());
     }
 }
 
@@ -314,5 +354,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.stdout_str(), "hello");
+    }
+
+    #[tokio::test]
+    async fn lines_stream_while_output_is_captured() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let out = Cmd::new("sh")
+            .args(["-c", "printf 'a\\nb\\n'; printf 'err\\n' >&2; printf tail"])
+            .lines_to(tx)
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "a\nb\ntail");
+        let mut got = Vec::new();
+        while let Some(l) = rx.recv().await {
+            got.push(l);
+        }
+        got.sort();
+        assert_eq!(got, ["a", "b", "err", "tail"]);
     }
 }

@@ -3,6 +3,7 @@
 
 mod error;
 mod exec;
+mod images;
 mod routes;
 mod sessions;
 mod tokens;
@@ -25,6 +26,8 @@ pub use routes::ApiDoc;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Where images are built and kept.
+    pub images: kraal_image::ImageStore,
     pub host: Arc<HostReport>,
     pub data_dir: String,
     /// Where the web UI listens (`http://…`), when it does.

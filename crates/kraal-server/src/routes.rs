@@ -51,6 +51,9 @@ use crate::error::HttpError;
         crate::tokens::create_token,
         crate::tokens::list_tokens,
         crate::tokens::revoke_token,
+        crate::images::list_images,
+        crate::images::build_image,
+        crate::images::remove_image,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -115,6 +118,15 @@ pub fn routes() -> Router<AppState> {
             "/v1/tokens/{token}",
             axum::routing::delete(crate::tokens::revoke_token),
         )
+        .route("/v1/images", get(crate::images::list_images))
+        .route(
+            "/v1/images/build",
+            axum::routing::post(crate::images::build_image),
+        )
+        .route(
+            "/v1/images/{name}",
+            axum::routing::delete(crate::images::remove_image),
+        )
         .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
 }
 
@@ -139,6 +151,7 @@ pub fn to_api(r: &WorkspaceRecord) -> Workspace {
         persistent: r.persistent,
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
+        image: r.image.clone(),
     }
 }
 
@@ -225,6 +238,7 @@ async fn create_workspace(
         name: req.name,
         source,
         resources: req.resources,
+        image: req.image,
     })?;
     settle(p, req.wait, StatusCode::CREATED).await
 }

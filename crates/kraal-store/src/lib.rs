@@ -64,6 +64,8 @@ pub struct WorkspaceRecord {
     pub persistent: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// The image it was created from (`None`: the backend's default).
+    pub image: Option<String>,
 }
 
 /// One line of a workspace's lifecycle log.
@@ -86,6 +88,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0001_workspaces.sql")),
         M::up(include_str!("../migrations/0002_sessions.sql")),
         M::up(include_str!("../migrations/0003_web.sql")),
+        M::up(include_str!("../migrations/0004_images.sql")),
     ])
 }
 
@@ -95,7 +98,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at";
+const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -151,7 +154,7 @@ impl Store {
     pub fn insert(&self, w: &WorkspaceRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let r = c.execute(
-                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
                 params![
                     w.id.as_str(),
                     w.name.as_str(),
@@ -166,6 +169,7 @@ impl Store {
                     w.persistent,
                     w.created_at,
                     w.updated_at,
+                    w.image,
                 ],
             );
             match r {
@@ -324,6 +328,7 @@ type Raw = (
     bool,
     String,
     String,
+    Option<String>,
 );
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -341,6 +346,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(10)?,
         r.get(11)?,
         r.get(12)?,
+        r.get(13)?,
     ))
 }
 
@@ -359,6 +365,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         persistent,
         created_at,
         updated_at,
+        image,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt {
         id: id.clone(),
@@ -378,6 +385,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         persistent,
         created_at,
         updated_at,
+        image,
     })
 }
 
@@ -400,6 +408,7 @@ pub(crate) mod tests {
             persistent: false,
             created_at: now(),
             updated_at: now(),
+            image: None,
         }
     }
 

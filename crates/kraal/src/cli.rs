@@ -129,6 +129,9 @@ pub enum Command {
     /// Manage access tokens for the web UI.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Build, list and remove workspace images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Show the daemon's status.
     Status {
         #[arg(long)]
@@ -160,6 +163,33 @@ pub enum TokenCommand {
     },
     /// Revoke a token by id or name; its web logins end at once.
     Revoke { token: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image from a built-in recipe (default, base, desktop) or a recipe file.
+    /// Layers are cached by content hash: an unchanged recipe rebuilds in seconds.
+    Build {
+        /// Built-in recipe name (default: `default`, or the file's recipe).
+        name: Option<String>,
+        /// A recipe file (TOML; see images/*.toml).
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
+        /// Outputs to produce: rootfs, ext4, oci (repeat or comma-separate; default all).
+        #[arg(long = "output", short = 'o', value_delimiter = ',')]
+        outputs: Vec<String>,
+        /// Print progress as JSON lines instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List built images and the built-in recipes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every build of an image (refused while a workspace uses it).
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +226,10 @@ pub struct ServeArgs {
     /// or `sandbox` (runsc's own netstack).
     #[arg(long, default_value = "host", value_parser = ["host", "sandbox"])]
     pub gvisor_network: String,
+    /// Image of workspaces created without `--image`: a built-in recipe (default, base,
+    /// desktop; built on first use) or an image from `kraal image build --file`.
+    #[arg(long, env = "KRAAL_IMAGE", default_value = "default")]
+    pub image: String,
     /// Path of runsc.
     #[arg(long, env = "KRAAL_RUNSC", default_value = "runsc")]
     pub runsc: PathBuf,
@@ -255,6 +289,9 @@ pub struct UpArgs {
     /// Return without waiting for the workspace to run.
     #[arg(long)]
     pub detach: bool,
+    /// Image for a new workspace (`kraal image ls`; default: the daemon's `--image`).
+    #[arg(long)]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Args)]

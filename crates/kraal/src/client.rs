@@ -139,6 +139,22 @@ impl Client {
         Ok(resp.into_body())
     }
 
+    /// POSTs JSON and returns the body as it arrives (for streamed answers).
+    pub async fn post_stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<hyper::body::Incoming, ClientError> {
+        let b = (
+            serde_json::to_vec(body).expect("serializes"),
+            "application/json",
+        );
+        let resp = self
+            .request(Method::POST, path, Some("application/x-ndjson"), Some(b))
+            .await?;
+        Ok(resp.into_body())
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let (_, body) = self.raw(Method::GET, path, None).await?;
         serde_json::from_slice(&body)

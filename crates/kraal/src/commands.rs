@@ -107,6 +107,7 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 name: a.name.clone(),
                 source: source.clone(),
                 resources: Some(res),
+                image: a.image.clone(),
                 wait,
             };
             let pb = spinner(format!(
@@ -380,5 +381,161 @@ pub async fn token_revoke(client: &Client, token: &str) -> anyhow::Result<()> {
         .raw(Method::DELETE, &format!("/v1/tokens/{}", enc(token)), None)
         .await?;
     println!("token {token} revoked");
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub async fn image_build(
+    client: &Client,
+    name: Option<String>,
+    file: Option<&Path>,
+    outputs: Vec<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let recipe = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read recipe file {}", f.display()))?,
+        ),
+        None => None,
+    };
+    let req = BuildImage {
+        name,
+        recipe,
+        outputs,
+    };
+    let mut body = client.post_stream("/v1/images/build", &req).await?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(1);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{pos}/{len}] {prefix:.bold} {wide_msg} {elapsed}",
+            )
+            .expect("valid template"),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let mut buf = Vec::new();
+    let mut result = None;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| anyhow::anyhow!("the daemon closed the build stream: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            if json {
+                print!("{}", String::from_utf8_lossy(&line));
+            }
+            let l: BuildLine = serde_json::from_slice(&line)
+                .with_context(|| "bad build progress from the daemon".to_string())?;
+            match l {
+                BuildLine::Progress {
+                    step,
+                    steps,
+                    title,
+                    detail,
+                    done,
+                } => {
+                    if let Some(b) = &bar {
+                        b.set_length(steps as u64);
+                        b.set_position(step as u64 - u64::from(!done));
+                        b.set_prefix(title.clone());
+                        b.set_message(crate::render::clean(&detail));
+                        if done {
+                            b.println(format!("  [{step}/{steps}] {title}: {detail}"));
+                        }
+                    } else if !json && done {
+                        eprintln!("[{step}/{steps}] {title}: {detail}");
+                    }
+                }
+                BuildLine::Image(i) => result = Some(Ok(i)),
+                BuildLine::Error(e) => result = Some(Err(e)),
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match result {
+        Some(Ok(i)) => {
+            if !json {
+                println!("image {} ({}) built", i.name, i.hash);
+                for o in &i.outputs {
+                    println!("  {:<6} {:>10}  {}", o.format, human_bytes(o.bytes), o.path);
+                }
+            }
+            Ok(())
+        }
+        Some(Err(e)) => bail!("{}", e.message),
+        None => bail!("the daemon ended the build stream without a result (did it restart?)"),
+    }
+}
+
+pub async fn image_ls(client: &Client, json: bool) -> anyhow::Result<()> {
+    let l: ImageList = client.get("/v1/images").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["NAME", "HASH", "BUILT", "OUTPUTS", "AGENTS", "USED BY"]);
+    for i in &l.images {
+        t.add_row([
+            i.name.clone(),
+            i.hash.clone(),
+            i.built_at.clone(),
+            i.outputs
+                .iter()
+                .map(|o| format!("{} {}", o.format, human_bytes(o.bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if i.agents.is_empty() {
+                "-".into()
+            } else {
+                i.agents.join(",")
+            },
+            i.users.len().to_string(),
+        ]);
+    }
+    if l.images.is_empty() {
+        println!("no images built yet");
+    } else {
+        println!("{}", t.trim_fmt());
+    }
+    println!();
+    println!("recipes (kraal image build NAME):");
+    for r in &l.recipes {
+        println!("  {:<8} {}", r.name, r.description);
+    }
+    Ok(())
+}
+
+pub async fn image_rm(client: &Client, name: &str) -> anyhow::Result<()> {
+    let r: RemovedImages = client
+        .send::<(), _>(Method::DELETE, &format!("/v1/images/{}", enc(name)), None)
+        .await?;
+    for b in r.removed {
+        println!("removed {b}");
+    }
     Ok(())
 }

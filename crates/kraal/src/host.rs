@@ -15,6 +15,20 @@ pub struct BackendOptions {
     pub guest_bin: Option<PathBuf>,
     pub agents_dir: Option<PathBuf>,
     pub network: NetworkMode,
+    /// Image of workspaces that name none.
+    pub default_image: String,
+}
+
+fn guest_bin(o: &BackendOptions) -> PathBuf {
+    o.guest_bin
+        .clone()
+        .or_else(kraal_sandbox::locate_guest_bin)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest"))
+}
+
+/// The daemon's image store; images carry the guest agent the daemon uses.
+pub fn image_store(o: &BackendOptions) -> ImageStore {
+    ImageStore::new(crate::paths::image_dir(&o.data_dir)).with_guest(Some(guest_bin(o)))
 }
 
 pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
@@ -24,12 +38,9 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
         runsc: o.runsc.clone(),
         network: o.network,
         pool: kraal_net::DEFAULT_POOL,
-        guest_bin: o
-            .guest_bin
-            .clone()
-            .or_else(kraal_sandbox::locate_guest_bin)
-            .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kraal/kraal-guest")),
-        images: ImageStore::new(crate::paths::image_dir(&o.data_dir)),
+        guest_bin: guest_bin(o),
+        images: image_store(o),
+        default_image: o.default_image.clone(),
         platform: std::env::var("KRAAL_RUNSC_PLATFORM").ok(),
         agents_dir: o
             .agents_dir

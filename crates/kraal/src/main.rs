@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command, HostCommand, TokenCommand};
+use cli::{Cli, Command, HostCommand, ImageCommand, TokenCommand};
 use client::{Client, ClientError, Endpoint};
 
 fn main() -> ExitCode {
@@ -165,6 +165,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::token_create(&c, name).await.map(|()| 0)
         }
         Command::Token(TokenCommand::Ls { json }) => commands::token_ls(&c, json).await.map(|()| 0),
+        Command::Image(ImageCommand::Build {
+            name,
+            file,
+            outputs,
+            json,
+        }) => commands::image_build(&c, name, file.as_deref(), outputs, json)
+            .await
+            .map(|()| 0),
+        Command::Image(ImageCommand::Ls { json }) => commands::image_ls(&c, json).await.map(|()| 0),
+        Command::Image(ImageCommand::Rm { name }) => {
+            commands::image_rm(&c, &name).await.map(|()| 0)
+        }
         Command::Token(TokenCommand::Revoke { token }) => {
             commands::token_revoke(&c, &token).await.map(|()| 0)
         }
@@ -240,6 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 guest_bin: std::env::var_os("KRAAL_GUEST_BIN").map(PathBuf::from),
                 agents_dir: None,
                 network: kraal_gvisor::NetworkMode::Host,
+                default_image: "default".into(),
             };
             let (report, _) = host::inspect(&opts).await;
             if json {

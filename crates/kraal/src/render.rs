@@ -22,7 +22,7 @@ pub struct Renderer {
 
 /// Agent output is untrusted: control characters (terminal escape sequences included) are
 /// shown as `�` instead of being interpreted by the user's terminal.
-fn clean(s: &str) -> String {
+pub fn clean(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_control() && c != '\n' && c != '\t' {

@@ -25,6 +25,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         guest_bin: args.guest_bin.clone(),
         agents_dir: args.agents_dir.clone(),
         network: NetworkMode::parse(&args.gvisor_network).expect("clap validated"),
+        default_image: args.image.clone(),
     };
     let (report, backend) = inspect(&opts).await;
     let chosen = report
@@ -78,6 +79,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|a| format!("http://{a}"));
     let state = AppState {
         engine: engine.clone(),
+        images: crate::host::image_store(&opts),
         host: Arc::new(report),
         data_dir: data_dir.display().to_string(),
         web_url: web_url.clone(),

@@ -305,3 +305,60 @@ async fn many_concurrent_streams_on_one_link() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_image_environment_and_services_come_from_the_config_file() {
+    let parent = tempfile::tempdir().unwrap();
+    let root = parent.path().join("ws");
+    std::fs::create_dir(&root).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let marker = parent.path().join("service-ran");
+    let cfg = serde_json::json!({
+        "listen": addr.to_string(),
+        "token": TOKEN,
+        "files_root": root,
+        "env": [["IMAGE_VAR", "from-image"], ["LANG", "en_GB.UTF-8"]],
+        "start": [["sh", "-c", format!("echo $IMAGE_VAR > {}; exec sleep 300", marker.display())]],
+    });
+    let cfg_path = parent.path().join("guest.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let child = Command::new(env!("CARGO_BIN_EXE_kraal-guest"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .spawn()
+        .unwrap();
+    let g = Guest {
+        child,
+        addr,
+        parent,
+        root,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() || !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "guest or its service did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "from-image\n");
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let ps = c.processes().await.unwrap();
+    assert!(
+        ps.iter()
+            .any(|p| p.argv[0] == "sh" && p.argv[2].contains("sleep 300")),
+        "the service is listed: {ps:?}"
+    );
+    // Image env applies to every command; a request's own env wins.
+    let mut req = exec(&["sh", "-c", "echo $IMAGE_VAR $LANG"]);
+    let mut h = c.exec(req.clone()).await.unwrap();
+    assert_eq!(collect(&mut h).await.0, "from-image en_GB.UTF-8\n");
+    req.env = vec![("LANG".into(), "C".into())];
+    let mut h = c.exec(req).await.unwrap();
+    assert_eq!(collect(&mut h).await.0, "from-image C\n");
+}

@@ -19,7 +19,8 @@ fn backend(tmp: &std::path::Path) -> GvisorBackend {
         network: NetworkMode::Host,
         pool: kraal_net::DEFAULT_POOL,
         guest_bin: kraal_sandbox::locate_guest_bin().expect("build kraal-guest for musl first"),
-        images: ImageStore::new(images),
+        images: ImageStore::new(images).with_guest(kraal_sandbox::locate_guest_bin()),
+        default_image: "base".into(),
         platform: None,
         agents_dir: Some(
             kraal_sandbox::locate_agents_dir()
@@ -72,6 +73,7 @@ async fn lifecycle_with_real_runsc() {
     let spec = SandboxSpec {
         id: WorkspaceId::random(),
         name: WorkspaceName::parse("gv-test").unwrap(),
+        image: None,
         source: Source::Local { path: src },
         resources: Resources {
             cpus: 1.0,

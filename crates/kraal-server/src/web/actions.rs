@@ -120,7 +120,28 @@ pub async fn push(
     headers: HeaderMap,
     Path(ws): Path<String>,
 ) -> Response {
-    let r = git(&w, &ws, &["push"]).await.map(|_| format!("/w/{ws}"));
+    let r = async {
+        // A branch without an upstream is pushed to `origin` under its own name and tracks it.
+        if git(&w, &ws, &["rev-parse", "--abbrev-ref", "@{upstream}"])
+            .await
+            .is_ok()
+        {
+            git(&w, &ws, &["push"]).await?;
+        } else {
+            if git(&w, &ws, &["remote", "get-url", "origin"])
+                .await
+                .is_err()
+            {
+                return Err(HttpError::bad_request(
+                    "the checkout has no upstream branch and no remote named origin to push to",
+                ));
+            }
+            git(&w, &ws, &["push", "-u", "origin", "HEAD"]).await?;
+        }
+        tracing::info!(workspace = %ws, token = %auth.token_name, "web: pushed");
+        Ok(format!("/w/{ws}"))
+    }
+    .await;
     done(&headers, &auth, r)
 }
 

@@ -55,6 +55,9 @@ impl Daemon {
             .env("KRAAL_DATA_DIR", self.data())
             .env("KRAAL_SOCKET", &self.socket)
             .env("KRAAL_IMAGE_DIR", image_dir())
+            // The small image, with the host's agent CLIs mounted in; the image tests
+            // build the full default image themselves.
+            .env("KRAAL_IMAGE", "base")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["--reconcile-secs", "1", "--listen", "127.0.0.1:0"]);
         c

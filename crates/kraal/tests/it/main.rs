@@ -7,6 +7,7 @@
 
 mod agents;
 mod harness;
+mod images;
 mod isolation;
 mod lifecycle;
 mod restart;

@@ -1,0 +1,181 @@
+//! Image routes: list built images and recipes, build one (progress streamed as
+//! newline-delimited JSON while the build runs in its own task, so a client that goes
+//! away does not leave a half-built image), remove one.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kraal_api::*;
+use kraal_image::{Image, ImageError, ImageStore, Output, Recipe};
+
+use crate::AppState;
+use crate::error::HttpError;
+
+fn image_err(e: ImageError) -> HttpError {
+    let msg = error_chain(&e);
+    match e {
+        ImageError::Recipe { .. } | ImageError::UnknownRecipe { .. } => HttpError::bad_request(msg),
+        ImageError::NotFound(_) => HttpError::new(StatusCode::NOT_FOUND, "not_found", msg),
+        ImageError::InUse { .. } => HttpError::new(StatusCode::CONFLICT, "conflict", msg),
+        _ => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_error", msg),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+pub fn info(img: &Image) -> ImageInfo {
+    let mut outputs: Vec<ImageOutput> = img
+        .sizes()
+        .into_iter()
+        .map(|(o, bytes)| ImageOutput {
+            format: o.as_str().to_owned(),
+            path: match o {
+                Output::Rootfs => img.rootfs.clone(),
+                Output::Ext4 => img.dir.join("rootfs.ext4"),
+                Output::Oci => img.dir.join("oci"),
+            }
+            .display()
+            .to_string(),
+            bytes,
+        })
+        .collect();
+    outputs.sort_by_key(|o| o.format != "rootfs");
+    let mut users: Vec<String> = std::fs::read_dir(img.dir.join("users"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    users.sort();
+    ImageInfo {
+        name: img.name.clone(),
+        hash: img.hash.clone(),
+        description: img.recipe.description.clone(),
+        built_at: img.built_at.clone(),
+        layers: img
+            .layers
+            .iter()
+            .map(|l| format!("{}-{}", l.kind, l.hash))
+            .collect(),
+        agents: img.recipe.agents.clone(),
+        packages: img.recipe.packages.len(),
+        outputs,
+        users,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = ImageList)))]
+pub async fn list_images(State(s): State<AppState>) -> Json<ImageList> {
+    let store = s.images.clone();
+    let images = tokio::task::spawn_blocking(move || store.list().iter().map(info).collect())
+        .await
+        .unwrap_or_default();
+    let recipes = kraal_image::recipe::BUILTIN
+        .iter()
+        .filter_map(|(n, _)| Recipe::builtin(n).ok())
+        .map(|r| RecipeInfo {
+            name: r.name,
+            description: r.description,
+        })
+        .collect();
+    Json(ImageList { images, recipes })
+}
+
+#[utoipa::path(post, path = "/v1/images/build", request_body = BuildImage,
+    responses((status = 200, description = "newline-delimited BuildLine values", body = BuildLine),
+        (status = 400, body = ApiError)))]
+pub async fn build_image(
+    State(s): State<AppState>,
+    body: Result<Json<BuildImage>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let recipe = match (&req.name, &req.recipe) {
+        (_, Some(text)) => Recipe::parse("the recipe", text).map_err(image_err)?,
+        (Some(name), None) => Recipe::builtin(name).map_err(image_err)?,
+        (None, None) => Recipe::builtin("default").map_err(image_err)?,
+    };
+    if let (Some(n), Some(_)) = (&req.name, &req.recipe)
+        && n != &recipe.name
+    {
+        return Err(HttpError::bad_request(format!(
+            "the recipe is named {:?}, not {n:?}",
+            recipe.name
+        )));
+    }
+    let outputs = if req.outputs.is_empty() {
+        Output::ALL.to_vec()
+    } else {
+        req.outputs
+            .iter()
+            .map(|o| Output::parse(o))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(HttpError::bad_request)?
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildLine>();
+    let store: ImageStore = s.images.clone();
+    tokio::spawn(async move {
+        let ptx = tx.clone();
+        let res = store
+            .ensure(&recipe, &outputs, &move |p| {
+                let _ = ptx.send(BuildLine::Progress {
+                    step: p.step,
+                    steps: p.steps,
+                    title: p.title,
+                    detail: p.detail,
+                    done: p.done,
+                });
+            })
+            .await;
+        let last = match res {
+            Ok(img) => {
+                tracing::info!(image = %img.name, hash = %img.hash, "image built");
+                BuildLine::Image(info(&img))
+            }
+            Err(e) => {
+                tracing::warn!(image = %recipe.name, "image build failed: {}", error_chain(&e));
+                BuildLine::Error(image_err(e).body)
+            }
+        };
+        let _ = tx.send(last);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let text = serde_json::to_string(&line).expect("serializes") + "\n";
+        Some((Ok::<_, std::convert::Infallible>(text), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")),
+    responses((status = 200, body = RemovedImages), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn remove_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<RemovedImages>, HttpError> {
+    let store = s.images.clone();
+    let removed = tokio::task::spawn_blocking(move || store.remove(&name))
+        .await
+        .map_err(|e| HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(image_err)?;
+    Ok(Json(RemovedImages {
+        removed: removed
+            .iter()
+            .map(|i| format!("{}-{}", i.name, i.hash))
+            .collect(),
+    }))
+}
