@@ -111,7 +111,7 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 wait,
             };
             let pb = spinner(format!(
-                "creating workspace from {} (the first one also builds the base image)…",
+                "creating workspace from {} (the first one on an image also builds it)…",
                 source.describe()
             ));
             let r = client
