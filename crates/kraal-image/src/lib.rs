@@ -798,7 +798,17 @@ async fn build_agents(
             .join(" ")
     ));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let run = Cmd::new("npm")
+    let mut npm = Cmd::new("npm");
+    if std::env::var_os("HOME").is_none() {
+        // A daemon started by systemd has no HOME for npm's cache: keep it with the images.
+        let cache = tmp
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(tmp)
+            .join(".npm-cache");
+        npm = npm.env("npm_config_cache", cache);
+    }
+    let run = npm
         .args([
             "install",
             "--no-save",
