@@ -163,23 +163,14 @@ impl Engine {
         }
         let (ws, client) = self.guest(workspace).await?;
         let launch = self.launch(&ws).await?;
-        let now = kraal_store::now();
-        let rec = SessionRecord {
-            id: SessionId::random(),
-            workspace_id: ws.id.clone(),
-            agent: req.spec.agent,
-            spec: req.spec.clone(),
-            title: title_of(req.message.as_deref(), &req.spec),
-            state: SessionState::Starting,
-            reason: None,
-            agent_session: None,
-            last_seq: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-            created_at: now.clone(),
-            updated_at: now,
-        };
+        let rec = SessionRecord::new(
+            SessionId::random(),
+            ws.id.clone(),
+            req.spec.clone(),
+            title_of(req.message.as_deref(), &req.spec),
+            SessionState::Starting,
+            kraal_store::now(),
+        );
         self.store.insert_session(&rec)?;
         if let Err(source) = client
             .session_start(rec.id.as_str(), req.spec, req.message, launch)
@@ -339,23 +330,14 @@ impl Engine {
             match self.store.get_session(&id) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    let at = time_of_ms(info.created_ms);
-                    let rec = SessionRecord {
-                        id: id.clone(),
-                        workspace_id: ws.id.clone(),
-                        agent: info.agent,
-                        spec: AgentSpec::new(info.agent),
-                        title: format!("{} session", info.agent),
-                        state: info.state,
-                        reason: None,
-                        agent_session: None,
-                        last_seq: 0,
-                        input_tokens: 0,
-                        output_tokens: 0,
-                        cost_usd: 0.0,
-                        created_at: at.clone(),
-                        updated_at: at,
-                    };
+                    let rec = SessionRecord::new(
+                        id.clone(),
+                        ws.id.clone(),
+                        AgentSpec::new(info.agent),
+                        format!("{} session", info.agent),
+                        info.state,
+                        time_of_ms(info.created_ms),
+                    );
                     if self.store.insert_session(&rec).is_err() {
                         continue;
                     }

@@ -202,6 +202,13 @@ async fn lock(path: PathBuf) -> Result<Lock, ImageError> {
 
 /// Takes a lock on `path`: exclusive or shared, waiting for it or not (`None`: busy).
 async fn lock_mode(path: PathBuf, exclusive: bool, wait: bool) -> Result<Option<Lock>, ImageError> {
+    tokio::task::spawn_blocking(move || flock(&path, exclusive, wait))
+        .await
+        .expect("lock task does not panic")
+}
+
+/// The blocking form of [`lock_mode`].
+fn flock(path: &Path, exclusive: bool, wait: bool) -> Result<Option<Lock>, ImageError> {
     use nix::fcntl::FlockArg;
     let arg = match (exclusive, wait) {
         (true, true) => FlockArg::LockExclusive,
@@ -209,24 +216,20 @@ async fn lock_mode(path: PathBuf, exclusive: bool, wait: bool) -> Result<Option<
         (false, true) => FlockArg::LockShared,
         (false, false) => FlockArg::LockSharedNonblock,
     };
-    tokio::task::spawn_blocking(move || {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        match nix::fcntl::Flock::lock(f, arg) {
-            Ok(l) => Ok(Some(Lock(l))),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-            Err((_, e)) => Err(ImageError::Io {
-                path: path.clone(),
-                source: e.into(),
-            }),
-        }
-    })
-    .await
-    .expect("lock task does not panic")
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    match nix::fcntl::Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(Lock(l))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+        Err((_, e)) => Err(ImageError::Io {
+            path: path.to_owned(),
+            source: e.into(),
+        }),
+    }
 }
 
 fn short_hash(data: &[u8]) -> String {
@@ -338,12 +341,6 @@ impl ImageStore {
         Some(img)
     }
 
-    /// The image for this recipe if it is already built (with the current guest agent).
-    pub fn get(&self, r: &Recipe) -> Option<Image> {
-        let plan = self.plan(r).ok()?;
-        Self::load(&self.image_dir(&r.name, &Self::image_hash(r, &plan)))
-    }
-
     /// Returns the image, building what is missing first: layers, then the root file
     /// system, then the requested `outputs`. `progress` hears about every step.
     pub async fn ensure(
@@ -410,40 +407,37 @@ impl ImageStore {
             let title = layer_title(kind);
             let ldir = self.layers_dir().join(format!("{kind}-{h}"));
             let done_mark = self.layers_dir().join(format!("{kind}-{h}.done"));
+            // Checked under the layer's lock: another build may be making it right now.
+            let _l = lock(self.layers_dir().join(format!(".{kind}-{h}.lock"))).await?;
             if done_mark.is_file() && ldir.is_dir() {
                 report(step, &title, format!("cached ({h})"), true);
             } else {
-                let _l = lock(self.layers_dir().join(format!(".{kind}-{h}.lock"))).await?;
-                if !(done_mark.is_file() && ldir.is_dir()) {
-                    let t0 = Instant::now();
-                    report(step, &title, "building".into(), false);
-                    let tmp = self
-                        .layers_dir()
-                        .join(format!(".build-{kind}-{h}-{}", std::process::id()));
+                let t0 = Instant::now();
+                report(step, &title, "building".into(), false);
+                let tmp = self
+                    .layers_dir()
+                    .join(format!(".build-{kind}-{h}-{}", std::process::id()));
+                remove_any(&tmp);
+                remove_any(&ldir);
+                std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                let line = |l: String| report(step, &title, l, false);
+                let built = match kind.as_str() {
+                    "os" => self.build_os(r, &tmp, &line).await,
+                    "agents" => build_agents(r, &tmp, &line).await,
+                    _ => build_guest(payload, &tmp),
+                };
+                if let Err(e) = built {
                     remove_any(&tmp);
-                    remove_any(&ldir);
-                    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-                    let line = |l: String| report(step, &title, l, false);
-                    let built = match kind.as_str() {
-                        "os" => self.build_os(r, &tmp, &line).await,
-                        "agents" => build_agents(r, &tmp, &line).await,
-                        _ => build_guest(payload, &tmp),
-                    };
-                    if let Err(e) = built {
-                        remove_any(&tmp);
-                        return Err(e);
-                    }
-                    std::fs::rename(&tmp, &ldir).map_err(io(&ldir))?;
-                    std::fs::write(&done_mark, b"").map_err(io(&done_mark))?;
-                    report(
-                        step,
-                        &title,
-                        format!("built in {:.1} s", t0.elapsed().as_secs_f64()),
-                        true,
-                    );
-                } else {
-                    report(step, &title, format!("cached ({h})"), true);
+                    return Err(e);
                 }
+                std::fs::rename(&tmp, &ldir).map_err(io(&ldir))?;
+                std::fs::write(&done_mark, b"").map_err(io(&done_mark))?;
+                report(
+                    step,
+                    &title,
+                    format!("built in {:.1} s", t0.elapsed().as_secs_f64()),
+                    true,
+                );
             }
             layers.push(Layer {
                 kind: kind.clone(),
@@ -628,6 +622,18 @@ impl ImageStore {
         let _ = std::fs::remove_file(rootfs.with_file_name("users").join(user));
     }
 
+    /// Ids of the workspaces that run on `img`, sorted.
+    pub fn users(img: &Image) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(img.dir.join("users"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The image a root file system path belongs to, if it is a kraal image.
     pub fn image_of(rootfs: &Path) -> Option<Image> {
         Self::load(rootfs.parent()?)
@@ -640,16 +646,7 @@ impl ImageStore {
         if builds.is_empty() {
             return Err(ImageError::NotFound(name.to_owned()));
         }
-        let mut users: Vec<String> = builds
-            .iter()
-            .flat_map(|b| {
-                std::fs::read_dir(b.dir.join("users"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-            })
-            .collect();
+        let mut users: Vec<String> = builds.iter().flat_map(Self::users).collect();
         if !users.is_empty() {
             users.sort();
             return Err(ImageError::InUse {
@@ -669,17 +666,7 @@ impl ImageStore {
     /// Deletes layers no built image refers to, and leftovers of interrupted builds —
     /// only while no build is running (skipped otherwise).
     pub fn gc_layers(&self) {
-        let path = self.dir.join(".store.lock");
-        let Ok(f) = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
-            return;
-        };
-        let Ok(_gc) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        else {
+        let Ok(Some(_gc)) = flock(&self.dir.join(".store.lock"), true, false) else {
             tracing::info!("a build is running; unused layers are kept for now");
             return;
         };
@@ -900,9 +887,12 @@ mod tests {
             outputs: vec![Output::Rootfs, Output::Ext4],
         };
         write_json(&dir.join("image.json"), &img).unwrap();
-        assert!(store.get(&r).is_none(), "no complete marker, no image");
+        assert!(
+            ImageStore::load(&dir).is_none(),
+            "no complete marker, no image"
+        );
         std::fs::write(dir.join("complete"), "").unwrap();
-        let got = store.get(&r).unwrap();
+        let got = ImageStore::load(&dir).unwrap();
         assert_eq!(got.rootfs, dir.join("rootfs"));
         assert_eq!(
             got.outputs,

@@ -51,13 +51,6 @@ pub fn info(img: &Image) -> ImageInfo {
         })
         .collect();
     outputs.sort_by_key(|o| o.format != "rootfs");
-    let mut users: Vec<String> = std::fs::read_dir(img.dir.join("users"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    users.sort();
     ImageInfo {
         name: img.name.clone(),
         hash: img.hash.clone(),
@@ -71,7 +64,7 @@ pub fn info(img: &Image) -> ImageInfo {
         agents: img.recipe.agents.clone(),
         packages: img.recipe.packages.len(),
         outputs,
-        users,
+        users: ImageStore::users(img),
     }
 }
 

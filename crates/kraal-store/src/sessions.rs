@@ -28,6 +28,35 @@ pub struct SessionRecord {
     pub updated_at: String,
 }
 
+impl SessionRecord {
+    /// A session that has no events, usage, cost or agent-side id yet.
+    pub fn new(
+        id: SessionId,
+        workspace_id: WorkspaceId,
+        spec: AgentSpec,
+        title: String,
+        state: SessionState,
+        at: String,
+    ) -> Self {
+        SessionRecord {
+            id,
+            workspace_id,
+            agent: spec.agent,
+            spec,
+            title,
+            state,
+            reason: None,
+            agent_session: None,
+            last_seq: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            created_at: at.clone(),
+            updated_at: at,
+        }
+    }
+}
+
 const SCOLS: &str = "id, workspace_id, agent, spec, title, state, reason, agent_session, last_seq, input_tokens, output_tokens, cost_usd, created_at, updated_at";
 
 fn decode(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<SessionRecord, StoreError>> {
@@ -296,22 +325,14 @@ mod tests {
     use crate::{SessionRecord, Store, StoreError, now};
 
     fn session(ws: &kraal_core::WorkspaceId) -> SessionRecord {
-        SessionRecord {
-            id: SessionId::random(),
-            workspace_id: ws.clone(),
-            agent: AgentKind::Claude,
-            spec: AgentSpec::new(AgentKind::Claude),
-            title: "fix the tests".into(),
-            state: SessionState::Starting,
-            reason: None,
-            agent_session: None,
-            last_seq: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-            created_at: now(),
-            updated_at: now(),
-        }
+        SessionRecord::new(
+            SessionId::random(),
+            ws.clone(),
+            AgentSpec::new(AgentKind::Claude),
+            "fix the tests".into(),
+            SessionState::Starting,
+            now(),
+        )
     }
 
     fn ev(seq: u64, event: AgentEvent) -> SessionEvent {

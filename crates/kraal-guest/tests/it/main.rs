@@ -27,7 +27,8 @@ impl Drop for Guest {
 
 const TOKEN: &str = "test-token";
 
-async fn start() -> Guest {
+/// A private parent directory, the file root inside it, and a free loopback address.
+fn scratch() -> (tempfile::TempDir, std::path::PathBuf, SocketAddr) {
     let parent = tempfile::tempdir().unwrap();
     let root = parent.path().join("ws");
     std::fs::create_dir(&root).unwrap();
@@ -35,7 +36,11 @@ async fn start() -> Guest {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (parent, root, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+async fn start() -> Guest {
+    let (parent, root, addr) = scratch();
     let child = spawn_guest(addr, &root);
     Guest {
         child,
@@ -308,14 +313,7 @@ async fn many_concurrent_streams_on_one_link() {
 
 #[tokio::test]
 async fn the_image_environment_and_services_come_from_the_config_file() {
-    let parent = tempfile::tempdir().unwrap();
-    let root = parent.path().join("ws");
-    std::fs::create_dir(&root).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (parent, root, addr) = scratch();
     let marker = parent.path().join("service-ran");
     let cfg = serde_json::json!({
         "listen": addr.to_string(),

@@ -198,14 +198,14 @@ pub async fn send(
     Path(id): Path<String>,
     Form(f): Form<SendForm>,
 ) -> Response {
-    let r = w
-        .app
-        .engine
-        .send_input(&id, SessionInput::Message { text: f.text })
-        .await
-        .map(|s| format!("/s/{}", s.id))
-        .map_err(Into::into);
+    let r = to_session(&w, &id, SessionInput::Message { text: f.text }).await;
     done(&headers, &auth, r)
+}
+
+/// Hands `input` to session `id`; answers with the session page to go back to.
+async fn to_session(w: &WebState, id: &str, input: SessionInput) -> Result<String, HttpError> {
+    let s = w.app.engine.send_input(id, input).await?;
+    Ok(format!("/s/{}", s.id))
 }
 
 pub async fn interrupt(
@@ -214,13 +214,7 @@ pub async fn interrupt(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let r = w
-        .app
-        .engine
-        .send_input(&id, SessionInput::Interrupt)
-        .await
-        .map(|s| format!("/s/{}", s.id))
-        .map_err(Into::into);
+    let r = to_session(&w, &id, SessionInput::Interrupt).await;
     done(&headers, &auth, r)
 }
 
@@ -244,13 +238,7 @@ pub async fn decide(
         allow: f.allow == "1",
         message: f.message.filter(|m| !m.trim().is_empty()),
     };
-    let r = w
-        .app
-        .engine
-        .send_input(&id, input)
-        .await
-        .map(|s| format!("/s/{}", s.id))
-        .map_err(Into::into);
+    let r = to_session(&w, &id, input).await;
     done(&headers, &auth, r)
 }
 
