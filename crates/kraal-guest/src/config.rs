@@ -25,6 +25,15 @@ pub struct Config {
     /// Programs started in the background when the guest starts (the image's services).
     #[serde(default)]
     pub start: Vec<Vec<String>>,
+    /// The user commands and sessions run as (root when absent).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run once, on the first start: stages in order, a stage's commands in parallel.
+    #[serde(default)]
+    pub on_create: Vec<Vec<Vec<String>>>,
+    /// Run on every start, after `on_create`.
+    #[serde(default)]
+    pub on_start: Vec<Vec<Vec<String>>>,
 }
 
 fn default_root() -> PathBuf {
@@ -70,6 +79,9 @@ impl Config {
             sessions_dir: None,
             env: Vec::new(),
             start: Vec::new(),
+            user: None,
+            on_create: Vec::new(),
+            on_start: Vec::new(),
         })
     }
 }

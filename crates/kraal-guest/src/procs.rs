@@ -162,6 +162,55 @@ pub struct Procs {
     table: Mutex<Table>,
     /// The image's environment, applied to every process before the request's own.
     base_env: Vec<(String, String)>,
+    /// The image's user, whom commands and sessions run as (root when `None`).
+    user: Option<RunAs>,
+}
+
+/// `first`, then the directories of `then` it lacks.
+fn merge_path(first: &str, then: &str) -> String {
+    let mut dirs: Vec<&str> = first.split(':').filter(|d| !d.is_empty()).collect();
+    for d in then.split(':') {
+        if !d.is_empty() && !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs.join(":")
+}
+
+/// A user processes run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+impl RunAs {
+    /// Looks `spec` (a name or uid) up in this system's `/etc/passwd`.
+    pub fn lookup(spec: &str) -> Result<RunAs, String> {
+        Self::lookup_in(
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+            spec,
+        )
+    }
+
+    fn lookup_in(passwd: &str, spec: &str) -> Result<RunAs, String> {
+        let user = spec.split(':').next().unwrap_or(spec);
+        passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() >= 7 && (f[0] == user || f[2] == user))
+            .and_then(|f| {
+                Some(RunAs {
+                    name: f[0].to_owned(),
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
+                    home: f[5].to_owned(),
+                })
+            })
+            .ok_or_else(|| format!("user {user:?} is not in /etc/passwd"))
+    }
 }
 
 /// The image's tools first, then the agent CLIs mounted by the host.
@@ -174,6 +223,12 @@ impl Procs {
             base_env: env,
             ..Procs::default()
         }
+    }
+
+    /// Commands and sessions run as `user` from now on (services still start as root).
+    pub fn with_user(mut self, user: Option<RunAs>) -> Procs {
+        self.user = user;
+        self
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Proc>> {
@@ -196,11 +251,22 @@ impl Procs {
             .collect()
     }
 
-    /// Starts a process. Must be called from within the tokio runtime.
+    /// Starts a process as the image's user. Must be called from within the tokio runtime.
     pub fn spawn(
         self: &Arc<Self>,
         req: &ExecRequest,
         default_cwd: &str,
+    ) -> Result<Arc<Proc>, GuestError> {
+        let user = self.user.clone();
+        self.spawn_as(req, default_cwd, user.as_ref())
+    }
+
+    /// Starts a process as `user` (root when `None`).
+    pub fn spawn_as(
+        self: &Arc<Self>,
+        req: &ExecRequest,
+        default_cwd: &str,
+        user: Option<&RunAs>,
     ) -> Result<Arc<Proc>, GuestError> {
         let Some(program) = req.argv.first() else {
             return Err(GuestError::new(ErrorCode::InvalidRequest, "empty command"));
@@ -214,6 +280,12 @@ impl Procs {
             .env("HOME", "/root")
             .env("LANG", "C.UTF-8")
             .env("USER", "root");
+        if let Some(u) = user {
+            cmd.uid(u.uid).gid(u.gid);
+            cmd.env("HOME", &u.home)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
         if req.tty.is_some() {
             cmd.env("TERM", "xterm-256color");
         }
@@ -225,6 +297,13 @@ impl Procs {
                 ));
             }
             cmd.env(k, v);
+        }
+        // A request's PATH (an agent's) keeps the image's directories after its own.
+        if let (Some((_, img)), Some((_, want))) = (
+            self.base_env.iter().rev().find(|(k, _)| k == "PATH"),
+            req.env.iter().rev().find(|(k, _)| k == "PATH"),
+        ) {
+            cmd.env("PATH", merge_path(want, img));
         }
         let cwd = req.cwd.clone().unwrap_or_else(|| default_cwd.to_owned());
         if !std::path::Path::new(&cwd).is_dir() {

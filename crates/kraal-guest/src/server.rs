@@ -35,6 +35,23 @@ pub struct Guest {
 
 type Out = mpsc::Sender<Frame>;
 
+/// Marks that a workspace's create commands have run.
+pub const LIFECYCLE_MARK: &str = "/var/lib/kraal/on-create.done";
+/// Where lifecycle command outcomes are written (and the guest's stderr, the console).
+pub const LIFECYCLE_LOG: &str = "/var/log/kraal-lifecycle.log";
+
+fn lifecycle_log(msg: &str) {
+    use std::io::Write;
+    eprintln!("kraal-guest: lifecycle {msg}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LIFECYCLE_LOG)
+    {
+        let _ = writeln!(f, "{msg}");
+    }
+}
+
 impl Guest {
     pub fn new(config: Config) -> Self {
         let hostname = config.hostname.clone().unwrap_or_else(|| {
@@ -46,7 +63,17 @@ impl Guest {
             .files_root
             .canonicalize()
             .unwrap_or_else(|_| config.files_root.clone());
-        let procs = Arc::new(Procs::with_env(config.env.clone()));
+        let user = config
+            .user
+            .as_deref()
+            .and_then(|u| match procs::RunAs::lookup(u) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("kraal-guest: {e}; commands run as root");
+                    None
+                }
+            });
+        let procs = Arc::new(Procs::with_env(config.env.clone()).with_user(user));
         let sessions_dir = config
             .sessions_dir
             .clone()
@@ -59,6 +86,90 @@ impl Guest {
             started: Instant::now(),
             hostname,
         }
+    }
+
+    /// The image's lifecycle commands (devcontainer onCreate/postCreate, postStart): the
+    /// create stages once per workspace (a mark in the root file system, which persists),
+    /// then the start stages. Each runs as the image's user in the workspace, shows up
+    /// in the process list, and its outcome is appended to [`LIFECYCLE_LOG`].
+    async fn lifecycle(self: Arc<Self>) {
+        let mark = std::path::Path::new(LIFECYCLE_MARK);
+        let cwd = self.root.to_string_lossy().into_owned();
+        if !self.config.on_create.is_empty() && !mark.exists() {
+            if !self
+                .run_stages("create", &self.config.on_create, &cwd)
+                .await
+            {
+                return;
+            }
+            if let Some(d) = mark.parent() {
+                let _ = std::fs::create_dir_all(d);
+            }
+            let _ = std::fs::write(mark, b"");
+        }
+        self.run_stages("start", &self.config.on_start, &cwd).await;
+    }
+
+    /// Runs stages in order (a stage's commands in parallel); stops at the first failure.
+    async fn run_stages(&self, what: &str, stages: &[Vec<Vec<String>>], cwd: &str) -> bool {
+        for stage in stages {
+            let mut running = Vec::new();
+            for argv in stage {
+                let req = kraal_protocol::ExecRequest {
+                    argv: argv.clone(),
+                    env: Vec::new(),
+                    cwd: Some(cwd.to_owned()),
+                    tty: None,
+                };
+                match self.procs.spawn(&req, cwd) {
+                    Ok(p) => running.push(p),
+                    Err(e) => {
+                        lifecycle_log(&format!("{what}: {argv:?} could not start: {}", e.message));
+                        return false;
+                    }
+                }
+            }
+            let mut ok = true;
+            for p in running {
+                let mut rx = p.changed.subscribe();
+                let exit = loop {
+                    if let Some(x) = p.finished() {
+                        break x;
+                    }
+                    if rx.changed().await.is_err() {
+                        break procs::Exit::Code(-1);
+                    }
+                };
+                let (out, _) = p.state.lock().unwrap().output.since(0);
+                let text: Vec<u8> = out.iter().flat_map(|(_, _, b)| b.to_vec()).collect();
+                let text = String::from_utf8_lossy(&text);
+                let tail: String = text
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let status = match exit {
+                    procs::Exit::Code(0) => "succeeded".to_owned(),
+                    procs::Exit::Code(c) => {
+                        ok = false;
+                        format!("failed with exit code {c}")
+                    }
+                    procs::Exit::Signal(s) => {
+                        ok = false;
+                        format!("was killed by signal {s}")
+                    }
+                };
+                lifecycle_log(&format!("{what}: {:?} {status}\n{tail}", p.argv));
+            }
+            if !ok {
+                return false;
+            }
+        }
+        true
     }
 
     pub async fn run(self: Arc<Self>) -> Result<(), String> {
@@ -80,10 +191,14 @@ impl Guest {
                 cwd: Some("/".to_owned()),
                 tty: None,
             };
-            match self.procs.spawn(&req, "/") {
+            match self.procs.spawn_as(&req, "/", None) {
                 Ok(p) => eprintln!("kraal-guest: started {argv:?} (process {})", p.id),
                 Err(e) => eprintln!("kraal-guest: cannot start {argv:?}: {}", e.message),
             }
+        }
+        if !self.config.on_create.is_empty() || !self.config.on_start.is_empty() {
+            let me = self.clone();
+            tokio::spawn(async move { me.lifecycle().await });
         }
 
         let reaper = self.procs.clone();

@@ -10,6 +10,7 @@
 //!   takes over the namespace's interface;
 //! * limits: CPU quota, memory and pids through the spec's cgroup resources.
 
+pub mod build;
 mod spec;
 
 use std::net::SocketAddr;
@@ -185,6 +186,67 @@ impl GvisorBackend {
         }
     }
 
+    /// The image a new workspace runs on: the one it names, else its project's
+    /// `devcontainer.json` (built on first use), else the backend's default.
+    async fn resolve_image(
+        &self,
+        spec: &SandboxSpec,
+        volume: &Path,
+    ) -> Result<kraal_image::Image, BackendError> {
+        let id = &spec.id;
+        let log = |p: kraal_image::Progress| {
+            if p.done || !p.detail.is_empty() {
+                tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
+            }
+        };
+        if spec.image.is_none()
+            && let Some(path) = kraal_image::devcontainer::find(volume)
+        {
+            // `${localWorkspaceFolder}` is the project on the host when there is one.
+            let project = match &spec.source {
+                kraal_core::Source::Local { path } => path.clone(),
+                _ => volume.to_owned(),
+            };
+            // Errors name the project's files, not the volume's copy.
+            let shown = |e: kraal_image::ImageError| BackendError::Failed {
+                workspace: id.to_string(),
+                op: "create",
+                message: kraal_sandbox::error_chain(&e).replace(
+                    &volume.to_string_lossy().into_owned(),
+                    &project.to_string_lossy(),
+                ),
+            };
+            let dc =
+                kraal_image::devcontainer::DevContainer::load(&path, &project).map_err(shown)?;
+            let name = kraal_image::devbuild::image_name(Path::new(
+                &spec.source.basename().unwrap_or_default(),
+            ));
+            return self
+                .cfg
+                .images
+                .ensure_devcontainer(&dc, &name, &[Output::Rootfs], &log)
+                .await
+                .map_err(shown);
+        }
+        let name = spec.image.as_deref().unwrap_or(&self.cfg.default_image);
+        match Recipe::builtin(name) {
+            Ok(recipe) => self
+                .cfg
+                .images
+                .ensure(&recipe, &[Output::Rootfs], &log)
+                .await
+                .map_err(Self::chain_err(id, "create")),
+            Err(_) => self.cfg.images.find(name).ok_or_else(|| BackendError::Failed {
+                workspace: id.to_string(),
+                op: "create",
+                message: format!(
+                    "no image named {name:?}: it is neither built-in ({}) nor built with `kraal image build --file`",
+                    kraal_image::recipe::BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+
     fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
         Link::new(id, self.cfg.pool, slot)
     }
@@ -335,34 +397,6 @@ impl Backend for GvisorBackend {
             let p = dir.join(sub);
             std::fs::create_dir_all(&p).map_err(Self::io_err(id, "create", &p))?;
         }
-        let image_file = dir.join("image");
-        if !image_file.is_file() {
-            let name = spec.image.as_deref().unwrap_or(&self.cfg.default_image);
-            let image = match Recipe::builtin(name) {
-                Ok(recipe) => self
-                    .cfg
-                    .images
-                    .ensure(&recipe, &[Output::Rootfs], &|p| {
-                        if p.done || !p.detail.is_empty() {
-                            tracing::info!(workspace = %id, "image {name} [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
-                        }
-                    })
-                    .await
-                    .map_err(Self::chain_err(id, "create"))?,
-                Err(_) => self.cfg.images.find(name).ok_or_else(|| BackendError::Failed {
-                    workspace: id.to_string(),
-                    op: "create",
-                    message: format!(
-                        "no image named {name:?}: it is neither built-in ({}) nor built with `kraal image build --file`",
-                        kraal_image::recipe::BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                    ),
-                })?,
-            };
-            ImageStore::add_user(&image.rootfs, id.as_str())
-                .map_err(Self::chain_err(id, "create"))?;
-            std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
-                .map_err(Self::io_err(id, "create", &image_file))?;
-        }
         let volume = dir.join("volume");
         if !volume.is_dir() {
             // Fill a scratch directory and rename it: a failed or interrupted checkout
@@ -377,6 +411,30 @@ impl Backend for GvisorBackend {
                 });
             }
             std::fs::rename(&partial, &volume).map_err(Self::io_err(id, "create", &volume))?;
+        }
+        let image_file = dir.join("image");
+        if !image_file.is_file() {
+            let image = self.resolve_image(spec, &volume).await?;
+            ImageStore::add_user(&image.rootfs, id.as_str())
+                .map_err(Self::chain_err(id, "create"))?;
+            // The image's user owns the workspace's files.
+            if let Some(user) = &image.config.user {
+                let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
+                    .map_err(|message| BackendError::Failed {
+                        workspace: id.to_string(),
+                        op: "create",
+                        message: format!("remoteUser: {message}"),
+                    })?;
+                Cmd::new("chown")
+                    .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
+                    .arg(&volume)
+                    .timeout(Duration::from_secs(600))
+                    .run()
+                    .await
+                    .map_err(Self::rt_err(id, "chown"))?;
+            }
+            std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
+                .map_err(Self::io_err(id, "create", &image_file))?;
         }
         Ok(())
     }
@@ -443,6 +501,9 @@ impl Backend for GvisorBackend {
             "hostname": spec.name.as_str(),
             "env": image_cfg.env.iter().collect::<Vec<_>>(),
             "start": image_cfg.start,
+            "user": image_cfg.user,
+            "on_create": image_cfg.on_create,
+            "on_start": image_cfg.on_start,
         });
         let cfg_path = guest_dir.join("guest.json");
         write_private(&cfg_path, guest_cfg.to_string().as_bytes())

@@ -55,7 +55,7 @@ pub const AGENTS_MOUNT: &str = kraal_protocol::AGENTS_DIR;
 
 /// Docker's default capability set: enough for package managers and build tools, without
 /// the administrative capabilities.
-const CAPS: &[&str] = &[
+pub(crate) const CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",

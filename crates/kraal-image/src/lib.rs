@@ -6,9 +6,14 @@
 //! renamed into place only when complete, under a lock, so concurrent daemons and
 //! interrupted builds never see or leave a half-built image.
 
+pub mod devbuild;
+pub mod devcontainer;
+pub mod dockerfile;
 pub mod ext4;
+pub mod features;
 pub mod oci;
 pub mod recipe;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +28,18 @@ pub use recipe::Recipe;
 pub enum ImageError {
     #[error("recipe {recipe}: {message}")]
     Recipe { recipe: String, message: String },
+    #[error("{}: {message}", path.display())]
+    DevContainer { path: PathBuf, message: String },
+    #[error("registry: {reference}: {message}")]
+    Registry { reference: String, message: String },
+    #[error("feature {feature}: {message}")]
+    Feature { feature: String, message: String },
+    #[error("building image {name}: {step} failed: {message}")]
+    Step {
+        name: String,
+        step: String,
+        message: String,
+    },
     #[error("no recipe named {name:?} (built-in: {known}); give a file with --file")]
     UnknownRecipe { name: String, known: String },
     #[error("no image named {0:?} is built")]
@@ -123,6 +140,16 @@ pub struct ImageConfig {
     pub ports: Vec<u16>,
     /// Whether `/opt/kraal/agents` holds the agent CLIs (else the backend mounts the host's).
     pub has_agents: bool,
+    /// The user sessions and commands run as (`None`: root).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Run once, when the workspace is first started: stages in order, the commands of a
+    /// stage in parallel (devcontainer onCreate/updateContent/postCreate commands).
+    #[serde(default)]
+    pub on_create: Vec<Vec<Vec<String>>>,
+    /// Run whenever the workspace starts, after `on_create` (postStartCommand).
+    #[serde(default)]
+    pub on_start: Vec<Vec<Vec<String>>>,
 }
 
 /// A built image.
@@ -189,6 +216,7 @@ pub struct ImageStore {
     dir: PathBuf,
     mirror: String,
     guest: Option<PathBuf>,
+    runner: Option<devbuild::SharedRunner>,
 }
 
 /// An exclusive lock on a file, held while the value lives.
@@ -261,7 +289,14 @@ impl ImageStore {
             dir: dir.into(),
             mirror,
             guest: None,
+            runner: None,
         }
+    }
+
+    /// Runs build steps (Dockerfile `RUN`, feature installs) with this sandbox runner.
+    pub fn with_runner(mut self, runner: devbuild::SharedRunner) -> Self {
+        self.runner = Some(runner);
+        self
     }
 
     /// Puts this guest agent binary into every image (at `/.kraal/kraal-guest`).
@@ -494,6 +529,7 @@ impl ImageStore {
                             start: r.start.clone(),
                             ports: r.ports.clone(),
                             has_agents: !r.agents.is_empty(),
+                            ..ImageConfig::default()
                         },
                         built_at: now(),
                         outputs: vec![Output::Rootfs],
@@ -518,9 +554,22 @@ impl ImageStore {
             }
         };
 
-        // Other outputs.
+        self.build_outputs(&mut img, &extra, plan.len() as u32 + 2, &report)
+            .await?;
+        Ok(img)
+    }
+
+    /// Builds the `extra` outputs of `img` that are missing, numbering steps from `first`.
+    async fn build_outputs(
+        &self,
+        img: &mut Image,
+        extra: &[Output],
+        first: u32,
+        report: &(dyn Fn(u32, &str, String, bool) + Send + Sync),
+    ) -> Result<(), ImageError> {
+        let dir = img.dir.clone();
         for (i, o) in extra.iter().enumerate() {
-            let step = plan.len() as u32 + 2 + i as u32;
+            let step = first + i as u32;
             let title = output_title(*o);
             if img.outputs.contains(o) {
                 report(step, title, "cached".into(), true);
@@ -529,7 +578,9 @@ impl ImageStore {
             let t0 = Instant::now();
             report(step, title, "building".into(), false);
             match o {
-                Output::Ext4 => ext4::build(&img.rootfs, &dir.join("rootfs.ext4"), &r.name).await?,
+                Output::Ext4 => {
+                    ext4::build(&img.rootfs, &dir.join("rootfs.ext4"), &img.name).await?
+                }
                 Output::Oci => {
                     let (i, p) = (img.clone(), dir.join("oci"));
                     tokio::task::spawn_blocking(move || oci::build(&i, &p))
@@ -539,7 +590,7 @@ impl ImageStore {
                 Output::Rootfs => {}
             }
             img.outputs.push(*o);
-            write_json(&dir.join("image.json"), &img)?;
+            write_json(&dir.join("image.json"), &*img)?;
             report(
                 step,
                 title,
@@ -547,7 +598,7 @@ impl ImageStore {
                 true,
             );
         }
-        Ok(img)
+        Ok(())
     }
 
     async fn build_os(
@@ -853,7 +904,7 @@ async fn build_agents(
 }
 
 /// The guest agent at `/.kraal/kraal-guest`.
-fn build_guest(bin: &[u8], tmp: &Path) -> Result<(), ImageError> {
+pub(crate) fn build_guest(bin: &[u8], tmp: &Path) -> Result<(), ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let d = tmp.join(".kraal");
     std::fs::create_dir_all(&d).map_err(io(&d))?;

@@ -301,11 +301,30 @@ pub fn unpack_layer<R: Read>(r: R, dest: &Path) -> std::io::Result<()> {
                 path.display()
             )));
         }
+        // Deletions follow no symbolic link an earlier layer planted in a parent.
+        let check_parents = || -> std::io::Result<()> {
+            let mut at = dest.to_path_buf();
+            for c in path.parent().into_iter().flat_map(Path::components) {
+                at.push(c);
+                if at
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Err(std::io::Error::other(format!(
+                        "layer entry {} deletes through the symbolic link {}",
+                        path.display(),
+                        at.strip_prefix(dest).unwrap_or(&at).display()
+                    )));
+                }
+            }
+            Ok(())
+        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         if name == ".wh..wh..opq" {
+            check_parents()?;
             let dir = dest.join(path.parent().unwrap_or(Path::new("")));
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
@@ -320,6 +339,7 @@ pub fn unpack_layer<R: Read>(r: R, dest: &Path) -> std::io::Result<()> {
             continue;
         }
         if let Some(victim) = name.strip_prefix(".wh.") {
+            check_parents()?;
             let p = dest.join(path.with_file_name(victim));
             if p.is_dir() && !p.is_symlink() {
                 std::fs::remove_dir_all(&p)?;
@@ -331,6 +351,7 @@ pub fn unpack_layer<R: Read>(r: R, dest: &Path) -> std::io::Result<()> {
         // A file replacing a directory (or the reverse) in a later layer.
         let target = dest.join(&path);
         if let Ok(m) = target.symlink_metadata() {
+            check_parents()?;
             let is_dir_entry = entry.header().entry_type().is_dir();
             if m.is_dir() && !is_dir_entry {
                 std::fs::remove_dir_all(&target)?;

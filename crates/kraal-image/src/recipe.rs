@@ -77,6 +77,18 @@ pub struct Recipe {
     pub ports: Vec<u16>,
 }
 
+/// Checks that `k` can name an environment variable.
+pub(crate) fn check_env_name(k: &str) -> Result<(), String> {
+    let ok = !k.is_empty()
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("env name {k:?} is not a valid variable name"))
+    }
+}
+
 const SUITES: &[&str] = &["bookworm", "trixie", "bullseye"];
 const VARIANTS: &[&str] = &["minbase", "buildd", "fakechroot"];
 
@@ -260,15 +272,7 @@ impl Recipe {
             }
         }
         for k in self.env.keys() {
-            let ok = !k.is_empty()
-                && !k.as_bytes()[0].is_ascii_digit()
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
-                return Err(invalid(
-                    origin,
-                    format!("env name {k:?} is not a valid variable name"),
-                ));
-            }
+            check_env_name(k).map_err(|m| invalid(origin, m))?;
         }
         for s in &self.start {
             if s.is_empty() || s[0].is_empty() {

@@ -27,8 +27,24 @@ fn guest_bin(o: &BackendOptions) -> PathBuf {
 }
 
 /// The daemon's image store; images carry the guest agent the daemon uses.
+/// Build steps (Dockerfile `RUN`, dev container features) run in gVisor.
 pub fn image_store(o: &BackendOptions) -> ImageStore {
-    ImageStore::new(crate::paths::image_dir(&o.data_dir)).with_guest(Some(guest_bin(o)))
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let runner = kraal_gvisor::build::BuildRunner {
+        runsc: o.runsc.clone(),
+        runsc_root: o.data_dir.join("runsc-build"),
+        network: o.network,
+        pool: kraal_net::DEFAULT_POOL,
+        platform: std::env::var("KRAAL_RUNSC_PLATFORM").ok(),
+        resources: kraal_core::Resources {
+            cpus,
+            memory_mib: 8192,
+            pids: 8192,
+        },
+    };
+    ImageStore::new(crate::paths::image_dir(&o.data_dir))
+        .with_guest(Some(guest_bin(o)))
+        .with_runner(std::sync::Arc::new(runner))
 }
 
 pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
