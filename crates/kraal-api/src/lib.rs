@@ -42,6 +42,18 @@ pub struct Workspace {
     /// The image it was created from (absent: the daemon's default at the time).
     #[serde(default)]
     pub image: Option<String>,
+    /// Ports of the workspace reachable on the daemon's host while it runs.
+    #[serde(default)]
+    pub ports: Vec<ForwardedPort>,
+}
+
+/// A workspace port forwarded to the daemon's host loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ForwardedPort {
+    /// The port inside the workspace.
+    pub port: u16,
+    /// `127.0.0.1:N` on the daemon's host.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

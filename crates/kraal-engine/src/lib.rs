@@ -10,6 +10,7 @@
 // cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod ports;
 mod sessions;
 mod templates;
 pub use kraal_store::SessionRecord;
@@ -97,6 +98,7 @@ impl EngineError {
 
 /// The whole chain of an error on one line.
 pub use kraal_sandbox::error_chain as chain;
+pub use ports::Forward;
 
 /// What a client asks for when creating a workspace.
 #[derive(Debug, Clone)]
@@ -128,6 +130,8 @@ pub struct Engine {
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     /// Session state changes of every session, for notifications.
     changes: tokio::sync::broadcast::Sender<SessionChange>,
+    /// Ports of running workspaces forwarded to the host.
+    forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
     started: Instant,
 }
 
@@ -169,6 +173,7 @@ impl Engine {
             followers: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
+            forwards: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
     }
@@ -397,6 +402,7 @@ impl Engine {
                 .set_state(&rec.id, WorkspaceState::Running, None)?;
             if let Ok(ep) = self.backend.endpoint(&rec.id).await {
                 self.attach_link(rec, ep.host).await;
+                self.forward_ports(rec, &ep).await;
             }
             self.sync_sessions(rec, &client).await;
             return Ok(());
@@ -424,6 +430,7 @@ impl Engine {
             .connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT)
             .await?;
         self.attach_link(rec, ep.host).await;
+        self.forward_ports(rec, &ep).await;
         self.event(
             &rec.id,
             "info",
@@ -452,6 +459,7 @@ impl Engine {
         }
         self.guests.lock().unwrap().remove(&rec.id);
         self.detach_link(&rec.id);
+        self.unforward_ports(&rec.id);
         self.backend.stop(&rec.id).await?;
         self.store.set_guest_addr(&rec.id, None)?;
         self.store
@@ -465,6 +473,7 @@ impl Engine {
             .set_state(&rec.id, WorkspaceState::Deleting, None)?;
         self.guests.lock().unwrap().remove(&rec.id);
         self.detach_link(&rec.id);
+        self.unforward_ports(&rec.id);
         self.backend.destroy(&rec.id).await?;
         self.store.delete(&rec.id)?;
         self.locks.lock().unwrap().remove(&rec.id);
@@ -671,6 +680,7 @@ impl Engine {
                                 && let Ok(ep) = self.backend.endpoint(&rec.id).await
                             {
                                 self.attach_link(&rec, ep.host).await;
+                                self.forward_ports(&rec, &ep).await;
                             }
                             self.sync_sessions(&rec, &client).await;
                         }

@@ -247,6 +247,15 @@ impl GvisorBackend {
         }
     }
 
+    /// The configuration of the image a workspace runs on (default when unknown).
+    fn image_config(&self, id: &WorkspaceId) -> kraal_image::ImageConfig {
+        std::fs::read_to_string(self.ws_dir(id).join("image"))
+            .ok()
+            .and_then(|p| ImageStore::image_of(Path::new(p.trim())))
+            .map(|i| i.config)
+            .unwrap_or_default()
+    }
+
     fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
         Link::new(id, self.cfg.pool, slot)
     }
@@ -490,10 +499,7 @@ impl Backend for GvisorBackend {
         let guest_dir = dir.join("guest");
         std::fs::create_dir_all(&guest_dir).map_err(Self::io_err(id, "start", &guest_dir))?;
         // The image's environment, services and whether it carries the agent CLIs.
-        let image = std::fs::read_to_string(dir.join("image"))
-            .ok()
-            .and_then(|p| ImageStore::image_of(Path::new(p.trim())));
-        let image_cfg = image.map(|i| i.config).unwrap_or_default();
+        let image_cfg = self.image_config(id);
         let guest_cfg = serde_json::json!({
             "listen": format!("0.0.0.0:{}", kraal_protocol::DEFAULT_GUEST_PORT),
             "token": spec.guest_token,
@@ -595,6 +601,7 @@ impl Backend for GvisorBackend {
         Ok(GuestEndpoint {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
+            ports: image_cfg.ports,
         })
     }
 
@@ -644,6 +651,7 @@ impl Backend for GvisorBackend {
         Ok(GuestEndpoint {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(kraal_net::host_ip_for(ip).into()),
+            ports: self.image_config(id).ports,
         })
     }
 

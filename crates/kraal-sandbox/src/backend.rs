@@ -27,6 +27,9 @@ pub struct GuestEndpoint {
     /// The host's own address on the sandbox's private link, where host services for the
     /// sandbox (the model gateway) listen; `None` when the backend has no such link.
     pub host: Option<std::net::IpAddr>,
+    /// TCP ports the workspace's image serves, for the daemon to forward to the host.
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// What the backend sees of a sandbox right now.

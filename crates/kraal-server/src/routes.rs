@@ -133,8 +133,16 @@ pub fn routes() -> Router<AppState> {
 /// Largest file the API reads or writes in one request.
 const MAX_FILE: u64 = 256 * 1024 * 1024;
 
-pub fn to_api(r: &WorkspaceRecord) -> Workspace {
+pub fn to_api(engine: &std::sync::Arc<kraal_engine::Engine>, r: &WorkspaceRecord) -> Workspace {
     Workspace {
+        ports: engine
+            .ports(&r.id)
+            .into_iter()
+            .map(|f| kraal_api::ForwardedPort {
+                port: f.port,
+                address: f.host.to_string(),
+            })
+            .collect(),
         id: r.id.to_string(),
         name: r.name.to_string(),
         state: r.state,
@@ -157,15 +165,16 @@ pub fn to_api(r: &WorkspaceRecord) -> Workspace {
 
 /// Waits for an operation when asked to, turning its failure into an error response.
 async fn settle(
+    engine: &std::sync::Arc<kraal_engine::Engine>,
     p: Pending,
     wait: bool,
     ok: StatusCode,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
     if !wait {
-        return Ok((StatusCode::ACCEPTED, Json(to_api(&p.record))));
+        return Ok((StatusCode::ACCEPTED, Json(to_api(engine, &p.record))));
     }
     match p.done.await {
-        Ok(Ok(rec)) => Ok((ok, Json(to_api(&rec)))),
+        Ok(Ok(rec)) => Ok((ok, Json(to_api(engine, &rec)))),
         Ok(Err(reason)) => Err(HttpError::new(
             StatusCode::BAD_GATEWAY,
             "backend_error",
@@ -213,7 +222,12 @@ async fn openapi_doc() -> Response {
 #[utoipa::path(get, path = "/v1/workspaces", responses((status = 200, body = WorkspaceList)))]
 async fn list_workspaces(State(s): State<AppState>) -> Result<Json<WorkspaceList>, HttpError> {
     Ok(Json(WorkspaceList {
-        workspaces: s.engine.list()?.iter().map(to_api).collect(),
+        workspaces: s
+            .engine
+            .list()?
+            .iter()
+            .map(|r| to_api(&s.engine, r))
+            .collect(),
     }))
 }
 
@@ -240,7 +254,7 @@ async fn create_workspace(
         resources: req.resources,
         image: req.image,
     })?;
-    settle(p, req.wait, StatusCode::CREATED).await
+    settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}", params(("ws" = String, Path, description = "Workspace name or id")),
@@ -249,7 +263,7 @@ async fn get_workspace(
     State(s): State<AppState>,
     Path(ws): Path<String>,
 ) -> Result<Json<Workspace>, HttpError> {
-    Ok(Json(to_api(&s.engine.resolve(&ws)?)))
+    Ok(Json(to_api(&s.engine, &s.engine.resolve(&ws)?)))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/up", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
@@ -259,7 +273,7 @@ async fn up_workspace(
     Path(ws): Path<String>,
     Query(q): Query<WaitParam>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
-    settle(s.engine.up(&ws)?, q.wait, StatusCode::OK).await
+    settle(&s.engine, s.engine.up(&ws)?, q.wait, StatusCode::OK).await
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/down", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
@@ -269,7 +283,7 @@ async fn down_workspace(
     Path(ws): Path<String>,
     Query(q): Query<WaitParam>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
-    settle(s.engine.down(&ws)?, q.wait, StatusCode::OK).await
+    settle(&s.engine, s.engine.down(&ws)?, q.wait, StatusCode::OK).await
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
@@ -279,7 +293,7 @@ async fn remove_workspace(
     Path(ws): Path<String>,
     Query(q): Query<WaitParam>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
-    settle(s.engine.remove(&ws)?, q.wait, StatusCode::OK).await
+    settle(&s.engine, s.engine.remove(&ws)?, q.wait, StatusCode::OK).await
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/logs", params(("ws" = String, Path)),

@@ -131,6 +131,9 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
             w.id,
             w.backend
         );
+        for p in &w.ports {
+            println!("  port {} → {}", p.port, p.address);
+        }
         println!(
             "  kraal exec {} -- git status\n  kraal shell {}",
             w.name, w.name

@@ -349,6 +349,29 @@ fn a_devcontainer_with_registry_image_and_features_shapes_the_workspace() {
         "created\n",
         "postCreate runs once"
     );
+    // forwardPorts: a server in the workspace answers on the host's loopback.
+    let ws = d.workspace("dc");
+    assert_eq!(ws["ports"][0]["port"], 3000, "{ws}");
+    let addr = ws["ports"][0]["address"].as_str().unwrap().to_owned();
+    let o = d.exec(
+        "dc",
+        "nohup node -e \"require('http').createServer((q, r) => r.end('hi from ' + process.env.USER)).listen(3000)\" >/dev/null 2>&1 &",
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let mut answer = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the forwarded port answers",
+        || {
+            let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+                return false;
+            };
+            let _ = write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n");
+            answer.clear();
+            let _ = s.read_to_string(&mut answer);
+            answer.ends_with("hi from dev")
+        },
+    );
     // Sessions' agents are the host's, mounted into the pulled image.
     let o = d.exec("dc", "claude --version");
     assert_eq!(o.code, Some(0), "{}", o.stderr);

@@ -1,0 +1,97 @@
+//! Forwarded ports: each port a running workspace's image declares (devcontainer
+//! `forwardPorts`, Dockerfile `EXPOSE`, recipe `ports`) gets a listener on the host's
+//! loopback — the same port number when it is free, another one otherwise — that relays
+//! connections to the sandbox over its private link.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kraal_core::WorkspaceId;
+use kraal_sandbox::GuestEndpoint;
+use kraal_store::WorkspaceRecord;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::Engine;
+
+/// A port of a workspace reachable on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The port inside the workspace.
+    pub port: u16,
+    /// Where it is reachable on the host.
+    pub host: SocketAddr,
+}
+
+pub(crate) struct Active {
+    pub forward: Forward,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(mut inbound: TcpStream, target: SocketAddr) {
+    match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
+        Ok(Ok(mut out)) => {
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%target, "forwarded connection refused: {e}"),
+        Err(_) => tracing::debug!(%target, "forwarded connection timed out"),
+    }
+}
+
+impl Engine {
+    /// Starts forwarding the ports `ep` lists (once per run of the workspace).
+    pub(crate) async fn forward_ports(&self, ws: &WorkspaceRecord, ep: &GuestEndpoint) {
+        if ep.ports.is_empty() || self.forwards.lock().unwrap().contains_key(&ws.id) {
+            return;
+        }
+        let mut active = Vec::new();
+        for &port in &ep.ports {
+            let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+                Ok(l) => l,
+                Err(_) => match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        self.event(&ws.id, "warn", &format!("cannot forward port {port}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let Ok(host) = listener.local_addr() else {
+                continue;
+            };
+            let target = SocketAddr::new(ep.addr.ip(), port);
+            let task = tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    tokio::spawn(relay(conn, target));
+                }
+            });
+            self.event(&ws.id, "info", &format!("port {port} forwarded to {host}"));
+            active.push(Active {
+                forward: Forward { port, host },
+                task,
+            });
+        }
+        self.forwards.lock().unwrap().insert(ws.id.clone(), active);
+    }
+
+    pub(crate) fn unforward_ports(&self, id: &WorkspaceId) {
+        self.forwards.lock().unwrap().remove(id);
+    }
+
+    /// The ports of a workspace forwarded to the host right now.
+    pub fn ports(self: &Arc<Self>, id: &WorkspaceId) -> Vec<Forward> {
+        self.forwards
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|v| v.iter().map(|a| a.forward.clone()).collect())
+            .unwrap_or_default()
+    }
+}
