@@ -27,6 +27,9 @@ pub struct BuildRunner {
     pub pool: Pool,
     pub platform: Option<String>,
     pub resources: Resources,
+    /// The host service ports of the shared firewall (the same list the backend installs:
+    /// the table is shared, so a build must not drop workspaces' rules).
+    pub host_ports: Vec<u16>,
 }
 
 impl BuildRunner {
@@ -179,7 +182,7 @@ impl BuildRunner {
             .await
             .map_err(|x| format!("network: {}", kraal_sandbox::error_chain(&x)))?;
         let link = Link::new(id, self.pool, slot);
-        kraal_net::install_firewall(self.pool, &[])
+        kraal_net::install_firewall(self.pool, &self.host_ports)
             .await
             .map_err(|x| format!("firewall: {}", kraal_sandbox::error_chain(&x)))?;
         kraal_net::setup(id, &link)

@@ -41,6 +41,7 @@ pub fn image_store(o: &BackendOptions) -> ImageStore {
             memory_mib: 8192,
             pids: 8192,
         },
+        host_ports: vec![kraal_proxy::GATEWAY_PORT],
     };
     ImageStore::new(crate::paths::image_dir(&o.data_dir))
         .with_guest(Some(guest_bin(o)))

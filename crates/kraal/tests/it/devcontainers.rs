@@ -304,10 +304,12 @@ fn a_devcontainer_with_registry_image_and_features_shapes_the_workspace() {
             .to_ascii_lowercase()
     );
 
+    let t0 = std::time::Instant::now();
     let o = run_bounded(
         &mut d.cmd(&["up", root.to_str().unwrap(), "--name", "dc"]),
         Duration::from_secs(20 * 60),
     );
+    let first = t0.elapsed();
     assert_eq!(
         o.code,
         Some(0),
@@ -388,11 +390,17 @@ fn a_devcontainer_with_registry_image_and_features_shapes_the_workspace() {
     assert_eq!(img["description"], "from devcontainer.json (demo)", "{img}");
 
     // A second workspace of the same project reuses the image: nothing is rebuilt.
+    let t0 = std::time::Instant::now();
     let o = run_bounded(
         &mut d.cmd(&["up", root.to_str().unwrap(), "--name", "dc2"]),
         Duration::from_secs(5 * 60),
     );
     assert_eq!(o.code, Some(0), "{}", o.stderr);
+    eprintln!(
+        "first workspace (pull, 2 features, image): {:.1} s; second (cached image): {:.1} s",
+        first.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
     assert_eq!(dc_images(&d, &name), 1);
     assert_eq!(
         d.exec("dc2", "cat /opt/greeter/greeting").stdout,
