@@ -427,6 +427,10 @@ pub struct BuildImage {
     /// `rootfs`, `ext4`, `oci` (default: all three).
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// A project directory on the daemon's host whose `devcontainer.json` to build
+    /// (instead of a recipe); the image is named `dc-<directory>` unless `name` is given.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
 }
 
 /// One line of the newline-delimited JSON a build answers with: progress lines, then

@@ -531,9 +531,12 @@ impl ImageStore {
                 done,
             })
         };
-        if let Some(img) = Self::load(&dir)
-            && extra.iter().all(|o| img.outputs.contains(o))
-        {
+
+        let _store = lock_mode(self.dir.join(".store.lock"), false, true).await?;
+        let _lock = lock(self.dir.join(format!(".{name}-{hash}.lock"))).await?;
+        // Built already (perhaps with running workspaces; checked under the lock, another
+        // build may just have finished it): at most outputs are added.
+        if let Some(mut img) = Self::load(&dir) {
             for (i, p) in chain.iter().enumerate() {
                 report(i as u32 + 1, &p.title, format!("cached ({})", p.hash), true);
             }
@@ -543,11 +546,10 @@ impl ImageStore {
                 "cached".into(),
                 true,
             );
+            self.build_outputs(&mut img, &extra, chain.len() as u32 + 2, &report)
+                .await?;
             return Ok(img);
         }
-
-        let _store = lock_mode(self.dir.join(".store.lock"), false, true).await?;
-        let _lock = lock(self.dir.join(format!(".{name}-{hash}.lock"))).await?;
         let tree = tmp.join("rootfs");
         std::fs::create_dir_all(&tree).map_err(io(&tree))?;
         let mut layers = Vec::new();
@@ -624,6 +626,7 @@ impl ImageStore {
         };
         write_json(&tmp.join("image.json"), &img)?;
         std::fs::write(tmp.join("complete"), b"").map_err(io(tmp))?;
+        // Not an image (checked under the lock above): what an interrupted removal left.
         remove_any(&dir);
         std::fs::rename(tmp, &dir).map_err(io(&dir))?;
         report(step, "root file system", "done".into(), true);

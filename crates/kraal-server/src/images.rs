@@ -93,6 +93,9 @@ pub async fn build_image(
     body: Result<Json<BuildImage>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    if let Some(dir) = &req.devcontainer {
+        return build_devcontainer(s, &req, dir).await;
+    }
     let recipe = match (&req.name, &req.recipe) {
         (_, Some(text)) => Recipe::parse("the recipe", text).map_err(image_err)?,
         (Some(name), None) => Recipe::builtin(name).map_err(image_err)?,
@@ -106,37 +109,98 @@ pub async fn build_image(
             recipe.name
         )));
     }
-    let outputs = if req.outputs.is_empty() {
-        Output::ALL.to_vec()
-    } else {
-        req.outputs
-            .iter()
-            .map(|o| Output::parse(o))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(HttpError::bad_request)?
-    };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildLine>();
+    let outputs = outputs_of(&req)?;
     let store: ImageStore = s.images.clone();
+    Ok(stream_build(
+        recipe.name.clone(),
+        move |progress| async move { store.ensure(&recipe, &outputs, &progress).await },
+    ))
+}
+
+fn outputs_of(req: &BuildImage) -> Result<Vec<Output>, HttpError> {
+    if req.outputs.is_empty() {
+        return Ok(Output::ALL.to_vec());
+    }
+    req.outputs
+        .iter()
+        .map(|o| Output::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(HttpError::bad_request)
+}
+
+/// Builds the image of a project's `devcontainer.json`.
+async fn build_devcontainer(
+    s: AppState,
+    req: &BuildImage,
+    dir: &str,
+) -> Result<Response, HttpError> {
+    if req.recipe.is_some() {
+        return Err(HttpError::bad_request(
+            "give a recipe or a devcontainer project, not both",
+        ));
+    }
+    let project = std::path::PathBuf::from(dir);
+    if !project.is_absolute() || !project.is_dir() {
+        return Err(HttpError::bad_request(format!(
+            "devcontainer project {dir:?} must be an existing absolute directory on the daemon's host"
+        )));
+    }
+    let path = kraal_image::devcontainer::find(&project).ok_or_else(|| {
+        HttpError::bad_request(format!(
+            "{dir} has no .devcontainer/devcontainer.json or .devcontainer.json"
+        ))
+    })?;
+    let dc = kraal_image::devcontainer::DevContainer::load(&path, &project).map_err(image_err)?;
+    let name = match &req.name {
+        Some(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 40
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(HttpError::bad_request(format!(
+                    "image name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"
+                )));
+            }
+            n.clone()
+        }
+        None => kraal_image::devbuild::image_name(&project),
+    };
+    let outputs = outputs_of(req)?;
+    let store: ImageStore = s.images.clone();
+    Ok(stream_build(name.clone(), move |progress| async move {
+        store
+            .ensure_devcontainer(&dc, &name, &outputs, &progress)
+            .await
+    }))
+}
+
+/// Runs a build in its own task and answers with its progress as NDJSON lines, then the
+/// image or the error.
+fn stream_build<F, Fut>(name: String, build: F) -> Response
+where
+    F: FnOnce(Box<dyn Fn(kraal_image::Progress) + Send + Sync>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<kraal_image::Image, kraal_image::ImageError>> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<BuildLine>();
     tokio::spawn(async move {
         let ptx = tx.clone();
-        let res = store
-            .ensure(&recipe, &outputs, &move |p| {
-                let _ = ptx.send(BuildLine::Progress {
-                    step: p.step,
-                    steps: p.steps,
-                    title: p.title,
-                    detail: p.detail,
-                    done: p.done,
-                });
-            })
-            .await;
-        let last = match res {
+        let progress: Box<dyn Fn(kraal_image::Progress) + Send + Sync> = Box::new(move |p| {
+            let _ = ptx.send(BuildLine::Progress {
+                step: p.step,
+                steps: p.steps,
+                title: p.title,
+                detail: p.detail,
+                done: p.done,
+            });
+        });
+        let last = match build(progress).await {
             Ok(img) => {
                 tracing::info!(image = %img.name, hash = %img.hash, "image built");
                 BuildLine::Image(info(&img))
             }
             Err(e) => {
-                tracing::warn!(image = %recipe.name, "image build failed: {}", error_chain(&e));
+                tracing::warn!(image = %name, "image build failed: {}", error_chain(&e));
                 BuildLine::Error(image_err(e).body)
             }
         };
@@ -147,11 +211,11 @@ pub async fn build_image(
         let text = serde_json::to_string(&line).expect("serializes") + "\n";
         Some((Ok::<_, std::convert::Infallible>(text), rx))
     });
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
     )
-        .into_response())
+        .into_response()
 }
 
 #[utoipa::path(delete, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")),

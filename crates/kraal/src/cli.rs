@@ -173,8 +173,11 @@ pub enum ImageCommand {
         /// Built-in recipe name (default: `default`, or the file's recipe).
         name: Option<String>,
         /// A recipe file (TOML; see images/*.toml).
-        #[arg(long, short = 'f')]
+        #[arg(long, short = 'f', conflicts_with = "devcontainer")]
         file: Option<PathBuf>,
+        /// A project directory: build its devcontainer.json (what `kraal up` would).
+        #[arg(long)]
+        devcontainer: Option<PathBuf>,
         /// Outputs to produce: rootfs, ext4, oci (repeat or comma-separate; default all).
         #[arg(long = "output", short = 'o', value_delimiter = ',')]
         outputs: Vec<String>,

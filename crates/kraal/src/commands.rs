@@ -406,10 +406,19 @@ pub async fn image_build(
     client: &Client,
     name: Option<String>,
     file: Option<&Path>,
+    devcontainer: Option<&Path>,
     outputs: Vec<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
+    // The daemon reads the project itself (it runs on this host, like `kraal up DIR`).
+    let devcontainer = devcontainer
+        .map(|d| {
+            std::path::absolute(d)
+                .with_context(|| format!("project directory {}", d.display()))
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .transpose()?;
     let recipe = match file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -421,6 +430,7 @@ pub async fn image_build(
         name,
         recipe,
         outputs,
+        devcontainer,
     };
     let mut body = client.post_stream("/v1/images/build", &req).await?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {

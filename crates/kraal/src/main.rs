@@ -168,11 +168,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Build {
             name,
             file,
+            devcontainer,
             outputs,
             json,
-        }) => commands::image_build(&c, name, file.as_deref(), outputs, json)
-            .await
-            .map(|()| 0),
+        }) => commands::image_build(
+            &c,
+            name,
+            file.as_deref(),
+            devcontainer.as_deref(),
+            outputs,
+            json,
+        )
+        .await
+        .map(|()| 0),
         Command::Image(ImageCommand::Ls { json }) => commands::image_ls(&c, json).await.map(|()| 0),
         Command::Image(ImageCommand::Rm { name }) => {
             commands::image_rm(&c, &name).await.map(|()| 0)

@@ -481,6 +481,70 @@ EXPOSE 8080
             .to_string_lossy()
             .to_ascii_lowercase()
     );
+    // The same project through `kraal image build --devcontainer`: the root file system is
+    // the cached one, the OCI output (for Kubernetes) is added, with the Dockerfile's
+    // environment, user and exposed port in its config.
+    let o = run_bounded(
+        &mut d.cmd(&[
+            "image",
+            "build",
+            "--devcontainer",
+            root.to_str().unwrap(),
+            "--output",
+            "rootfs,oci",
+            "--json",
+        ]),
+        Duration::from_secs(10 * 60),
+    );
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let lines: Vec<serde_json::Value> = o
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["progress"]["title"] == "root file system"
+                && l["progress"]["detail"] == "cached"),
+        "{}",
+        o.stdout
+    );
+    let oci = lines.last().unwrap()["image"]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["format"] == "oci")
+        .unwrap_or_else(|| panic!("{}", o.stdout))["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    #[allow(clippy::disallowed_methods)]
+    let mut c = Command::new("skopeo");
+    c.args(["inspect", "--config"])
+        .arg(format!("oci:{oci}:latest"));
+    let o = run_bounded(&mut c, Duration::from_secs(120));
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let cfg: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(
+        cfg["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "APP_HOME=/opt/app"),
+        "{cfg}"
+    );
+    assert!(
+        cfg["config"]["ExposedPorts"]["8080/tcp"].is_object(),
+        "{cfg}"
+    );
+    let o = d.run(&["image", "build", "--devcontainer", "/nonexistent-project"]);
+    assert!(
+        o.stderr.contains("must be an existing absolute directory"),
+        "{}",
+        o.stderr
+    );
+
     d.ok(&["rm", "--yes", "df"]);
     d.ok(&["image", "rm", &name]);
     assert!(
