@@ -42,28 +42,15 @@ impl BuildRunner {
         id: &str,
     ) -> serde_json::Value {
         let caps = crate::spec::CAPS;
-        let mut mounts = vec![
-            json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
-            json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
-            json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
-            json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
-            json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
-            json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+        let mut mounts = crate::spec::system_mounts();
+        mounts.extend([
             json!({ "destination": "/etc/resolv.conf", "type": "bind", "source": etc.join("resolv.conf"), "options": ["rbind", "ro"] }),
             json!({ "destination": "/etc/hosts", "type": "bind", "source": etc.join("hosts"), "options": ["rbind", "ro"] }),
-        ];
+        ]);
         for (src, dst) in &job.binds {
             mounts.push(json!({ "destination": dst, "type": "bind", "source": src, "options": ["rbind", "rw"] }));
         }
-        let mut namespaces = vec![
-            json!({ "type": "pid" }),
-            json!({ "type": "ipc" }),
-            json!({ "type": "uts" }),
-            json!({ "type": "mount" }),
-        ];
-        if self.network == NetworkMode::Sandbox {
-            namespaces.push(json!({ "type": "network", "path": netns }));
-        }
+        let namespaces = crate::spec::namespaces(self.network, netns);
         let quota = (self.resources.cpus * 100_000.0).round() as i64;
         json!({
             "ociVersion": "1.0.2",

@@ -72,6 +72,34 @@ pub(crate) const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// `/proc`, `/dev`, `/sys`, `/tmp` and friends: what every sandbox (workspace or build
+/// step) mounts.
+pub(crate) fn system_mounts() -> Vec<Value> {
+    vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+    ]
+}
+
+/// The namespaces of a sandbox. In host mode it must stay in the namespace runsc was
+/// started in; a `network` entry without a path would give it a new, empty one.
+pub(crate) fn namespaces(network: NetworkMode, netns: &std::path::Path) -> Vec<Value> {
+    let mut v = vec![
+        json!({ "type": "pid" }),
+        json!({ "type": "ipc" }),
+        json!({ "type": "uts" }),
+        json!({ "type": "mount" }),
+    ];
+    if network == NetworkMode::Sandbox {
+        v.push(json!({ "type": "network", "path": netns }));
+    }
+    v
+}
+
 impl BundleSpec {
     pub fn oci_config(&self) -> Value {
         let bind = |src: &PathBuf, dst: &str, rw: bool| {
@@ -82,31 +110,16 @@ impl BundleSpec {
                 "options": ["rbind", if rw { "rw" } else { "ro" }],
             })
         };
-        let mut namespaces = vec![
-            json!({ "type": "pid" }),
-            json!({ "type": "ipc" }),
-            json!({ "type": "uts" }),
-            json!({ "type": "mount" }),
-        ];
-        // In host mode the sandbox must stay in the namespace runsc was started in; a
-        // `network` entry without a path would give it a new, empty one.
-        if self.network == NetworkMode::Sandbox {
-            namespaces.push(json!({ "type": "network", "path": self.netns }));
-        }
+        let namespaces = namespaces(self.network, &self.netns);
         let quota = (self.resources.cpus * 100_000.0).round() as i64;
-        let mut mounts = vec![
-            json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
-            json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
-            json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }),
-            json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
-            json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] }),
-            json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+        let mut mounts = system_mounts();
+        mounts.extend([
             bind(&self.volume, "/workspace", true),
             bind(&self.guest_bin, "/.kraal/kraal-guest", false),
             bind(&self.guest_config, "/.kraal/guest.json", false),
             bind(&self.resolv_conf, "/etc/resolv.conf", false),
             bind(&self.hosts, "/etc/hosts", false),
-        ];
+        ]);
         if let Some(agents) = &self.agents {
             mounts.push(bind(agents, AGENTS_MOUNT, false));
         }

@@ -516,21 +516,8 @@ impl ImageStore {
                 .as_bytes(),
         );
         let dir = self.image_dir(name, &hash);
-        let extra: Vec<Output> = outputs
-            .iter()
-            .copied()
-            .filter(|o| *o != Output::Rootfs)
-            .collect();
-        let steps = chain.len() as u32 + 1 + extra.len() as u32;
-        let report = |step: u32, title: &str, detail: String, done: bool| {
-            progress(Progress {
-                step,
-                steps,
-                title: title.to_owned(),
-                detail,
-                done,
-            })
-        };
+        let extra = crate::extra_outputs(outputs);
+        let report = crate::reporter(progress, chain.len() as u32 + 1 + extra.len() as u32);
 
         let _store = lock_mode(self.dir.join(".store.lock"), false, true).await?;
         let _lock = lock(self.dir.join(format!(".{name}-{hash}.lock"))).await?;

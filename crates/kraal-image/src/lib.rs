@@ -387,21 +387,8 @@ impl ImageStore {
         let plan = self.plan(r)?;
         let hash = Self::image_hash(r, &plan);
         let dir = self.image_dir(&r.name, &hash);
-        let extra: Vec<Output> = outputs
-            .iter()
-            .copied()
-            .filter(|o| *o != Output::Rootfs)
-            .collect();
-        let steps = plan.len() as u32 + 1 + extra.len() as u32;
-        let report = |step: u32, title: &str, detail: String, done: bool| {
-            progress(Progress {
-                step,
-                steps,
-                title: title.to_owned(),
-                detail,
-                done,
-            })
-        };
+        let extra = extra_outputs(outputs);
+        let report = reporter(progress, plan.len() as u32 + 1 + extra.len() as u32);
         if let Some(img) = Self::load(&dir)
             && extra.iter().all(|o| img.outputs.contains(o))
         {
@@ -741,6 +728,31 @@ impl ImageStore {
                 remove_any(&p);
             }
         }
+    }
+}
+
+/// The outputs asked for besides the root file system (always built).
+fn extra_outputs(outputs: &[Output]) -> Vec<Output> {
+    outputs
+        .iter()
+        .copied()
+        .filter(|o| *o != Output::Rootfs)
+        .collect()
+}
+
+/// Reports step `step` of `steps` to `progress`.
+fn reporter(
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    steps: u32,
+) -> impl Fn(u32, &str, String, bool) + Send + Sync + '_ {
+    move |step, title, detail, done| {
+        progress(Progress {
+            step,
+            steps,
+            title: title.to_owned(),
+            detail,
+            done,
+        })
     }
 }
 

@@ -209,6 +209,31 @@ fn dc_images(d: &Daemon, name: &str) -> usize {
         .count()
 }
 
+/// `kraal up DIR --name NAME`, which must succeed.
+fn up_project(d: &Daemon, root: &Path, name: &str) {
+    let o = run_bounded(
+        &mut d.cmd(&["up", root.to_str().unwrap(), "--name", name]),
+        Duration::from_secs(20 * 60),
+    );
+    assert_eq!(
+        o.code,
+        Some(0),
+        "{}\n{}\n{}",
+        o.stdout,
+        o.stderr,
+        d.log_tail()
+    );
+}
+
+/// Removes the workspaces, then their image, and checks no build left scratch behind.
+fn remove_all(d: &Daemon, store: &Path, workspaces: &[&str], image: &str) {
+    for w in workspaces {
+        d.ok(&["rm", "--yes", w]);
+    }
+    d.ok(&["image", "rm", image]);
+    assert!(leftovers(store).is_empty(), "{:?}", leftovers(store));
+}
+
 fn walk_names(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -305,19 +330,8 @@ fn a_devcontainer_with_registry_image_and_features_shapes_the_workspace() {
     );
 
     let t0 = std::time::Instant::now();
-    let o = run_bounded(
-        &mut d.cmd(&["up", root.to_str().unwrap(), "--name", "dc"]),
-        Duration::from_secs(20 * 60),
-    );
+    up_project(&d, root, "dc");
     let first = t0.elapsed();
-    assert_eq!(
-        o.code,
-        Some(0),
-        "{}\n{}\n{}",
-        o.stdout,
-        o.stderr,
-        d.log_tail()
-    );
 
     let o = d.exec(
         "dc",
@@ -407,14 +421,7 @@ fn a_devcontainer_with_registry_image_and_features_shapes_the_workspace() {
         "ahoy loud=false for dev\n"
     );
 
-    d.ok(&["rm", "--yes", "dc"]);
-    d.ok(&["rm", "--yes", "dc2"]);
-    d.ok(&["image", "rm", &name]);
-    assert!(
-        leftovers(store.path()).is_empty(),
-        "{:?}",
-        leftovers(store.path())
-    );
+    remove_all(&d, store.path(), &["dc", "dc2"], &name);
 }
 
 #[test]
@@ -453,18 +460,7 @@ EXPOSE 8080
             r#"{{ "build": {{ "dockerfile": "Dockerfile", "args": {{ "BASE": "{base}", "GREETING": "hey" }} }} }}"#
         ),
     );
-    let o = run_bounded(
-        &mut d.cmd(&["up", root.to_str().unwrap(), "--name", "df"]),
-        Duration::from_secs(20 * 60),
-    );
-    assert_eq!(
-        o.code,
-        Some(0),
-        "{}\n{}\n{}",
-        o.stdout,
-        o.stderr,
-        d.log_tail()
-    );
+    up_project(&d, root, "df");
     let o = d.exec(
         "df",
         "cat /opt/app/hello.txt /opt/app/run.txt /home/builder/whoami; id -un; echo $APP_HOME; test -e /etc/motd && echo motd-still-there || echo motd-deleted",
@@ -545,13 +541,7 @@ EXPOSE 8080
         o.stderr
     );
 
-    d.ok(&["rm", "--yes", "df"]);
-    d.ok(&["image", "rm", &name]);
-    assert!(
-        leftovers(store.path()).is_empty(),
-        "{:?}",
-        leftovers(store.path())
-    );
+    remove_all(&d, store.path(), &["df"], &name);
 }
 
 #[test]
