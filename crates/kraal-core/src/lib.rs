@@ -10,7 +10,7 @@ mod state;
 mod template;
 
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
-pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name};
+pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{
     AgentKind, AgentProtocol, AgentSpec, ModelGateway, PermissionMode, SessionError, SessionId,

@@ -32,6 +32,14 @@ pub enum NameError {
 #[serde(try_from = "String", into = "String")]
 pub struct WorkspaceId(String);
 
+/// Whether `s` can name an image: 1-40 characters of a-z, 0-9 and '-'.
+pub fn is_image_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 40
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 impl WorkspaceId {
     pub const PREFIX: &'static str = "ws-";
 

@@ -261,17 +261,12 @@ impl Engine {
                 &req.source.basename().unwrap_or_else(|| "workspace".into()),
             ))?,
         };
-        if let Some(image) = &req.image {
-            let ok = !image.is_empty()
-                && image.len() <= 40
-                && image
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !ok {
-                return Err(EngineError::Invalid(format!(
-                    "image name {image:?} must be 1-40 characters of a-z, 0-9 and '-'"
-                )));
-            }
+        if let Some(image) = &req.image
+            && !kraal_core::is_image_name(image)
+        {
+            return Err(EngineError::Invalid(format!(
+                "image name {image:?} must be 1-40 characters of a-z, 0-9 and '-'"
+            )));
         }
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);

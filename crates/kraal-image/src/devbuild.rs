@@ -642,26 +642,7 @@ impl ImageStore {
         std::fs::create_dir_all(scratch).map_err(io(scratch))?;
         match &p.work {
             Work::Pull(r) => registry::unpack(r, out, scratch, line).await,
-            Work::Mounts => {
-                for d in ["workspace", ".kraal", crate::AGENTS_DIR, "etc", "tmp"] {
-                    if !tree.join(d).exists() {
-                        std::fs::create_dir_all(out.join(d)).map_err(io(out))?;
-                    }
-                }
-                for f in [
-                    ".kraal/kraal-guest",
-                    ".kraal/guest.json",
-                    "etc/resolv.conf",
-                    "etc/hosts",
-                ] {
-                    if !tree.join(f).exists() {
-                        std::fs::create_dir_all(out.join(f).parent().expect("has a parent"))
-                            .map_err(io(out))?;
-                        std::fs::write(out.join(f), b"").map_err(io(out))?;
-                    }
-                }
-                Ok(())
-            }
+            Work::Mounts => crate::add_mount_points(tree, out),
             Work::Guest(bin) => crate::build_guest(bin, out),
             Work::Copy {
                 sources,

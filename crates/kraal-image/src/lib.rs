@@ -779,18 +779,35 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), ImageError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Creates in `out` the mount points a sandbox binds over (the workspace volume, the guest
+/// agent and its config, the agent CLIs, DNS and hosts files) that `tree` lacks.
+pub(crate) fn add_mount_points(tree: &Path, out: &Path) -> Result<(), ImageError> {
+    for d in ["workspace", ".kraal", AGENTS_DIR, "etc", "tmp"] {
+        if !tree.join(d).exists() {
+            let p = out.join(d);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+    }
+    for f in [
+        ".kraal/kraal-guest",
+        ".kraal/guest.json",
+        "etc/resolv.conf",
+        "etc/hosts",
+    ] {
+        if !tree.join(f).exists() {
+            let p = out.join(f);
+            std::fs::create_dir_all(p.parent().expect("has a parent")).map_err(io(&p))?;
+            std::fs::write(&p, b"").map_err(io(&p))?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes a debootstrapped tree fit to be a sandbox root: mount points for the workspace
 /// volume and the guest agent, no package caches, no SSH host keys (each workspace makes
 /// its own).
 fn post_process_os(rootfs: &Path) -> Result<(), ImageError> {
-    for d in ["workspace", ".kraal", AGENTS_DIR] {
-        let p = rootfs.join(d);
-        std::fs::create_dir_all(&p).map_err(io(&p))?;
-    }
-    for f in [".kraal/kraal-guest", ".kraal/guest.json"] {
-        let p = rootfs.join(f);
-        std::fs::write(&p, b"").map_err(io(&p))?;
-    }
+    add_mount_points(rootfs, rootfs)?;
     for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
         for e in std::fs::read_dir(rootfs.join(dir))
             .into_iter()

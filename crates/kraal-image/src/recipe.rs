@@ -204,13 +204,7 @@ impl Recipe {
 
     /// Checks every field; the error names the recipe and what is wrong.
     pub fn validate(&self, origin: &str) -> Result<(), ImageError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 40
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !self.name.starts_with('-');
+        let name_ok = kraal_core::is_image_name(&self.name) && !self.name.starts_with('-');
         if !name_ok {
             return Err(invalid(
                 origin,

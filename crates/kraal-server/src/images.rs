@@ -153,11 +153,7 @@ async fn build_devcontainer(
     let dc = kraal_image::devcontainer::DevContainer::load(&path, &project).map_err(image_err)?;
     let name = match &req.name {
         Some(n) => {
-            let ok = !n.is_empty()
-                && n.len() <= 40
-                && n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !ok {
+            if !kraal_core::is_image_name(n) {
                 return Err(HttpError::bad_request(format!(
                     "image name {n:?} must be 1-40 characters of a-z, 0-9 and '-'"
                 )));
