@@ -9,7 +9,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::{Block, Inner, delayed_sse, ev, next_turn};
+use crate::{Block, Inner, delayed_sse, ev, model_of, next_turn};
 
 pub(crate) async fn count_tokens() -> Json<Value> {
     Json(json!({ "input_tokens": 100 }))
@@ -33,11 +33,7 @@ pub(crate) async fn messages(
         Ok(t) => t,
         Err(response) => return *response,
     };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("scripted")
-        .to_owned();
+    let model = model_of(&body);
     let has_tool = blocks
         .iter()
         .any(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }));

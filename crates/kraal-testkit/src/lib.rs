@@ -242,6 +242,14 @@ impl ScriptedModel {
     }
 }
 
+/// The model a request names (echoed back in responses), `scripted` when it names none.
+pub(crate) fn model_of(body: &Value) -> String {
+    body.get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("scripted")
+        .to_owned()
+}
+
 pub(crate) fn ev(name: &str, data: Value) -> Event {
     Event::default().event(name).data(data.to_string())
 }

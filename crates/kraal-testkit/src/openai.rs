@@ -9,7 +9,7 @@ use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::{Block, Inner, delayed_sse, ev, next_turn};
+use crate::{Block, Inner, delayed_sse, ev, model_of, next_turn};
 
 /// `POST /v1/responses` with `stream: true`: the OpenAI Responses API event sequence.
 pub(crate) async fn responses(
@@ -22,11 +22,7 @@ pub(crate) async fn responses(
             Ok(t) => t,
             Err(response) => return *response,
         };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("scripted")
-        .to_owned();
+    let model = model_of(&body);
     let mut seq = 0u64;
     let mut events: Vec<(u64, Event)> = Vec::new();
     let mut push = |delay: u64, mut data: Value| {
@@ -176,11 +172,7 @@ pub(crate) async fn chat_completions(
             Ok(t) => t,
             Err(response) => return *response,
         };
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("scripted")
-        .to_owned();
+    let model = model_of(&body);
     let chunk = |delta: Value, finish: Option<&str>| {
         json!({"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "created": 0, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})

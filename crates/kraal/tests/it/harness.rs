@@ -298,6 +298,15 @@ pub struct Out {
     pub stderr: String,
 }
 
+/// A loopback TCP port free right now (for a server a test starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn run_bounded(c: &mut Command, limit: Duration) -> Out {
     let mut child = c
         .stdout(Stdio::piped())

@@ -189,11 +189,7 @@ fn second_daemon_on_the_same_socket_is_refused() {
 #[test]
 fn tcp_listener_requires_the_bearer_token() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "0123456789abcdef0123456789abcdef\n").unwrap();
     let mut d = Daemon::start();
