@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KRAAL_SETUP_SKIP_INSTALL=1 KRAAL_SETUP_TEST_DEPS=1 ./scripts/setup.sh
 
+# A one-shot build gains nothing from incremental caches, which are most of a debug target dir.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "==> free disk space: $(df -h --output=avail . | tail -1 | tr -d ' ') in $(pwd)"
+
 echo "==> cargo fmt --check and clippy"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
