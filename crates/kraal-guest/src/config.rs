@@ -34,6 +34,9 @@ pub struct Config {
     /// Run on every start, after `on_create`.
     #[serde(default)]
     pub on_start: Vec<Vec<Vec<String>>>,
+    /// Running as PID 1 of a microVM: a `Shutdown` request ends with powering it off.
+    #[serde(skip)]
+    pub vm: bool,
 }
 
 fn default_root() -> PathBuf {
@@ -82,6 +85,7 @@ impl Config {
             user: None,
             on_create: Vec::new(),
             on_start: Vec::new(),
+            vm: false,
         })
     }
 }

@@ -8,6 +8,7 @@ mod procs;
 mod pty;
 mod server;
 mod sessions;
+mod vminit;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,11 +19,27 @@ fn main() -> ExitCode {
         println!("kraal-guest {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let config = match config::Config::from_args(&args[1..]) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kraal-guest: {e}");
-            return ExitCode::from(2);
+    // Started by the kernel as /init of the microVM initramfs: boot the machine first.
+    let vm = args.len() == 1 && std::process::id() == 1;
+    let config = if vm {
+        match vminit::boot() {
+            Ok(mut c) => {
+                c.vm = true;
+                c
+            }
+            Err(e) => {
+                eprintln!("kraal-guest: boot failed: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                vminit::power_off();
+            }
+        }
+    } else {
+        match config::Config::from_args(&args[1..]) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("kraal-guest: {e}");
+                return ExitCode::from(2);
+            }
         }
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -44,6 +61,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kraal-guest: {e}");
+            if vm {
+                // PID 1 must not exit (the kernel would panic): end the VM instead.
+                vminit::power_off();
+            }
             ExitCode::FAILURE
         }
     }

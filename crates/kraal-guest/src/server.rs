@@ -532,6 +532,13 @@ impl Guest {
             Request::Shutdown { grace_ms } => {
                 procs::shutdown(&self.procs, Duration::from_millis(grace_ms.min(60_000))).await;
                 send(out, done(Response::Ok)).await;
+                if self.config.vm {
+                    // Give the answer a moment to leave, then end the machine.
+                    tokio::spawn(async {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        crate::vminit::power_off();
+                    });
+                }
             }
         }
         Ok(())

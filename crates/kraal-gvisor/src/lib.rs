@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kraal_core::{BackendKind, Capabilities, WorkspaceId};
-use kraal_image::{ImageStore, Output, Recipe};
+use kraal_image::{ImageStore, Output};
 use kraal_net::{Link, Pool};
 use kraal_sandbox::process::{Cmd, ProcessError, which};
 use kraal_sandbox::{
@@ -186,8 +186,7 @@ impl GvisorBackend {
         }
     }
 
-    /// The image a new workspace runs on: the one it names, else its project's
-    /// `devcontainer.json` (built on first use), else the backend's default.
+    /// The image a new workspace runs on (see [`ImageStore::for_workspace`]).
     async fn resolve_image(
         &self,
         spec: &SandboxSpec,
@@ -199,52 +198,18 @@ impl GvisorBackend {
                 tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
             }
         };
-        if spec.image.is_none()
-            && let Some(path) = kraal_image::devcontainer::find(volume)
-        {
-            // `${localWorkspaceFolder}` is the project on the host when there is one.
-            let project = match &spec.source {
-                kraal_core::Source::Local { path } => path.clone(),
-                _ => volume.to_owned(),
-            };
-            // Errors name the project's files, not the volume's copy.
-            let shown = |e: kraal_image::ImageError| BackendError::Failed {
-                workspace: id.to_string(),
-                op: "create",
-                message: kraal_sandbox::error_chain(&e).replace(
-                    &volume.to_string_lossy().into_owned(),
-                    &project.to_string_lossy(),
-                ),
-            };
-            let dc =
-                kraal_image::devcontainer::DevContainer::load(&path, &project).map_err(shown)?;
-            let name = kraal_image::devbuild::image_name(Path::new(
-                &spec.source.basename().unwrap_or_default(),
-            ));
-            return self
-                .cfg
-                .images
-                .ensure_devcontainer(&dc, &name, &[Output::Rootfs], &log)
-                .await
-                .map_err(shown);
-        }
-        let name = spec.image.as_deref().unwrap_or(&self.cfg.default_image);
-        match Recipe::builtin(name) {
-            Ok(recipe) => self
-                .cfg
-                .images
-                .ensure(&recipe, &[Output::Rootfs], &log)
-                .await
-                .map_err(Self::chain_err(id, "create")),
-            Err(_) => self.cfg.images.find(name).ok_or_else(|| BackendError::Failed {
-                workspace: id.to_string(),
-                op: "create",
-                message: format!(
-                    "no image named {name:?}: it is neither built-in ({}) nor built with `kraal image build --file`",
-                    kraal_image::recipe::BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                ),
-            }),
-        }
+        self.cfg
+            .images
+            .for_workspace(
+                spec.image.as_deref(),
+                &spec.source,
+                volume,
+                &self.cfg.default_image,
+                &[Output::Rootfs],
+                &log,
+            )
+            .await
+            .map_err(Self::chain_err(id, "create"))
     }
 
     /// The configuration of the image a workspace runs on (default when unknown).
@@ -517,7 +482,7 @@ impl Backend for GvisorBackend {
         let resolv = guest_dir.join("resolv.conf");
         std::fs::write(
             &resolv,
-            resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            kraal_sandbox::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
         )
         .map_err(Self::io_err(id, "start", &resolv))?;
         let hosts = guest_dir.join("hosts");
@@ -702,44 +667,3 @@ fn tail_file(p: &Path, max: usize) -> String {
     String::from_utf8_lossy(&data[start..]).into_owned()
 }
 
-/// The host's resolv.conf minus loopback resolvers (unreachable from a workspace),
-/// falling back to public resolvers when nothing else remains.
-pub fn resolv_conf(host: &str) -> String {
-    let mut out = String::new();
-    let mut servers = 0;
-    for line in host.lines() {
-        let t = line.trim();
-        if let Some(addr) = t.strip_prefix("nameserver") {
-            let addr = addr.trim();
-            if addr.starts_with("127.") || addr == "::1" {
-                continue;
-            }
-            servers += 1;
-        }
-        if t.starts_with("nameserver") || t.starts_with("search") || t.starts_with("options") {
-            out.push_str(t);
-            out.push('\n');
-        }
-    }
-    if servers == 0 {
-        out.push_str("nameserver 1.1.1.1\nnameserver 9.9.9.9\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resolv_conf_drops_loopback_resolvers() {
-        assert_eq!(
-            resolv_conf("nameserver 127.0.0.53\nsearch lan\n"),
-            "search lan\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n"
-        );
-        assert_eq!(
-            resolv_conf("# c\nnameserver 10.0.0.2\n"),
-            "nameserver 10.0.0.2\n"
-        );
-    }
-}

@@ -11,6 +11,7 @@ pub mod devcontainer;
 pub mod dockerfile;
 pub mod ext4;
 pub mod features;
+pub mod kernel;
 pub mod oci;
 pub mod recipe;
 pub mod registry;
@@ -44,6 +45,11 @@ pub enum ImageError {
     UnknownRecipe { name: String, known: String },
     #[error("no image named {0:?} is built")]
     NotFound(String),
+    #[error("no image named {name:?}: it is neither built-in ({known}) nor built with `kraal image build --file`")]
+    UnknownImage { name: String, known: String },
+    /// A project's dev container failed; the message names the project's own files.
+    #[error("{message}")]
+    Project { message: String },
     #[error("image {name} is used by workspace(s) {users}; remove them first (`kraal rm`)")]
     InUse { name: String, users: String },
     #[error("{program} is not installed; run the project's setup (scripts/setup.sh){hint}")]
@@ -640,6 +646,62 @@ impl ImageStore {
             .collect();
         v.sort_by(|a, b| b.built_at.cmp(&a.built_at).then(a.name.cmp(&b.name)));
         v
+    }
+
+    /// The image a new workspace runs on, with `outputs` built: the one it names (`image`),
+    /// else its project's `devcontainer.json` found in `volume` (built on first use), else
+    /// `default`. Errors about the project's files name them at `project`'s path, not at
+    /// the volume's copy.
+    pub async fn for_workspace(
+        &self,
+        image: Option<&str>,
+        source: &kraal_core::Source,
+        volume: &Path,
+        default: &str,
+        outputs: &[Output],
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<Image, ImageError> {
+        if image.is_none()
+            && let Some(path) = devcontainer::find(volume)
+        {
+            // `${localWorkspaceFolder}` is the project on the host when there is one.
+            let project = match source {
+                kraal_core::Source::Local { path } => path.clone(),
+                _ => volume.to_owned(),
+            };
+            let shown = |e: ImageError| ImageError::Project {
+                message: kraal_sandbox::error_chain(&e)
+                    .replace(&*volume.to_string_lossy(), &project.to_string_lossy()),
+            };
+            let dc = devcontainer::DevContainer::load(&path, &project).map_err(shown)?;
+            let name = devbuild::image_name(Path::new(&source.basename().unwrap_or_default()));
+            return self
+                .ensure_devcontainer(&dc, &name, outputs, progress)
+                .await
+                .map_err(shown);
+        }
+        let name = image.unwrap_or(default);
+        match Recipe::builtin(name) {
+            Ok(recipe) => self.ensure(&recipe, outputs, progress).await,
+            Err(_) => {
+                let mut img = self.find(name).ok_or_else(|| ImageError::UnknownImage {
+                    name: name.to_owned(),
+                    known: recipe::BUILTIN
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+                let extra = extra_outputs(outputs);
+                if extra.iter().any(|o| !img.outputs.contains(o)) {
+                    let _lock =
+                        lock(self.dir.join(format!(".{}-{}.lock", img.name, img.hash))).await?;
+                    let report = reporter(progress, extra.len() as u32);
+                    self.build_outputs(&mut img, &extra, 1, &report).await?;
+                }
+                Ok(img)
+            }
+        }
     }
 
     /// The newest build of the image called `name`.

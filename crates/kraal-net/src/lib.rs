@@ -101,6 +101,15 @@ impl Link {
         )
     }
 
+    /// `ip` batch commands creating the TAP device of a microVM in the root namespace.
+    pub fn tap_batch(&self) -> String {
+        format!(
+            "tuntap add dev {h} mode tap\naddr add {hip}/30 dev {h}\nlink set {h} up\n",
+            h = self.host_if,
+            hip = self.host_ip
+        )
+    }
+
     /// `ip` batch commands run inside the workspace namespace.
     pub fn guest_batch(&self) -> String {
         format!(
@@ -294,6 +303,50 @@ pub async fn teardown(id: &WorkspaceId, link: &Link) {
         .await;
 }
 
+/// Creates a microVM's link: a persistent TAP device named like a veth host side (so the
+/// same firewall rules cover it) holding the host address; the VM configures the guest
+/// address itself. Any leftover device of an earlier start is replaced.
+pub async fn setup_tap(id: &WorkspaceId, link: &Link) -> Result<(), NetError> {
+    let _ = Cmd::new("ip")
+        .args(["link", "del", &link.host_if])
+        .run()
+        .await;
+    Cmd::new("ip")
+        .args(["-batch", "-"])
+        .stdin(link.tap_batch())
+        .run()
+        .await
+        .map_err(|e| NetError::Command {
+            workspace: id.to_string(),
+            source: e,
+        })?;
+    Ok(())
+}
+
+/// The guest address of a live TAP link (the host address plus one).
+pub async fn tap_guest_ip(id: &WorkspaceId) -> Option<Ipv4Addr> {
+    let dev = format!("kh{}", id.short());
+    let out = Cmd::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", &dev])
+        .run()
+        .await
+        .ok()?;
+    let host: Ipv4Addr = out.stdout_str().lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        it.position(|w| w == "inet")?;
+        it.next()?.split('/').next()?.parse().ok()
+    })?;
+    Some(Ipv4Addr::from(u32::from(host) + 1))
+}
+
+/// Removes a TAP link; missing is fine.
+pub async fn teardown_tap(link: &Link) {
+    let _ = Cmd::new("ip")
+        .args(["link", "del", &link.host_if])
+        .run()
+        .await;
+}
+
 /// The guest address of a live link, read back from the namespace.
 pub async fn guest_ip(id: &WorkspaceId) -> Option<Ipv4Addr> {
     if !netns_path(id).exists() {
@@ -394,5 +447,9 @@ mod tests {
             "link add kh00000000aa type veth peer name kg00000000aa netns kraal-00000000aa\naddr add 10.213.0.1/30 dev kh00000000aa\nlink set kh00000000aa up\n"
         );
         assert!(l.guest_batch().contains("route add default via 10.213.0.1"));
+        assert_eq!(
+            l.tap_batch(),
+            "tuntap add dev kh00000000aa mode tap\naddr add 10.213.0.1/30 dev kh00000000aa\nlink set kh00000000aa up\n"
+        );
     }
 }

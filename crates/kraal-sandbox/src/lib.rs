@@ -85,6 +85,31 @@ pub fn is_static_elf(path: &std::path::Path) -> bool {
     })
 }
 
+/// The host's resolv.conf minus loopback resolvers (unreachable from a workspace),
+/// falling back to public resolvers when nothing else remains.
+pub fn resolv_conf(host: &str) -> String {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in host.lines() {
+        let t = line.trim();
+        if let Some(addr) = t.strip_prefix("nameserver") {
+            let addr = addr.trim();
+            if addr.starts_with("127.") || addr == "::1" {
+                continue;
+            }
+            servers += 1;
+        }
+        if t.starts_with("nameserver") || t.starts_with("search") || t.starts_with("options") {
+            out.push_str(t);
+            out.push('\n');
+        }
+    }
+    if servers == 0 {
+        out.push_str("nameserver 1.1.1.1\nnameserver 9.9.9.9\n");
+    }
+    out
+}
+
 /// The whole chain of an error on one line (`a: b: c`), skipping causes whose text the
 /// message already contains.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -99,4 +124,19 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resolv_conf_drops_loopback_resolvers() {
+        assert_eq!(
+            super::resolv_conf("nameserver 127.0.0.53\nsearch lan\n"),
+            "search lan\nnameserver 1.1.1.1\nnameserver 9.9.9.9\n"
+        );
+        assert_eq!(
+            super::resolv_conf("# c\nnameserver 10.0.0.2\n"),
+            "nameserver 10.0.0.2\n"
+        );
+    }
 }

@@ -222,9 +222,19 @@ pub struct ServeArgs {
     /// State directory (database, volumes, images).
     #[arg(long, env = "KRAAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Backend for new workspaces.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "gvisor"])]
+    /// Backend for workspaces: `auto` picks QEMU when KVM works (hardware isolation),
+    /// gVisor otherwise; `qemu` runs microVMs under KVM or, without it, TCG emulation.
+    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu"])]
     pub backend: String,
+    /// Path of qemu-system-x86_64.
+    #[arg(long, env = "KRAAL_QEMU", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// QEMU accelerator: `auto` uses KVM when the bounded probe finds it working.
+    #[arg(long, env = "KRAAL_QEMU_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
+    pub qemu_accel: String,
+    /// Size of each microVM workspace's volume in MiB (a sparse file).
+    #[arg(long, env = "KRAAL_VM_VOLUME_MIB", default_value_t = 32768)]
+    pub vm_volume_mib: u64,
     /// How gVisor sandboxes get their network: `host` (runsc inside the workspace netns)
     /// or `sandbox` (runsc's own netstack).
     #[arg(long, default_value = "host", value_parser = ["host", "sandbox"])]

@@ -17,6 +17,12 @@ pub struct BackendOptions {
     pub network: NetworkMode,
     /// Image of workspaces that name none.
     pub default_image: String,
+    /// `auto`, `gvisor` or `qemu`.
+    pub backend: String,
+    pub qemu: PathBuf,
+    /// `auto`, `kvm` or `tcg`.
+    pub qemu_accel: String,
+    pub vm_volume_mib: u64,
 }
 
 fn guest_bin(o: &BackendOptions) -> PathBuf {
@@ -67,8 +73,33 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
     })
 }
 
-/// Probes every backend and picks the one new workspaces use: a usable VM backend when
-/// one exists, gVisor otherwise.
+pub fn qemu(o: &BackendOptions, kvm: bool) -> kraal_qemu::QemuBackend {
+    let accel = match o.qemu_accel.as_str() {
+        "kvm" => kraal_qemu::Accel::Kvm,
+        "tcg" => kraal_qemu::Accel::Tcg,
+        _ if kvm => kraal_qemu::Accel::Kvm,
+        _ => kraal_qemu::Accel::Tcg,
+    };
+    kraal_qemu::QemuBackend::new(kraal_qemu::QemuConfig {
+        state_dir: o.data_dir.join("vms"),
+        qemu: o.qemu.clone(),
+        accel,
+        pool: kraal_net::DEFAULT_POOL,
+        images: image_store(o),
+        default_image: o.default_image.clone(),
+        agents_dir: o
+            .agents_dir
+            .clone()
+            .or_else(kraal_sandbox::locate_agents_dir),
+        host_ports: vec![kraal_proxy::GATEWAY_PORT],
+        volume_mib: o.vm_volume_mib,
+        root_mib: kraal_qemu::QemuConfig::DEFAULT_ROOT_MIB,
+    })
+}
+
+/// Probes every backend and picks the one workspaces use: the one asked for, or with
+/// `auto` QEMU when KVM works (hardware isolation), gVisor otherwise (TCG emulation is
+/// much slower than gVisor).
 pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
     let kvm = crate::kvm::probe().await;
     let g = gvisor(o);
@@ -78,35 +109,34 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
         usable: gcheck.status == ProbeStatus::Usable,
         details: gcheck.details,
     }];
-    let vm_note = |name: &str| {
-        if kvm.usable {
-            format!(
-                "a 64-bit KVM test guest runs, but the {name} backend (which confirms KVM by booting its real guest kernel) is not part of this build yet"
-            )
-        } else {
-            format!("needs KVM: {}", kvm.detail)
-        }
-    };
+    let q = qemu(o, kvm.usable);
+    let qcheck = q.check().await;
     backends.push(BackendCheck {
         backend: BackendKind::Qemu,
-        usable: false,
-        details: vec![vm_note("QEMU")],
+        usable: qcheck.status == ProbeStatus::Usable,
+        details: qcheck.details,
     });
     backends.push(BackendCheck {
         backend: BackendKind::Firecracker,
         usable: false,
-        details: vec![vm_note("Firecracker")],
+        details: vec![if kvm.usable {
+            "no firecracker binary (set KRAAL_FIRECRACKER_BIN)".into()
+        } else {
+            format!("needs KVM: {}", kvm.detail)
+        }],
     });
     backends.push(BackendCheck {
         backend: BackendKind::Kubernetes,
         usable: false,
         details: vec!["no cluster configured".into()],
     });
-    let selected = backends
-        .iter()
-        .find(|b| b.usable && b.backend != BackendKind::Gvisor)
-        .map(|b| b.backend)
-        .unwrap_or(BackendKind::Gvisor);
+    let qemu_usable = backends[1].usable;
+    let selected = match o.backend.as_str() {
+        "qemu" => BackendKind::Qemu,
+        "gvisor" => BackendKind::Gvisor,
+        _ if kvm.usable && qemu_usable => BackendKind::Qemu,
+        _ => BackendKind::Gvisor,
+    };
     let report = HostReport {
         selected,
         backends,
@@ -116,7 +146,11 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
             probe_ms: kvm.elapsed.as_millis() as u64,
         },
     };
-    (report, Arc::new(g))
+    let backend: Arc<dyn Backend> = match selected {
+        BackendKind::Qemu => Arc::new(q),
+        _ => Arc::new(g),
+    };
+    (report, backend)
 }
 
 pub fn print_report(r: &HostReport) {

@@ -261,6 +261,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 agents_dir: None,
                 network: kraal_gvisor::NetworkMode::Host,
                 default_image: "default".into(),
+                backend: std::env::var("KRAAL_BACKEND").unwrap_or_else(|_| "auto".into()),
+                qemu: std::env::var_os("KRAAL_QEMU")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| "qemu-system-x86_64".into()),
+                qemu_accel: std::env::var("KRAAL_QEMU_ACCEL").unwrap_or_else(|_| "auto".into()),
+                vm_volume_mib: kraal_qemu::QemuConfig::DEFAULT_VOLUME_MIB,
             };
             let (report, _) = host::inspect(&opts).await;
             if json {

@@ -26,6 +26,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         agents_dir: args.agents_dir.clone(),
         network: NetworkMode::parse(&args.gvisor_network).expect("clap validated"),
         default_image: args.image.clone(),
+        backend: args.backend.clone(),
+        qemu: args.qemu.clone(),
+        qemu_accel: args.qemu_accel.clone(),
+        vm_volume_mib: args.vm_volume_mib,
     };
     let (report, backend) = inspect(&opts).await;
     let chosen = report
@@ -35,7 +39,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .expect("selected is listed");
     if !chosen.usable {
         bail!(
-            "the {} backend is not usable on this host:\n  {}\nhint: run scripts/setup.sh (installs runsc, debootstrap, nftables) and see `kraal host check`",
+            "the {} backend is not usable on this host:\n  {}\nhint: run scripts/setup.sh (installs runsc, QEMU, debootstrap, nftables) and see `kraal host check`",
             chosen.backend,
             chosen.details.join("\n  ")
         );

@@ -1,0 +1,703 @@
+//! The QEMU microVM backend. Each workspace is one `qemu-system-x86_64 -M microvm`
+//! process (KVM when the host's bounded probe says it works, TCG otherwise):
+//!
+//! * boot: Debian's cloud kernel and an initramfs whose `/init` is the guest agent
+//!   (`kraal_image::kernel`); the guest mounts everything itself;
+//! * disks (virtio-blk, found by serial): the image's ext4 read-only and shared (`lower`),
+//!   the workspace's writable root layer (`upper`, overlayfs in the guest, so installed
+//!   packages survive `down`/`up`), the volume (`/workspace`), a small config disk with
+//!   the guest's JSON boot config, and the agent CLIs as an ext4 when the image has none;
+//! * network: a TAP device per workspace with a /30 from the shared pool and the same
+//!   nftables rules as the gVisor backend's veth links; the guest agent listens on TCP
+//!   on its side of that link;
+//! * control: QMP on a Unix socket (status, pause/resume, snapshot to file, quit); QEMU
+//!   daemonizes, so a daemon restart never stops a VM.
+
+pub mod argv;
+pub mod qmp;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kraal_core::{BackendKind, Capabilities, WorkspaceId};
+use kraal_image::{ImageStore, Output};
+use kraal_net::{Link, Pool};
+use kraal_sandbox::process::{Cmd, ProcessError, which};
+use kraal_sandbox::{
+    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
+};
+
+pub use argv::{Accel, Disk, VmSpec};
+use qmp::Qmp;
+
+/// How the backend is set up on this host.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Per-workspace state lives in `<state_dir>/<id>/`.
+    pub state_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub pool: Pool,
+    /// Builds images (with their ext4 output) and the kernel + initramfs; must carry the
+    /// guest agent binary.
+    pub images: ImageStore,
+    pub default_image: String,
+    /// Agent CLIs for images without their own, attached as a read-only ext4 disk.
+    pub agents_dir: Option<PathBuf>,
+    /// TCP ports of host services (the model gateway) a VM may reach at the host's
+    /// address on its own link.
+    pub host_ports: Vec<u16>,
+    /// Size of each workspace's volume (sparse).
+    pub volume_mib: u64,
+    /// Size of each workspace's writable root layer (sparse).
+    pub root_mib: u64,
+}
+
+impl QemuConfig {
+    pub const DEFAULT_VOLUME_MIB: u64 = 32 * 1024;
+    pub const DEFAULT_ROOT_MIB: u64 = 16 * 1024;
+}
+
+pub struct QemuBackend {
+    cfg: QemuConfig,
+}
+
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Marks a finished volume; an interrupted create leaves none and is redone.
+const VOLUME: &str = "volume.ext4";
+
+fn failed(id: &WorkspaceId, op: &'static str, message: impl Into<String>) -> BackendError {
+    BackendError::Failed {
+        workspace: id.to_string(),
+        op,
+        message: message.into(),
+    }
+}
+
+fn io_err(id: &WorkspaceId, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
+    let workspace = id.to_string();
+    let path = path.to_owned();
+    move |source| BackendError::Io {
+        workspace,
+        op,
+        path,
+        source,
+    }
+}
+
+fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> BackendError {
+    let workspace = id.to_string();
+    move |source| BackendError::Runtime {
+        workspace,
+        op,
+        source,
+    }
+}
+
+fn chain_err<E: std::error::Error>(id: &WorkspaceId, op: &'static str) -> impl FnOnce(E) -> BackendError {
+    let workspace = id.to_string();
+    move |e| BackendError::Failed {
+        workspace,
+        op,
+        message: kraal_sandbox::error_chain(&e),
+    }
+}
+
+/// The kernel command line: serial console, reset on panic (QEMU then exits), and the
+/// disk order for hypervisors without disk serials.
+pub fn kernel_cmdline(roles: &[&str]) -> String {
+    format!(
+        "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.disks={}",
+        roles.join(",")
+    )
+}
+
+/// `data` zero-padded to whole 4 KiB blocks: the config disk.
+pub fn config_disk(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.resize((data.len() + 1).div_ceil(4096) * 4096, 0);
+    v
+}
+
+impl QemuBackend {
+    pub fn new(cfg: QemuConfig) -> Self {
+        QemuBackend { cfg }
+    }
+
+    fn ws_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.cfg.state_dir.join(id.as_str())
+    }
+
+    fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
+        Link::new(id, self.cfg.pool, slot)
+    }
+
+    /// The QEMU process of a workspace, if it is alive (pid file + `/proc` check that the
+    /// pid still belongs to this workspace's QEMU).
+    fn pid(&self, id: &WorkspaceId) -> Option<i32> {
+        let text = std::fs::read_to_string(self.ws_dir(id).join("qemu.pid")).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let want = format!("kraal-{}", id.as_str());
+        String::from_utf8_lossy(&cmdline)
+            .contains(&want)
+            .then_some(pid)
+    }
+
+    async fn qmp(&self, id: &WorkspaceId) -> Result<Qmp, BackendError> {
+        Qmp::connect(&self.ws_dir(id).join("qmp.sock"))
+            .await
+            .map_err(chain_err(id, "QMP"))
+    }
+
+    /// The image a new workspace runs on, with its ext4 output.
+    async fn resolve_image(&self, spec: &SandboxSpec, volume: &Path) -> Result<kraal_image::Image, BackendError> {
+        let id = &spec.id;
+        let log = |p: kraal_image::Progress| {
+            if p.done || !p.detail.is_empty() {
+                tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
+            }
+        };
+        self.cfg
+            .images
+            .for_workspace(
+                spec.image.as_deref(),
+                &spec.source,
+                volume,
+                &self.cfg.default_image,
+                &[Output::Rootfs, Output::Ext4],
+                &log,
+            )
+            .await
+            .map_err(chain_err(id, "create"))
+    }
+
+    fn image(&self, id: &WorkspaceId) -> Option<kraal_image::Image> {
+        let p = std::fs::read_to_string(self.ws_dir(id).join("image")).ok()?;
+        ImageStore::image_of(Path::new(p.trim()))
+    }
+
+    /// The agent CLIs as an ext4 image, built once per content of the directory's npm
+    /// lock file (kept next to the workspaces).
+    async fn agents_disk(&self, id: &WorkspaceId) -> Result<Option<PathBuf>, BackendError> {
+        let Some(dir) = &self.cfg.agents_dir else {
+            return Ok(None);
+        };
+        let lock = dir.join("node_modules/.package-lock.json");
+        let key = std::fs::read(&lock).unwrap_or_else(|_| dir.to_string_lossy().as_bytes().to_vec());
+        use sha2::Digest;
+        let hash = hex::encode(&sha2::Sha256::digest(&key)[..8]);
+        let out = self.cfg.state_dir.join(format!("agents-{hash}.ext4"));
+        if out.is_file() {
+            return Ok(Some(out));
+        }
+        let _guard = lock_file(&self.cfg.state_dir.join(".agents.lock")).await.map_err(io_err(id, "agent CLIs disk", &out))?;
+        if !out.is_file() {
+            kraal_image::ext4::build(dir, &out, "kraal-agents")
+                .await
+                .map_err(chain_err(id, "agent CLIs disk"))?;
+        }
+        Ok(Some(out))
+    }
+
+    /// Ends the VM: asks QEMU to quit, then kills it; releases the TAP device.
+    async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        if let Some(pid) = self.pid(id) {
+            // The engine has asked the guest to flush and power off; give it a moment.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && self.pid(id).is_some() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.pid(id).is_some() {
+                if let Ok(mut q) = self.qmp(id).await {
+                    let _ = q.execute("quit", None).await;
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && self.pid(id).is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            if self.pid(id).is_some() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && self.pid(id).is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        kraal_net::teardown_tap(&self.link(id, 0)).await;
+        let dir = self.ws_dir(id);
+        let _ = std::fs::remove_file(dir.join("qemu.pid"));
+        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        Ok(())
+    }
+
+    /// Boots the VM; `incoming` restores a snapshot's memory from that file.
+    async fn boot(&self, spec: &SandboxSpec, incoming: Option<&Path>) -> Result<GuestEndpoint, BackendError> {
+        let id = &spec.id;
+        let dir = self.ws_dir(id);
+        let image = self.image(id).ok_or_else(|| {
+            failed(id, "start", "its image is missing; it was removed after the workspace was created")
+        })?;
+        let lower = image.ext4().ok_or_else(|| failed(id, "start", format!("image {} has no ext4 output", image.name)))?;
+        let log = |p: kraal_image::Progress| {
+            if p.done {
+                tracing::info!(workspace = %id, "{}: {}", p.title, p.detail);
+            }
+        };
+        let kernel = self.cfg.images.ensure_kernel(&log).await.map_err(chain_err(id, "start"))?;
+        let agents = if image.config.has_agents { None } else { self.agents_disk(id).await? };
+
+        let (slot, guard) = kraal_net::allocate(self.cfg.pool)
+            .await
+            .map_err(chain_err(id, "allocate network"))?;
+        let link = self.link(id, slot);
+        kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
+            .await
+            .map_err(chain_err(id, "firewall"))?;
+        kraal_net::setup_tap(id, &link)
+            .await
+            .map_err(chain_err(id, "network setup"))?;
+        drop(guard);
+
+        let c = &image.config;
+        let boot = serde_json::json!({
+            "guest": {
+                "listen": format!("0.0.0.0:{}", kraal_protocol::DEFAULT_GUEST_PORT),
+                "token": spec.guest_token,
+                "files_root": "/workspace",
+                "hostname": spec.name.as_str(),
+                "env": c.env.iter().collect::<Vec<_>>(),
+                "start": c.start,
+                "user": c.user,
+                "on_create": c.on_create,
+                "on_start": c.on_start,
+            },
+            "vm": {
+                "ip": link.guest_ip, "prefix": 30, "gateway": link.host_ip,
+                "hostname": spec.name.as_str(),
+                "resolv_conf": kraal_sandbox::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+                "hosts": format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n", spec.name),
+            },
+        });
+        let config = dir.join("config.img");
+        write_private(&config, &config_disk(boot.to_string().as_bytes())).map_err(io_err(id, "start", &config))?;
+
+        let mut disks = vec![
+            Disk { role: "lower", path: lower, readonly: true },
+            Disk { role: "upper", path: dir.join("root.ext4"), readonly: false },
+            Disk { role: "volume", path: dir.join(VOLUME), readonly: false },
+            Disk { role: "config", path: config, readonly: true },
+        ];
+        if let Some(a) = agents {
+            disks.push(Disk { role: "agents", path: a, readonly: true });
+        }
+        let roles: Vec<&str> = disks.iter().map(|d| d.role).collect();
+        let console = dir.join("console.log");
+        // A fresh console per boot, the previous one kept for post-mortems.
+        let _ = std::fs::rename(&console, dir.join("console.prev.log"));
+        let vm = VmSpec {
+            name: id.to_string(),
+            accel: self.cfg.accel,
+            cpus: spec.resources.cpus.ceil().max(1.0) as u32,
+            memory_mib: spec.resources.memory_mib.max(256),
+            kernel: kernel.vmlinuz.clone(),
+            initrd: kernel.initramfs.clone(),
+            cmdline: kernel_cmdline(&roles),
+            disks,
+            tap: link.host_if.clone(),
+            mac: argv::mac_for(id.as_str()),
+            shares: vec![],
+            qmp: dir.join("qmp.sock"),
+            console: console.clone(),
+            pidfile: dir.join("qemu.pid"),
+            incoming: incoming.is_some(),
+        };
+        let _ = std::fs::remove_file(&vm.qmp);
+        let run = Cmd::new(&self.cfg.qemu)
+            .args(vm.argv())
+            .new_session()
+            .timeout(OP_TIMEOUT)
+            .run()
+            .await;
+        if let Err(e) = run {
+            let _ = self.halt(id).await;
+            return Err(rt_err(id, "start")(e));
+        }
+        if let Some(file) = incoming {
+            let restored = async {
+                let mut q = self.qmp(id).await?;
+                q.execute(
+                    "migrate-incoming",
+                    Some(serde_json::json!({ "uri": format!("file:{}", file.display()) })),
+                )
+                .await
+                .map_err(chain_err(id, "restore"))?;
+                let deadline = Instant::now() + Duration::from_secs(300);
+                loop {
+                    let st = q.status().await.map_err(chain_err(id, "restore"))?;
+                    if st == "paused" || st == "postmigrate" || st == "running" {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(failed(id, "restore", format!("still {st} after 300 s")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                q.execute("cont", None).await.map_err(chain_err(id, "restore"))?;
+                Ok(())
+            }
+            .await;
+            if let Err(e) = restored {
+                let _ = self.halt(id).await;
+                return Err(e);
+            }
+        }
+        Ok(GuestEndpoint {
+            addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+            host: Some(link.host_ip.into()),
+            ports: image.config.ports.clone(),
+        })
+    }
+
+    fn snapshot_dir(&self, id: &WorkspaceId, name: &str) -> PathBuf {
+        self.ws_dir(id).join("snapshots").join(name)
+    }
+
+    /// Saves the running VM — memory, devices and both writable disks — under `name`,
+    /// pausing it meanwhile; it keeps running afterwards.
+    pub async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<PathBuf, BackendError> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(failed(id, "snapshot", format!("invalid snapshot name {name:?}: use letters, digits, - and _")));
+        }
+        if self.pid(id).is_none() {
+            return Err(failed(id, "snapshot", "the VM is not running"));
+        }
+        let dir = self.ws_dir(id);
+        let snap = self.snapshot_dir(id, name);
+        let tmp = snap.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io_err(id, "snapshot", &tmp))?;
+        let mut q = self.qmp(id).await?;
+        let was_running = q.status().await.map_err(chain_err(id, "snapshot"))? == "running";
+        q.execute("stop", None).await.map_err(chain_err(id, "snapshot"))?;
+        let r = async {
+            let mem = tmp.join("memory");
+            q.execute("migrate", Some(serde_json::json!({ "uri": format!("file:{}", mem.display()) })))
+                .await
+                .map_err(chain_err(id, "snapshot"))?;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            loop {
+                let info = q.execute("query-migrate", None).await.map_err(chain_err(id, "snapshot"))?;
+                match info["status"].as_str().unwrap_or_default() {
+                    "completed" => break,
+                    "failed" | "cancelled" => {
+                        return Err(failed(id, "snapshot", format!("saving memory failed: {}", info["error-desc"].as_str().unwrap_or("unknown error"))));
+                    }
+                    _ if Instant::now() > deadline => return Err(failed(id, "snapshot", "saving memory took over 600 s")),
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            // The disks as they are at this instant (the VM is stopped; sparse copies).
+            for f in ["root.ext4", VOLUME] {
+                Cmd::new("cp")
+                    .args(["--sparse=always", "--reflink=auto"])
+                    .arg(dir.join(f))
+                    .arg(tmp.join(f))
+                    .timeout(Duration::from_secs(1800))
+                    .run()
+                    .await
+                    .map_err(rt_err(id, "snapshot"))?;
+            }
+            Ok(())
+        }
+        .await;
+        if was_running {
+            let _ = q.execute("cont", None).await;
+        }
+        if let Err(e) = r {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let _ = std::fs::remove_dir_all(&snap);
+        std::fs::rename(&tmp, &snap).map_err(io_err(id, "snapshot", &snap))?;
+        Ok(snap)
+    }
+
+    /// Replaces the VM with the snapshot `name`: its disks are copied back and its memory
+    /// restored, so processes continue where they were when it was taken.
+    pub async fn restore(&self, spec: &SandboxSpec, name: &str) -> Result<GuestEndpoint, BackendError> {
+        let id = &spec.id;
+        let snap = self.snapshot_dir(id, name);
+        if !snap.join("memory").is_file() {
+            return Err(failed(id, "restore", format!("no snapshot named {name:?}")));
+        }
+        self.halt(id).await?;
+        let dir = self.ws_dir(id);
+        for f in ["root.ext4", VOLUME] {
+            Cmd::new("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(snap.join(f))
+                .arg(dir.join(f))
+                .timeout(Duration::from_secs(1800))
+                .run()
+                .await
+                .map_err(rt_err(id, "restore"))?;
+        }
+        self.boot(spec, Some(&snap.join("memory"))).await
+    }
+}
+
+async fn lock_file(path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())
+    })
+    .await
+    .expect("lock task does not panic")
+}
+
+fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(data)
+}
+
+fn tail_file(p: &Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(p) else {
+        return String::new();
+    };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
+/// An empty ext4 file system of `mib` MiB in a sparse file, or one holding `from`.
+async fn make_ext4(path: &Path, mib: u64, label: &str, from: Option<&Path>) -> Result<(), ProcessError> {
+    let mut c = Cmd::new("mkfs.ext4").args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-L", label]);
+    if let Some(d) = from {
+        c = c.arg("-d").arg(d);
+    }
+    c.arg(path)
+        .arg(format!("{mib}M"))
+        .timeout(Duration::from_secs(1800))
+        .run()
+        .await
+        .map(|_| ())
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            checkpoint: true,
+            hardware_isolation: self.cfg.accel == Accel::Kvm,
+            resource_limits: true,
+            private_network: true,
+            persistent_volume: true,
+        }
+    }
+
+    async fn check(&self) -> HostCheck {
+        let mut details = Vec::new();
+        let mut ok = true;
+        match Cmd::new(&self.cfg.qemu).arg("--version").timeout(Duration::from_secs(5)).run().await {
+            Ok(out) => details.push(format!(
+                "{} at {}",
+                out.stdout_str().lines().next().unwrap_or_default(),
+                self.cfg.qemu.display()
+            )),
+            Err(e) => {
+                ok = false;
+                details.push(format!("{}: {e}; install it with scripts/setup.sh (Debian package qemu-system-x86)", self.cfg.qemu.display()));
+            }
+        }
+        details.push(format!(
+            "accelerator {}{}",
+            self.cfg.accel.as_str(),
+            if self.cfg.accel == Accel::Tcg { " (software emulation: no usable KVM)" } else { "" }
+        ));
+        for tool in ["ip", "nft", "mkfs.ext4", "apt-get", "dpkg-deb"] {
+            if which(tool).is_none() {
+                ok = false;
+                details.push(format!("{tool} is missing"));
+            }
+        }
+        if !nix::unistd::geteuid().is_root() {
+            ok = false;
+            details.push("the QEMU backend needs root (TAP devices, nftables)".into());
+        }
+        HostCheck {
+            backend: BackendKind::Qemu,
+            status: if ok { ProbeStatus::Usable } else { ProbeStatus::Unusable },
+            details,
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
+        let id = &spec.id;
+        let dir = self.ws_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io_err(id, "create", &dir))?;
+        let volume = dir.join(VOLUME);
+        if !volume.is_file() {
+            // The checkout goes into a scratch directory, becomes the volume's content,
+            // and is deleted; the volume appears under its name only when complete.
+            let scratch = dir.join("checkout.partial");
+            let _ = std::fs::remove_dir_all(&scratch);
+            if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &scratch).await {
+                let _ = std::fs::remove_dir_all(&scratch);
+                return Err(BackendError::Source { workspace: id.to_string(), source: e });
+            }
+            let r = async {
+                if !dir.join("image").is_file() {
+                    let image = self.resolve_image(spec, &scratch).await?;
+                    ImageStore::add_user(&image.rootfs, id.as_str()).map_err(chain_err(id, "create"))?;
+                    if let Some(user) = &image.config.user {
+                        let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
+                            .map_err(|m| failed(id, "create", format!("remoteUser: {m}")))?;
+                        Cmd::new("chown")
+                            .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
+                            .arg(&scratch)
+                            .timeout(Duration::from_secs(600))
+                            .run()
+                            .await
+                            .map_err(rt_err(id, "chown"))?;
+                    }
+                    let f = dir.join("image");
+                    std::fs::write(&f, image.rootfs.to_string_lossy().as_bytes()).map_err(io_err(id, "create", &f))?;
+                }
+                let partial = dir.join("volume.partial");
+                make_ext4(&partial, self.cfg.volume_mib, "workspace", Some(&scratch))
+                    .await
+                    .map_err(rt_err(id, "make volume"))?;
+                std::fs::rename(&partial, &volume).map_err(io_err(id, "create", &volume))
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let _ = std::fs::remove_file(dir.join("volume.partial"));
+            r?;
+        }
+        let root = dir.join("root.ext4");
+        if !root.is_file() {
+            let partial = dir.join("root.partial");
+            make_ext4(&partial, self.cfg.root_mib, "kraal-root", None)
+                .await
+                .map_err(rt_err(id, "make root layer"))?;
+            std::fs::rename(&partial, &root).map_err(io_err(id, "create", &root))?;
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<GuestEndpoint, BackendError> {
+        let id = &spec.id;
+        if self.pid(id).is_some() {
+            let mut q = self.qmp(id).await?;
+            if q.status().await.map_err(chain_err(id, "start"))? == "paused" {
+                q.execute("cont", None).await.map_err(chain_err(id, "resume"))?;
+            }
+            return self.endpoint(id).await;
+        }
+        let dir = self.ws_dir(id);
+        if !dir.join(VOLUME).is_file() {
+            return Err(BackendError::NotFound { workspace: id.to_string() });
+        }
+        // Leftovers of a VM that died (killed, crashed) are cleared first.
+        self.halt(id).await?;
+        self.boot(spec, None).await
+    }
+
+    async fn stop(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt(id).await
+    }
+
+    async fn destroy(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt(id).await?;
+        let dir = self.ws_dir(id);
+        if let Ok(rootfs) = std::fs::read_to_string(dir.join("image")) {
+            ImageStore::remove_user(Path::new(rootfs.trim()), id.as_str());
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(id, "destroy", &dir))?;
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &WorkspaceId) -> Result<SandboxStatus, BackendError> {
+        if self.pid(id).is_some() {
+            if let Ok(mut q) = self.qmp(id).await
+                && let Ok(st) = q.status().await
+            {
+                return Ok(match st.as_str() {
+                    "paused" | "suspended" => SandboxStatus::Paused,
+                    "shutdown" | "guest-panicked" | "internal-error" => SandboxStatus::Stopped,
+                    _ => SandboxStatus::Running,
+                });
+            }
+            return Ok(SandboxStatus::Running);
+        }
+        Ok(if self.ws_dir(id).join(VOLUME).is_file() {
+            SandboxStatus::Stopped
+        } else {
+            SandboxStatus::Absent
+        })
+    }
+
+    async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError> {
+        let ip: Ipv4Addr = kraal_net::tap_guest_ip(id)
+            .await
+            .ok_or_else(|| failed(id, "endpoint", "the workspace's TAP device is gone"))?;
+        Ok(GuestEndpoint {
+            addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
+            host: Some(kraal_net::host_ip_for(ip).into()),
+            ports: self.image(id).map(|i| i.config.ports).unwrap_or_default(),
+        })
+    }
+
+    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError> {
+        Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
+    }
+
+    async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.qmp(id).await?.execute("stop", None).await.map_err(chain_err(id, "pause"))?;
+        Ok(())
+    }
+
+    async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.qmp(id).await?.execute("cont", None).await.map_err(chain_err(id, "resume"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_disk_is_padded_with_at_least_one_zero() {
+        assert_eq!(config_disk(b"{}").len(), 4096);
+        let full = vec![b'x'; 4096];
+        let d = config_disk(&full);
+        assert_eq!(d.len(), 8192);
+        assert_eq!(d[4096], 0);
+    }
+
+    #[test]
+    fn cmdline_names_the_disk_order() {
+        let c = kernel_cmdline(&["lower", "upper", "volume", "config"]);
+        assert!(c.starts_with("console=ttyS0 "));
+        assert!(c.contains("panic=-1"));
+        assert!(c.ends_with("kraal.disks=lower,upper,volume,config"));
+    }
+}
