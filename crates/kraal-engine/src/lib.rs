@@ -58,6 +58,16 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Backend(#[from] BackendError),
+    #[error(
+        "workspace {workspace}: the guest agent did not answer within {secs} s ({cause}); the sandbox was stopped and `kraal up {workspace}` tries again{console}"
+    )]
+    NoBoot {
+        workspace: String,
+        secs: u64,
+        cause: String,
+        /// The end of the sandbox's console, prefixed with a newline, or a note that it is empty.
+        console: String,
+    },
     #[error("workspace {workspace}: guest agent unreachable")]
     Guest {
         workspace: String,
@@ -90,7 +100,7 @@ impl EngineError {
                 kraal_protocol::ErrorCode::InvalidRequest => "invalid_argument",
                 _ => "guest_error",
             },
-            EngineError::Guest { .. } => "guest_unreachable",
+            EngineError::Guest { .. } | EngineError::NoBoot { .. } => "guest_unreachable",
             EngineError::Store(_) => "internal",
         }
     }
@@ -133,6 +143,8 @@ pub struct Engine {
     /// Ports of running workspaces forwarded to the host.
     forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
     started: Instant,
+    /// How long a started sandbox may take to answer, in milliseconds.
+    boot_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A session reached a new state (from its event log).
@@ -175,7 +187,22 @@ impl Engine {
             changes: tokio::sync::broadcast::channel(256).0,
             forwards: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            boot_timeout_ms: (GUEST_BOOT_TIMEOUT.as_millis() as u64).into(),
         })
+    }
+
+    /// How long a started sandbox may take before its guest agent answers (default 60 s);
+    /// after that the start fails with the sandbox's console and the sandbox is stopped.
+    pub fn set_boot_timeout(&self, t: Duration) {
+        self.boot_timeout_ms
+            .store(t.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn boot_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.boot_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -421,9 +448,40 @@ impl Engine {
         let ep = self.backend.start(&spec).await?;
         self.store
             .set_guest_addr(&rec.id, Some(&ep.addr.to_string()))?;
-        let client = self
-            .connect_with_retry(rec, ep.addr, GUEST_BOOT_TIMEOUT)
-            .await?;
+        let limit = self.boot_timeout();
+        let client = match self.connect_with_retry(rec, ep.addr, limit).await {
+            Ok(c) => c,
+            Err(EngineError::Guest {
+                source:
+                    e @ (GuestClientError::Connect { .. }
+                    | GuestClientError::Timeout { .. }
+                    | GuestClientError::Closed),
+                ..
+            }) => {
+                // A sandbox that never answers is not left running: keep its console for
+                // the error, stop it, and let `up` try again from scratch.
+                let console = self
+                    .backend
+                    .console_log(&rec.id, 1500)
+                    .await
+                    .unwrap_or_default();
+                if let Err(e) = self.backend.stop(&rec.id).await {
+                    tracing::warn!(workspace = %rec.id, "stopping the unresponsive sandbox: {e}");
+                }
+                let console = console.trim();
+                return Err(EngineError::NoBoot {
+                    workspace: rec.name.to_string(),
+                    secs: limit.as_secs(),
+                    cause: kraal_sandbox::error_chain(&e),
+                    console: if console.is_empty() {
+                        "; its console is empty (it stopped before the kernel printed)".into()
+                    } else {
+                        format!("\nconsole (last lines):\n{console}")
+                    },
+                });
+            }
+            Err(e) => return Err(e),
+        };
         self.attach_link(rec, ep.host).await;
         self.forward_ports(rec, &ep).await;
         self.event(

@@ -22,6 +22,9 @@ pub const ROLES: [&str; 4] = ["lower", "upper", "volume", "config"];
 /// Disks that may be attached: the agent CLIs for images without their own.
 pub const OPTIONAL_ROLES: [&str; 1] = ["agents"];
 
+/// Printed on the console by a probe boot (`kraal.probe` on the kernel command line).
+pub const PROBE_OK: &str = "kraal-guest: probe boot reached init";
+
 /// What the host writes to the config disk (JSON, zero-padded).
 #[derive(Debug, Deserialize)]
 pub struct Boot {
@@ -57,7 +60,13 @@ fn err<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> 
     move |e| format!("{what}: {e}")
 }
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(err(format!("mkdir {target}")))?;
     mount(Some(src), target, Some(fstype), flags, data)
         .map_err(err(format!("mount {fstype} {src} on {target}")))
@@ -66,19 +75,51 @@ fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<
 /// Runs the whole boot; the returned config starts the guest agent.
 pub fn boot() -> Result<Config, String> {
     let t0 = Instant::now();
-    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
-    mount_fs("proc", "/proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
-    mount_fs("sysfs", "/sys", "sysfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
-    load_modules();
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline.split_whitespace().any(|w| w == "kraal.probe") {
+        // The host checks that this kernel boots under its accelerator; nothing else.
+        eprintln!("{PROBE_OK}");
+        power_off();
+    }
+    load_modules();
     let disks = find_disks(&cmdline, Duration::from_secs(30))?;
-    let optional = |role: &str| disks.iter().find(|(r, _)| r == role).map(|(_, d)| d.clone());
+    let optional = |role: &str| {
+        disks
+            .iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, d)| d.clone())
+    };
     let disk = |role: &str| optional(role).expect("required roles are found");
     let boot = read_config(&disk("config"))?;
 
     // Root: the image read-only, this workspace's writable layer over it.
     let ext4 = |dev: &Path, target: &str, ro: bool| {
-        let flags = if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        let flags = if ro {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
         mount_fs(&dev.to_string_lossy(), target, "ext4", flags, None)
     };
     ext4(&disk("lower"), "/run/lower", true)?;
@@ -95,27 +136,48 @@ pub fn boot() -> Result<Config, String> {
     )?;
     ext4(&disk("volume"), "/newroot/workspace", false)?;
     if let Some(agents) = optional("agents") {
-        ext4(&agents, &format!("/newroot{}", kraal_protocol::AGENTS_DIR), true)?;
+        ext4(
+            &agents,
+            &format!("/newroot{}", kraal_protocol::AGENTS_DIR),
+            true,
+        )?;
     }
     for s in &boot.vm.shares {
         let target = format!("/newroot{}", s.path);
-        let flags = if s.readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        let flags = if s.readonly {
+            MsFlags::MS_RDONLY
+        } else {
+            MsFlags::empty()
+        };
         mount_fs(&s.tag, &target, "virtiofs", flags, None)?;
     }
     for d in ["dev", "proc", "sys"] {
         let target = format!("/newroot/{d}");
         std::fs::create_dir_all(&target).map_err(err(format!("mkdir {target}")))?;
-        mount(Some(format!("/{d}").as_str()), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(err(format!("move /{d}")))?;
+        mount(
+            Some(format!("/{d}").as_str()),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(err(format!("move /{d}")))?;
     }
     // The initramfs cannot be pivoted away from: move the new root over it and chroot.
     std::env::set_current_dir("/newroot").map_err(err("chdir /newroot"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(err("move the root"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(err("move the root"))?;
     nix::unistd::chroot(".").map_err(err("chroot"))?;
     std::env::set_current_dir("/").map_err(err("chdir /"))?;
 
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount_fs("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
     let _ = std::fs::remove_file("/dev/ptmx");
     let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     mount_fs("shm", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
@@ -123,17 +185,25 @@ pub fn boot() -> Result<Config, String> {
     mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
 
     network(&boot.vm)?;
-    let hostname = if boot.vm.hostname.is_empty() { "kraal" } else { boot.vm.hostname.as_str() };
+    let hostname = if boot.vm.hostname.is_empty() {
+        "kraal"
+    } else {
+        boot.vm.hostname.as_str()
+    };
     nix::unistd::sethostname(hostname).map_err(err("sethostname"))?;
     if !boot.vm.resolv_conf.is_empty() {
         // A symlink (systemd-resolved style) would point outside; replace it.
         let _ = std::fs::remove_file("/etc/resolv.conf");
-        std::fs::write("/etc/resolv.conf", &boot.vm.resolv_conf).map_err(err("write /etc/resolv.conf"))?;
+        std::fs::write("/etc/resolv.conf", &boot.vm.resolv_conf)
+            .map_err(err("write /etc/resolv.conf"))?;
     }
     if !boot.vm.hosts.is_empty() {
         std::fs::write("/etc/hosts", &boot.vm.hosts).map_err(err("write /etc/hosts"))?;
     }
-    eprintln!("kraal-guest: booted in {} ms (since init)", t0.elapsed().as_millis());
+    eprintln!(
+        "kraal-guest: booted in {} ms (since init)",
+        t0.elapsed().as_millis()
+    );
     Ok(boot.guest)
 }
 
@@ -145,10 +215,16 @@ fn load_modules() {
     };
     for name in order.lines().filter(|l| !l.is_empty()) {
         let path = format!("/lib/modules/{name}.ko");
-        let r = std::fs::File::open(&path).map_err(|e| e.to_string()).and_then(|f| {
-            nix::kmod::finit_module(&f, &CString::default(), nix::kmod::ModuleInitFlags::empty())
+        let r = std::fs::File::open(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::kmod::finit_module(
+                    &f,
+                    &CString::default(),
+                    nix::kmod::ModuleInitFlags::empty(),
+                )
                 .map_err(|e| e.to_string())
-        });
+            });
         match r {
             Ok(()) => {}
             Err(e) if e.contains("EEXIST") => {}
@@ -182,7 +258,10 @@ pub fn find_disks(cmdline: &str, wait: Duration) -> Result<Vec<(String, PathBuf)
         }
         if Instant::now() > deadline {
             return found.map_err(|missing| {
-                format!("disks missing after {} s: {missing} (block devices: {devs:?})", wait.as_secs())
+                format!(
+                    "disks missing after {} s: {missing} (block devices: {devs:?})",
+                    wait.as_secs()
+                )
             });
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -203,7 +282,9 @@ pub fn assign_roles(
         let by_order = order
             .and_then(|o| o.iter().position(|r| r == role))
             .and_then(|i| devs.get(i));
-        by_serial.or(by_order).map(|d| (role.to_owned(), PathBuf::from("/dev").join(d)))
+        by_serial
+            .or(by_order)
+            .map(|d| (role.to_owned(), PathBuf::from("/dev").join(d)))
     };
     for role in ROLES {
         out.push(find(role).ok_or_else(|| format!("no {role} disk"))?);
@@ -245,21 +326,31 @@ fn network(vm: &VmConfig) -> Result<(), String> {
         rt.rt_gateway = sockaddr(vm.gateway);
         rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
         if libc::ioctl(fd, libc::SIOCADDRT as _, &rt) < 0 {
-            return Err(format!("default route via {}: {}", vm.gateway, std::io::Error::last_os_error()));
+            return Err(format!(
+                "default route via {}: {}",
+                vm.gateway,
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
 }
 
 pub fn prefix_mask(prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix.min(32) as u32).unwrap_or(0))
+    Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - prefix.min(32) as u32)
+            .unwrap_or(0),
+    )
 }
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by family.
@@ -269,7 +360,11 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
 fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain data; zero is a valid value.
     let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in r.ifr_name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (d, s) in r
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *d = s as libc::c_char;
     }
     r
@@ -280,7 +375,10 @@ fn if_addr(fd: i32, name: &str, req: libc::c_ulong, ip: Ipv4Addr) -> Result<(), 
     r.ifr_ifru.ifru_addr = sockaddr(ip);
     // SAFETY: `r` is a valid ifreq for this request.
     if unsafe { libc::ioctl(fd, req as _, &r) } < 0 {
-        return Err(format!("set {ip} on {name}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "set {ip} on {name}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok(())
 }
@@ -290,11 +388,17 @@ fn if_up(fd: i32, name: &str) -> Result<(), String> {
     // SAFETY: `r` is a valid ifreq for both requests.
     unsafe {
         if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut r) < 0 {
-            return Err(format!("interface {name}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "interface {name}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         r.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &r) < 0 {
-            return Err(format!("bring up {name}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "bring up {name}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -318,13 +422,15 @@ mod tests {
     fn disks_are_found_by_serial_then_by_command_line_order() {
         let devs: Vec<String> = ["vda", "vdb", "vdc", "vdd"].map(String::from).to_vec();
         let serials = |d: &str| {
-            Some(match d {
-                "vda" => "kraal-config",
-                "vdb" => "kraal-volume",
-                "vdc" => "kraal-upper",
-                _ => "kraal-lower",
-            }
-            .to_owned())
+            Some(
+                match d {
+                    "vda" => "kraal-config",
+                    "vdb" => "kraal-volume",
+                    "vdc" => "kraal-upper",
+                    _ => "kraal-lower",
+                }
+                .to_owned(),
+            )
         };
         let r = assign_roles(&devs, None, &serials).unwrap();
         assert_eq!(r[0], ("lower".into(), PathBuf::from("/dev/vdd")));
@@ -343,7 +449,11 @@ mod tests {
         let b = parse_config(&data).unwrap();
         assert_eq!(b.vm.gateway, Ipv4Addr::new(10, 213, 0, 1));
         assert_eq!(b.guest.token, "t");
-        assert!(parse_config(b"{\0").unwrap_err().contains("invalid boot config"));
+        assert!(
+            parse_config(b"{\0")
+                .unwrap_err()
+                .contains("invalid boot config")
+        );
     }
 
     #[test]

@@ -102,7 +102,9 @@ impl StepRunner for BuildRunner {
         }
         std::fs::write(
             etc.join("resolv.conf"),
-            kraal_sandbox::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            kraal_sandbox::resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
         )
         .map_err(|x| e("resolv.conf", &x))?;
         std::fs::write(

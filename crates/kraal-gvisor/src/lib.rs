@@ -482,7 +482,9 @@ impl Backend for GvisorBackend {
         let resolv = guest_dir.join("resolv.conf");
         std::fs::write(
             &resolv,
-            kraal_sandbox::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            kraal_sandbox::resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
         )
         .map_err(Self::io_err(id, "start", &resolv))?;
         let hosts = guest_dir.join("hosts");
@@ -666,4 +668,3 @@ fn tail_file(p: &Path, max: usize) -> String {
     let start = data.len().saturating_sub(max);
     String::from_utf8_lossy(&data[start..]).into_owned()
 }
-

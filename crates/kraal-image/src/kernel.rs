@@ -94,7 +94,11 @@ fn index_modules(tree: &Path) -> std::collections::HashMap<String, PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_str()?.strip_suffix(".ko")?.replace('-', "_");
+            let name = e
+                .file_name()
+                .to_str()?
+                .strip_suffix(".ko")?
+                .replace('-', "_");
             Some((name, e.into_path()))
         })
         .collect()
@@ -116,7 +120,10 @@ pub fn load_order(
             return Ok(());
         }
         if path.contains(&m) {
-            return Err(format!("module dependency cycle: {} -> {m}", path.join(" -> ")));
+            return Err(format!(
+                "module dependency cycle: {} -> {m}",
+                path.join(" -> ")
+            ));
         }
         path.push(m.clone());
         for d in depends_of(&m)? {
@@ -285,7 +292,12 @@ impl ImageStore {
                 source,
             }
         };
-        report(1, "kernel", format!("downloading {package} {version}"), false);
+        report(
+            1,
+            "kernel",
+            format!("downloading {package} {version}"),
+            false,
+        );
         let dl = tmp.join("download");
         std::fs::create_dir_all(&dl).map_err(io(&dl))?;
         Cmd::new("apt-get")
@@ -339,12 +351,13 @@ impl ImageStore {
                 .ok_or_else(|| format!("module {m} is not in {package}"))?;
             std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
         };
-        let order = load_order(MODULES, &|m| read(m).map(|ko| module_depends(&ko))).map_err(
-            |message| ImageError::Recipe {
-                recipe: "kernel".into(),
-                message,
-            },
-        )?;
+        let order =
+            load_order(MODULES, &|m| read(m).map(|ko| module_depends(&ko))).map_err(|message| {
+                ImageError::Recipe {
+                    recipe: "kernel".into(),
+                    message,
+                }
+            })?;
         let mut mods = Vec::new();
         for m in &order {
             let data = read(m).map_err(|message| ImageError::Recipe {

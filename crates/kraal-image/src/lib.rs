@@ -45,7 +45,9 @@ pub enum ImageError {
     UnknownRecipe { name: String, known: String },
     #[error("no image named {0:?} is built")]
     NotFound(String),
-    #[error("no image named {name:?}: it is neither built-in ({known}) nor built with `kraal image build --file`")]
+    #[error(
+        "no image named {name:?}: it is neither built-in ({known}) nor built with `kraal image build --file`"
+    )]
     UnknownImage { name: String, known: String },
     /// A project's dev container failed; the message names the project's own files.
     #[error("{message}")]

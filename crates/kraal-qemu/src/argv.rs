@@ -44,6 +44,9 @@ pub struct VmSpec {
     /// Shown by `ps` and QEMU (`-name`).
     pub name: String,
     pub accel: Accel,
+    /// Firmware: qboot boots the kernel directly and fast; SeaBIOS (QEMU's default)
+    /// probes the virtio disks first and trips over the config disk.
+    pub bios: Option<PathBuf>,
     pub cpus: u32,
     pub memory_mib: u64,
     pub kernel: PathBuf,
@@ -63,19 +66,28 @@ pub struct VmSpec {
 impl VmSpec {
     pub fn argv(&self) -> Vec<String> {
         let mut a = Args::default();
-        a.kv("-name", format!("kraal-{},process=kraal-{}", self.name, self.name));
-        a.kv("-machine", "microvm,x-option-roms=off,isa-serial=on,rtc=on");
+        a.kv(
+            "-name",
+            format!("kraal-{},process=kraal-{}", self.name, self.name),
+        );
+        a.kv("-machine", "microvm,isa-serial=on,rtc=on");
         match self.accel {
             Accel::Kvm => a.kv("-accel", "kvm").kv("-cpu", "host"),
             Accel::Tcg => a.kv("-accel", "tcg,thread=multi").kv("-cpu", "max"),
         };
+        if let Some(b) = &self.bios {
+            a.kv("-bios", b.display().to_string());
+        }
         a.kv("-smp", self.cpus.max(1).to_string());
         a.kv("-m", format!("{}M", self.memory_mib));
         if !self.shares.is_empty() {
             // vhost-user devices (virtio-fs) need guest memory their daemon can map.
             a.kv(
                 "-object",
-                format!("memory-backend-memfd,id=mem,size={}M,share=on", self.memory_mib),
+                format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    self.memory_mib
+                ),
             );
             a.kv("-machine", "memory-backend=mem");
         }
@@ -152,10 +164,7 @@ impl Args {
 pub fn mac_for(seed: &str) -> String {
     use sha2::Digest;
     let h = sha2::Sha256::digest(seed.as_bytes());
-    format!(
-        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
-        h[0], h[1], h[2], h[3]
-    )
+    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2], h[3])
 }
 
 #[cfg(test)]
@@ -166,6 +175,7 @@ mod tests {
         VmSpec {
             name: "ws-0123456789".into(),
             accel: Accel::Tcg,
+            bios: Some("/usr/share/qemu/qboot.rom".into()),
             cpus: 2,
             memory_mib: 1024,
             kernel: "/k/vmlinuz".into(),
@@ -197,7 +207,8 @@ mod tests {
     fn argv_golden() {
         let got = spec().argv().join(" ");
         let want = "-name kraal-ws-0123456789,process=kraal-ws-0123456789 \
--machine microvm,x-option-roms=off,isa-serial=on,rtc=on -accel tcg,thread=multi -cpu max -smp 2 -m 1024M \
+-machine microvm,isa-serial=on,rtc=on -accel tcg,thread=multi -cpu max \
+-bios /usr/share/qemu/qboot.rom -smp 2 -m 1024M \
 -nodefaults -no-user-config -nographic -no-reboot \
 -kernel /k/vmlinuz -initrd /k/initramfs.cpio -append console=ttyS0 quiet \
 -chardev file,id=console,path=/ws/console.log -serial chardev:console \
@@ -222,7 +233,9 @@ mod tests {
         }];
         let a = s.argv().join(" ");
         assert!(a.contains("-accel kvm -cpu host"));
-        assert!(a.contains("-object memory-backend-memfd,id=mem,size=1024M,share=on -machine memory-backend=mem"));
+        assert!(a.contains(
+            "-object memory-backend-memfd,id=mem,size=1024M,share=on -machine memory-backend=mem"
+        ));
         assert!(a.contains("-chardev socket,id=fs0,path=/ws/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=share0"));
         assert!(a.ends_with("-incoming defer -daemonize"));
     }

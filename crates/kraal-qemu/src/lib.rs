@@ -76,7 +76,11 @@ fn failed(id: &WorkspaceId, op: &'static str, message: impl Into<String>) -> Bac
     }
 }
 
-fn io_err(id: &WorkspaceId, op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BackendError {
+fn io_err(
+    id: &WorkspaceId,
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> BackendError {
     let workspace = id.to_string();
     let path = path.to_owned();
     move |source| BackendError::Io {
@@ -96,7 +100,10 @@ fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> Ba
     }
 }
 
-fn chain_err<E: std::error::Error>(id: &WorkspaceId, op: &'static str) -> impl FnOnce(E) -> BackendError {
+fn chain_err<E: std::error::Error>(
+    id: &WorkspaceId,
+    op: &'static str,
+) -> impl FnOnce(E) -> BackendError {
     let workspace = id.to_string();
     move |e| BackendError::Failed {
         workspace,
@@ -112,6 +119,83 @@ pub fn kernel_cmdline(roles: &[&str]) -> String {
         "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.disks={}",
         roles.join(",")
     )
+}
+
+/// qboot (Debian's qemu-system-data ships it) when present, else QEMU's default.
+pub fn firmware() -> Option<PathBuf> {
+    ["/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// What the guest prints when a probe boot reaches its init (`kraal-guest`'s `PROBE_OK`).
+pub const PROBE_OK: &str = "kraal-guest: probe boot reached init";
+
+/// Boots `kernel` with its initramfs and nothing else (`kraal.probe`: the guest prints
+/// [`PROBE_OK`] and resets), bounded by `limit`. This is how the backend confirms that KVM
+/// really runs its guest kernel (some hosts accept a toy guest but hang or fail a real
+/// one), and the bare-boot baseline of the boot benchmark. Returns the boot time.
+pub async fn probe_boot(
+    qemu: &Path,
+    accel: Accel,
+    kernel: &kraal_image::kernel::Kernel,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let mut a = vec!["-machine".to_owned(), "microvm,isa-serial=on,rtc=on".into()];
+    a.extend(
+        match accel {
+            Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+            Accel::Tcg => ["-accel", "tcg,thread=multi", "-cpu", "max"],
+        }
+        .map(String::from),
+    );
+    if let Some(b) = firmware() {
+        a.extend(["-bios".to_owned(), b.display().to_string()]);
+    }
+    a.extend(
+        [
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ]
+        .map(String::from),
+    );
+    a.extend(["-kernel".to_owned(), kernel.vmlinuz.display().to_string()]);
+    a.extend(["-initrd".to_owned(), kernel.initramfs.display().to_string()]);
+    a.extend([
+        "-append".to_owned(),
+        "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.probe".into(),
+    ]);
+    let t0 = Instant::now();
+    match Cmd::new(qemu).args(a).timeout(limit).run().await {
+        Ok(out) if out.stdout_str().contains(PROBE_OK) => Ok(t0.elapsed()),
+        Ok(out) => Err(format!(
+            "the guest kernel did not reach init under {}: {}",
+            accel.as_str(),
+            out.stdout_str()
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("no console output")
+        )),
+        Err(ProcessError::Timeout { .. }) => Err(format!(
+            "the guest kernel did not reach init under {} within {} s",
+            accel.as_str(),
+            limit.as_secs()
+        )),
+        Err(ProcessError::Failed { status, stderr, .. }) => Err(format!(
+            "QEMU under {} ended with {status}: {}",
+            accel.as_str(),
+            stderr.trim().lines().next().unwrap_or_default()
+        )),
+        Err(e) => Err(kraal_sandbox::error_chain(&e)),
+    }
 }
 
 /// `data` zero-padded to whole 4 KiB blocks: the config disk.
@@ -139,6 +223,7 @@ impl QemuBackend {
     fn pid(&self, id: &WorkspaceId) -> Option<i32> {
         let text = std::fs::read_to_string(self.ws_dir(id).join("qemu.pid")).ok()?;
         let pid: i32 = text.trim().parse().ok()?;
+        // A zombie (killed, not yet reaped) has an empty command line.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let want = format!("kraal-{}", id.as_str());
         String::from_utf8_lossy(&cmdline)
@@ -153,7 +238,11 @@ impl QemuBackend {
     }
 
     /// The image a new workspace runs on, with its ext4 output.
-    async fn resolve_image(&self, spec: &SandboxSpec, volume: &Path) -> Result<kraal_image::Image, BackendError> {
+    async fn resolve_image(
+        &self,
+        spec: &SandboxSpec,
+        volume: &Path,
+    ) -> Result<kraal_image::Image, BackendError> {
         let id = &spec.id;
         let log = |p: kraal_image::Progress| {
             if p.done || !p.detail.is_empty() {
@@ -180,20 +269,26 @@ impl QemuBackend {
     }
 
     /// The agent CLIs as an ext4 image, built once per content of the directory's npm
-    /// lock file (kept next to the workspaces).
+    /// lock file (kept in the image store, shared by every daemon using it).
     async fn agents_disk(&self, id: &WorkspaceId) -> Result<Option<PathBuf>, BackendError> {
         let Some(dir) = &self.cfg.agents_dir else {
             return Ok(None);
         };
         let lock = dir.join("node_modules/.package-lock.json");
-        let key = std::fs::read(&lock).unwrap_or_else(|_| dir.to_string_lossy().as_bytes().to_vec());
+        let key =
+            std::fs::read(&lock).unwrap_or_else(|_| dir.to_string_lossy().as_bytes().to_vec());
         use sha2::Digest;
         let hash = hex::encode(&sha2::Sha256::digest(&key)[..8]);
-        let out = self.cfg.state_dir.join(format!("agents-{hash}.ext4"));
+        let store = self.cfg.images.dir().join("vm-agents");
+        std::fs::create_dir_all(&store).map_err(io_err(id, "agent CLIs disk", &store))?;
+        let out = store.join(format!("agents-{hash}.ext4"));
         if out.is_file() {
             return Ok(Some(out));
         }
-        let _guard = lock_file(&self.cfg.state_dir.join(".agents.lock")).await.map_err(io_err(id, "agent CLIs disk", &out))?;
+        let _guard =
+            lock_file(&store.join(".lock"))
+                .await
+                .map_err(io_err(id, "agent CLIs disk", &out))?;
         if !out.is_file() {
             kraal_image::ext4::build(dir, &out, "kraal-agents")
                 .await
@@ -220,7 +315,10 @@ impl QemuBackend {
                 }
             }
             if self.pid(id).is_some() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && self.pid(id).is_some() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -235,20 +333,43 @@ impl QemuBackend {
     }
 
     /// Boots the VM; `incoming` restores a snapshot's memory from that file.
-    async fn boot(&self, spec: &SandboxSpec, incoming: Option<&Path>) -> Result<GuestEndpoint, BackendError> {
+    async fn boot(
+        &self,
+        spec: &SandboxSpec,
+        incoming: Option<&Path>,
+    ) -> Result<GuestEndpoint, BackendError> {
         let id = &spec.id;
         let dir = self.ws_dir(id);
         let image = self.image(id).ok_or_else(|| {
-            failed(id, "start", "its image is missing; it was removed after the workspace was created")
+            failed(
+                id,
+                "start",
+                "its image is missing; it was removed after the workspace was created",
+            )
         })?;
-        let lower = image.ext4().ok_or_else(|| failed(id, "start", format!("image {} has no ext4 output", image.name)))?;
+        let lower = image.ext4().ok_or_else(|| {
+            failed(
+                id,
+                "start",
+                format!("image {} has no ext4 output", image.name),
+            )
+        })?;
         let log = |p: kraal_image::Progress| {
             if p.done {
                 tracing::info!(workspace = %id, "{}: {}", p.title, p.detail);
             }
         };
-        let kernel = self.cfg.images.ensure_kernel(&log).await.map_err(chain_err(id, "start"))?;
-        let agents = if image.config.has_agents { None } else { self.agents_disk(id).await? };
+        let kernel = self
+            .cfg
+            .images
+            .ensure_kernel(&log)
+            .await
+            .map_err(chain_err(id, "start"))?;
+        let agents = if image.config.has_agents {
+            None
+        } else {
+            self.agents_disk(id).await?
+        };
 
         let (slot, guard) = kraal_net::allocate(self.cfg.pool)
             .await
@@ -283,16 +404,37 @@ impl QemuBackend {
             },
         });
         let config = dir.join("config.img");
-        write_private(&config, &config_disk(boot.to_string().as_bytes())).map_err(io_err(id, "start", &config))?;
+        write_private(&config, &config_disk(boot.to_string().as_bytes()))
+            .map_err(io_err(id, "start", &config))?;
 
         let mut disks = vec![
-            Disk { role: "lower", path: lower, readonly: true },
-            Disk { role: "upper", path: dir.join("root.ext4"), readonly: false },
-            Disk { role: "volume", path: dir.join(VOLUME), readonly: false },
-            Disk { role: "config", path: config, readonly: true },
+            Disk {
+                role: "lower",
+                path: lower,
+                readonly: true,
+            },
+            Disk {
+                role: "upper",
+                path: dir.join("root.ext4"),
+                readonly: false,
+            },
+            Disk {
+                role: "volume",
+                path: dir.join(VOLUME),
+                readonly: false,
+            },
+            Disk {
+                role: "config",
+                path: config,
+                readonly: true,
+            },
         ];
         if let Some(a) = agents {
-            disks.push(Disk { role: "agents", path: a, readonly: true });
+            disks.push(Disk {
+                role: "agents",
+                path: a,
+                readonly: true,
+            });
         }
         let roles: Vec<&str> = disks.iter().map(|d| d.role).collect();
         let console = dir.join("console.log");
@@ -301,6 +443,7 @@ impl QemuBackend {
         let vm = VmSpec {
             name: id.to_string(),
             accel: self.cfg.accel,
+            bios: firmware(),
             cpus: spec.resources.cpus.ceil().max(1.0) as u32,
             memory_mib: spec.resources.memory_mib.max(256),
             kernel: kernel.vmlinuz.clone(),
@@ -346,7 +489,9 @@ impl QemuBackend {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                q.execute("cont", None).await.map_err(chain_err(id, "restore"))?;
+                q.execute("cont", None)
+                    .await
+                    .map_err(chain_err(id, "restore"))?;
                 Ok(())
             }
             .await;
@@ -369,8 +514,16 @@ impl QemuBackend {
     /// Saves the running VM — memory, devices and both writable disks — under `name`,
     /// pausing it meanwhile; it keeps running afterwards.
     pub async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<PathBuf, BackendError> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(failed(id, "snapshot", format!("invalid snapshot name {name:?}: use letters, digits, - and _")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(failed(
+                id,
+                "snapshot",
+                format!("invalid snapshot name {name:?}: use letters, digits, - and _"),
+            ));
         }
         if self.pid(id).is_none() {
             return Err(failed(id, "snapshot", "the VM is not running"));
@@ -382,21 +535,38 @@ impl QemuBackend {
         std::fs::create_dir_all(&tmp).map_err(io_err(id, "snapshot", &tmp))?;
         let mut q = self.qmp(id).await?;
         let was_running = q.status().await.map_err(chain_err(id, "snapshot"))? == "running";
-        q.execute("stop", None).await.map_err(chain_err(id, "snapshot"))?;
+        q.execute("stop", None)
+            .await
+            .map_err(chain_err(id, "snapshot"))?;
         let r = async {
             let mem = tmp.join("memory");
-            q.execute("migrate", Some(serde_json::json!({ "uri": format!("file:{}", mem.display()) })))
-                .await
-                .map_err(chain_err(id, "snapshot"))?;
+            q.execute(
+                "migrate",
+                Some(serde_json::json!({ "uri": format!("file:{}", mem.display()) })),
+            )
+            .await
+            .map_err(chain_err(id, "snapshot"))?;
             let deadline = Instant::now() + Duration::from_secs(600);
             loop {
-                let info = q.execute("query-migrate", None).await.map_err(chain_err(id, "snapshot"))?;
+                let info = q
+                    .execute("query-migrate", None)
+                    .await
+                    .map_err(chain_err(id, "snapshot"))?;
                 match info["status"].as_str().unwrap_or_default() {
                     "completed" => break,
                     "failed" | "cancelled" => {
-                        return Err(failed(id, "snapshot", format!("saving memory failed: {}", info["error-desc"].as_str().unwrap_or("unknown error"))));
+                        return Err(failed(
+                            id,
+                            "snapshot",
+                            format!(
+                                "saving memory failed: {}",
+                                info["error-desc"].as_str().unwrap_or("unknown error")
+                            ),
+                        ));
                     }
-                    _ if Instant::now() > deadline => return Err(failed(id, "snapshot", "saving memory took over 600 s")),
+                    _ if Instant::now() > deadline => {
+                        return Err(failed(id, "snapshot", "saving memory took over 600 s"));
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
@@ -428,7 +598,11 @@ impl QemuBackend {
 
     /// Replaces the VM with the snapshot `name`: its disks are copied back and its memory
     /// restored, so processes continue where they were when it was taken.
-    pub async fn restore(&self, spec: &SandboxSpec, name: &str) -> Result<GuestEndpoint, BackendError> {
+    pub async fn restore(
+        &self,
+        spec: &SandboxSpec,
+        name: &str,
+    ) -> Result<GuestEndpoint, BackendError> {
         let id = &spec.id;
         let snap = self.snapshot_dir(id, name);
         if !snap.join("memory").is_file() {
@@ -453,7 +627,11 @@ impl QemuBackend {
 async fn lock_file(path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())
     })
     .await
@@ -481,8 +659,14 @@ fn tail_file(p: &Path, max: usize) -> String {
 }
 
 /// An empty ext4 file system of `mib` MiB in a sparse file, or one holding `from`.
-async fn make_ext4(path: &Path, mib: u64, label: &str, from: Option<&Path>) -> Result<(), ProcessError> {
-    let mut c = Cmd::new("mkfs.ext4").args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-L", label]);
+async fn make_ext4(
+    path: &Path,
+    mib: u64,
+    label: &str,
+    from: Option<&Path>,
+) -> Result<(), ProcessError> {
+    let mut c =
+        Cmd::new("mkfs.ext4").args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-L", label]);
     if let Some(d) = from {
         c = c.arg("-d").arg(d);
     }
@@ -513,7 +697,12 @@ impl Backend for QemuBackend {
     async fn check(&self) -> HostCheck {
         let mut details = Vec::new();
         let mut ok = true;
-        match Cmd::new(&self.cfg.qemu).arg("--version").timeout(Duration::from_secs(5)).run().await {
+        match Cmd::new(&self.cfg.qemu)
+            .arg("--version")
+            .timeout(Duration::from_secs(5))
+            .run()
+            .await
+        {
             Ok(out) => details.push(format!(
                 "{} at {}",
                 out.stdout_str().lines().next().unwrap_or_default(),
@@ -521,14 +710,12 @@ impl Backend for QemuBackend {
             )),
             Err(e) => {
                 ok = false;
-                details.push(format!("{}: {e}; install it with scripts/setup.sh (Debian package qemu-system-x86)", self.cfg.qemu.display()));
+                details.push(format!(
+                    "{}: {e}; install it with scripts/setup.sh (Debian package qemu-system-x86)",
+                    self.cfg.qemu.display()
+                ));
             }
         }
-        details.push(format!(
-            "accelerator {}{}",
-            self.cfg.accel.as_str(),
-            if self.cfg.accel == Accel::Tcg { " (software emulation: no usable KVM)" } else { "" }
-        ));
         for tool in ["ip", "nft", "mkfs.ext4", "apt-get", "dpkg-deb"] {
             if which(tool).is_none() {
                 ok = false;
@@ -541,7 +728,11 @@ impl Backend for QemuBackend {
         }
         HostCheck {
             backend: BackendKind::Qemu,
-            status: if ok { ProbeStatus::Usable } else { ProbeStatus::Unusable },
+            status: if ok {
+                ProbeStatus::Usable
+            } else {
+                ProbeStatus::Unusable
+            },
             details,
         }
     }
@@ -558,12 +749,16 @@ impl Backend for QemuBackend {
             let _ = std::fs::remove_dir_all(&scratch);
             if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &scratch).await {
                 let _ = std::fs::remove_dir_all(&scratch);
-                return Err(BackendError::Source { workspace: id.to_string(), source: e });
+                return Err(BackendError::Source {
+                    workspace: id.to_string(),
+                    source: e,
+                });
             }
             let r = async {
                 if !dir.join("image").is_file() {
                     let image = self.resolve_image(spec, &scratch).await?;
-                    ImageStore::add_user(&image.rootfs, id.as_str()).map_err(chain_err(id, "create"))?;
+                    ImageStore::add_user(&image.rootfs, id.as_str())
+                        .map_err(chain_err(id, "create"))?;
                     if let Some(user) = &image.config.user {
                         let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
                             .map_err(|m| failed(id, "create", format!("remoteUser: {m}")))?;
@@ -576,7 +771,8 @@ impl Backend for QemuBackend {
                             .map_err(rt_err(id, "chown"))?;
                     }
                     let f = dir.join("image");
-                    std::fs::write(&f, image.rootfs.to_string_lossy().as_bytes()).map_err(io_err(id, "create", &f))?;
+                    std::fs::write(&f, image.rootfs.to_string_lossy().as_bytes())
+                        .map_err(io_err(id, "create", &f))?;
                 }
                 let partial = dir.join("volume.partial");
                 make_ext4(&partial, self.cfg.volume_mib, "workspace", Some(&scratch))
@@ -605,13 +801,17 @@ impl Backend for QemuBackend {
         if self.pid(id).is_some() {
             let mut q = self.qmp(id).await?;
             if q.status().await.map_err(chain_err(id, "start"))? == "paused" {
-                q.execute("cont", None).await.map_err(chain_err(id, "resume"))?;
+                q.execute("cont", None)
+                    .await
+                    .map_err(chain_err(id, "resume"))?;
             }
             return self.endpoint(id).await;
         }
         let dir = self.ws_dir(id);
         if !dir.join(VOLUME).is_file() {
-            return Err(BackendError::NotFound { workspace: id.to_string() });
+            return Err(BackendError::NotFound {
+                workspace: id.to_string(),
+            });
         }
         // Leftovers of a VM that died (killed, crashed) are cleared first.
         self.halt(id).await?;
@@ -665,17 +865,29 @@ impl Backend for QemuBackend {
         })
     }
 
-    async fn console_log(&self, id: &WorkspaceId, max_bytes: usize) -> Result<String, BackendError> {
+    async fn console_log(
+        &self,
+        id: &WorkspaceId,
+        max_bytes: usize,
+    ) -> Result<String, BackendError> {
         Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
     }
 
     async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
-        self.qmp(id).await?.execute("stop", None).await.map_err(chain_err(id, "pause"))?;
+        self.qmp(id)
+            .await?
+            .execute("stop", None)
+            .await
+            .map_err(chain_err(id, "pause"))?;
         Ok(())
     }
 
     async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
-        self.qmp(id).await?.execute("cont", None).await.map_err(chain_err(id, "resume"))?;
+        self.qmp(id)
+            .await?
+            .execute("cont", None)
+            .await
+            .map_err(chain_err(id, "resume"))?;
         Ok(())
     }
 }

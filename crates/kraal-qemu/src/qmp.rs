@@ -61,7 +61,9 @@ impl Qmp {
                 secs: 10,
             })??;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Json(format!("expected the QMP greeting, got {greeting}")));
+            return Err(QmpError::Json(format!(
+                "expected the QMP greeting, got {greeting}"
+            )));
         }
         q.execute("qmp_capabilities", None).await?;
         Ok(q)
@@ -159,8 +161,12 @@ mod tests {
                     .await
                     .unwrap();
                 let answer = match cmd.as_str() {
-                    "query-status" => json!({"id": v["id"], "return": {"status": "paused", "running": false}}),
-                    "stop" => json!({"id": v["id"], "error": {"class": "GenericError", "desc": "nope"}}),
+                    "query-status" => {
+                        json!({"id": v["id"], "return": {"status": "paused", "running": false}})
+                    }
+                    "stop" => {
+                        json!({"id": v["id"], "error": {"class": "GenericError", "desc": "nope"}})
+                    }
                     _ => json!({"id": v["id"], "return": {}}),
                 };
                 w.write_all(format!("{answer}\n").as_bytes()).await.unwrap();

@@ -275,6 +275,10 @@ pub struct ServeArgs {
         default_value = "https://generativelanguage.googleapis.com"
     )]
     pub google_url: String,
+    /// Seconds a started sandbox may take before its guest agent answers; after that the
+    /// start fails with the sandbox's console and the sandbox is stopped.
+    #[arg(long, env = "KRAAL_BOOT_TIMEOUT_SECS", default_value_t = 60)]
+    pub boot_timeout_secs: u64,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,

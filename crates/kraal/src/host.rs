@@ -7,6 +7,7 @@ use kraal_api::{BackendCheck, HostReport, KvmReport};
 use kraal_core::BackendKind;
 use kraal_gvisor::{GvisorBackend, GvisorConfig, NetworkMode};
 use kraal_image::ImageStore;
+use kraal_qemu::Accel;
 use kraal_sandbox::{Backend, ProbeStatus};
 
 pub struct BackendOptions {
@@ -73,13 +74,52 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
     })
 }
 
-pub fn qemu(o: &BackendOptions, kvm: bool) -> kraal_qemu::QemuBackend {
-    let accel = match o.qemu_accel.as_str() {
-        "kvm" => kraal_qemu::Accel::Kvm,
-        "tcg" => kraal_qemu::Accel::Tcg,
-        _ if kvm => kraal_qemu::Accel::Kvm,
-        _ => kraal_qemu::Accel::Tcg,
+/// The QEMU accelerator: the one asked for, else KVM only when the quick probe passes
+/// *and* the real guest kernel boots to its init under it within a few seconds (some
+/// hosts run a toy guest under KVM but fail or hang a stock kernel), else TCG.
+pub async fn choose_accel(o: &BackendOptions, kvm: &crate::kvm::KvmProbe) -> (Accel, String) {
+    match o.qemu_accel.as_str() {
+        "kvm" => return (Accel::Kvm, "accelerator kvm (asked for)".into()),
+        "tcg" => return (Accel::Tcg, "accelerator tcg (asked for)".into()),
+        _ => {}
+    }
+    if !kvm.usable {
+        return (
+            Accel::Tcg,
+            format!("accelerator tcg: no usable KVM ({})", kvm.detail),
+        );
+    }
+    let kernel = match image_store(o).ensure_kernel(&|_| {}).await {
+        Ok(k) => k,
+        Err(e) => {
+            return (
+                Accel::Tcg,
+                format!(
+                    "accelerator tcg: cannot get the guest kernel to confirm KVM: {}",
+                    kraal_sandbox::error_chain(&e)
+                ),
+            );
+        }
     };
+    match kraal_qemu::probe_boot(&o.qemu, Accel::Kvm, &kernel, KVM_BOOT_PROBE).await {
+        Ok(t) => (
+            Accel::Kvm,
+            format!(
+                "accelerator kvm: the guest kernel reached init in {} ms",
+                t.as_millis()
+            ),
+        ),
+        Err(e) => (
+            Accel::Tcg,
+            format!("accelerator tcg: KVM is unusable for real guests: {e}"),
+        ),
+    }
+}
+
+/// How long the guest kernel may take to reach init under KVM before it counts as hung.
+const KVM_BOOT_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_qemu::QemuBackend {
     kraal_qemu::QemuBackend::new(kraal_qemu::QemuConfig {
         state_dir: o.data_dir.join("vms"),
         qemu: o.qemu.clone(),
@@ -109,12 +149,15 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
         usable: gcheck.status == ProbeStatus::Usable,
         details: gcheck.details,
     }];
-    let q = qemu(o, kvm.usable);
+    let (accel, accel_detail) = choose_accel(o, &kvm).await;
+    let q = qemu(o, accel);
     let qcheck = q.check().await;
+    let mut details = qcheck.details;
+    details.push(accel_detail);
     backends.push(BackendCheck {
         backend: BackendKind::Qemu,
         usable: qcheck.status == ProbeStatus::Usable,
-        details: qcheck.details,
+        details,
     });
     backends.push(BackendCheck {
         backend: BackendKind::Firecracker,
@@ -134,7 +177,7 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
     let selected = match o.backend.as_str() {
         "qemu" => BackendKind::Qemu,
         "gvisor" => BackendKind::Gvisor,
-        _ if kvm.usable && qemu_usable => BackendKind::Qemu,
+        _ if accel == Accel::Kvm && qemu_usable => BackendKind::Qemu,
         _ => BackendKind::Gvisor,
     };
     let report = HostReport {

@@ -64,6 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let services = crate::services::GatewayServices::new(upstreams, creds)?;
     let engine = Engine::new(store, backend, Some(services));
+    engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
     let web = match args.listen.as_str() {
         "none" | "off" => None,

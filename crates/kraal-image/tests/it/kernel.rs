@@ -18,9 +18,16 @@ async fn the_cloud_kernel_and_an_initramfs_with_the_guest_are_built_and_cached()
         .ensure_kernel(&|p| steps.lock().unwrap().push((p.title, p.detail, p.done)))
         .await
         .unwrap();
-    assert!(k.package.starts_with("linux-image-") && k.package.contains("cloud-amd64"), "{k:?}");
+    assert!(
+        k.package.starts_with("linux-image-") && k.package.contains("cloud-amd64"),
+        "{k:?}"
+    );
     let vmlinuz = std::fs::read(&k.vmlinuz).unwrap();
-    assert_eq!(&vmlinuz[0x202..0x206], b"HdrS", "a bzImage with the x86 boot header");
+    assert_eq!(
+        &vmlinuz[0x202..0x206],
+        b"HdrS",
+        "a bzImage with the x86 boot header"
+    );
 
     // The initramfs: /init is the guest agent, every wanted module is there with its
     // dependencies listed before it.
@@ -58,5 +65,11 @@ async fn the_cloud_kernel_and_an_initramfs_with_the_guest_are_built_and_cached()
     let again = store.ensure_kernel(&|_| {}).await.unwrap();
     assert_eq!(again.dir, k.dir);
     assert!(t0.elapsed().as_secs() < 5);
-    assert!(steps.lock().unwrap().iter().any(|(t, _, done)| t == "kernel" && *done));
+    assert!(
+        steps
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, _, done)| t == "kernel" && *done)
+    );
 }

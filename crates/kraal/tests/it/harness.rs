@@ -48,6 +48,22 @@ impl Daemon {
         d
     }
 
+    /// A daemon whose workspaces are QEMU microVMs (KVM when it really works, else TCG).
+    pub fn start_qemu(env: &[(&str, &str)]) -> Daemon {
+        let mut all = vec![("KRAAL_BACKEND", "qemu")];
+        all.extend_from_slice(env);
+        Self::start_with_env(&all)
+    }
+
+    /// Where the backend keeps per-workspace state (`workspaces` for gVisor, `vms`).
+    pub fn state_dir(&self) -> PathBuf {
+        let qemu = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "KRAAL_BACKEND" && v == "qemu");
+        self.data().join(if qemu { "vms" } else { "workspaces" })
+    }
+
     pub fn serve_cmd(&self) -> Command {
         #[allow(clippy::disallowed_methods)]
         let mut c = Command::new(KRAAL);
@@ -255,6 +271,27 @@ impl Drop for Daemon {
 
 /// Removes sandboxes, network namespaces and mounts a test daemon left behind.
 pub fn cleanup_host_resources(data: &Path) {
+    // MicroVMs: their QEMU (the pid file names it) and TAP device.
+    if let Ok(rd) = std::fs::read_dir(data.join("vms")) {
+        for e in rd.flatten() {
+            let pid = std::fs::read_to_string(e.path().join("qemu.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(short) = name.strip_prefix("ws-") {
+                #[allow(clippy::disallowed_methods)]
+                let _ = Command::new("ip")
+                    .args(["link", "del", &format!("kh{short}")])
+                    .output();
+            }
+        }
+    }
     let runsc_root = data.join("runsc");
     #[allow(clippy::disallowed_methods)]
     let list = Command::new("runsc")

@@ -8,7 +8,13 @@ use crate::harness::*;
 
 #[test]
 fn local_repo_exec_write_down_up_keeps_files() {
-    let d = Daemon::start();
+    exec_write_down_up_keeps_files(&Daemon::start());
+}
+
+/// The workspace suite every backend passes: create from a local repository, exec with
+/// separate streams, exit codes and stdin, down (volume kept, exec refused with a hint),
+/// up (files back), logs with the guest's console, rm (state removed).
+pub fn exec_write_down_up_keeps_files(d: &Daemon) {
     let repo = git_repo(d.dir.path(), "proj");
     let out = d.ok(&["up", repo.to_str().unwrap()]);
     assert!(out.contains("workspace proj created and running"), "{out}");
@@ -75,11 +81,11 @@ fn local_repo_exec_write_down_up_keeps_files() {
     d.ok(&["rm", "proj", "--yes"]);
     assert!(d.workspaces().is_empty());
     assert!(
-        !d.data()
-            .join("workspaces")
-            .read_dir()
+        !d.state_dir().read_dir().unwrap().any(|e| e
             .unwrap()
-            .any(|_| true),
+            .file_name()
+            .to_string_lossy()
+            .starts_with("ws-")),
         "volume removed"
     );
 }

@@ -11,6 +11,7 @@ mod harness;
 mod images;
 mod isolation;
 mod lifecycle;
+mod qemu;
 mod restart;
 mod sessions;
 mod validation;

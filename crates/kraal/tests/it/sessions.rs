@@ -18,14 +18,22 @@ const REAL_ANTHROPIC: &str = "sk-ant-api03-REALHOSTONLYa1b2c3d4e5";
 const REAL_OPENAI: &str = "sk-proj-REALHOSTONLYf6e5d4c3b2";
 
 fn with_model(scenario: &str) -> (ScriptedModel, Daemon) {
+    with_model_on(scenario, &[])
+}
+
+/// The scripted model server and a daemon whose gateway holds the real keys; `env` adds
+/// to the daemon's environment (another backend).
+pub fn with_model_on(scenario: &str, env: &[(&str, &str)]) -> (ScriptedModel, Daemon) {
     let model = ScriptedModel::start(Scenario::from_json(scenario).unwrap()).unwrap();
     let url = model.base_url();
-    let d = Daemon::start_with_env(&[
-        ("KRAAL_ANTHROPIC_URL", &url),
-        ("KRAAL_OPENAI_URL", &url),
+    let mut all = vec![
+        ("KRAAL_ANTHROPIC_URL", url.as_str()),
+        ("KRAAL_OPENAI_URL", url.as_str()),
         ("ANTHROPIC_API_KEY", REAL_ANTHROPIC),
         ("OPENAI_API_KEY", REAL_OPENAI),
-    ]);
+    ];
+    all.extend_from_slice(env);
+    let d = Daemon::start_with_env(&all);
     (model, d)
 }
 
@@ -70,18 +78,14 @@ fn texts(ev: &[Value], ty: &str) -> Vec<String> {
         .collect()
 }
 
-/// The guest's own log of a session, read from the workspace volume on the host.
+/// The guest's own log of a session, read from the workspace volume.
 fn guest_log(d: &Daemon, ws: &str, sid: &str) -> Vec<Value> {
-    let w = d.workspace(ws);
-    let p = d
-        .data()
-        .join("workspaces")
-        .join(w["id"].as_str().unwrap())
-        .join("volume/.kraal/sessions")
-        .join(sid)
-        .join("events.jsonl");
-    std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let o = d.exec(
+        ws,
+        &format!("cat /workspace/.kraal/sessions/{sid}/events.jsonl"),
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    o.stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -129,13 +133,21 @@ fn assert_no_real_key_inside(d: &Daemon, ws: &str) {
 
 #[test]
 fn claude_edits_files_through_the_gateway_and_the_real_key_stays_on_the_host() {
-    let (model, d) = with_model(
+    claude_edits_files_suite(&[]);
+}
+
+/// The real Claude Code CLI reads, edits and writes files in a workspace of the backend
+/// `env` selects; the mirror equals the guest's log; every model request carried the real
+/// key, which is nowhere inside the sandbox.
+pub fn claude_edits_files_suite(env: &[(&str, &str)]) {
+    let (model, d) = with_model_on(
         r##"{"turns": [
             {"respond": [{"text": "Let me read it."}, {"tool_use": {"name": "Read", "input": {"file_path": "/workspace/README.md"}}}]},
             {"respond": [{"tool_use": {"name": "Edit", "input": {"file_path": "/workspace/README.md", "old_string": "# demo", "new_string": "# demo, edited by claude"}}}]},
             {"respond": [{"tool_use": {"name": "Write", "input": {"file_path": "/workspace/notes.md", "content": "written by claude\n"}}}]},
             {"respond": [{"text": "Both files are done.", "chunk": 4, "delay_ms": 10}]}
         ]}"##,
+        env,
     );
     workspace(&d, "edits");
     let o = d.run(&["new-chat", "edits", "-m", "edit the readme and write notes"]);

@@ -1,0 +1,212 @@
+//! The QEMU microVM backend end to end, under the accelerator the host really allows (TCG
+//! on machines whose KVM cannot run a stock kernel): the same workspace suite and Claude
+//! Code session as on gVisor, packages kept in the VM's root layer, the accelerator probe,
+//! and faults — a killed QEMU, a full volume, a guest that never answers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn qemu_pid(d: &Daemon, ws: &str) -> Option<i32> {
+    let id = d.workspace(ws)["id"].as_str()?.to_owned();
+    let pid: i32 = std::fs::read_to_string(d.state_dir().join(id).join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    alive(pid).then_some(pid)
+}
+
+/// The process exists and is not a zombie (a daemonized QEMU is reaped by init).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        == Some(false)
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+fn the_workspace_suite_runs_in_a_qemu_microvm() {
+    let d = Daemon::start_qemu(&[]);
+    crate::lifecycle::exec_write_down_up_keeps_files(&d);
+
+    // The VM's own kernel, disks and network; software installed outside the volume (the
+    // root layer) survives down/up like the checkout does.
+    d.ok(&["up", git_repo(d.dir.path(), "vm").to_str().unwrap()]);
+    let w = d.workspace("vm");
+    assert_eq!(w["backend"], "qemu", "{w}");
+    let o = d.exec(
+        "vm",
+        "uname -r; findmnt -no SOURCE,FSTYPE /workspace; findmnt -no FSTYPE /; \
+         echo 'echo tool from the root layer' > /usr/local/bin/vm-tool && chmod +x /usr/local/bin/vm-tool",
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(
+        lines[0].ends_with("-cloud-amd64"),
+        "the Debian cloud kernel: {o:?}"
+    );
+    assert!(
+        lines[1].starts_with("/dev/vd") && lines[1].ends_with("ext4"),
+        "{o:?}"
+    );
+    assert_eq!(lines[2], "overlay", "shared image + writable layer: {o:?}");
+    d.ok(&["down", "vm"]);
+    assert_eq!(qemu_pid(&d, "vm"), None, "down ends the QEMU process");
+    d.ok(&["up", "vm"]);
+    let o = d.exec("vm", "vm-tool");
+    assert_eq!(o.stdout, "tool from the root layer\n", "{o:?}");
+    let logs = d.ok(&["logs", "vm"]);
+    assert!(logs.contains("running on qemu"), "{logs}");
+}
+
+#[test]
+fn claude_edits_files_in_a_qemu_microvm() {
+    crate::sessions::claude_edits_files_suite(&[("KRAAL_BACKEND", "qemu")]);
+}
+
+/// `kraal host check` confirms KVM by booting the real guest kernel under it, bounded to
+/// a few seconds; where that fails (this machine's KVM takes a toy guest but not a stock
+/// kernel) it reports TCG, and `auto` keeps gVisor rather than emulating.
+#[test]
+fn the_accelerator_probe_is_bounded_and_picks_tcg_when_kvm_cannot_boot_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    #[allow(clippy::disallowed_methods)]
+    let mut c = std::process::Command::new(KRAAL);
+    c.args(["host", "check", "--json"])
+        .env("KRAAL_DATA_DIR", dir.path())
+        .env("KRAAL_IMAGE_DIR", image_dir())
+        .env_remove("KRAAL_BACKEND")
+        .env_remove("KRAAL_QEMU_ACCEL");
+    // The kernel is cached by an earlier run or test; fetch it outside the timed run.
+    let _ = run_bounded(&mut c, Duration::from_secs(300));
+    let t0 = Instant::now();
+    let o = run_bounded(&mut c, Duration::from_secs(60));
+    let took = t0.elapsed();
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(took < Duration::from_secs(15), "host check took {took:?}");
+    let r: Value = serde_json::from_str(&o.stdout).unwrap();
+    let qemu = r["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["backend"] == "qemu")
+        .unwrap();
+    assert_eq!(qemu["usable"], true, "{qemu}");
+    let details = qemu["details"].to_string();
+    let kvm_expected = std::env::var_os("KRAAL_TEST_KVM").is_some();
+    if kvm_expected {
+        assert!(details.contains("accelerator kvm"), "{details}");
+        assert_eq!(r["selected"], "qemu");
+    } else {
+        assert!(details.contains("accelerator tcg"), "{details}");
+        assert_eq!(
+            r["selected"], "gvisor",
+            "auto prefers gVisor over emulation"
+        );
+    }
+}
+
+#[test]
+fn a_full_volume_a_killed_qemu_and_a_silent_guest_are_clear_and_recoverable() {
+    let d = Daemon::start_qemu(&[
+        ("KRAAL_VM_VOLUME_MIB", "64"),
+        ("KRAAL_BOOT_TIMEOUT_SECS", "20"),
+    ]);
+    d.ok(&["up", git_repo(d.dir.path(), "faults").to_str().unwrap()]);
+    assert_eq!(
+        d.exec("faults", "echo kept > kept.txt && sync").code,
+        Some(0)
+    );
+
+    // A full volume: the writer gets ENOSPC, the workspace goes on once space is freed.
+    let o = d.exec(
+        "faults",
+        "dd if=/dev/zero of=fill bs=1M count=200 2>&1; echo status $?",
+    );
+    assert!(
+        o.stdout.contains("No space left on device") && !o.stdout.contains("status 0"),
+        "{o:?}"
+    );
+    let o = d.exec(
+        "faults",
+        "rm fill && echo more > more.txt && sync && cat kept.txt more.txt",
+    );
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (Some(0), "kept\nmore\n"),
+        "{o:?}"
+    );
+
+    // QEMU killed (like a power cut: what the guest synced is kept): the reconciler
+    // notices and boots the VM again; the files are there.
+    let pid = qemu_pid(&d, "faults").expect("QEMU runs");
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(qemu_pid(&d, "faults").is_some_and(|p| p != pid)
+        && d.workspace("faults")["state"] == "running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the VM was not booted again:\n{}\n{}",
+            d.run(&["logs", "faults"]).stdout,
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = d.exec("faults", "cat kept.txt more.txt");
+    assert_eq!(o.stdout, "kept\nmore\n", "{o:?}");
+    let logs = d.ok(&["logs", "faults"]);
+    assert!(
+        logs.contains("sandbox is not running; starting it again"),
+        "{logs}"
+    );
+
+    // A guest that never answers (its VM frozen while booting): the start fails within
+    // the boot timeout with the console, the VM is not left behind, and `up` recovers.
+    d.ok(&["down", "faults"]);
+    let mut up = d.cmd(&["up", "faults"]);
+    let child = up
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut frozen = None;
+    wait_until(Duration::from_secs(60), "QEMU started", || {
+        frozen = qemu_pid(&d, "faults");
+        frozen.is_some()
+    });
+    // Its vCPUs stopped through QMP, like a guest kernel that hangs.
+    let qmp = d
+        .state_dir()
+        .join(d.workspace("faults")["id"].as_str().unwrap())
+        .join("qmp.sock");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut q = kraal_qemu::qmp::Qmp::connect(&qmp).await.unwrap();
+        q.execute("stop", None).await.unwrap();
+    });
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("did not answer within 20 s") && stderr.contains("kraal up faults"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("console"), "the console is shown: {stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    assert!(!alive(frozen.unwrap()), "the frozen VM was killed");
+    assert_eq!(d.workspace("faults")["state"], "failed");
+    d.ok(&["up", "faults"]);
+    let o = d.exec("faults", "cat kept.txt more.txt");
+    assert_eq!(o.stdout, "kept\nmore\n", "{o:?}");
+}
