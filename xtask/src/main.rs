@@ -2,10 +2,14 @@
 //!
 //! * `openapi` — regenerate `docs/openapi.json` from the server's route annotations;
 //! * `bench` — create→first-exec latency and concurrent creates, next to raw `runsc run`
-//!   of the same root file system, measured in one run (needs root and runsc).
+//!   of the same root file system, measured in one run (needs root and runsc);
+//! * `bench-events` — session event latency and throughput next to raw pipes;
+//! * `bench-vm` — QEMU microVM boot to the guest agent next to a bare QEMU boot of the
+//!   same kernel and initramfs.
 
 mod bench;
 mod bench_events;
+mod bench_vm;
 
 use std::path::PathBuf;
 
@@ -27,9 +31,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some("bench") => bench::run(&args[1..]),
         Some("bench-events") => bench_events::run(&args[1..]),
+        Some("bench-vm") => bench_vm::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N]>"
+                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm]>"
             );
             std::process::exit(2);
         }
