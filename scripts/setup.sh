@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything kraal needs on Debian 12 (run as root) and builds and installs it:
-# system packages (runsc from bookworm-backports, debootstrap, nftables, iproute2, git),
+# system packages (runsc and QEMU from bookworm-backports, debootstrap, nftables, iproute2, git),
 # the Rust musl target for the static guest agent, cargo-nextest for the test suite, the
 # agent CLIs from npm (agent-clis/),
 # then /usr/local/bin/kraal and /usr/local/lib/kraal/kraal-guest. Safe to re-run.
@@ -27,10 +27,14 @@ fi
 
 pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config)
 need_apt=0
-for p in "${pkgs[@]}" runsc; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
+for p in "${pkgs[@]}" runsc qemu-system-x86; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
 if [ "${VERSION_CODENAME:-}" = bookworm ] && dpkg -s runsc >/dev/null 2>&1; then
     # bookworm's own runsc (2022) is too old for checkpoint/restore and cgroup handling we rely on.
     dpkg --compare-versions "$(dpkg-query -W -f='${Version}' runsc)" ge 0.0~20240101 || need_apt=1
+fi
+if dpkg -s qemu-system-x86 >/dev/null 2>&1; then
+    # VM snapshots save memory with `migrate` to a file: URI (QEMU 8.2 and later).
+    dpkg --compare-versions "$(dpkg-query -W -f='${Version}' qemu-system-x86)" ge 1:8.2 || need_apt=1
 fi
 if [ "$need_apt" = 1 ]; then
     log "installing system packages"
@@ -38,9 +42,9 @@ if [ "$need_apt" = 1 ]; then
     apt-get update -qq
     apt-get install -y -qq "${pkgs[@]}" >/dev/null
     if [ "${VERSION_CODENAME:-}" = bookworm ]; then
-        apt-get install -y -qq -t bookworm-backports runsc >/dev/null
+        apt-get install -y -qq -t bookworm-backports runsc qemu-system-x86 >/dev/null
     else
-        apt-get install -y -qq runsc >/dev/null
+        apt-get install -y -qq runsc qemu-system-x86 >/dev/null
     fi
 fi
 # Read the whole output: `| head -1` under pipefail can kill runsc with SIGPIPE (exit 141).
