@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn dependency_invariants_hold() {
         let g = graph();
-        let backends = ["kraal-gvisor"];
+        let backends = ["kraal-gvisor", "kraal-vm"];
         let none: BTreeSet<String> = BTreeSet::new();
 
         // kraal-core is pure vocabulary: no kraal crate, no async runtime, no IO crates.
@@ -217,7 +217,7 @@ mod tests {
             "render.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
-            for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor"] {
+            for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor", "kraal_vm"] {
                 assert!(
                     !src.contains(forbidden),
                     "crates/kraal/src/{f} uses {forbidden}"

@@ -31,7 +31,7 @@ pub const MODULES: &[&str] = &[
 ];
 
 /// Bumped when the initramfs layout changes.
-const KERNEL_REVISION: u32 = 1;
+const KERNEL_REVISION: u32 = 2;
 
 /// Where the guest finds its modules in the initramfs, and the file listing the load order.
 pub const MODULE_DIR: &str = "lib/modules";
@@ -49,6 +49,10 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     #[serde(skip)]
     pub initramfs: PathBuf,
+    /// The uncompressed kernel (ELF), for hypervisors that cannot boot a bzImage
+    /// (Firecracker); `None` when it could not be extracted.
+    #[serde(skip)]
+    pub vmlinux: Option<PathBuf>,
 }
 
 /// The versioned kernel package and its version that `meta` currently depends on, from
@@ -136,6 +140,61 @@ pub fn load_order(
     let mut out = Vec::new();
     for m in wanted {
         visit(m, depends_of, &mut out, &mut Vec::new())?;
+    }
+    Ok(out)
+}
+
+/// The uncompressed kernel (an ELF `vmlinux`) inside a bzImage: the payload the boot
+/// header points at (`payload_offset`/`payload_length`), decompressed. Debian compresses
+/// with LZ4 (legacy frames) or gzip.
+pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>, String> {
+    let u32_at = |o: usize| -> Result<usize, String> {
+        bz.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| "the file is too short for a bzImage header".to_owned())
+    };
+    if bz.get(0x202..0x206) != Some(b"HdrS") {
+        return Err("not a bzImage (no HdrS boot header)".into());
+    }
+    let setup_sects = match bz[0x1f1] {
+        0 => 4,
+        n => n as usize,
+    };
+    let start = (setup_sects + 1) * 512 + u32_at(0x248)?;
+    let len = u32_at(0x24c)?;
+    let payload = bz
+        .get(start..start + len)
+        .ok_or("the payload lies outside the file")?;
+    let out = if payload.starts_with(&[0x02, 0x21, 0x4c, 0x18]) {
+        // LZ4 legacy: blocks of [u32 compressed size][data], each up to 8 MiB unpacked;
+        // the kernel build appends the unpacked size as the last 4 bytes.
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8 << 20];
+        let mut pos = 4;
+        while pos + 4 <= payload.len() {
+            let n = u32::from_le_bytes(payload[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+            if n == 0 || pos + 4 + n > payload.len() {
+                break;
+            }
+            let k = lz4_flex::block::decompress_into(&payload[pos + 4..pos + 4 + n], &mut buf)
+                .map_err(|e| format!("LZ4 block at {pos}: {e}"))?;
+            out.extend_from_slice(&buf[..k]);
+            pos += 4 + n;
+        }
+        out
+    } else if payload.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(payload), &mut out)
+            .map_err(|e| format!("gzip: {e}"))?;
+        out
+    } else {
+        return Err(format!(
+            "unsupported kernel compression (payload starts {:02x?})",
+            &payload[..payload.len().min(4)]
+        ));
+    };
+    if !out.starts_with(b"\x7fELF") {
+        return Err("the decompressed kernel is not an ELF file".into());
     }
     Ok(out)
 }
@@ -340,6 +399,12 @@ impl ImageStore {
             .unwrap_or_default()
             .to_owned();
         std::fs::rename(&vmlinuz, tmp.join("vmlinuz")).map_err(io(&vmlinuz))?;
+        let bz = std::fs::read(tmp.join("vmlinuz")).map_err(io(tmp))?;
+        match extract_vmlinux(&bz) {
+            Ok(elf) => std::fs::write(tmp.join("vmlinux"), elf).map_err(io(tmp))?,
+            // QEMU boots the bzImage; only Firecracker needs this.
+            Err(e) => tracing::warn!("no vmlinux for Firecracker from {package}: {e}"),
+        }
         report(1, "kernel", format!("{package} {version}"), true);
 
         report(2, "initramfs", "guest agent and modules".into(), false);
@@ -377,6 +442,7 @@ impl ImageStore {
             dir: PathBuf::new(),
             vmlinuz: PathBuf::new(),
             initramfs: PathBuf::new(),
+            vmlinux: None,
         };
         let mj = tmp.join("kernel.json");
         std::fs::write(&mj, serde_json::to_vec_pretty(&meta).expect("serializes"))
@@ -396,6 +462,7 @@ impl ImageStore {
         k.dir = dir.to_owned();
         k.vmlinuz = dir.join("vmlinuz");
         k.initramfs = dir.join("initramfs.cpio");
+        k.vmlinux = Some(dir.join("vmlinux")).filter(|p| p.is_file());
         Some(k)
     }
 }
@@ -403,6 +470,19 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vmlinux_extraction_refuses_what_is_not_a_bzimage() {
+        assert!(extract_vmlinux(b"short").unwrap_err().contains("bzImage"));
+        let mut fake = vec![0u8; 0x300];
+        fake[0x202..0x206].copy_from_slice(b"HdrS");
+        fake[0x24c] = 0xff; // A payload far beyond the end.
+        assert!(
+            extract_vmlinux(&fake)
+                .unwrap_err()
+                .contains("outside the file")
+        );
+    }
 
     #[test]
     fn apt_show_names_the_versioned_kernel() {

@@ -195,6 +195,15 @@ pub struct AllocGuard {
 /// host-wide lock so that concurrent daemons (and concurrent creates) never collide. Keep
 /// the guard until the link is configured.
 pub async fn allocate(pool: Pool) -> Result<(u32, AllocGuard), NetError> {
+    allocate_preferring(pool, None).await
+}
+
+/// Like [`allocate`], but takes `preferred` when it is in the pool and free (a workspace
+/// keeps its address across restarts when it can).
+pub async fn allocate_preferring(
+    pool: Pool,
+    preferred: Option<u32>,
+) -> Result<(u32, AllocGuard), NetError> {
     let lock_path = PathBuf::from("/run/kraal/net.lock");
     let guard = tokio::task::spawn_blocking(move || -> Result<AllocGuard, NetError> {
         std::fs::create_dir_all("/run/kraal").map_err(|e| NetError::Lock {
@@ -230,7 +239,10 @@ pub async fn allocate(pool: Pool) -> Result<(u32, AllocGuard), NetError> {
             source: e,
         })?;
     let used = used_slots(&out.stdout_str(), pool);
-    let slot = (0..pool.slots())
+    let slot = preferred
+        .filter(|p| *p < pool.slots() && !used.contains(p))
+        .into_iter()
+        .chain(0..pool.slots())
         .find(|s| !used.contains(s))
         .ok_or(NetError::Exhausted {
             pool: pool.to_string(),

@@ -222,9 +222,10 @@ pub struct ServeArgs {
     /// State directory (database, volumes, images).
     #[arg(long, env = "KRAAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Backend for workspaces: `auto` picks QEMU when KVM works (hardware isolation),
-    /// gVisor otherwise; `qemu` runs microVMs under KVM or, without it, TCG emulation.
-    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu"])]
+    /// Backend for workspaces: `auto` picks Firecracker (when KRAAL_FIRECRACKER_BIN is set)
+    /// or QEMU when KVM boots the guest kernel, gVisor otherwise; `qemu` runs microVMs
+    /// under KVM or, without it, TCG emulation.
+    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu", "firecracker"])]
     pub backend: String,
     /// Path of qemu-system-x86_64.
     #[arg(long, env = "KRAAL_QEMU", default_value = "qemu-system-x86_64")]

@@ -7,8 +7,8 @@ use kraal_api::{BackendCheck, HostReport, KvmReport};
 use kraal_core::BackendKind;
 use kraal_gvisor::{GvisorBackend, GvisorConfig, NetworkMode};
 use kraal_image::ImageStore;
-use kraal_qemu::Accel;
 use kraal_sandbox::{Backend, ProbeStatus};
+use kraal_vm::Accel;
 
 pub struct BackendOptions {
     pub data_dir: PathBuf,
@@ -101,7 +101,7 @@ pub async fn choose_accel(o: &BackendOptions, kvm: &crate::kvm::KvmProbe) -> (Ac
             );
         }
     };
-    match kraal_qemu::probe_boot(&o.qemu, Accel::Kvm, &kernel, KVM_BOOT_PROBE).await {
+    match kraal_vm::probe_boot(&o.qemu, Accel::Kvm, &kernel, KVM_BOOT_PROBE).await {
         Ok(t) => (
             Accel::Kvm,
             format!(
@@ -119,8 +119,8 @@ pub async fn choose_accel(o: &BackendOptions, kvm: &crate::kvm::KvmProbe) -> (Ac
 /// How long the guest kernel may take to reach init under KVM before it counts as hung.
 const KVM_BOOT_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_qemu::QemuBackend {
-    kraal_qemu::QemuBackend::new(kraal_qemu::QemuConfig {
+pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_vm::QemuBackend {
+    kraal_vm::QemuBackend::new(kraal_vm::VmConfig {
         state_dir: o.data_dir.join("vms"),
         qemu: o.qemu.clone(),
         accel,
@@ -133,8 +133,32 @@ pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_qemu::QemuBackend {
             .or_else(kraal_sandbox::locate_agents_dir),
         host_ports: vec![kraal_proxy::GATEWAY_PORT],
         volume_mib: o.vm_volume_mib,
-        root_mib: kraal_qemu::QemuConfig::DEFAULT_ROOT_MIB,
+        root_mib: kraal_vm::VmConfig::DEFAULT_ROOT_MIB,
     })
+}
+
+/// The Firecracker backend when `KRAAL_FIRECRACKER_BIN` names its binary (with
+/// `KRAAL_JAILER_BIN`, `KRAAL_JAILER_UID`/`_GID` it runs under the jailer).
+pub fn firecracker(
+    o: &BackendOptions,
+    accel: Accel,
+) -> Option<kraal_vm::firecracker::FirecrackerBackend> {
+    let bin = std::env::var_os("KRAAL_FIRECRACKER_BIN")?;
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    let jailer =
+        std::env::var_os("KRAAL_JAILER_BIN").map(|j| kraal_vm::firecracker::jailer::Jailer {
+            jailer: j.into(),
+            uid: num("KRAAL_JAILER_UID").unwrap_or(0),
+            gid: num("KRAAL_JAILER_GID").unwrap_or(0),
+            chroot_base: o.data_dir.join("jailer"),
+        });
+    Some(kraal_vm::firecracker::FirecrackerBackend::new(
+        qemu(o, accel),
+        kraal_vm::firecracker::FirecrackerOptions {
+            firecracker: bin.into(),
+            jailer,
+        },
+    ))
 }
 
 /// Probes every backend and picks the one workspaces use: the one asked for, or with
@@ -159,15 +183,29 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
         usable: qcheck.status == ProbeStatus::Usable,
         details,
     });
-    backends.push(BackendCheck {
-        backend: BackendKind::Firecracker,
-        usable: false,
-        details: vec![if kvm.usable {
-            "no firecracker binary (set KRAAL_FIRECRACKER_BIN)".into()
-        } else {
-            format!("needs KVM: {}", kvm.detail)
-        }],
-    });
+    let fc = firecracker(o, accel);
+    let fc_usable = match &fc {
+        Some(f) if accel == Accel::Kvm => {
+            let c = f.check().await;
+            backends.push(BackendCheck {
+                backend: BackendKind::Firecracker,
+                usable: c.status == ProbeStatus::Usable,
+                details: c.details,
+            });
+            c.status == ProbeStatus::Usable
+        }
+        _ => {
+            backends.push(BackendCheck {
+                backend: BackendKind::Firecracker,
+                usable: false,
+                details: vec![match (&fc, accel) {
+                    (None, _) => "no firecracker binary: set KRAAL_FIRECRACKER_BIN (Firecracker 1.8 or later)".into(),
+                    (Some(_), _) => "needs KVM that boots the guest kernel (see the QEMU accelerator above)".into(),
+                }],
+            });
+            false
+        }
+    };
     backends.push(BackendCheck {
         backend: BackendKind::Kubernetes,
         usable: false,
@@ -176,7 +214,9 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
     let qemu_usable = backends[1].usable;
     let selected = match o.backend.as_str() {
         "qemu" => BackendKind::Qemu,
+        "firecracker" => BackendKind::Firecracker,
         "gvisor" => BackendKind::Gvisor,
+        _ if fc_usable => BackendKind::Firecracker,
         _ if accel == Accel::Kvm && qemu_usable => BackendKind::Qemu,
         _ => BackendKind::Gvisor,
     };
@@ -189,8 +229,18 @@ pub async fn inspect(o: &BackendOptions) -> (HostReport, Arc<dyn Backend>) {
             probe_ms: kvm.elapsed.as_millis() as u64,
         },
     };
-    let backend: Arc<dyn Backend> = match selected {
-        BackendKind::Qemu => Arc::new(q),
+    let backend: Arc<dyn Backend> = match (selected, fc) {
+        (BackendKind::Firecracker, Some(f)) => Arc::new(f),
+        (BackendKind::Firecracker, None) => {
+            Arc::new(kraal_vm::firecracker::FirecrackerBackend::new(
+                qemu(o, accel),
+                kraal_vm::firecracker::FirecrackerOptions {
+                    firecracker: "firecracker".into(),
+                    jailer: None,
+                },
+            ))
+        }
+        (BackendKind::Qemu, _) => Arc::new(q),
         _ => Arc::new(g),
     };
     (report, backend)

@@ -55,7 +55,8 @@ impl Daemon {
         Self::start_with_env(&all)
     }
 
-    /// Where the backend keeps per-workspace state (`workspaces` for gVisor, `vms`).
+    /// Where the backend keeps per-workspace state (`workspaces` for gVisor, `vms` for
+    /// microVMs).
     pub fn state_dir(&self) -> PathBuf {
         let qemu = self
             .env

@@ -7,6 +7,7 @@
 
 mod agents;
 mod devcontainers;
+mod firecracker;
 mod harness;
 mod images;
 mod isolation;

@@ -191,7 +191,7 @@ fn a_full_volume_a_killed_qemu_and_a_silent_guest_are_clear_and_recoverable() {
         .join(d.workspace("faults")["id"].as_str().unwrap())
         .join("qmp.sock");
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut q = kraal_qemu::qmp::Qmp::connect(&qmp).await.unwrap();
+        let mut q = kraal_vm::qmp::Qmp::connect(&qmp).await.unwrap();
         q.execute("stop", None).await.unwrap();
     });
     let t0 = Instant::now();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use kraal_core::{Resources, Source, WorkspaceId, WorkspaceName};
 use kraal_image::ImageStore;
 use kraal_protocol::ExecRequest;
-use kraal_qemu::{Accel, QemuBackend, QemuConfig};
 use kraal_sandbox::{Backend, ExecEvent, GuestClient, SandboxSpec, SandboxStatus};
+use kraal_vm::{Accel, QemuBackend, VmConfig};
 
 fn backend(tmp: &std::path::Path) -> QemuBackend {
     let images = std::env::var("KRAAL_TEST_IMAGE_DIR")
@@ -18,7 +18,7 @@ fn backend(tmp: &std::path::Path) -> QemuBackend {
         Ok("kvm") => Accel::Kvm,
         _ => Accel::Tcg,
     };
-    QemuBackend::new(QemuConfig {
+    QemuBackend::new(VmConfig {
         state_dir: tmp.join("vms"),
         qemu: "qemu-system-x86_64".into(),
         accel,

@@ -14,6 +14,7 @@
 //!   daemonizes, so a daemon restart never stops a VM.
 
 pub mod argv;
+pub mod firecracker;
 pub mod qmp;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,7 +35,7 @@ use qmp::Qmp;
 
 /// How the backend is set up on this host.
 #[derive(Debug, Clone)]
-pub struct QemuConfig {
+pub struct VmConfig {
     /// Per-workspace state lives in `<state_dir>/<id>/`.
     pub state_dir: PathBuf,
     pub qemu: PathBuf,
@@ -55,20 +56,35 @@ pub struct QemuConfig {
     pub root_mib: u64,
 }
 
-impl QemuConfig {
+impl VmConfig {
     pub const DEFAULT_VOLUME_MIB: u64 = 32 * 1024;
     pub const DEFAULT_ROOT_MIB: u64 = 16 * 1024;
 }
 
+/// What [`QemuBackend::prepare`] readied for one boot.
+pub(crate) struct Prepared {
+    pub kernel: kraal_image::kernel::Kernel,
+    pub link: Link,
+    pub disks: Vec<Disk>,
+    pub cmdline: String,
+    pub ports: Vec<u16>,
+}
+
+/// The QEMU backend. It also owns what every microVM backend shares — workspace disks,
+/// images, kernel, TAP links, the config disk — which the Firecracker backend reuses.
 pub struct QemuBackend {
-    cfg: QemuConfig,
+    cfg: VmConfig,
 }
 
 const OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Marks a finished volume; an interrupted create leaves none and is redone.
 const VOLUME: &str = "volume.ext4";
 
-fn failed(id: &WorkspaceId, op: &'static str, message: impl Into<String>) -> BackendError {
+pub(crate) fn failed(
+    id: &WorkspaceId,
+    op: &'static str,
+    message: impl Into<String>,
+) -> BackendError {
     BackendError::Failed {
         workspace: id.to_string(),
         op,
@@ -76,7 +92,7 @@ fn failed(id: &WorkspaceId, op: &'static str, message: impl Into<String>) -> Bac
     }
 }
 
-fn io_err(
+pub(crate) fn io_err(
     id: &WorkspaceId,
     op: &'static str,
     path: &Path,
@@ -91,7 +107,10 @@ fn io_err(
     }
 }
 
-fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> BackendError {
+pub(crate) fn rt_err(
+    id: &WorkspaceId,
+    op: &'static str,
+) -> impl FnOnce(ProcessError) -> BackendError {
     let workspace = id.to_string();
     move |source| BackendError::Runtime {
         workspace,
@@ -100,7 +119,7 @@ fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> Ba
     }
 }
 
-fn chain_err<E: std::error::Error>(
+pub(crate) fn chain_err<E: std::error::Error>(
     id: &WorkspaceId,
     op: &'static str,
 ) -> impl FnOnce(E) -> BackendError {
@@ -110,6 +129,44 @@ fn chain_err<E: std::error::Error>(
         op,
         message: kraal_sandbox::error_chain(&e),
     }
+}
+
+/// Snapshot names become directory names: letters, digits, `-` and `_` only.
+pub(crate) async fn check_snapshot_name(id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(failed(
+            id,
+            "snapshot",
+            format!("invalid snapshot name {name:?}: use up to 64 letters, digits, - and _"),
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the workspace's writable disks (root layer and volume) from `from` to `to`,
+/// sparse (and reflinked where the file system can).
+pub(crate) async fn copy_disks(
+    id: &WorkspaceId,
+    from: &Path,
+    to: &Path,
+    op: &'static str,
+) -> Result<(), BackendError> {
+    for f in ["root.ext4", VOLUME] {
+        Cmd::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(from.join(f))
+            .arg(to.join(f))
+            .timeout(Duration::from_secs(1800))
+            .run()
+            .await
+            .map_err(rt_err(id, op))?;
+    }
+    Ok(())
 }
 
 /// The kernel command line: serial console, reset on panic (QEMU then exits), and the
@@ -206,7 +263,7 @@ pub fn config_disk(data: &[u8]) -> Vec<u8> {
 }
 
 impl QemuBackend {
-    pub fn new(cfg: QemuConfig) -> Self {
+    pub fn new(cfg: VmConfig) -> Self {
         QemuBackend { cfg }
     }
 
@@ -333,11 +390,9 @@ impl QemuBackend {
     }
 
     /// Boots the VM; `incoming` restores a snapshot's memory from that file.
-    async fn boot(
-        &self,
-        spec: &SandboxSpec,
-        incoming: Option<&Path>,
-    ) -> Result<GuestEndpoint, BackendError> {
+    /// Everything a VM of this workspace boots with, hypervisor aside: its image, the kernel
+    /// and initramfs, a fresh TAP link, the config disk written, and the disks in order.
+    pub(crate) async fn prepare(&self, spec: &SandboxSpec) -> Result<Prepared, BackendError> {
         let id = &spec.id;
         let dir = self.ws_dir(id);
         let image = self.image(id).ok_or_else(|| {
@@ -371,9 +426,16 @@ impl QemuBackend {
             self.agents_disk(id).await?
         };
 
-        let (slot, guard) = kraal_net::allocate(self.cfg.pool)
+        // The same address as last time when it is free: a restored snapshot's guest still
+        // has it configured, and users (and a persistent workspace) see a stable address.
+        let slot_file = self.ws_dir(id).join("net-slot");
+        let preferred = std::fs::read_to_string(&slot_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let (slot, guard) = kraal_net::allocate_preferring(self.cfg.pool, preferred)
             .await
             .map_err(chain_err(id, "allocate network"))?;
+        let _ = std::fs::write(&slot_file, slot.to_string());
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
             .await
@@ -436,7 +498,30 @@ impl QemuBackend {
                 readonly: true,
             });
         }
-        let roles: Vec<&str> = disks.iter().map(|d| d.role).collect();
+        let cmdline = kernel_cmdline(&disks.iter().map(|d| d.role).collect::<Vec<_>>());
+        Ok(Prepared {
+            ports: image.config.ports.clone(),
+            kernel,
+            link,
+            disks,
+            cmdline,
+        })
+    }
+
+    async fn boot(
+        &self,
+        spec: &SandboxSpec,
+        incoming: Option<&Path>,
+    ) -> Result<GuestEndpoint, BackendError> {
+        let id = &spec.id;
+        let dir = self.ws_dir(id);
+        let Prepared {
+            kernel,
+            link,
+            disks,
+            cmdline,
+            ports,
+        } = self.prepare(spec).await?;
         let console = dir.join("console.log");
         // A fresh console per boot, the previous one kept for post-mortems.
         let _ = std::fs::rename(&console, dir.join("console.prev.log"));
@@ -448,7 +533,7 @@ impl QemuBackend {
             memory_mib: spec.resources.memory_mib.max(256),
             kernel: kernel.vmlinuz.clone(),
             initrd: kernel.initramfs.clone(),
-            cmdline: kernel_cmdline(&roles),
+            cmdline,
             disks,
             tap: link.host_if.clone(),
             mac: argv::mac_for(id.as_str()),
@@ -503,7 +588,7 @@ impl QemuBackend {
         Ok(GuestEndpoint {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
-            ports: image.config.ports.clone(),
+            ports,
         })
     }
 
@@ -514,17 +599,7 @@ impl QemuBackend {
     /// Saves the running VM — memory, devices and both writable disks — under `name`,
     /// pausing it meanwhile; it keeps running afterwards.
     pub async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<PathBuf, BackendError> {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(failed(
-                id,
-                "snapshot",
-                format!("invalid snapshot name {name:?}: use letters, digits, - and _"),
-            ));
-        }
+        check_snapshot_name(id, name).await?;
         if self.pid(id).is_none() {
             return Err(failed(id, "snapshot", "the VM is not running"));
         }
@@ -570,18 +645,8 @@ impl QemuBackend {
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
-            // The disks as they are at this instant (the VM is stopped; sparse copies).
-            for f in ["root.ext4", VOLUME] {
-                Cmd::new("cp")
-                    .args(["--sparse=always", "--reflink=auto"])
-                    .arg(dir.join(f))
-                    .arg(tmp.join(f))
-                    .timeout(Duration::from_secs(1800))
-                    .run()
-                    .await
-                    .map_err(rt_err(id, "snapshot"))?;
-            }
-            Ok(())
+            // The disks as they are at this instant (the VM is stopped).
+            copy_disks(id, &dir, &tmp, "snapshot").await
         }
         .await;
         if was_running {
@@ -609,17 +674,7 @@ impl QemuBackend {
             return Err(failed(id, "restore", format!("no snapshot named {name:?}")));
         }
         self.halt(id).await?;
-        let dir = self.ws_dir(id);
-        for f in ["root.ext4", VOLUME] {
-            Cmd::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(snap.join(f))
-                .arg(dir.join(f))
-                .timeout(Duration::from_secs(1800))
-                .run()
-                .await
-                .map_err(rt_err(id, "restore"))?;
-        }
+        copy_disks(id, &snap, &self.ws_dir(id), "restore").await?;
         self.boot(spec, Some(&snap.join("memory"))).await
     }
 }
