@@ -70,6 +70,20 @@ pub struct CreateWorkspace {
     /// Wait until the workspace is running (or failed) before answering.
     #[serde(default)]
     pub wait: bool,
+    /// A long-lived control workspace: its address stays the same (reserved even while
+    /// it is stopped) and removing it needs `force`.
+    #[serde(default)]
+    pub persistent: bool,
+}
+
+/// Query of `DELETE /v1/workspaces/{ws}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct RemoveParams {
+    #[serde(default)]
+    pub wait: bool,
+    /// Needed to remove a persistent workspace.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]

@@ -68,6 +68,10 @@ pub enum EngineError {
         /// The end of the sandbox's console, prefixed with a newline, or a note that it is empty.
         console: String,
     },
+    #[error(
+        "workspace {workspace} is persistent (a control workspace); remove it with `kraal rm {workspace} --force`"
+    )]
+    Persistent { workspace: String },
     #[error("workspace {workspace}: guest agent unreachable")]
     Guest {
         workspace: String,
@@ -85,7 +89,7 @@ impl EngineError {
             EngineError::NotFound { .. } | EngineError::NoSession { .. } => "not_found",
             EngineError::NameTaken { .. } => "already_exists",
             EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
-            EngineError::Conflict { .. } => "conflict",
+            EngineError::Conflict { .. } | EngineError::Persistent { .. } => "conflict",
             EngineError::NotRunning { .. } => "not_running",
             EngineError::Backend(
                 BackendError::Unavailable { .. } | BackendError::Unsupported { .. },
@@ -118,6 +122,8 @@ pub struct CreateRequest {
     pub resources: Option<Resources>,
     /// Image name (`None`: the backend's default).
     pub image: Option<String>,
+    /// A long-lived control workspace: fixed address, `rm` only with `force`.
+    pub persistent: bool,
 }
 
 /// The result of an operation that may still be running.
@@ -259,6 +265,7 @@ impl Engine {
             resources: rec.resources,
             guest_token: rec.guest_token.clone(),
             image: rec.image.clone(),
+            persistent: rec.persistent,
         }
     }
 
@@ -309,7 +316,7 @@ impl Engine {
             reason: None,
             guest_token: hex::encode(token),
             guest_addr: None,
-            persistent: false,
+            persistent: req.persistent,
             created_at: now.clone(),
             updated_at: now,
             image: req.image,
@@ -360,6 +367,21 @@ impl Engine {
 
     /// Removes a workspace and everything it owns.
     pub fn remove(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
+        self.remove_forced(reference, false)
+    }
+
+    /// Removes a workspace; a persistent one only with `force`.
+    pub fn remove_forced(
+        self: &Arc<Self>,
+        reference: &str,
+        force: bool,
+    ) -> Result<Pending, EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.persistent && !force {
+            return Err(EngineError::Persistent {
+                workspace: rec.name.to_string(),
+            });
+        }
         self.schedule(reference, DesiredState::Stopped, Op::Remove)
     }
 

@@ -27,6 +27,7 @@ impl Engine {
             source,
             resources: Some(spec.resources),
             image: spec.image.clone().filter(|i| !i.is_empty()),
+            persistent: false,
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

@@ -386,6 +386,13 @@ impl Backend for GvisorBackend {
             }
             std::fs::rename(&partial, &volume).map_err(Self::io_err(id, "create", &volume))?;
         }
+        // A persistent workspace keeps its network address even while stopped.
+        let marker = dir.join("persistent");
+        if spec.persistent {
+            std::fs::write(&marker, b"").map_err(Self::io_err(id, "create", &marker))?;
+        } else {
+            let _ = std::fs::remove_file(&marker);
+        }
         let image_file = dir.join("image");
         if !image_file.is_file() {
             let image = self.resolve_image(spec, &volume).await?;
@@ -449,7 +456,7 @@ impl Backend for GvisorBackend {
         }
         self.mount_root(id).await?;
 
-        let (slot, guard) = kraal_net::allocate(self.cfg.pool)
+        let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
             .await
             .map_err(Self::chain_err(id, "allocate network"))?;
         let link = self.link(id, slot);

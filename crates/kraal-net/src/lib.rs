@@ -204,6 +204,44 @@ pub async fn allocate_preferring(
     pool: Pool,
     preferred: Option<u32>,
 ) -> Result<(u32, AllocGuard), NetError> {
+    allocate_with(pool, preferred, &Default::default()).await
+}
+
+/// The slot of a workspace whose state lives in `state_dir/<id>/`: the one it had last
+/// time when free (`net-slot`), never one reserved by another *persistent* workspace of
+/// that directory (a `persistent` marker next to its `net-slot`), even while that one is
+/// stopped. Records the slot it returns.
+pub async fn allocate_for(
+    pool: Pool,
+    state_dir: &Path,
+    id: &WorkspaceId,
+) -> Result<(u32, AllocGuard), NetError> {
+    let own = state_dir.join(id.as_str());
+    let slot_of = |dir: &Path| -> Option<u32> {
+        std::fs::read_to_string(dir.join("net-slot"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let reserved: std::collections::HashSet<u32> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| *p != own && p.join("persistent").is_file())
+        .filter_map(|p| slot_of(&p))
+        .collect();
+    let r = allocate_with(pool, slot_of(&own), &reserved).await?;
+    let _ = std::fs::write(own.join("net-slot"), r.0.to_string());
+    Ok(r)
+}
+
+async fn allocate_with(
+    pool: Pool,
+    preferred: Option<u32>,
+    reserved: &std::collections::HashSet<u32>,
+) -> Result<(u32, AllocGuard), NetError> {
     let lock_path = PathBuf::from("/run/kraal/net.lock");
     let guard = tokio::task::spawn_blocking(move || -> Result<AllocGuard, NetError> {
         std::fs::create_dir_all("/run/kraal").map_err(|e| NetError::Lock {
@@ -238,7 +276,8 @@ pub async fn allocate_preferring(
             workspace: "(allocation)".into(),
             source: e,
         })?;
-    let used = used_slots(&out.stdout_str(), pool);
+    let mut used = used_slots(&out.stdout_str(), pool);
+    used.extend(reserved);
     let slot = preferred
         .filter(|p| *p < pool.slots() && !used.contains(p))
         .into_iter()

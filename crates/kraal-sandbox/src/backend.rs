@@ -18,6 +18,10 @@ pub struct SandboxSpec {
     pub guest_token: String,
     /// The image to create it from (`None`: the backend's default).
     pub image: Option<String>,
+    /// A long-lived workspace (a control workspace): its network address is reserved for
+    /// it, even while stopped.
+    #[serde(default)]
+    pub persistent: bool,
 }
 
 /// How to reach a started sandbox's guest agent.

@@ -253,6 +253,7 @@ async fn create_workspace(
         source,
         resources: req.resources,
         image: req.image,
+        persistent: req.persistent,
     })?;
     settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }
@@ -286,14 +287,20 @@ async fn down_workspace(
     settle(&s.engine, s.engine.down(&ws)?, q.wait, StatusCode::OK).await
 }
 
-#[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query)),
-    responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query), ("force" = Option<bool>, Query, description = "Needed for a persistent workspace")),
+    responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn remove_workspace(
     State(s): State<AppState>,
     Path(ws): Path<String>,
-    Query(q): Query<WaitParam>,
+    Query(q): Query<kraal_api::RemoveParams>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
-    settle(&s.engine, s.engine.remove(&ws)?, q.wait, StatusCode::OK).await
+    settle(
+        &s.engine,
+        s.engine.remove_forced(&ws, q.force)?,
+        q.wait,
+        StatusCode::OK,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/logs", params(("ws" = String, Path)),

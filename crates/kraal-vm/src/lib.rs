@@ -131,6 +131,20 @@ pub(crate) fn chain_err<E: std::error::Error>(
     }
 }
 
+/// A persistent workspace keeps its network address even while stopped (`kraal-net`
+/// reads this marker).
+pub(crate) fn mark_persistent(dir: &Path, persistent: bool) -> std::io::Result<()> {
+    let marker = dir.join("persistent");
+    if persistent {
+        std::fs::write(marker, b"")
+    } else {
+        match std::fs::remove_file(marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Snapshot names become directory names: letters, digits, `-` and `_` only.
 pub(crate) async fn check_snapshot_name(id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
     if name.is_empty()
@@ -426,16 +440,11 @@ impl QemuBackend {
             self.agents_disk(id).await?
         };
 
-        // The same address as last time when it is free: a restored snapshot's guest still
-        // has it configured, and users (and a persistent workspace) see a stable address.
-        let slot_file = self.ws_dir(id).join("net-slot");
-        let preferred = std::fs::read_to_string(&slot_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let (slot, guard) = kraal_net::allocate_preferring(self.cfg.pool, preferred)
+        // The same address as last time when it is free (a restored snapshot's guest still
+        // has it configured); a persistent workspace's is reserved for it.
+        let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
             .await
             .map_err(chain_err(id, "allocate network"))?;
-        let _ = std::fs::write(&slot_file, slot.to_string());
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
             .await
@@ -840,6 +849,7 @@ impl Backend for QemuBackend {
             let _ = std::fs::remove_file(dir.join("volume.partial"));
             r?;
         }
+        mark_persistent(&dir, spec.persistent).map_err(io_err(id, "create", &dir))?;
         let root = dir.join("root.ext4");
         if !root.is_file() {
             let partial = dir.join("root.partial");

@@ -49,6 +49,9 @@ pub enum Command {
         /// Do not ask for confirmation.
         #[arg(short, long)]
         yes: bool,
+        /// Also remove a persistent (control) workspace.
+        #[arg(long)]
+        force: bool,
     },
     /// Show a workspace's lifecycle events and sandbox console.
     Logs {
@@ -310,6 +313,10 @@ pub struct UpArgs {
     /// Image for a new workspace (`kraal image ls`; default: the daemon's `--image`).
     #[arg(long)]
     pub image: Option<String>,
+    /// A long-lived control workspace: its address never changes (reserved even while
+    /// stopped) and `kraal rm` needs `--force`.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,7 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 resources: Some(res),
                 image: a.image.clone(),
                 wait,
+                persistent: a.persistent,
             };
             let pb = spinner(format!(
                 "creating workspace from {} (the first one on an image also builds it)…",
@@ -215,7 +216,7 @@ pub async fn down(client: &Client, ws: &str, detach: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
+pub async fn rm(client: &Client, ws: &str, yes: bool, force: bool) -> anyhow::Result<()> {
     let w: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -238,7 +239,7 @@ pub async fn rm(client: &Client, ws: &str, yes: bool) -> anyhow::Result<()> {
     let r = client
         .send::<(), Workspace>(
             Method::DELETE,
-            &format!("/v1/workspaces/{}?wait=true", enc(&w.id)),
+            &format!("/v1/workspaces/{}?wait=true&force={force}", enc(&w.id)),
             None,
         )
         .await;

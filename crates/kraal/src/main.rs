@@ -151,7 +151,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Down { workspace, detach } => {
             commands::down(&c, &workspace, detach).await.map(|()| 0)
         }
-        Command::Rm { workspace, yes } => commands::rm(&c, &workspace, yes).await.map(|()| 0),
+        Command::Rm {
+            workspace,
+            yes,
+            force,
+        } => commands::rm(&c, &workspace, yes, force).await.map(|()| 0),
         Command::Logs {
             workspace,
             events_only,

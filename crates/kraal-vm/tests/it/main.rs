@@ -83,6 +83,7 @@ async fn pause_resume_and_a_snapshot_restores_files_and_processes() {
             pids: 512,
         },
         guest_token: "t0ken".into(),
+        persistent: false,
     };
     let r = async {
         b.create(&spec).await.unwrap();

@@ -210,3 +210,51 @@ fn a_full_volume_a_killed_qemu_and_a_silent_guest_are_clear_and_recoverable() {
     let o = d.exec("faults", "cat kept.txt more.txt");
     assert_eq!(o.stdout, "kept\nmore\n", "{o:?}");
 }
+
+/// A persistent control workspace: its address is reserved even while it is stopped (a
+/// workspace created meanwhile gets another), it is back at the same address after a
+/// daemon restart, and removing it needs `--force`.
+#[test]
+fn a_persistent_control_workspace_keeps_its_address_and_needs_force_to_go() {
+    let mut d = Daemon::start_qemu(&[]);
+    let repo = git_repo(d.dir.path(), "control");
+    d.ok(&["up", repo.to_str().unwrap(), "--persistent"]);
+    let w = d.workspace("control");
+    assert_eq!(w["persistent"], true, "{w}");
+    let addr = w["address"].as_str().unwrap().to_owned();
+
+    d.ok(&["down", "control"]);
+    d.ok(&["up", git_repo(d.dir.path(), "other").to_str().unwrap()]);
+    assert_ne!(
+        d.workspace("other")["address"].as_str().unwrap(),
+        addr,
+        "the stopped control workspace's address is not handed out"
+    );
+    d.ok(&["up", "control"]);
+    assert_eq!(d.workspace("control")["address"].as_str().unwrap(), addr);
+
+    // The daemon restarts; the VM keeps running and keeps its address.
+    let pid = qemu_pid(&d, "control").unwrap();
+    d.kill9();
+    d.spawn();
+    wait_until(Duration::from_secs(30), "control adopted", || {
+        d.workspace("control")["state"] == "running"
+    });
+    assert_eq!(
+        qemu_pid(&d, "control"),
+        Some(pid),
+        "the VM survived the daemon"
+    );
+    assert_eq!(d.workspace("control")["address"].as_str().unwrap(), addr);
+    assert_eq!(d.exec("control", "cat README.md").stdout, "# demo\n");
+
+    let o = d.run(&["rm", "control", "--yes"]);
+    assert_ne!(o.code, Some(0));
+    assert!(
+        o.stderr.contains("is persistent") && o.stderr.contains("--force"),
+        "{}",
+        o.stderr
+    );
+    d.ok(&["rm", "control", "--yes", "--force"]);
+    assert!(d.workspaces().iter().all(|w| w["name"] != "control"));
+}
