@@ -81,6 +81,7 @@ async fn lifecycle_with_real_runsc() {
             pids: 256,
         },
         guest_token: "tok".into(),
+        persistent: false,
     };
     // Whatever happens below, leave no sandbox, namespace or mount behind.
     let _cleanup = Cleanup {
