@@ -25,7 +25,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
-pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config)
+pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config libseccomp-dev libcap-ng-dev)
 need_apt=0
 for p in "${pkgs[@]}" runsc qemu-system-x86; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
 if [ "${VERSION_CODENAME:-}" = bookworm ] && dpkg -s runsc >/dev/null 2>&1; then
@@ -59,6 +59,11 @@ if command -v rustup >/dev/null; then
         *$'\nx86_64-unknown-linux-musl\n'*) ;;
         *) rustup target add x86_64-unknown-linux-musl ;;
     esac
+fi
+if ! command -v virtiofsd >/dev/null && [ ! -x /usr/libexec/virtiofsd ] && [ ! -x "$HOME/.cargo/bin/virtiofsd" ]; then
+    # Serves host directories mounted into QEMU microVMs; no Debian 12 package has it.
+    log "installing virtiofsd (cargo install)"
+    cargo install --locked --quiet virtiofsd
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "installing cargo-nextest"

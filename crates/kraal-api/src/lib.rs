@@ -37,6 +37,9 @@ pub struct Workspace {
     /// Why the workspace is `failed`.
     pub reason: Option<String>,
     pub persistent: bool,
+    /// Host directories mounted into it.
+    #[serde(default)]
+    pub mounts: Vec<kraal_core::Mount>,
     pub created_at: String,
     pub updated_at: String,
     /// The image it was created from (absent: the daemon's default at the time).
@@ -74,6 +77,9 @@ pub struct CreateWorkspace {
     /// it is stopped) and removing it needs `force`.
     #[serde(default)]
     pub persistent: bool,
+    /// Host directories mounted into the workspace (read-only unless `writable`).
+    #[serde(default)]
+    pub mounts: Vec<kraal_core::Mount>,
 }
 
 /// Query of `DELETE /v1/workspaces/{ws}`.

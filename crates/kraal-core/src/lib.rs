@@ -2,6 +2,7 @@
 //! lifecycle states and backend kinds. Pure data and validation; this crate performs no IO.
 
 mod event;
+mod mounts;
 mod names;
 mod resources;
 mod session;
@@ -10,6 +11,7 @@ mod state;
 mod template;
 
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
+pub use mounts::{Mount, MountError};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{

@@ -124,6 +124,8 @@ pub struct CreateRequest {
     pub image: Option<String>,
     /// A long-lived control workspace: fixed address, `rm` only with `force`.
     pub persistent: bool,
+    /// Host directories to mount (read-only unless `writable`).
+    pub mounts: Vec<kraal_core::Mount>,
 }
 
 /// The result of an operation that may still be running.
@@ -266,6 +268,7 @@ impl Engine {
             guest_token: rec.guest_token.clone(),
             image: rec.image.clone(),
             persistent: rec.persistent,
+            mounts: rec.mounts.clone(),
         }
     }
 
@@ -302,6 +305,22 @@ impl Engine {
                 "image name {image:?} must be 1-40 characters of a-z, 0-9 and '-'"
             )));
         }
+        let mut seen = std::collections::HashSet::new();
+        for m in &req.mounts {
+            m.validate()
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            if !m.host.is_dir() {
+                return Err(EngineError::Invalid(format!(
+                    "mount {}:{}: {} is not a directory on the daemon's host",
+                    m.host.display(),
+                    m.path,
+                    m.host.display()
+                )));
+            }
+            if !seen.insert(m.path.trim_end_matches('/')) {
+                return Err(EngineError::Invalid(format!("{} is mounted twice", m.path)));
+            }
+        }
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);
         let now = kraal_store::now();
@@ -320,6 +339,7 @@ impl Engine {
             created_at: now.clone(),
             updated_at: now,
             image: req.image,
+            mounts: req.mounts,
         };
         self.store.insert(&rec).map_err(|e| match e {
             StoreError::NameTaken { name } => EngineError::NameTaken { name },

@@ -28,6 +28,7 @@ impl Engine {
             resources: Some(spec.resources),
             image: spec.image.clone().filter(|i| !i.is_empty()),
             persistent: false,
+            mounts: Vec::new(),
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

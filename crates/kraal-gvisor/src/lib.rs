@@ -522,6 +522,7 @@ impl Backend for GvisorBackend {
             },
             network: self.cfg.network,
             netns: kraal_net::netns_path(id),
+            mounts: spec.mounts.clone(),
         };
         let bundle_dir = dir.join("bundle");
         std::fs::create_dir_all(&bundle_dir).map_err(Self::io_err(id, "start", &bundle_dir))?;

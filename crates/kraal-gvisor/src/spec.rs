@@ -48,6 +48,8 @@ pub struct BundleSpec {
     pub agents: Option<PathBuf>,
     pub network: NetworkMode,
     pub netns: PathBuf,
+    /// Host directories bound in (read-only unless writable).
+    pub mounts: Vec<kraal_core::Mount>,
 }
 
 /// Where the host's agent CLIs appear inside the sandbox; its `.bin` is on `PATH`.
@@ -123,6 +125,9 @@ impl BundleSpec {
         if let Some(agents) = &self.agents {
             mounts.push(bind(agents, AGENTS_MOUNT, false));
         }
+        for m in &self.mounts {
+            mounts.push(bind(&m.host, &m.path, m.writable));
+        }
         json!({
             "ociVersion": "1.0.2",
             "root": { "path": self.rootfs, "readonly": false },
@@ -180,6 +185,10 @@ mod tests {
             agents: Some(PathBuf::from("/usr/local/lib/kraal/agents")),
             network,
             netns: PathBuf::from("/run/netns/kraal-0000000001"),
+            mounts: vec![
+                kraal_core::Mount::parse("/srv/shared:/shared").unwrap(),
+                kraal_core::Mount::parse("/srv/out:/mnt/out:rw").unwrap(),
+            ],
         }
     }
 

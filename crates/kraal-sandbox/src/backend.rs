@@ -22,6 +22,9 @@ pub struct SandboxSpec {
     /// it, even while stopped.
     #[serde(default)]
     pub persistent: bool,
+    /// Host directories to mount into the sandbox.
+    #[serde(default)]
+    pub mounts: Vec<kraal_core::Mount>,
 }
 
 /// How to reach a started sandbox's guest agent.

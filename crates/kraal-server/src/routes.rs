@@ -157,6 +157,7 @@ pub fn to_api(engine: &std::sync::Arc<kraal_engine::Engine>, r: &WorkspaceRecord
         },
         reason: r.reason.clone(),
         persistent: r.persistent,
+        mounts: r.mounts.clone(),
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         image: r.image.clone(),
@@ -254,6 +255,7 @@ async fn create_workspace(
         resources: req.resources,
         image: req.image,
         persistent: req.persistent,
+        mounts: req.mounts,
     })?;
     settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }

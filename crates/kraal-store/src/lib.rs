@@ -66,6 +66,8 @@ pub struct WorkspaceRecord {
     pub updated_at: String,
     /// The image it was created from (`None`: the backend's default).
     pub image: Option<String>,
+    /// Host directories mounted into it.
+    pub mounts: Vec<kraal_core::Mount>,
 }
 
 /// One line of a workspace's lifecycle log.
@@ -89,6 +91,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0002_sessions.sql")),
         M::up(include_str!("../migrations/0003_web.sql")),
         M::up(include_str!("../migrations/0004_images.sql")),
+        M::up(include_str!("../migrations/0005_mounts.sql")),
     ])
 }
 
@@ -98,7 +101,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image";
+const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -154,7 +157,7 @@ impl Store {
     pub fn insert(&self, w: &WorkspaceRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let r = c.execute(
-                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     w.id.as_str(),
                     w.name.as_str(),
@@ -170,6 +173,7 @@ impl Store {
                     w.created_at,
                     w.updated_at,
                     w.image,
+                    serde_json::to_string(&w.mounts).expect("serializes"),
                 ],
             );
             match r {
@@ -329,6 +333,7 @@ type Raw = (
     String,
     String,
     Option<String>,
+    String,
 );
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -347,6 +352,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(11)?,
         r.get(12)?,
         r.get(13)?,
+        r.get(14)?,
     ))
 }
 
@@ -366,6 +372,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         created_at,
         updated_at,
         image,
+        mounts,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt {
         id: id.clone(),
@@ -386,6 +393,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         created_at,
         updated_at,
         image,
+        mounts: serde_json::from_str(&mounts).map_err(|_| corrupt("mounts"))?,
     })
 }
 
@@ -409,6 +417,7 @@ pub(crate) mod tests {
             created_at: now(),
             updated_at: now(),
             image: None,
+            mounts: Vec::new(),
         }
     }
 

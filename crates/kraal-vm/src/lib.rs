@@ -54,6 +54,8 @@ pub struct VmConfig {
     pub volume_mib: u64,
     /// Size of each workspace's writable root layer (sparse).
     pub root_mib: u64,
+    /// virtiofsd, which serves host directories mounted into VMs (`None`: mounts are refused).
+    pub virtiofsd: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -68,6 +70,8 @@ pub(crate) struct Prepared {
     pub disks: Vec<Disk>,
     pub cmdline: String,
     pub ports: Vec<u16>,
+    /// Host directories to serve with virtio-fs: (tag, mount).
+    pub shares: Vec<(String, kraal_core::Mount)>,
 }
 
 /// The QEMU backend. It also owns what every microVM backend shares — workspace disks,
@@ -190,6 +194,19 @@ pub fn kernel_cmdline(roles: &[&str]) -> String {
         "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.disks={}",
         roles.join(",")
     )
+}
+
+/// virtiofsd: `$KRAAL_VIRTIOFSD`, on `PATH`, Debian's locations, or `cargo install`'s.
+pub fn locate_virtiofsd() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KRAAL_VIRTIOFSD") {
+        return Some(p.into());
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    kraal_sandbox::process::which("virtiofsd")
+        .into_iter()
+        .chain(["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].map(PathBuf::from))
+        .chain(home.map(|h| h.join(".cargo/bin/virtiofsd")))
+        .find(|p| p.is_file())
 }
 
 /// qboot (Debian's qemu-system-data ships it) when present, else QEMU's default.
@@ -368,6 +385,63 @@ impl QemuBackend {
         Ok(Some(out))
     }
 
+    /// Starts a virtiofsd serving `m.host` on `socket` (detached: it lives as long as the
+    /// VM that connects to it) and waits for the socket.
+    async fn serve_dir(
+        &self,
+        id: &WorkspaceId,
+        m: &kraal_core::Mount,
+        socket: &Path,
+    ) -> Result<(), BackendError> {
+        let Some(bin) = &self.cfg.virtiofsd else {
+            return Err(failed(
+                id,
+                "start",
+                "host directory mounts need virtiofsd (scripts/setup.sh installs it; or set KRAAL_VIRTIOFSD)",
+            ));
+        };
+        if !m.host.is_dir() {
+            return Err(failed(
+                id,
+                "start",
+                format!("mount {}: not a directory on this host", m.host.display()),
+            ));
+        }
+        let _ = std::fs::remove_file(socket);
+        let mut c = Cmd::new("setsid")
+            .arg("-f")
+            .arg(bin)
+            .arg(format!("--socket-path={}", socket.display()))
+            .arg(format!("--shared-dir={}", m.host.display()))
+            .args(["--cache=auto", "--sandbox=chroot", "--log-level=error"]);
+        if !m.writable {
+            c = c.arg("--readonly");
+        }
+        c.new_session()
+            .stdout_to(self.ws_dir(id).join("virtiofsd.log"))
+            .timeout(Duration::from_secs(10))
+            .run()
+            .await
+            .map_err(rt_err(id, "start virtiofsd"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(failed(
+                    id,
+                    "start",
+                    format!(
+                        "virtiofsd for {} did not open {} within 10 s: {}",
+                        m.host.display(),
+                        socket.display(),
+                        tail_file(&self.ws_dir(id).join("virtiofsd.log"), 500).trim()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Ends the VM: asks QEMU to quit, then kills it; releases the TAP device.
     async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         if let Some(pid) = self.pid(id) {
@@ -398,6 +472,7 @@ impl QemuBackend {
         }
         kraal_net::teardown_tap(&self.link(id, 0)).await;
         let dir = self.ws_dir(id);
+        kill_virtiofsd(&dir);
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
         Ok(())
@@ -454,6 +529,12 @@ impl QemuBackend {
             .map_err(chain_err(id, "network setup"))?;
         drop(guard);
 
+        let shares: Vec<(String, kraal_core::Mount)> = spec
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (format!("kraal-fs{i}"), m.clone()))
+            .collect();
         let c = &image.config;
         let boot = serde_json::json!({
             "guest": {
@@ -472,6 +553,9 @@ impl QemuBackend {
                 "hostname": spec.name.as_str(),
                 "resolv_conf": kraal_sandbox::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
                 "hosts": format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{}\n", spec.name),
+                "shares": shares.iter().map(|(tag, m)| serde_json::json!({
+                    "tag": tag, "path": m.path, "readonly": !m.writable,
+                })).collect::<Vec<_>>(),
             },
         });
         let config = dir.join("config.img");
@@ -509,6 +593,7 @@ impl QemuBackend {
         }
         let cmdline = kernel_cmdline(&disks.iter().map(|d| d.role).collect::<Vec<_>>());
         Ok(Prepared {
+            shares,
             ports: image.config.ports.clone(),
             kernel,
             link,
@@ -530,7 +615,20 @@ impl QemuBackend {
             disks,
             cmdline,
             ports,
+            shares,
         } = self.prepare(spec).await?;
+        let mut fs = Vec::new();
+        for (i, (tag, m)) in shares.iter().enumerate() {
+            let socket = dir.join(format!("fs{i}.sock"));
+            if let Err(e) = self.serve_dir(id, m, &socket).await {
+                let _ = self.halt(id).await;
+                return Err(e);
+            }
+            fs.push(argv::FsShare {
+                tag: tag.clone(),
+                socket,
+            });
+        }
         let console = dir.join("console.log");
         // A fresh console per boot, the previous one kept for post-mortems.
         let _ = std::fs::rename(&console, dir.join("console.prev.log"));
@@ -546,7 +644,7 @@ impl QemuBackend {
             disks,
             tap: link.host_if.clone(),
             mac: argv::mac_for(id.as_str()),
-            shares: vec![],
+            shares: fs,
             qmp: dir.join("qmp.sock"),
             console: console.clone(),
             pidfile: dir.join("qemu.pid"),
@@ -688,6 +786,29 @@ impl QemuBackend {
     }
 }
 
+/// Kills virtiofsd processes serving sockets in `dir` (they normally exit with their VM;
+/// this catches those whose VM never connected).
+fn kill_virtiofsd(dir: &Path) {
+    let want = format!("--socket-path={}/fs", dir.display());
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd
+            .split(|&b| b == 0)
+            .any(|a| a.starts_with(want.as_bytes()))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 async fn lock_file(path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -780,6 +901,13 @@ impl Backend for QemuBackend {
                 ));
             }
         }
+        details.push(match &self.cfg.virtiofsd {
+            Some(v) => format!("host directory mounts with {}", v.display()),
+            None => {
+                "no virtiofsd: host directory mounts are refused (scripts/setup.sh installs it)"
+                    .into()
+            }
+        });
         for tool in ["ip", "nft", "mkfs.ext4", "apt-get", "dpkg-deb"] {
             if which(tool).is_none() {
                 ok = false;

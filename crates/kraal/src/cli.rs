@@ -317,6 +317,10 @@ pub struct UpArgs {
     /// stopped) and `kraal rm` needs `--force`.
     #[arg(long)]
     pub persistent: bool,
+    /// Mount a host directory: HOST:PATH, read-only, or HOST:PATH:rw (repeatable). QEMU
+    /// shares it with virtio-fs, gVisor with a bind mount.
+    #[arg(long, value_name = "HOST:PATH[:rw]")]
+    pub mount: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -110,6 +110,22 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 image: a.image.clone(),
                 wait,
                 persistent: a.persistent,
+                mounts: a
+                    .mount
+                    .iter()
+                    .map(|m| {
+                        // A relative host directory is relative to where the command runs.
+                        let spec = match std::env::current_dir() {
+                            Ok(cwd) if !m.starts_with('/') => format!("{}/{m}", cwd.display()),
+                            _ => m.clone(),
+                        };
+                        let mut m = kraal_core::Mount::parse(&spec)?;
+                        if let Ok(p) = std::fs::canonicalize(&m.host) {
+                            m.host = p;
+                        }
+                        Ok(m)
+                    })
+                    .collect::<Result<_, kraal_core::MountError>>()?,
             };
             let pb = spinner(format!(
                 "creating workspace from {} (the first one on an image also builds it)…",

@@ -134,6 +134,7 @@ pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_vm::QemuBackend {
         host_ports: vec![kraal_proxy::GATEWAY_PORT],
         volume_mib: o.vm_volume_mib,
         root_mib: kraal_vm::VmConfig::DEFAULT_ROOT_MIB,
+        virtiofsd: kraal_vm::locate_virtiofsd(),
     })
 }
 

@@ -82,6 +82,7 @@ async fn lifecycle_with_real_runsc() {
         },
         guest_token: "tok".into(),
         persistent: false,
+        mounts: vec![],
     };
     // Whatever happens below, leave no sandbox, namespace or mount behind.
     let _cleanup = Cleanup {

@@ -303,12 +303,20 @@ impl Backend for FirecrackerBackend {
             return self.endpoint(id).await;
         }
         self.halt(id).await?;
+        if !spec.mounts.is_empty() {
+            return Err(failed(
+                id,
+                "start",
+                "Firecracker has no virtio-fs: host directory mounts need the QEMU or gVisor backend",
+            ));
+        }
         let Prepared {
             kernel,
             link,
             disks,
             cmdline,
             ports,
+            ..
         } = self.vms.prepare(spec).await?;
         let vmlinux = kernel.vmlinux.clone().ok_or_else(|| {
             failed(

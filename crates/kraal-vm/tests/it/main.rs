@@ -29,6 +29,7 @@ fn backend(tmp: &std::path::Path) -> QemuBackend {
         host_ports: vec![],
         volume_mib: 1024,
         root_mib: 1024,
+        virtiofsd: kraal_vm::locate_virtiofsd(),
     })
 }
 
@@ -84,6 +85,7 @@ async fn pause_resume_and_a_snapshot_restores_files_and_processes() {
         },
         guest_token: "t0ken".into(),
         persistent: false,
+        mounts: vec![],
     };
     let r = async {
         b.create(&spec).await.unwrap();

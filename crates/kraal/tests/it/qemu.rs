@@ -258,3 +258,73 @@ fn a_persistent_control_workspace_keeps_its_address_and_needs_force_to_go() {
     d.ok(&["rm", "control", "--yes", "--force"]);
     assert!(d.workspaces().iter().all(|w| w["name"] != "control"));
 }
+
+/// Host directories mounted into a workspace: read-only by default, writable with `:rw`,
+/// through virtio-fs in a microVM and a bind mount in gVisor; bad mounts are refused
+/// before anything is created.
+#[test]
+fn host_directories_are_mounted_read_only_unless_rw_on_both_backends() {
+    for backend in ["qemu", "gvisor"] {
+        let d = Daemon::start_with_env(&[("KRAAL_BACKEND", backend)]);
+        let shared = d.dir.path().join("shared");
+        let out = d.dir.path().join("out");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(shared.join("notes.txt"), "from the host\n").unwrap();
+        let repo = git_repo(d.dir.path(), "mounts");
+        d.ok(&[
+            "up",
+            repo.to_str().unwrap(),
+            "--mount",
+            &format!("{}:/mnt/shared", shared.display()),
+            "--mount",
+            &format!("{}:/mnt/out:rw", out.display()),
+        ]);
+        let w = d.workspace("mounts");
+        assert_eq!(w["mounts"].as_array().unwrap().len(), 2, "{w}");
+        let o = d.exec(
+            "mounts",
+            "cat /mnt/shared/notes.txt; echo no > /mnt/shared/x 2>/dev/null || echo refused; \
+             echo made inside > /mnt/out/result.txt && sync",
+        );
+        assert_eq!(o.stdout, "from the host\nrefused\n", "{backend}: {o:?}");
+        assert_eq!(
+            std::fs::read_to_string(out.join("result.txt")).unwrap(),
+            "made inside\n",
+            "{backend}"
+        );
+        assert!(!shared.join("x").exists(), "{backend}");
+        // Still there after down/up.
+        d.ok(&["down", "mounts"]);
+        d.ok(&["up", "mounts"]);
+        assert_eq!(
+            d.exec("mounts", "cat /mnt/shared/notes.txt").stdout,
+            "from the host\n",
+            "{backend}"
+        );
+
+        for (spec, why) in [
+            (format!("{}:/workspace/x", shared.display()), "reserved"),
+            (
+                format!("{}/missing:/mnt/m", shared.display()),
+                "not a directory",
+            ),
+            (
+                format!("{}:/mnt/a:rx", shared.display()),
+                "neither ro nor rw",
+            ),
+        ] {
+            let o = d.run(&[
+                "up",
+                repo.to_str().unwrap(),
+                "--name",
+                "bad",
+                "--mount",
+                &spec,
+            ]);
+            assert_ne!(o.code, Some(0));
+            assert!(o.stderr.contains(why), "{backend} {spec}: {}", o.stderr);
+        }
+        assert!(d.workspaces().iter().all(|w| w["name"] != "bad"));
+    }
+}
