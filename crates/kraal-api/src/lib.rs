@@ -82,6 +82,13 @@ pub struct CreateWorkspace {
     pub mounts: Vec<kraal_core::Mount>,
 }
 
+/// Body of `POST /v1/workspaces/{ws}/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreateSnapshot {
+    /// Letters, digits, `-` and `_`; an existing snapshot of that name is replaced.
+    pub name: String,
+}
+
 /// Query of `DELETE /v1/workspaces/{ws}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 pub struct RemoveParams {

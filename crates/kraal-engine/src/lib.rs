@@ -385,6 +385,87 @@ impl Engine {
         self.schedule(reference, DesiredState::Stopped, Op::Stop)
     }
 
+    /// Snapshots a running workspace as `name` (memory, devices, writable disks); it keeps
+    /// running. Backends without snapshots say so.
+    pub async fn snapshot(&self, reference: &str, name: &str) -> Result<(), EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.lock_for(&rec.id);
+        let _guard = lock.lock().await;
+        if rec.state != WorkspaceState::Running {
+            return Err(EngineError::NotRunning {
+                workspace: rec.name.to_string(),
+                state: rec.state.as_str(),
+            });
+        }
+        let t0 = Instant::now();
+        self.backend.snapshot(&rec.id, name).await?;
+        self.event(
+            &rec.id,
+            "info",
+            &format!("snapshot {name} taken in {} ms", t0.elapsed().as_millis()),
+        );
+        Ok(())
+    }
+
+    /// Brings the workspace back to snapshot `name`: files and running processes as they
+    /// were. Whatever ran since is gone.
+    pub async fn restore(
+        self: &Arc<Self>,
+        reference: &str,
+        name: &str,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.resolve(reference)?;
+        let lock = self.lock_for(&rec.id);
+        let _guard = lock.lock().await;
+        self.store.set_desired(&rec.id, DesiredState::Running)?;
+        self.store
+            .set_state(&rec.id, WorkspaceState::Starting, None)?;
+        self.guests.lock().unwrap().remove(&rec.id);
+        self.detach_link(&rec.id);
+        self.unforward_ports(&rec.id);
+        let t0 = Instant::now();
+        let restored = async {
+            let ep = self.backend.restore(&Self::spec(&rec), name).await?;
+            self.store
+                .set_guest_addr(&rec.id, Some(&ep.addr.to_string()))?;
+            let client = self
+                .connect_with_retry(&rec, ep.addr, self.boot_timeout())
+                .await?;
+            self.attach_link(&rec, ep.host).await;
+            self.forward_ports(&rec, &ep).await;
+            Ok::<_, EngineError>(client)
+        }
+        .await;
+        match restored {
+            Ok(client) => {
+                self.store
+                    .set_state(&rec.id, WorkspaceState::Running, None)?;
+                self.event(
+                    &rec.id,
+                    "info",
+                    &format!(
+                        "restored snapshot {name} in {} ms",
+                        t0.elapsed().as_millis()
+                    ),
+                );
+                self.sync_sessions(&rec, &client).await;
+                Ok(self.resolve(rec.id.as_str())?)
+            }
+            Err(e) => {
+                let reason = chain(&e);
+                self.event(&rec.id, "error", &format!("restore failed: {reason}"));
+                // Not restored: the sandbox is as the backend left it; let the
+                // reconciler judge it (a stopped VM with desired running is started).
+                let state = match self.backend.status(&rec.id).await {
+                    Ok(SandboxStatus::Running) => WorkspaceState::Running,
+                    _ => WorkspaceState::Failed,
+                };
+                let _ = self.store.set_state(&rec.id, state, Some(&reason));
+                Err(e)
+            }
+        }
+    }
+
     /// Removes a workspace and everything it owns.
     pub fn remove(self: &Arc<Self>, reference: &str) -> Result<Pending, EngineError> {
         self.remove_forced(reference, false)

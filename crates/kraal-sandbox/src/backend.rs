@@ -157,4 +157,26 @@ pub trait Backend: Send + Sync + 'static {
             op: "resume",
         })
     }
+
+    /// Saves the running sandbox — memory, devices and writable disks — as `name`; it
+    /// keeps running.
+    async fn snapshot(&self, _id: &WorkspaceId, _name: &str) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind(),
+            op: "snapshots",
+        })
+    }
+
+    /// Replaces the sandbox with snapshot `name`: files and running processes come back as
+    /// they were when it was taken.
+    async fn restore(
+        &self,
+        _spec: &SandboxSpec,
+        _name: &str,
+    ) -> Result<GuestEndpoint, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.kind(),
+            op: "snapshots",
+        })
+    }
 }

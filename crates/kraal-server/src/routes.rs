@@ -31,6 +31,8 @@ use crate::error::HttpError;
         get_workspace,
         up_workspace,
         down_workspace,
+        create_snapshot,
+        restore_snapshot,
         remove_workspace,
         logs,
         processes,
@@ -77,6 +79,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/workspaces/{ws}/down",
             axum::routing::post(down_workspace),
+        )
+        .route(
+            "/v1/workspaces/{ws}/snapshots",
+            axum::routing::post(create_snapshot),
+        )
+        .route(
+            "/v1/workspaces/{ws}/snapshots/{name}/restore",
+            axum::routing::post(restore_snapshot),
         )
         .route("/v1/workspaces/{ws}/logs", get(logs))
         .route("/v1/workspaces/{ws}/processes", get(processes))
@@ -287,6 +297,29 @@ async fn down_workspace(
     Query(q): Query<WaitParam>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
     settle(&s.engine, s.engine.down(&ws)?, q.wait, StatusCode::OK).await
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/snapshots", params(("ws" = String, Path)),
+    request_body = kraal_api::CreateSnapshot,
+    responses((status = 201, body = Workspace), (status = 404, body = ApiError), (status = 409, body = ApiError), (status = 503, body = ApiError)))]
+async fn create_snapshot(
+    State(s): State<AppState>,
+    Path(ws): Path<String>,
+    Json(req): Json<kraal_api::CreateSnapshot>,
+) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    s.engine.snapshot(&ws, &req.name).await?;
+    let rec = s.engine.resolve(&ws)?;
+    Ok((StatusCode::CREATED, Json(to_api(&s.engine, &rec))))
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/snapshots/{name}/restore", params(("ws" = String, Path), ("name" = String, Path)),
+    responses((status = 200, body = Workspace), (status = 404, body = ApiError), (status = 503, body = ApiError)))]
+async fn restore_snapshot(
+    State(s): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+) -> Result<Json<Workspace>, HttpError> {
+    let rec = s.engine.restore(&ws, &name).await?;
+    Ok(Json(to_api(&s.engine, &rec)))
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query), ("force" = Option<bool>, Query, description = "Needed for a persistent workspace")),

@@ -705,7 +705,11 @@ impl QemuBackend {
 
     /// Saves the running VM — memory, devices and both writable disks — under `name`,
     /// pausing it meanwhile; it keeps running afterwards.
-    pub async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<PathBuf, BackendError> {
+    pub async fn take_snapshot(
+        &self,
+        id: &WorkspaceId,
+        name: &str,
+    ) -> Result<PathBuf, BackendError> {
         check_snapshot_name(id, name).await?;
         if self.pid(id).is_none() {
             return Err(failed(id, "snapshot", "the VM is not running"));
@@ -770,7 +774,7 @@ impl QemuBackend {
 
     /// Replaces the VM with the snapshot `name`: its disks are copied back and its memory
     /// restored, so processes continue where they were when it was taken.
-    pub async fn restore(
+    pub async fn restore_snapshot(
         &self,
         spec: &SandboxSpec,
         name: &str,
@@ -1073,6 +1077,14 @@ impl Backend for QemuBackend {
             .await
             .map_err(chain_err(id, "pause"))?;
         Ok(())
+    }
+
+    async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
+        self.take_snapshot(id, name).await.map(|_| ())
+    }
+
+    async fn restore(&self, spec: &SandboxSpec, name: &str) -> Result<GuestEndpoint, BackendError> {
+        self.restore_snapshot(spec, name).await
     }
 
     async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {

@@ -53,6 +53,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Save a running microVM workspace — memory, processes and disks — as NAME.
+    Snapshot { workspace: String, name: String },
+    /// Bring a workspace back to snapshot NAME: files and running processes as they were.
+    Restore { workspace: String, name: String },
     /// Show a workspace's lifecycle events and sandbox console.
     Logs {
         workspace: String,

@@ -210,6 +210,46 @@ pub async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn snapshot(client: &Client, ws: &str, name: &str) -> anyhow::Result<()> {
+    let pb = spinner(format!("saving {ws} as snapshot {name}…"));
+    let body = CreateSnapshot {
+        name: name.to_owned(),
+    };
+    let r = client
+        .send::<CreateSnapshot, Workspace>(
+            Method::POST,
+            &format!("/v1/workspaces/{}/snapshots", enc(ws)),
+            Some(&body),
+        )
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let w = r?;
+    println!(
+        "snapshot {name} of {} saved (`kraal restore {} {name}` goes back to it)",
+        w.name, w.name
+    );
+    Ok(())
+}
+
+pub async fn restore(client: &Client, ws: &str, name: &str) -> anyhow::Result<()> {
+    let pb = spinner(format!("restoring {ws} to snapshot {name}…"));
+    let r = client
+        .send::<(), Workspace>(
+            Method::POST,
+            &format!("/v1/workspaces/{}/snapshots/{}/restore", enc(ws), enc(name)),
+            None,
+        )
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    let w = r?;
+    println!("workspace {} is back at snapshot {name}", w.name);
+    Ok(())
+}
+
 pub async fn down(client: &Client, ws: &str, detach: bool) -> anyhow::Result<()> {
     let pb = spinner(format!("stopping {ws}…"));
     let r = client

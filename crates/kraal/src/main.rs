@@ -163,6 +163,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
             .map(|()| 0),
         Command::Ps { workspace } => commands::ps(&c, &workspace).await.map(|()| 0),
+        Command::Snapshot { workspace, name } => {
+            commands::snapshot(&c, &workspace, &name).await.map(|()| 0)
+        }
+        Command::Restore { workspace, name } => {
+            commands::restore(&c, &workspace, &name).await.map(|()| 0)
+        }
         Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
         Command::Web { no_open } => commands::web(&c, no_open).await.map(|()| 0),
         Command::Token(TokenCommand::Create { name }) => {

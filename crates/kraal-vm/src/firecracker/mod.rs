@@ -190,7 +190,11 @@ impl FirecrackerBackend {
     }
 
     /// Full snapshot (device state, memory, both writable disks) of the running VM.
-    pub async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<PathBuf, BackendError> {
+    pub async fn take_snapshot(
+        &self,
+        id: &WorkspaceId,
+        name: &str,
+    ) -> Result<PathBuf, BackendError> {
         crate::check_snapshot_name(id, name).await?;
         if self.pid(id).is_none() {
             return Err(failed(id, "snapshot", "the VM is not running"));
@@ -404,11 +408,19 @@ impl Backend for FirecrackerBackend {
     async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         self.call(id, "resume", &api::resume()).await
     }
+
+    async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
+        self.take_snapshot(id, name).await.map(|_| ())
+    }
+
+    async fn restore(&self, spec: &SandboxSpec, name: &str) -> Result<GuestEndpoint, BackendError> {
+        self.restore_snapshot(spec, name).await
+    }
 }
 
 /// The restore half of snapshots: a fresh Firecracker loads the state and memory files.
 impl FirecrackerBackend {
-    pub async fn restore(
+    pub async fn restore_snapshot(
         &self,
         spec: &SandboxSpec,
         name: &str,

@@ -109,14 +109,14 @@ async fn pause_resume_and_a_snapshot_restores_files_and_processes() {
         .await;
         assert_eq!(code, Some(0));
         let pid = pid.trim().to_owned();
-        let snap = b.snapshot(&spec.id, "s1").await.unwrap();
+        let snap = b.take_snapshot(&spec.id, "s1").await.unwrap();
         assert!(snap.join("memory").is_file());
         // Still running after the snapshot; then the workspace changes.
         let (out, _) = run(&c, &format!("echo after > /workspace/state; sync; kill {pid}; sleep 0.3; kill -0 {pid} 2>/dev/null && echo alive || echo gone; cat /workspace/state")).await;
         assert_eq!(out, "gone\nafter\n");
         drop(c);
 
-        let ep = b.restore(&spec, "s1").await.unwrap();
+        let ep = b.restore_snapshot(&spec, "s1").await.unwrap();
         let c = connect(&ep, &spec.guest_token).await;
         let (out, _) = run(
             &c,
@@ -125,9 +125,17 @@ async fn pause_resume_and_a_snapshot_restores_files_and_processes() {
         .await;
         assert_eq!(out, "before\nalive\n", "the file and the process are back");
 
-        let e = b.restore(&spec, "nope").await.unwrap_err().to_string();
+        let e = b
+            .restore_snapshot(&spec, "nope")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no snapshot named \"nope\""), "{e}");
-        let e = b.snapshot(&spec.id, "../x").await.unwrap_err().to_string();
+        let e = b
+            .take_snapshot(&spec.id, "../x")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid snapshot name"), "{e}");
     };
     // Clean up the VM and its TAP device even when an assertion fails.

@@ -328,3 +328,62 @@ fn host_directories_are_mounted_read_only_unless_rw_on_both_backends() {
         assert!(d.workspaces().iter().all(|w| w["name"] != "bad"));
     }
 }
+
+/// `kraal snapshot` and `kraal restore`: a running process and the files come back as
+/// they were; bad names and missing snapshots are clear errors; gVisor says it cannot.
+#[test]
+fn snapshot_and_restore_from_the_cli() {
+    let d = Daemon::start_qemu(&[]);
+    d.ok(&["up", git_repo(d.dir.path(), "snap").to_str().unwrap()]);
+    let o = d.exec(
+        "snap",
+        "echo before > state.txt; sync; sleep 1000 >/dev/null 2>&1 & echo $!",
+    );
+    let pid = o.stdout.trim().to_owned();
+    let out = d.ok(&["snapshot", "snap", "s1"]);
+    assert!(out.contains("snapshot s1 of snap saved"), "{out}");
+    let o = d.exec(
+        "snap",
+        &format!(
+            "echo after > state.txt; kill {pid}; sleep 0.3; kill -0 {pid} 2>/dev/null || echo gone"
+        ),
+    );
+    assert_eq!(o.stdout, "gone\n", "{o:?}");
+    let out = d.ok(&["restore", "snap", "s1"]);
+    assert!(out.contains("back at snapshot s1"), "{out}");
+    let o = d.exec(
+        "snap",
+        &format!("cat state.txt; kill -0 {pid} && echo alive"),
+    );
+    assert_eq!(o.stdout, "before\nalive\n", "{o:?}");
+    assert_eq!(d.workspace("snap")["state"], "running");
+    let logs = d.ok(&["logs", "snap"]);
+    assert!(
+        logs.contains("snapshot s1 taken") && logs.contains("restored snapshot s1"),
+        "{logs}"
+    );
+
+    let o = d.run(&["snapshot", "snap", "../evil"]);
+    assert!(o.stderr.contains("invalid snapshot name"), "{}", o.stderr);
+    let o = d.run(&["restore", "snap", "nope"]);
+    assert!(
+        o.stderr.contains("no snapshot named \"nope\""),
+        "{}",
+        o.stderr
+    );
+    // The failed restore left the workspace usable.
+    wait_until(Duration::from_secs(90), "running again", || {
+        d.workspace("snap")["state"] == "running"
+    });
+    assert_eq!(d.exec("snap", "cat state.txt").stdout, "before\n");
+
+    let g = Daemon::start();
+    g.ok(&["up", git_repo(g.dir.path(), "gv").to_str().unwrap()]);
+    let o = g.run(&["snapshot", "gv", "s1"]);
+    assert!(
+        o.stderr
+            .contains("gvisor backend does not support snapshots"),
+        "{}",
+        o.stderr
+    );
+}
