@@ -78,44 +78,6 @@ impl GvisorBackend {
         c.timeout(OP_TIMEOUT)
     }
 
-    fn rt_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(ProcessError) -> BackendError {
-        let workspace = id.to_string();
-        move |source| BackendError::Runtime {
-            workspace,
-            op,
-            source,
-        }
-    }
-
-    /// Wraps a lower layer's error (image store, network) as a failed `op`, keeping its
-    /// whole cause chain in the message.
-    fn chain_err<E: std::error::Error>(
-        id: &WorkspaceId,
-        op: &'static str,
-    ) -> impl FnOnce(E) -> BackendError {
-        let workspace = id.to_string();
-        move |e| BackendError::Failed {
-            workspace,
-            op,
-            message: kraal_sandbox::error_chain(&e),
-        }
-    }
-
-    fn io_err(
-        id: &WorkspaceId,
-        op: &'static str,
-        path: &Path,
-    ) -> impl FnOnce(std::io::Error) -> BackendError {
-        let workspace = id.to_string();
-        let path = path.to_owned();
-        move |source| BackendError::Io {
-            workspace,
-            op,
-            path,
-            source,
-        }
-    }
-
     /// runsc's view of the container: `None` when it does not exist.
     async fn runsc_state(&self, id: &WorkspaceId) -> Result<Option<String>, BackendError> {
         match self.runsc().args(["state", id.as_str()]).run().await {
@@ -133,7 +95,7 @@ impl GvisorBackend {
             {
                 Ok(None)
             }
-            Err(e) => Err(Self::rt_err(id, "state")(e)),
+            Err(e) => Err(BackendError::runtime(id, "state")(e)),
         }
     }
 
@@ -147,7 +109,7 @@ impl GvisorBackend {
         if self.rootfs_mounted(id) {
             return Ok(());
         }
-        let lower = std::fs::read_to_string(dir.join("image")).map_err(Self::io_err(
+        let lower = std::fs::read_to_string(dir.join("image")).map_err(BackendError::io(
             id,
             "start",
             &dir.join("image"),
@@ -172,7 +134,7 @@ impl GvisorBackend {
             .arg(dir.join("rootfs"))
             .run()
             .await
-            .map_err(Self::rt_err(id, "mount root"))?;
+            .map_err(BackendError::runtime(id, "mount root"))?;
         Ok(())
     }
 
@@ -209,7 +171,7 @@ impl GvisorBackend {
                 &log,
             )
             .await
-            .map_err(Self::chain_err(id, "create"))
+            .map_err(BackendError::chained(id, "create"))
     }
 
     /// The configuration of the image a workspace runs on (default when unknown).
@@ -247,7 +209,7 @@ impl GvisorBackend {
                 .args(["delete", "--force", id.as_str()])
                 .run()
                 .await
-                .map_err(Self::rt_err(id, "delete"))?;
+                .map_err(BackendError::runtime(id, "delete"))?;
         }
         // Slot numbers do not matter for teardown: names derive from the id.
         kraal_net::teardown(id, &self.link(id, 0)).await;
@@ -369,7 +331,7 @@ impl Backend for GvisorBackend {
         let dir = self.ws_dir(id);
         for sub in ["upper", "work", "rootfs"] {
             let p = dir.join(sub);
-            std::fs::create_dir_all(&p).map_err(Self::io_err(id, "create", &p))?;
+            std::fs::create_dir_all(&p).map_err(BackendError::io(id, "create", &p))?;
         }
         let volume = dir.join("volume");
         if !volume.is_dir() {
@@ -384,12 +346,12 @@ impl Backend for GvisorBackend {
                     source: e,
                 });
             }
-            std::fs::rename(&partial, &volume).map_err(Self::io_err(id, "create", &volume))?;
+            std::fs::rename(&partial, &volume).map_err(BackendError::io(id, "create", &volume))?;
         }
         // A persistent workspace keeps its network address even while stopped.
         let marker = dir.join("persistent");
         if spec.persistent {
-            std::fs::write(&marker, b"").map_err(Self::io_err(id, "create", &marker))?;
+            std::fs::write(&marker, b"").map_err(BackendError::io(id, "create", &marker))?;
         } else {
             let _ = std::fs::remove_file(&marker);
         }
@@ -397,7 +359,7 @@ impl Backend for GvisorBackend {
         if !image_file.is_file() {
             let image = self.resolve_image(spec, &volume).await?;
             ImageStore::add_user(&image.rootfs, id.as_str())
-                .map_err(Self::chain_err(id, "create"))?;
+                .map_err(BackendError::chained(id, "create"))?;
             // The image's user owns the workspace's files.
             if let Some(user) = &image.config.user {
                 let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
@@ -412,10 +374,10 @@ impl Backend for GvisorBackend {
                     .timeout(Duration::from_secs(600))
                     .run()
                     .await
-                    .map_err(Self::rt_err(id, "chown"))?;
+                    .map_err(BackendError::runtime(id, "chown"))?;
             }
             std::fs::write(&image_file, image.rootfs.to_string_lossy().as_bytes())
-                .map_err(Self::io_err(id, "create", &image_file))?;
+                .map_err(BackendError::io(id, "create", &image_file))?;
         }
         Ok(())
     }
@@ -429,7 +391,7 @@ impl Backend for GvisorBackend {
                     .args(["resume", id.as_str()])
                     .run()
                     .await
-                    .map_err(Self::rt_err(id, "resume"))?;
+                    .map_err(BackendError::runtime(id, "resume"))?;
                 return self.endpoint(id).await;
             }
             Some(_) => {
@@ -437,7 +399,7 @@ impl Backend for GvisorBackend {
                     .args(["delete", "--force", id.as_str()])
                     .run()
                     .await
-                    .map_err(Self::rt_err(id, "delete"))?;
+                    .map_err(BackendError::runtime(id, "delete"))?;
             }
             None => {}
         }
@@ -458,18 +420,18 @@ impl Backend for GvisorBackend {
 
         let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
             .await
-            .map_err(Self::chain_err(id, "allocate network"))?;
+            .map_err(BackendError::chained(id, "allocate network"))?;
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
             .await
-            .map_err(Self::chain_err(id, "firewall"))?;
+            .map_err(BackendError::chained(id, "firewall"))?;
         kraal_net::setup(id, &link)
             .await
-            .map_err(Self::chain_err(id, "network setup"))?;
+            .map_err(BackendError::chained(id, "network setup"))?;
         drop(guard);
 
         let guest_dir = dir.join("guest");
-        std::fs::create_dir_all(&guest_dir).map_err(Self::io_err(id, "start", &guest_dir))?;
+        std::fs::create_dir_all(&guest_dir).map_err(BackendError::io(id, "start", &guest_dir))?;
         // The image's environment, services and whether it carries the agent CLIs.
         let image_cfg = self.image_config(id);
         let guest_cfg = serde_json::json!({
@@ -484,8 +446,8 @@ impl Backend for GvisorBackend {
             "on_start": image_cfg.on_start,
         });
         let cfg_path = guest_dir.join("guest.json");
-        write_private(&cfg_path, guest_cfg.to_string().as_bytes())
-            .map_err(Self::io_err(id, "start", &cfg_path))?;
+        kraal_sandbox::write_private(&cfg_path, guest_cfg.to_string().as_bytes())
+            .map_err(BackendError::io(id, "start", &cfg_path))?;
         let resolv = guest_dir.join("resolv.conf");
         std::fs::write(
             &resolv,
@@ -493,7 +455,7 @@ impl Backend for GvisorBackend {
                 &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             ),
         )
-        .map_err(Self::io_err(id, "start", &resolv))?;
+        .map_err(BackendError::io(id, "start", &resolv))?;
         let hosts = guest_dir.join("hosts");
         std::fs::write(
             &hosts,
@@ -502,7 +464,7 @@ impl Backend for GvisorBackend {
                 spec.name
             ),
         )
-        .map_err(Self::io_err(id, "start", &hosts))?;
+        .map_err(BackendError::io(id, "start", &hosts))?;
 
         let bundle = BundleSpec {
             rootfs: dir.join("rootfs"),
@@ -525,13 +487,13 @@ impl Backend for GvisorBackend {
             mounts: spec.mounts.clone(),
         };
         let bundle_dir = dir.join("bundle");
-        std::fs::create_dir_all(&bundle_dir).map_err(Self::io_err(id, "start", &bundle_dir))?;
+        std::fs::create_dir_all(&bundle_dir).map_err(BackendError::io(id, "start", &bundle_dir))?;
         let cfg_json = bundle_dir.join("config.json");
         std::fs::write(
             &cfg_json,
             serde_json::to_vec_pretty(&bundle.oci_config()).expect("serializes"),
         )
-        .map_err(Self::io_err(id, "start", &cfg_json))?;
+        .map_err(BackendError::io(id, "start", &cfg_json))?;
 
         let console = dir.join("console.log");
         let runsc_args = [
@@ -561,7 +523,7 @@ impl Backend for GvisorBackend {
             .run()
             .await;
         if let Err(e) = run {
-            let tail = tail_file(&console, 2000);
+            let tail = kraal_sandbox::tail_file(&console, 2000);
             let _ = self.halt(id).await;
             let mut msg = kraal_sandbox::error_chain(&e);
             if !tail.trim().is_empty() {
@@ -601,7 +563,7 @@ impl Backend for GvisorBackend {
             ImageStore::remove_user(Path::new(rootfs.trim()), id.as_str());
         }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(Self::io_err(id, "destroy", &dir))?;
+            std::fs::remove_dir_all(&dir).map_err(BackendError::io(id, "destroy", &dir))?;
         }
         Ok(())
     }
@@ -635,7 +597,10 @@ impl Backend for GvisorBackend {
         id: &WorkspaceId,
         max_bytes: usize,
     ) -> Result<String, BackendError> {
-        Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
+        Ok(kraal_sandbox::tail_file(
+            &self.ws_dir(id).join("console.log"),
+            max_bytes,
+        ))
     }
 
     async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
@@ -643,7 +608,7 @@ impl Backend for GvisorBackend {
             .args(["pause", id.as_str()])
             .run()
             .await
-            .map_err(Self::rt_err(id, "pause"))?;
+            .map_err(BackendError::runtime(id, "pause"))?;
         Ok(())
     }
 
@@ -652,27 +617,7 @@ impl Backend for GvisorBackend {
             .args(["resume", id.as_str()])
             .run()
             .await
-            .map_err(Self::rt_err(id, "resume"))?;
+            .map_err(BackendError::runtime(id, "resume"))?;
         Ok(())
     }
-}
-
-fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)?;
-    f.write_all(data)
-}
-
-fn tail_file(p: &Path, max: usize) -> String {
-    let Ok(data) = std::fs::read(p) else {
-        return String::new();
-    };
-    let start = data.len().saturating_sub(max);
-    String::from_utf8_lossy(&data[start..]).into_owned()
 }

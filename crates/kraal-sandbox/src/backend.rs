@@ -95,6 +95,60 @@ pub enum BackendError {
     NotFound { workspace: String },
 }
 
+impl BackendError {
+    /// `op` of workspace `id` failed: `message` says why.
+    pub fn failed(id: &WorkspaceId, op: &'static str, message: impl Into<String>) -> Self {
+        BackendError::Failed {
+            workspace: id.to_string(),
+            op,
+            message: message.into(),
+        }
+    }
+
+    /// For `map_err`: an I/O error at `path` during `op`.
+    pub fn io(
+        id: &WorkspaceId,
+        op: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let workspace = id.to_string();
+        let path = path.to_owned();
+        move |source| BackendError::Io {
+            workspace,
+            op,
+            path,
+            source,
+        }
+    }
+
+    /// For `map_err`: a host command of `op` failed.
+    pub fn runtime(
+        id: &WorkspaceId,
+        op: &'static str,
+    ) -> impl FnOnce(crate::process::ProcessError) -> Self {
+        let workspace = id.to_string();
+        move |source| BackendError::Runtime {
+            workspace,
+            op,
+            source,
+        }
+    }
+
+    /// For `map_err`: a lower layer's error (image store, network, hypervisor API) as a
+    /// failed `op`, keeping its whole cause chain in the message.
+    pub fn chained<E: std::error::Error>(
+        id: &WorkspaceId,
+        op: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        let workspace = id.to_string();
+        move |e| BackendError::Failed {
+            workspace,
+            op,
+            message: crate::error_chain(&e),
+        }
+    }
+}
+
 /// The result of probing whether a backend can run here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostCheck {

@@ -110,6 +110,28 @@ pub fn resolv_conf(host: &str) -> String {
     out
 }
 
+/// Writes `data` to `p`, readable by its owner only (secrets: guest tokens, configs).
+pub fn write_private(p: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(data)
+}
+
+/// The last `max` bytes of a file (a console log) as text; empty when unreadable.
+pub fn tail_file(p: &std::path::Path, max: usize) -> String {
+    let Ok(data) = std::fs::read(p) else {
+        return String::new();
+    };
+    let start = data.len().saturating_sub(max);
+    String::from_utf8_lossy(&data[start..]).into_owned()
+}
+
 /// The whole chain of an error on one line (`a: b: c`), skipping causes whose text the
 /// message already contains.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -84,57 +84,6 @@ const OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Marks a finished volume; an interrupted create leaves none and is redone.
 const VOLUME: &str = "volume.ext4";
 
-pub(crate) fn failed(
-    id: &WorkspaceId,
-    op: &'static str,
-    message: impl Into<String>,
-) -> BackendError {
-    BackendError::Failed {
-        workspace: id.to_string(),
-        op,
-        message: message.into(),
-    }
-}
-
-pub(crate) fn io_err(
-    id: &WorkspaceId,
-    op: &'static str,
-    path: &Path,
-) -> impl FnOnce(std::io::Error) -> BackendError {
-    let workspace = id.to_string();
-    let path = path.to_owned();
-    move |source| BackendError::Io {
-        workspace,
-        op,
-        path,
-        source,
-    }
-}
-
-pub(crate) fn rt_err(
-    id: &WorkspaceId,
-    op: &'static str,
-) -> impl FnOnce(ProcessError) -> BackendError {
-    let workspace = id.to_string();
-    move |source| BackendError::Runtime {
-        workspace,
-        op,
-        source,
-    }
-}
-
-pub(crate) fn chain_err<E: std::error::Error>(
-    id: &WorkspaceId,
-    op: &'static str,
-) -> impl FnOnce(E) -> BackendError {
-    let workspace = id.to_string();
-    move |e| BackendError::Failed {
-        workspace,
-        op,
-        message: kraal_sandbox::error_chain(&e),
-    }
-}
-
 /// A persistent workspace keeps its network address even while stopped (`kraal-net`
 /// reads this marker).
 pub(crate) fn mark_persistent(dir: &Path, persistent: bool) -> std::io::Result<()> {
@@ -157,7 +106,7 @@ pub(crate) async fn check_snapshot_name(id: &WorkspaceId, name: &str) -> Result<
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(failed(
+        return Err(BackendError::failed(
             id,
             "snapshot",
             format!("invalid snapshot name {name:?}: use up to 64 letters, digits, - and _"),
@@ -182,7 +131,7 @@ pub(crate) async fn copy_disks(
             .timeout(Duration::from_secs(1800))
             .run()
             .await
-            .map_err(rt_err(id, op))?;
+            .map_err(BackendError::runtime(id, op))?;
     }
     Ok(())
 }
@@ -322,7 +271,7 @@ impl QemuBackend {
     async fn qmp(&self, id: &WorkspaceId) -> Result<Qmp, BackendError> {
         Qmp::connect(&self.ws_dir(id).join("qmp.sock"))
             .await
-            .map_err(chain_err(id, "QMP"))
+            .map_err(BackendError::chained(id, "QMP"))
     }
 
     /// The image a new workspace runs on, with its ext4 output.
@@ -348,7 +297,7 @@ impl QemuBackend {
                 &log,
             )
             .await
-            .map_err(chain_err(id, "create"))
+            .map_err(BackendError::chained(id, "create"))
     }
 
     fn image(&self, id: &WorkspaceId) -> Option<kraal_image::Image> {
@@ -368,19 +317,18 @@ impl QemuBackend {
         use sha2::Digest;
         let hash = hex::encode(&sha2::Sha256::digest(&key)[..8]);
         let store = self.cfg.images.dir().join("vm-agents");
-        std::fs::create_dir_all(&store).map_err(io_err(id, "agent CLIs disk", &store))?;
+        std::fs::create_dir_all(&store).map_err(BackendError::io(id, "agent CLIs disk", &store))?;
         let out = store.join(format!("agents-{hash}.ext4"));
         if out.is_file() {
             return Ok(Some(out));
         }
-        let _guard =
-            lock_file(&store.join(".lock"))
-                .await
-                .map_err(io_err(id, "agent CLIs disk", &out))?;
+        let _guard = lock_file(&store.join(".lock"))
+            .await
+            .map_err(BackendError::io(id, "agent CLIs disk", &out))?;
         if !out.is_file() {
             kraal_image::ext4::build(dir, &out, "kraal-agents")
                 .await
-                .map_err(chain_err(id, "agent CLIs disk"))?;
+                .map_err(BackendError::chained(id, "agent CLIs disk"))?;
         }
         Ok(Some(out))
     }
@@ -394,14 +342,14 @@ impl QemuBackend {
         socket: &Path,
     ) -> Result<(), BackendError> {
         let Some(bin) = &self.cfg.virtiofsd else {
-            return Err(failed(
+            return Err(BackendError::failed(
                 id,
                 "start",
                 "host directory mounts need virtiofsd (scripts/setup.sh installs it; or set KRAAL_VIRTIOFSD)",
             ));
         };
         if !m.host.is_dir() {
-            return Err(failed(
+            return Err(BackendError::failed(
                 id,
                 "start",
                 format!("mount {}: not a directory on this host", m.host.display()),
@@ -422,18 +370,19 @@ impl QemuBackend {
             .timeout(Duration::from_secs(10))
             .run()
             .await
-            .map_err(rt_err(id, "start virtiofsd"))?;
+            .map_err(BackendError::runtime(id, "start virtiofsd"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if Instant::now() > deadline {
-                return Err(failed(
+                return Err(BackendError::failed(
                     id,
                     "start",
                     format!(
                         "virtiofsd for {} did not open {} within 10 s: {}",
                         m.host.display(),
                         socket.display(),
-                        tail_file(&self.ws_dir(id).join("virtiofsd.log"), 500).trim()
+                        kraal_sandbox::tail_file(&self.ws_dir(id).join("virtiofsd.log"), 500)
+                            .trim()
                     ),
                 ));
             }
@@ -485,14 +434,14 @@ impl QemuBackend {
         let id = &spec.id;
         let dir = self.ws_dir(id);
         let image = self.image(id).ok_or_else(|| {
-            failed(
+            BackendError::failed(
                 id,
                 "start",
                 "its image is missing; it was removed after the workspace was created",
             )
         })?;
         let lower = image.ext4().ok_or_else(|| {
-            failed(
+            BackendError::failed(
                 id,
                 "start",
                 format!("image {} has no ext4 output", image.name),
@@ -508,7 +457,7 @@ impl QemuBackend {
             .images
             .ensure_kernel(&log)
             .await
-            .map_err(chain_err(id, "start"))?;
+            .map_err(BackendError::chained(id, "start"))?;
         let agents = if image.config.has_agents {
             None
         } else {
@@ -519,14 +468,14 @@ impl QemuBackend {
         // has it configured); a persistent workspace's is reserved for it.
         let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
             .await
-            .map_err(chain_err(id, "allocate network"))?;
+            .map_err(BackendError::chained(id, "allocate network"))?;
         let link = self.link(id, slot);
         kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
             .await
-            .map_err(chain_err(id, "firewall"))?;
+            .map_err(BackendError::chained(id, "firewall"))?;
         kraal_net::setup_tap(id, &link)
             .await
-            .map_err(chain_err(id, "network setup"))?;
+            .map_err(BackendError::chained(id, "network setup"))?;
         drop(guard);
 
         let shares: Vec<(String, kraal_core::Mount)> = spec
@@ -559,8 +508,8 @@ impl QemuBackend {
             },
         });
         let config = dir.join("config.img");
-        write_private(&config, &config_disk(boot.to_string().as_bytes()))
-            .map_err(io_err(id, "start", &config))?;
+        kraal_sandbox::write_private(&config, &config_disk(boot.to_string().as_bytes()))
+            .map_err(BackendError::io(id, "start", &config))?;
 
         let mut disks = vec![
             Disk {
@@ -659,7 +608,7 @@ impl QemuBackend {
             .await;
         if let Err(e) = run {
             let _ = self.halt(id).await;
-            return Err(rt_err(id, "start")(e));
+            return Err(BackendError::runtime(id, "start")(e));
         }
         if let Some(file) = incoming {
             let restored = async {
@@ -669,21 +618,28 @@ impl QemuBackend {
                     Some(serde_json::json!({ "uri": format!("file:{}", file.display()) })),
                 )
                 .await
-                .map_err(chain_err(id, "restore"))?;
+                .map_err(BackendError::chained(id, "restore"))?;
                 let deadline = Instant::now() + Duration::from_secs(300);
                 loop {
-                    let st = q.status().await.map_err(chain_err(id, "restore"))?;
+                    let st = q
+                        .status()
+                        .await
+                        .map_err(BackendError::chained(id, "restore"))?;
                     if st == "paused" || st == "postmigrate" || st == "running" {
                         break;
                     }
                     if Instant::now() > deadline {
-                        return Err(failed(id, "restore", format!("still {st} after 300 s")));
+                        return Err(BackendError::failed(
+                            id,
+                            "restore",
+                            format!("still {st} after 300 s"),
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 q.execute("cont", None)
                     .await
-                    .map_err(chain_err(id, "restore"))?;
+                    .map_err(BackendError::chained(id, "restore"))?;
                 Ok(())
             }
             .await;
@@ -712,18 +668,26 @@ impl QemuBackend {
     ) -> Result<PathBuf, BackendError> {
         check_snapshot_name(id, name).await?;
         if self.pid(id).is_none() {
-            return Err(failed(id, "snapshot", "the VM is not running"));
+            return Err(BackendError::failed(
+                id,
+                "snapshot",
+                "the VM is not running",
+            ));
         }
         let dir = self.ws_dir(id);
         let snap = self.snapshot_dir(id, name);
         let tmp = snap.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(io_err(id, "snapshot", &tmp))?;
+        std::fs::create_dir_all(&tmp).map_err(BackendError::io(id, "snapshot", &tmp))?;
         let mut q = self.qmp(id).await?;
-        let was_running = q.status().await.map_err(chain_err(id, "snapshot"))? == "running";
+        let was_running = q
+            .status()
+            .await
+            .map_err(BackendError::chained(id, "snapshot"))?
+            == "running";
         q.execute("stop", None)
             .await
-            .map_err(chain_err(id, "snapshot"))?;
+            .map_err(BackendError::chained(id, "snapshot"))?;
         let r = async {
             let mem = tmp.join("memory");
             q.execute(
@@ -731,17 +695,17 @@ impl QemuBackend {
                 Some(serde_json::json!({ "uri": format!("file:{}", mem.display()) })),
             )
             .await
-            .map_err(chain_err(id, "snapshot"))?;
+            .map_err(BackendError::chained(id, "snapshot"))?;
             let deadline = Instant::now() + Duration::from_secs(600);
             loop {
                 let info = q
                     .execute("query-migrate", None)
                     .await
-                    .map_err(chain_err(id, "snapshot"))?;
+                    .map_err(BackendError::chained(id, "snapshot"))?;
                 match info["status"].as_str().unwrap_or_default() {
                     "completed" => break,
                     "failed" | "cancelled" => {
-                        return Err(failed(
+                        return Err(BackendError::failed(
                             id,
                             "snapshot",
                             format!(
@@ -751,7 +715,11 @@ impl QemuBackend {
                         ));
                     }
                     _ if Instant::now() > deadline => {
-                        return Err(failed(id, "snapshot", "saving memory took over 600 s"));
+                        return Err(BackendError::failed(
+                            id,
+                            "snapshot",
+                            "saving memory took over 600 s",
+                        ));
                     }
                     _ => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
@@ -768,7 +736,7 @@ impl QemuBackend {
             return Err(e);
         }
         let _ = std::fs::remove_dir_all(&snap);
-        std::fs::rename(&tmp, &snap).map_err(io_err(id, "snapshot", &snap))?;
+        std::fs::rename(&tmp, &snap).map_err(BackendError::io(id, "snapshot", &snap))?;
         Ok(snap)
     }
 
@@ -782,7 +750,11 @@ impl QemuBackend {
         let id = &spec.id;
         let snap = self.snapshot_dir(id, name);
         if !snap.join("memory").is_file() {
-            return Err(failed(id, "restore", format!("no snapshot named {name:?}")));
+            return Err(BackendError::failed(
+                id,
+                "restore",
+                format!("no snapshot named {name:?}"),
+            ));
         }
         self.halt(id).await?;
         copy_disks(id, &snap, &self.ws_dir(id), "restore").await?;
@@ -825,26 +797,6 @@ async fn lock_file(path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::Fi
     })
     .await
     .expect("lock task does not panic")
-}
-
-fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)?;
-    f.write_all(data)
-}
-
-fn tail_file(p: &Path, max: usize) -> String {
-    let Ok(data) = std::fs::read(p) else {
-        return String::new();
-    };
-    let start = data.len().saturating_sub(max);
-    String::from_utf8_lossy(&data[start..]).into_owned()
 }
 
 /// An empty ext4 file system of `mib` MiB in a sparse file, or one holding `from`.
@@ -936,7 +888,7 @@ impl Backend for QemuBackend {
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
         let id = &spec.id;
         let dir = self.ws_dir(id);
-        std::fs::create_dir_all(&dir).map_err(io_err(id, "create", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(BackendError::io(id, "create", &dir))?;
         let volume = dir.join(VOLUME);
         if !volume.is_file() {
             // The checkout goes into a scratch directory, becomes the volume's content,
@@ -954,41 +906,43 @@ impl Backend for QemuBackend {
                 if !dir.join("image").is_file() {
                     let image = self.resolve_image(spec, &scratch).await?;
                     ImageStore::add_user(&image.rootfs, id.as_str())
-                        .map_err(chain_err(id, "create"))?;
+                        .map_err(BackendError::chained(id, "create"))?;
                     if let Some(user) = &image.config.user {
                         let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
-                            .map_err(|m| failed(id, "create", format!("remoteUser: {m}")))?;
+                            .map_err(|m| {
+                                BackendError::failed(id, "create", format!("remoteUser: {m}"))
+                            })?;
                         Cmd::new("chown")
                             .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
                             .arg(&scratch)
                             .timeout(Duration::from_secs(600))
                             .run()
                             .await
-                            .map_err(rt_err(id, "chown"))?;
+                            .map_err(BackendError::runtime(id, "chown"))?;
                     }
                     let f = dir.join("image");
                     std::fs::write(&f, image.rootfs.to_string_lossy().as_bytes())
-                        .map_err(io_err(id, "create", &f))?;
+                        .map_err(BackendError::io(id, "create", &f))?;
                 }
                 let partial = dir.join("volume.partial");
                 make_ext4(&partial, self.cfg.volume_mib, "workspace", Some(&scratch))
                     .await
-                    .map_err(rt_err(id, "make volume"))?;
-                std::fs::rename(&partial, &volume).map_err(io_err(id, "create", &volume))
+                    .map_err(BackendError::runtime(id, "make volume"))?;
+                std::fs::rename(&partial, &volume).map_err(BackendError::io(id, "create", &volume))
             }
             .await;
             let _ = std::fs::remove_dir_all(&scratch);
             let _ = std::fs::remove_file(dir.join("volume.partial"));
             r?;
         }
-        mark_persistent(&dir, spec.persistent).map_err(io_err(id, "create", &dir))?;
+        mark_persistent(&dir, spec.persistent).map_err(BackendError::io(id, "create", &dir))?;
         let root = dir.join("root.ext4");
         if !root.is_file() {
             let partial = dir.join("root.partial");
             make_ext4(&partial, self.cfg.root_mib, "kraal-root", None)
                 .await
-                .map_err(rt_err(id, "make root layer"))?;
-            std::fs::rename(&partial, &root).map_err(io_err(id, "create", &root))?;
+                .map_err(BackendError::runtime(id, "make root layer"))?;
+            std::fs::rename(&partial, &root).map_err(BackendError::io(id, "create", &root))?;
         }
         Ok(())
     }
@@ -997,10 +951,14 @@ impl Backend for QemuBackend {
         let id = &spec.id;
         if self.pid(id).is_some() {
             let mut q = self.qmp(id).await?;
-            if q.status().await.map_err(chain_err(id, "start"))? == "paused" {
+            if q.status()
+                .await
+                .map_err(BackendError::chained(id, "start"))?
+                == "paused"
+            {
                 q.execute("cont", None)
                     .await
-                    .map_err(chain_err(id, "resume"))?;
+                    .map_err(BackendError::chained(id, "resume"))?;
             }
             return self.endpoint(id).await;
         }
@@ -1026,7 +984,7 @@ impl Backend for QemuBackend {
             ImageStore::remove_user(Path::new(rootfs.trim()), id.as_str());
         }
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(io_err(id, "destroy", &dir))?;
+            std::fs::remove_dir_all(&dir).map_err(BackendError::io(id, "destroy", &dir))?;
         }
         Ok(())
     }
@@ -1052,9 +1010,9 @@ impl Backend for QemuBackend {
     }
 
     async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError> {
-        let ip: Ipv4Addr = kraal_net::tap_guest_ip(id)
-            .await
-            .ok_or_else(|| failed(id, "endpoint", "the workspace's TAP device is gone"))?;
+        let ip: Ipv4Addr = kraal_net::tap_guest_ip(id).await.ok_or_else(|| {
+            BackendError::failed(id, "endpoint", "the workspace's TAP device is gone")
+        })?;
         Ok(GuestEndpoint {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(kraal_net::host_ip_for(ip).into()),
@@ -1067,7 +1025,10 @@ impl Backend for QemuBackend {
         id: &WorkspaceId,
         max_bytes: usize,
     ) -> Result<String, BackendError> {
-        Ok(tail_file(&self.ws_dir(id).join("console.log"), max_bytes))
+        Ok(kraal_sandbox::tail_file(
+            &self.ws_dir(id).join("console.log"),
+            max_bytes,
+        ))
     }
 
     async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
@@ -1075,7 +1036,7 @@ impl Backend for QemuBackend {
             .await?
             .execute("stop", None)
             .await
-            .map_err(chain_err(id, "pause"))?;
+            .map_err(BackendError::chained(id, "pause"))?;
         Ok(())
     }
 
@@ -1092,7 +1053,7 @@ impl Backend for QemuBackend {
             .await?
             .execute("cont", None)
             .await
-            .map_err(chain_err(id, "resume"))?;
+            .map_err(BackendError::chained(id, "resume"))?;
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use kraal_sandbox::{
     Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
 };
 
-use crate::{Prepared, QemuBackend, chain_err, failed, io_err, rt_err};
+use crate::{Prepared, QemuBackend};
 
 /// Where Firecracker and (optionally) the jailer are.
 #[derive(Debug, Clone)]
@@ -32,10 +32,6 @@ pub struct FirecrackerOptions {
 pub struct FirecrackerBackend {
     vms: QemuBackend,
     opts: FirecrackerOptions,
-}
-
-fn api_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(client::ApiError) -> BackendError {
-    chain_err(id, op)
 }
 
 impl FirecrackerBackend {
@@ -89,7 +85,7 @@ impl FirecrackerBackend {
         client::send(&self.api_socket(id), c)
             .await
             .map(|_| ())
-            .map_err(api_err(id, op))
+            .map_err(BackendError::chained(id, op))
     }
 
     /// Makes `path` visible inside the chroot as `/<name>` (hard link, else copy) and
@@ -167,11 +163,11 @@ impl FirecrackerBackend {
             .timeout(Duration::from_secs(30))
             .run()
             .await
-            .map_err(rt_err(id, "start"))?;
+            .map_err(BackendError::runtime(id, "start"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
             if Instant::now() > deadline {
-                return Err(failed(
+                return Err(BackendError::failed(
                     id,
                     "start",
                     format!(
@@ -197,17 +193,21 @@ impl FirecrackerBackend {
     ) -> Result<PathBuf, BackendError> {
         crate::check_snapshot_name(id, name).await?;
         if self.pid(id).is_none() {
-            return Err(failed(id, "snapshot", "the VM is not running"));
+            return Err(BackendError::failed(
+                id,
+                "snapshot",
+                "the VM is not running",
+            ));
         }
         let snap = self.snapshot_dir(id, name);
-        std::fs::create_dir_all(&snap).map_err(io_err(id, "snapshot", &snap))?;
+        std::fs::create_dir_all(&snap).map_err(BackendError::io(id, "snapshot", &snap))?;
         self.call(id, "snapshot", &api::pause()).await?;
         let state = self
             .expose_out(id, "state")
-            .map_err(io_err(id, "snapshot", &snap))?;
+            .map_err(BackendError::io(id, "snapshot", &snap))?;
         let mem = self
             .expose_out(id, "memory")
-            .map_err(io_err(id, "snapshot", &snap))?;
+            .map_err(BackendError::io(id, "snapshot", &snap))?;
         let r = self
             .call(id, "snapshot", &api::snapshot_create(&state.0, &mem.0))
             .await;
@@ -215,7 +215,7 @@ impl FirecrackerBackend {
             r?;
             for ((_, written), name) in [(state, "state"), (mem, "memory")] {
                 let dst = snap.join(name);
-                std::fs::rename(&written, &dst).map_err(io_err(id, "snapshot", &dst))?;
+                std::fs::rename(&written, &dst).map_err(BackendError::io(id, "snapshot", &dst))?;
             }
             crate::copy_disks(id, &self.ws_dir(id), &snap, "snapshot").await
         }
@@ -308,7 +308,7 @@ impl Backend for FirecrackerBackend {
         }
         self.halt(id).await?;
         if !spec.mounts.is_empty() {
-            return Err(failed(
+            return Err(BackendError::failed(
                 id,
                 "start",
                 "Firecracker has no virtio-fs: host directory mounts need the QEMU or gVisor backend",
@@ -323,7 +323,7 @@ impl Backend for FirecrackerBackend {
             ..
         } = self.vms.prepare(spec).await?;
         let vmlinux = kernel.vmlinux.clone().ok_or_else(|| {
-            failed(
+            BackendError::failed(
                 id,
                 "start",
                 "the kernel has no uncompressed vmlinux, which Firecracker needs",
@@ -331,13 +331,13 @@ impl Backend for FirecrackerBackend {
         })?;
         let r = async {
             if let Some(root) = self.chroot(id) {
-                std::fs::create_dir_all(&root).map_err(io_err(id, "start", &root))?;
+                std::fs::create_dir_all(&root).map_err(BackendError::io(id, "start", &root))?;
             }
             let mut drives = Vec::new();
             for d in &disks {
                 let p = self
                     .expose(id, &d.path, &format!("{}.img", d.role))
-                    .map_err(io_err(id, "start", &d.path))?;
+                    .map_err(BackendError::io(id, "start", &d.path))?;
                 drives.push((d.role.to_owned(), p, d.readonly));
             }
             let vm = api::VmDescription {
@@ -345,10 +345,10 @@ impl Backend for FirecrackerBackend {
                 memory_mib: spec.resources.memory_mib.max(256),
                 kernel: self
                     .expose(id, &vmlinux, "vmlinux")
-                    .map_err(io_err(id, "start", &vmlinux))?,
+                    .map_err(BackendError::io(id, "start", &vmlinux))?,
                 initrd: self
                     .expose(id, &kernel.initramfs, "initramfs.cpio")
-                    .map_err(io_err(id, "start", &kernel.initramfs))?,
+                    .map_err(BackendError::io(id, "start", &kernel.initramfs))?,
                 // Firecracker resets through the i8042 controller.
                 cmdline: cmdline.replace("reboot=t", "reboot=k"),
                 drives,
@@ -428,21 +428,25 @@ impl FirecrackerBackend {
         let id = &spec.id;
         let snap = self.snapshot_dir(id, name);
         if !snap.join("memory").is_file() {
-            return Err(failed(id, "restore", format!("no snapshot named {name:?}")));
+            return Err(BackendError::failed(
+                id,
+                "restore",
+                format!("no snapshot named {name:?}"),
+            ));
         }
         self.halt(id).await?;
         crate::copy_disks(id, &snap, &self.ws_dir(id), "restore").await?;
         // The TAP device the snapshot's network interface names must exist again.
         let Prepared { link, ports, .. } = self.vms.prepare(spec).await?;
         if let Some(root) = self.chroot(id) {
-            std::fs::create_dir_all(&root).map_err(io_err(id, "restore", &root))?;
+            std::fs::create_dir_all(&root).map_err(BackendError::io(id, "restore", &root))?;
         }
         let state = self
             .expose(id, &snap.join("state"), "state")
-            .map_err(io_err(id, "restore", &snap))?;
+            .map_err(BackendError::io(id, "restore", &snap))?;
         let mem = self
             .expose(id, &snap.join("memory"), "memory")
-            .map_err(io_err(id, "restore", &snap))?;
+            .map_err(BackendError::io(id, "restore", &snap))?;
         self.spawn(id, spec.resources.cpus).await?;
         self.call(id, "restore", &api::snapshot_load(&state, &mem))
             .await?;
