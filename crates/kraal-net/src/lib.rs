@@ -204,7 +204,7 @@ pub async fn allocate_preferring(
     pool: Pool,
     preferred: Option<u32>,
 ) -> Result<(u32, AllocGuard), NetError> {
-    allocate_with(pool, preferred, &Default::default()).await
+    allocate_with(pool, preferred, &Default::default(), None).await
 }
 
 /// The slot of a workspace whose state lives in `state_dir/<id>/`: the one it had last
@@ -232,7 +232,9 @@ pub async fn allocate_for(
         .filter(|p| *p != own && p.join("persistent").is_file())
         .filter_map(|p| slot_of(&p))
         .collect();
-    let r = allocate_with(pool, slot_of(&own), &reserved).await?;
+    // Its own link may still be up (a snapshot restore keeps it): that slot is its own.
+    let dev = format!("kh{}", id.short());
+    let r = allocate_with(pool, slot_of(&own), &reserved, Some(&dev)).await?;
     let _ = std::fs::write(own.join("net-slot"), r.0.to_string());
     Ok(r)
 }
@@ -241,6 +243,7 @@ async fn allocate_with(
     pool: Pool,
     preferred: Option<u32>,
     reserved: &std::collections::HashSet<u32>,
+    own_dev: Option<&str>,
 ) -> Result<(u32, AllocGuard), NetError> {
     let lock_path = PathBuf::from("/run/kraal/net.lock");
     let guard = tokio::task::spawn_blocking(move || -> Result<AllocGuard, NetError> {
@@ -276,17 +279,35 @@ async fn allocate_with(
             workspace: "(allocation)".into(),
             source: e,
         })?;
-    let mut used = used_slots(&out.stdout_str(), pool);
+    let slot = pick_slot(&out.stdout_str(), pool, preferred, reserved, own_dev).ok_or(
+        NetError::Exhausted {
+            pool: pool.to_string(),
+        },
+    )?;
+    Ok((slot, guard))
+}
+
+/// The slot to take given `ip -4 -o addr show` output: the one `own_dev` already holds,
+/// else `preferred` when free, else the first free one; `reserved` slots are never taken.
+pub fn pick_slot(
+    ip_output: &str,
+    pool: Pool,
+    preferred: Option<u32>,
+    reserved: &std::collections::HashSet<u32>,
+    own_dev: Option<&str>,
+) -> Option<u32> {
+    let (own, others): (Vec<&str>, Vec<&str>) = ip_output
+        .lines()
+        .partition(|l| own_dev.is_some_and(|d| l.split_whitespace().nth(1) == Some(d)));
+    let own_slot = used_slots(&own.join("\n"), pool).into_iter().next();
+    let mut used = used_slots(&others.join("\n"), pool);
     used.extend(reserved);
-    let slot = preferred
+    own_slot
+        .or(preferred)
         .filter(|p| *p < pool.slots() && !used.contains(p))
         .into_iter()
         .chain(0..pool.slots())
         .find(|s| !used.contains(s))
-        .ok_or(NetError::Exhausted {
-            pool: pool.to_string(),
-        })?;
-    Ok((slot, guard))
 }
 
 /// Slots whose addresses appear in `ip -4 -o addr show` output.
@@ -446,6 +467,26 @@ mod tests {
                    6: eth0    inet 192.168.1.2/24 brd 192.168.1.255 scope global eth0\n";
         let used = used_slots(out, DEFAULT_POOL);
         assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn slots_prefer_the_own_link_then_the_last_one_and_skip_reserved() {
+        let out = "5: kh0000000001    inet 10.213.0.1/30 scope global kh0000000001\\ x\n\
+                   6: kh0000000002    inet 10.213.0.9/30 scope global kh0000000002\\ x\n";
+        let none = Default::default();
+        // First free slot: 1 (slot 0 and 2 are used).
+        assert_eq!(pick_slot(out, DEFAULT_POOL, None, &none, None), Some(1));
+        // The device already holding slot 2 keeps it.
+        assert_eq!(
+            pick_slot(out, DEFAULT_POOL, Some(5), &none, Some("kh0000000002")),
+            Some(2)
+        );
+        // A free preferred slot is taken, a used one is not.
+        assert_eq!(pick_slot(out, DEFAULT_POOL, Some(5), &none, None), Some(5));
+        assert_eq!(pick_slot(out, DEFAULT_POOL, Some(2), &none, None), Some(1));
+        // Reserved slots (stopped persistent workspaces) are skipped.
+        let reserved = [1, 5].into_iter().collect();
+        assert_eq!(pick_slot(out, DEFAULT_POOL, Some(5), &reserved, None), Some(3));
     }
 
     #[test]

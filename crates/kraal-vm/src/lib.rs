@@ -393,6 +393,12 @@ impl QemuBackend {
 
     /// Ends the VM: asks QEMU to quit, then kills it; releases the TAP device.
     async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt_vm(id, false).await
+    }
+
+    /// Ends the VM; `keep_link` leaves its TAP device (and so its address) in place for a
+    /// snapshot restore, whose guest still has that address configured.
+    async fn halt_vm(&self, id: &WorkspaceId, keep_link: bool) -> Result<(), BackendError> {
         if let Some(pid) = self.pid(id) {
             // The engine has asked the guest to flush and power off; give it a moment.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -419,7 +425,9 @@ impl QemuBackend {
                 }
             }
         }
-        kraal_net::teardown_tap(&self.link(id, 0)).await;
+        if !keep_link {
+            kraal_net::teardown_tap(&self.link(id, 0)).await;
+        }
         let dir = self.ws_dir(id);
         kill_virtiofsd(&dir);
         let _ = std::fs::remove_file(dir.join("qemu.pid"));
@@ -756,7 +764,7 @@ impl QemuBackend {
                 format!("no snapshot named {name:?}"),
             ));
         }
-        self.halt(id).await?;
+        self.halt_vm(id, true).await?;
         copy_disks(id, &snap, &self.ws_dir(id), "restore").await?;
         self.boot(spec, Some(&snap.join("memory"))).await
     }

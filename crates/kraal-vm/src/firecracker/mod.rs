@@ -110,6 +110,12 @@ impl FirecrackerBackend {
     }
 
     async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        self.halt_vm(id, false).await
+    }
+
+    /// Ends the VM; `keep_link` leaves its TAP device (and so its address) in place for a
+    /// snapshot restore, whose guest still has that address configured.
+    async fn halt_vm(&self, id: &WorkspaceId, keep_link: bool) -> Result<(), BackendError> {
         if self.pid(id).is_some() {
             // The engine asked the guest to power off already; then Ctrl-Alt-Del, then kill.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -130,7 +136,9 @@ impl FirecrackerBackend {
                 );
             }
         }
-        kraal_net::teardown_tap(&self.vms.link(id, 0)).await;
+        if !keep_link {
+            kraal_net::teardown_tap(&self.vms.link(id, 0)).await;
+        }
         let _ = std::fs::remove_file(self.api_socket(id));
         if let Some(root) = self.chroot(id)
             && let Some(vm_dir) = root.parent()
@@ -434,7 +442,7 @@ impl FirecrackerBackend {
                 format!("no snapshot named {name:?}"),
             ));
         }
-        self.halt(id).await?;
+        self.halt_vm(id, true).await?;
         crate::copy_disks(id, &snap, &self.ws_dir(id), "restore").await?;
         // The TAP device the snapshot's network interface names must exist again.
         let Prepared { link, ports, .. } = self.vms.prepare(spec).await?;
