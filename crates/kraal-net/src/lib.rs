@@ -486,7 +486,10 @@ mod tests {
         assert_eq!(pick_slot(out, DEFAULT_POOL, Some(2), &none, None), Some(1));
         // Reserved slots (stopped persistent workspaces) are skipped.
         let reserved = [1, 5].into_iter().collect();
-        assert_eq!(pick_slot(out, DEFAULT_POOL, Some(5), &reserved, None), Some(3));
+        assert_eq!(
+            pick_slot(out, DEFAULT_POOL, Some(5), &reserved, None),
+            Some(3)
+        );
     }
 
     #[test]
