@@ -158,6 +158,44 @@ pub fn locate_virtiofsd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The host's TSC frequency in kHz, measured once against the wall clock (x86-64 only).
+/// A TCG guest reads the host's TSC; when the host is busy the guest kernel's own
+/// calibration against the emulated PIT fails and, without any other reference clock in a
+/// microVM, its boot can hang. `tsc_early_khz` skips that calibration.
+pub fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let measure = || {
+                // SAFETY: rdtsc has no preconditions on x86-64.
+                let (t0, c0) = (Instant::now(), unsafe { std::arch::x86_64::_rdtsc() });
+                std::thread::sleep(Duration::from_millis(50));
+                let (t1, c1) = (Instant::now(), unsafe { std::arch::x86_64::_rdtsc() });
+                let ns = t1.duration_since(t0).as_nanos() as u64;
+                (c1.wrapping_sub(c0))
+                    .checked_mul(1_000_000)?
+                    .checked_div(ns)
+            };
+            // The smaller of two measurements: a preemption only inflates the interval.
+            let (a, b) = (measure()?, measure()?);
+            let khz = a.min(b);
+            (100_000..20_000_000).contains(&khz).then_some(khz)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    })
+}
+
+/// The kernel command line for `accel`: under TCG the host's TSC frequency is given so the
+/// guest kernel never has to calibrate it (see [`host_tsc_khz`]).
+pub fn with_accel_params(cmdline: String, accel: Accel) -> String {
+    match (accel, host_tsc_khz()) {
+        (Accel::Tcg, Some(khz)) => format!("{cmdline} tsc_early_khz={khz}"),
+        _ => cmdline,
+    }
+}
+
 /// qboot (Debian's qemu-system-data ships it) when present, else QEMU's default.
 pub fn firmware() -> Option<PathBuf> {
     ["/usr/share/qemu/qboot.rom", "/usr/share/seabios/qboot.rom"]
@@ -597,7 +635,7 @@ impl QemuBackend {
             memory_mib: spec.resources.memory_mib.max(256),
             kernel: kernel.vmlinuz.clone(),
             initrd: kernel.initramfs.clone(),
-            cmdline,
+            cmdline: with_accel_params(cmdline, self.cfg.accel),
             disks,
             tap: link.host_if.clone(),
             mac: argv::mac_for(id.as_str()),
@@ -1077,6 +1115,15 @@ mod tests {
         let d = config_disk(&full);
         assert_eq!(d.len(), 8192);
         assert_eq!(d[4096], 0);
+    }
+
+    #[test]
+    fn tcg_guests_get_the_host_tsc_frequency() {
+        let khz = host_tsc_khz().expect("an x86-64 host has a TSC");
+        assert!((100_000..20_000_000).contains(&khz), "{khz} kHz");
+        let c = with_accel_params("console=ttyS0".into(), Accel::Tcg);
+        assert_eq!(c, format!("console=ttyS0 tsc_early_khz={khz}"));
+        assert_eq!(with_accel_params("x".into(), Accel::Kvm), "x");
     }
 
     #[test]
