@@ -207,35 +207,68 @@ pub async fn allocate_preferring(
     allocate_with(pool, preferred, &Default::default(), None).await
 }
 
-/// The slot of a workspace whose state lives in `state_dir/<id>/`: the one it had last
-/// time when free (`net-slot`), never one reserved by another *persistent* workspace of
-/// that directory (a `persistent` marker next to its `net-slot`), even while that one is
-/// stopped. Records the slot it returns.
+/// Host-wide reservations of persistent workspaces' slots: one file per slot naming the
+/// owner's state directory. Host-wide because every daemon on the host allocates from the
+/// same pool.
+pub const RESERVATIONS: &str = "/var/lib/kraal/net-reserved";
+
+/// The slot of a workspace whose state lives in `state_dir/<id>/`: the one it holds now
+/// (a restore keeps its link up), else the one it had last time when free (`net-slot`),
+/// never one reserved by a *persistent* workspace of any daemon on this host (even a
+/// stopped one). Records the slot, and reserves it when this workspace is persistent (a
+/// `persistent` marker in its directory). Reservations whose owner is gone are dropped.
 pub async fn allocate_for(
     pool: Pool,
     state_dir: &Path,
     id: &WorkspaceId,
 ) -> Result<(u32, AllocGuard), NetError> {
+    allocate_reserving(pool, state_dir, id, Path::new(RESERVATIONS)).await
+}
+
+pub async fn allocate_reserving(
+    pool: Pool,
+    state_dir: &Path,
+    id: &WorkspaceId,
+    reservations: &Path,
+) -> Result<(u32, AllocGuard), NetError> {
     let own = state_dir.join(id.as_str());
-    let slot_of = |dir: &Path| -> Option<u32> {
-        std::fs::read_to_string(dir.join("net-slot"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    let reserved: std::collections::HashSet<u32> = std::fs::read_dir(state_dir)
+    let previous: Option<u32> = std::fs::read_to_string(own.join("net-slot"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let mut reserved = std::collections::HashSet::new();
+    let mut mine = Vec::new();
+    for e in std::fs::read_dir(reservations)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path())
-        .filter(|p| *p != own && p.join("persistent").is_file())
-        .filter_map(|p| slot_of(&p))
-        .collect();
-    // Its own link may still be up (a snapshot restore keeps it): that slot is its own.
+    {
+        let Some(slot) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let owner = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let owner = Path::new(owner.trim());
+        if owner == own {
+            mine.push(e.path());
+        } else if owner.join("persistent").is_file() {
+            reserved.insert(slot);
+        } else {
+            // Its workspace was removed or is no longer persistent.
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let dev = format!("kh{}", id.short());
-    let r = allocate_with(pool, slot_of(&own), &reserved, Some(&dev)).await?;
+    let r = allocate_with(pool, previous, &reserved, Some(&dev)).await?;
     let _ = std::fs::write(own.join("net-slot"), r.0.to_string());
+    for p in mine {
+        let _ = std::fs::remove_file(p);
+    }
+    if own.join("persistent").is_file() {
+        let _ = std::fs::create_dir_all(reservations);
+        let _ = std::fs::write(
+            reservations.join(r.0.to_string()),
+            own.to_string_lossy().as_bytes(),
+        );
+    }
     Ok(r)
 }
 
@@ -489,6 +522,63 @@ mod tests {
         assert_eq!(
             pick_slot(out, DEFAULT_POOL, Some(5), &reserved, None),
             Some(3)
+        );
+    }
+
+    /// Two daemons (two state directories) on one host: a stopped persistent workspace's
+    /// slot is not handed to the other daemon's workspace; once it is removed, it is.
+    #[tokio::test]
+    async fn persistent_reservations_hold_across_daemons_until_the_owner_is_gone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (the host-wide allocation lock)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (one, two, res) = (
+            d.path().join("one"),
+            d.path().join("two"),
+            d.path().join("res"),
+        );
+        let a = WorkspaceId::random();
+        let b = WorkspaceId::random();
+        for (dir, id) in [(&one, &a), (&two, &b)] {
+            std::fs::create_dir_all(dir.join(id.as_str())).unwrap();
+        }
+        std::fs::write(one.join(a.as_str()).join("persistent"), b"").unwrap();
+        let (sa, g) = allocate_reserving(DEFAULT_POOL, &one, &a, &res)
+            .await
+            .unwrap();
+        drop(g);
+        assert_eq!(
+            std::fs::read_to_string(res.join(sa.to_string())).unwrap(),
+            one.join(a.as_str()).to_string_lossy()
+        );
+        // A never brought its link up (stopped): only the reservation protects its slot.
+        let (sb, g) = allocate_reserving(DEFAULT_POOL, &two, &b, &res)
+            .await
+            .unwrap();
+        drop(g);
+        assert_ne!(sa, sb, "the persistent workspace's slot is not handed out");
+        // Started again, A gets the same slot.
+        let (again, g) = allocate_reserving(DEFAULT_POOL, &one, &a, &res)
+            .await
+            .unwrap();
+        drop(g);
+        assert_eq!(again, sa);
+        // A removed: its reservation is dropped and the slot is free for others.
+        std::fs::remove_dir_all(one.join(a.as_str())).unwrap();
+        std::fs::remove_file(two.join(b.as_str()).join("net-slot")).unwrap();
+        let (sb2, g) = allocate_reserving(DEFAULT_POOL, &two, &b, &res)
+            .await
+            .unwrap();
+        drop(g);
+        assert!(
+            !res.join(sa.to_string()).exists(),
+            "stale reservation removed"
+        );
+        assert!(
+            sb2 <= sa,
+            "the freed slot is available again ({sb2} vs {sa})"
         );
     }
 
