@@ -22,9 +22,7 @@ use kraal_core::{BackendKind, Capabilities, WorkspaceId};
 use kraal_image::{ImageStore, Output};
 use kraal_net::{Link, Pool};
 use kraal_sandbox::process::{Cmd, ProcessError, which};
-use kraal_sandbox::{
-    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
-};
+use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus};
 
 pub use spec::{BundleSpec, NetworkMode};
 
@@ -154,24 +152,11 @@ impl GvisorBackend {
         spec: &SandboxSpec,
         volume: &Path,
     ) -> Result<kraal_image::Image, BackendError> {
-        let id = &spec.id;
-        let log = |p: kraal_image::Progress| {
-            if p.done || !p.detail.is_empty() {
-                tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
-            }
-        };
         self.cfg
             .images
-            .for_workspace(
-                spec.image.as_deref(),
-                &spec.source,
-                volume,
-                &self.cfg.default_image,
-                &[Output::Rootfs],
-                &log,
-            )
+            .for_sandbox(spec, volume, &self.cfg.default_image, &[Output::Rootfs])
             .await
-            .map_err(BackendError::chained(id, "create"))
+            .map_err(BackendError::chained(&spec.id, "create"))
     }
 
     /// The configuration of the image a workspace runs on (default when unknown).
@@ -249,22 +234,8 @@ impl Backend for GvisorBackend {
     async fn check(&self) -> HostCheck {
         let mut details = Vec::new();
         let mut ok = true;
-        match self
-            .runsc()
-            .arg("--version")
-            .timeout(Duration::from_secs(5))
-            .run()
-            .await
-        {
-            Ok(out) => {
-                let v = out
-                    .stdout_str()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                details.push(format!("{v} at {}", self.cfg.runsc.display()));
-            }
+        match self.runsc().version_line().await {
+            Ok(v) => details.push(format!("{v} at {}", self.cfg.runsc.display())),
             Err(e) => {
                 ok = false;
                 details.push(format!("runsc: {e}; install it with scripts/setup.sh (Debian package runsc from bookworm-backports)"));
@@ -315,15 +286,7 @@ impl Backend for GvisorBackend {
             ),
         }
         details.push(format!("network mode {}", self.cfg.network.as_str()));
-        HostCheck {
-            backend: BackendKind::Gvisor,
-            status: if ok {
-                ProbeStatus::Usable
-            } else {
-                ProbeStatus::Unusable
-            },
-            details,
-        }
+        HostCheck::new(BackendKind::Gvisor, ok, details)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {

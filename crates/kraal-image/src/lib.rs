@@ -706,6 +706,32 @@ impl ImageStore {
         }
     }
 
+    /// [`ImageStore::for_workspace`] for a sandbox about to be created, its build steps
+    /// logged under the workspace's id.
+    pub async fn for_sandbox(
+        &self,
+        spec: &kraal_sandbox::SandboxSpec,
+        volume: &Path,
+        default: &str,
+        outputs: &[Output],
+    ) -> Result<Image, ImageError> {
+        let id = &spec.id;
+        let log = |p: Progress| {
+            if p.done || !p.detail.is_empty() {
+                tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
+            }
+        };
+        self.for_workspace(
+            spec.image.as_deref(),
+            &spec.source,
+            volume,
+            default,
+            outputs,
+            &log,
+        )
+        .await
+    }
+
     /// The newest build of the image called `name`.
     pub fn find(&self, name: &str) -> Option<Image> {
         self.list().into_iter().find(|i| i.name == name)

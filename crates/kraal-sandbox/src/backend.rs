@@ -158,6 +158,21 @@ pub struct HostCheck {
     pub details: Vec<String>,
 }
 
+impl HostCheck {
+    /// Usable when no finding made `ok` false.
+    pub fn new(backend: BackendKind, ok: bool, details: Vec<String>) -> Self {
+        HostCheck {
+            backend,
+            status: if ok {
+                ProbeStatus::Usable
+            } else {
+                ProbeStatus::Unusable
+            },
+            details,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeStatus {

@@ -124,6 +124,22 @@ impl Cmd {
     }
 
     /// The command line, for messages.
+    /// Runs the program with `--version` (5 s at most) and returns the first line it
+    /// printed: how host checks report what they found.
+    pub async fn version_line(self) -> Result<String, ProcessError> {
+        let out = self
+            .arg("--version")
+            .timeout(Duration::from_secs(5))
+            .run()
+            .await?;
+        Ok(out
+            .stdout_str()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
         for a in &self.args {

@@ -26,9 +26,7 @@ use kraal_core::{BackendKind, Capabilities, WorkspaceId};
 use kraal_image::{ImageStore, Output};
 use kraal_net::{Link, Pool};
 use kraal_sandbox::process::{Cmd, ProcessError, which};
-use kraal_sandbox::{
-    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
-};
+use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus};
 
 pub use argv::{Accel, Disk, VmSpec};
 use qmp::Qmp;
@@ -318,24 +316,16 @@ impl QemuBackend {
         spec: &SandboxSpec,
         volume: &Path,
     ) -> Result<kraal_image::Image, BackendError> {
-        let id = &spec.id;
-        let log = |p: kraal_image::Progress| {
-            if p.done || !p.detail.is_empty() {
-                tracing::info!(workspace = %id, "image [{}/{}] {}: {}", p.step, p.steps, p.title, p.detail);
-            }
-        };
         self.cfg
             .images
-            .for_workspace(
-                spec.image.as_deref(),
-                &spec.source,
+            .for_sandbox(
+                spec,
                 volume,
                 &self.cfg.default_image,
                 &[Output::Rootfs, Output::Ext4],
-                &log,
             )
             .await
-            .map_err(BackendError::chained(id, "create"))
+            .map_err(BackendError::chained(&spec.id, "create"))
     }
 
     fn image(&self, id: &WorkspaceId) -> Option<kraal_image::Image> {
@@ -884,17 +874,8 @@ impl Backend for QemuBackend {
     async fn check(&self) -> HostCheck {
         let mut details = Vec::new();
         let mut ok = true;
-        match Cmd::new(&self.cfg.qemu)
-            .arg("--version")
-            .timeout(Duration::from_secs(5))
-            .run()
-            .await
-        {
-            Ok(out) => details.push(format!(
-                "{} at {}",
-                out.stdout_str().lines().next().unwrap_or_default(),
-                self.cfg.qemu.display()
-            )),
+        match Cmd::new(&self.cfg.qemu).version_line().await {
+            Ok(v) => details.push(format!("{v} at {}", self.cfg.qemu.display())),
             Err(e) => {
                 ok = false;
                 details.push(format!(
@@ -920,15 +901,7 @@ impl Backend for QemuBackend {
             ok = false;
             details.push("the QEMU backend needs root (TAP devices, nftables)".into());
         }
-        HostCheck {
-            backend: BackendKind::Qemu,
-            status: if ok {
-                ProbeStatus::Usable
-            } else {
-                ProbeStatus::Unusable
-            },
-            details,
-        }
+        HostCheck::new(BackendKind::Qemu, ok, details)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {

@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kraal_core::{BackendKind, Capabilities, WorkspaceId};
 use kraal_sandbox::process::Cmd;
-use kraal_sandbox::{
-    Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
-};
+use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus};
 
 use crate::{Prepared, QemuBackend};
 
@@ -265,17 +263,8 @@ impl Backend for FirecrackerBackend {
     async fn check(&self) -> HostCheck {
         let mut details = Vec::new();
         let mut ok = true;
-        match Cmd::new(&self.opts.firecracker)
-            .arg("--version")
-            .timeout(Duration::from_secs(5))
-            .run()
-            .await
-        {
-            Ok(out) => details.push(format!(
-                "{} at {}",
-                out.stdout_str().lines().next().unwrap_or_default(),
-                self.opts.firecracker.display()
-            )),
+        match Cmd::new(&self.opts.firecracker).version_line().await {
+            Ok(v) => details.push(format!("{v} at {}", self.opts.firecracker.display())),
             Err(e) => {
                 ok = false;
                 details.push(format!(
@@ -294,15 +283,7 @@ impl Backend for FirecrackerBackend {
                 j.chroot_base.display()
             ));
         }
-        HostCheck {
-            backend: BackendKind::Firecracker,
-            status: if ok {
-                ProbeStatus::Usable
-            } else {
-                ProbeStatus::Unusable
-            },
-            details,
-        }
+        HostCheck::new(BackendKind::Firecracker, ok, details)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<(), BackendError> {
