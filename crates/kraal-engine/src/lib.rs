@@ -690,36 +690,17 @@ impl Engine {
         addr: std::net::SocketAddr,
         timeout: Duration,
     ) -> Result<GuestClient, EngineError> {
-        let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            match GuestClient::connect(addr, &rec.guest_token).await {
-                Ok(c) => {
-                    self.guests
-                        .lock()
-                        .unwrap()
-                        .insert(rec.id.clone(), c.clone());
-                    return Ok(c);
-                }
-                Err(e @ GuestClientError::Denied { .. })
-                | Err(e @ GuestClientError::Protocol(_)) => {
-                    return Err(EngineError::Guest {
-                        workspace: rec.name.to_string(),
-                        source: e,
-                    });
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(EngineError::Guest {
-                        workspace: rec.name.to_string(),
-                        source: e,
-                    });
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-            }
-        }
+        let c = GuestClient::connect_retrying(addr, &rec.guest_token, timeout)
+            .await
+            .map_err(|source| EngineError::Guest {
+                workspace: rec.name.to_string(),
+                source,
+            })?;
+        self.guests
+            .lock()
+            .unwrap()
+            .insert(rec.id.clone(), c.clone());
+        Ok(c)
     }
 
     /// A connected guest client for a running workspace.

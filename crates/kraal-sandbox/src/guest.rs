@@ -68,6 +68,31 @@ impl std::fmt::Debug for GuestClient {
 }
 
 impl GuestClient {
+    /// [`GuestClient::connect`], retried with growing pauses while the sandbox boots, until
+    /// `timeout`; a refused handshake or a protocol error ends it at once (retrying cannot
+    /// help). The last error is returned.
+    pub async fn connect_retrying(
+        addr: SocketAddr,
+        token: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, GuestClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = std::time::Duration::from_millis(20);
+        loop {
+            match Self::connect(addr, token).await {
+                Ok(c) => return Ok(c),
+                Err(e @ (GuestClientError::Denied { .. } | GuestClientError::Protocol(_))) => {
+                    return Err(e);
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
     pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, GuestClientError> {
         let sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await

@@ -31,14 +31,9 @@ fn backend(tmp: &std::path::Path) -> GvisorBackend {
 }
 
 async fn connect(ep: &kraal_sandbox::GuestEndpoint, token: &str) -> GuestClient {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match GuestClient::connect(ep.addr, token).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("guest never answered: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    GuestClient::connect_retrying(ep.addr, token, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("guest never answered: {e}"))
 }
 
 async fn run(c: &GuestClient, cmd: &str) -> (String, Option<i32>) {

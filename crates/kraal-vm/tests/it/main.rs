@@ -3,7 +3,7 @@
 //! disks — restored after the workspace changed: files and running processes come back as
 //! they were. Needs root, QEMU and the musl guest build (`.ci/run` provides all).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kraal_core::{Resources, Source, WorkspaceId, WorkspaceName};
 use kraal_image::ImageStore;
@@ -34,14 +34,9 @@ fn backend(tmp: &std::path::Path) -> QemuBackend {
 }
 
 async fn connect(ep: &kraal_sandbox::GuestEndpoint, token: &str) -> GuestClient {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match GuestClient::connect(ep.addr, token).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("guest never answered: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    GuestClient::connect_retrying(ep.addr, token, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("guest never answered: {e}"))
 }
 
 async fn run(c: &GuestClient, cmd: &str) -> (String, Option<i32>) {
