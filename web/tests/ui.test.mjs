@@ -158,6 +158,19 @@ try {
   // Ctrl from the extra row, then C: interrupts a running command.
   await page.keyboard.type('sleep 300');
   await page.keyboard.press('Enter');
+  // Ctrl-C only reaches `sleep` once the shell has made it the foreground job; sent
+  // earlier, the shell takes the interrupt and `sleep` runs on, so wait until it exists.
+  const sleeping = () => {
+    try {
+      kraal('exec', '-n', WS, '--', 'sh', '-c',
+        'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sleep ] && exit 0; done; exit 1');
+      return true;
+    } catch { return false; }
+  };
+  for (let i = 0; !sleeping(); i++) {
+    assert.ok(i < 100, '`sleep 300` typed in the terminal never started');
+    await new Promise((r) => setTimeout(r, 100));
+  }
   await page.click('.keys [data-ctrl]');
   await page.keyboard.press('c');
   await page.keyboard.type('echo after-ctrl-c');
