@@ -215,6 +215,7 @@ mod tests {
             "exec.rs",
             "chat.rs",
             "render.rs",
+            "secure.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
             for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor", "kraal_vm"] {

@@ -40,6 +40,10 @@ pub struct Workspace {
     /// Host directories mounted into it.
     #[serde(default)]
     pub mounts: Vec<kraal_core::Mount>,
+    /// The egress allowlist.
+    pub egress: Vec<String>,
+    /// Git hosts with credentials added on the host.
+    pub git: Vec<kraal_core::GitCredential>,
     pub created_at: String,
     pub updated_at: String,
     /// The image it was created from (absent: the daemon's default at the time).
@@ -80,6 +84,94 @@ pub struct CreateWorkspace {
     /// Host directories mounted into the workspace (read-only unless `writable`).
     #[serde(default)]
     pub mounts: Vec<kraal_core::Mount>,
+    /// The whole egress allowlist (`example.com`, `*.example.com`, `host:port`); absent:
+    /// the default list (model APIs, git hosts, package registries).
+    #[serde(default)]
+    pub egress: Option<Vec<String>>,
+    /// Rules added to the allowlist (to `egress`, or to the default list).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Git hosts whose HTTPS requests get a stored secret added as credential on the host.
+    #[serde(default)]
+    pub git: Vec<kraal_core::GitCredential>,
+}
+
+/// A workspace's egress allowlist (`GET`/`PUT /v1/workspaces/{ws}/egress`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EgressPolicy {
+    /// `example.com` (that host), `*.example.com` (its subdomains), `host:port`; without
+    /// a port, 443 and 80.
+    pub rules: Vec<String>,
+}
+
+/// One connection the egress proxy allowed or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EgressLogEntry {
+    pub at: String,
+    /// `CONNECT`, or the method of a plain-HTTP request.
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// The address connected to.
+    pub addr: Option<String>,
+    pub allowed: bool,
+    pub reason: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub ms: u64,
+}
+
+/// Query of `GET /v1/workspaces/{ws}/egress/log` and `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct LogQuery {
+    /// Newest entries to return (default 100, at most 10 000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only this action (audit log).
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// A stored secret (never its value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    pub name: String,
+    /// `stdin`, `file`, `command`, `login:claude`…
+    pub source: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Body of `PUT /v1/secrets/{name}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PutSecret {
+    pub value: String,
+    /// Where the value came from (shown by `kraal secret ls`).
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+impl std::fmt::Debug for PutSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutSecret")
+            .field("value", &"<redacted>")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    /// Who: `local` (the Unix socket), `token:NAME`, `web:NAME`, `daemon`.
+    pub actor: String,
+    /// `login`, `login.failed`, `token.create`, `token.revoke`, `secret.set`, `secret.read`,
+    /// `secret.delete`, `exec`, `ssh`, `forward`, `egress.set`…
+    pub action: String,
+    pub target: String,
+    pub detail: String,
 }
 
 /// Body of `POST /v1/workspaces/{ws}/snapshots`.

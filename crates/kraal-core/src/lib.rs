@@ -1,6 +1,7 @@
 //! Domain vocabulary shared by every kraal crate: workspace ids and names, sources, resources,
 //! lifecycle states and backend kinds. Pure data and validation; this crate performs no IO.
 
+mod egress;
 mod event;
 mod mounts;
 mod names;
@@ -10,6 +11,10 @@ mod source;
 mod state;
 mod template;
 
+pub use egress::{
+    DEFAULT_ALLOWLIST, EGRESS_PORT, EgressRule, EgressRuleError, GATEWAY_PORT, GitCredential,
+    allowed, default_rules, is_secret_name, link_env, normalize_host, parse_rules,
+};
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use mounts::{Mount, MountError};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};

@@ -126,6 +126,10 @@ pub struct CreateRequest {
     pub persistent: bool,
     /// Host directories to mount (read-only unless `writable`).
     pub mounts: Vec<kraal_core::Mount>,
+    /// Egress allowlist (`None`: the default one).
+    pub egress: Option<Vec<kraal_core::EgressRule>>,
+    /// Git hosts whose HTTPS requests get a stored token added on the host.
+    pub git: Vec<kraal_core::GitCredential>,
 }
 
 /// The result of an operation that may still be running.
@@ -269,6 +273,7 @@ impl Engine {
             image: rec.image.clone(),
             persistent: rec.persistent,
             mounts: rec.mounts.clone(),
+            git_hosts: rec.git.iter().map(|g| g.host.clone()).collect(),
         }
     }
 
@@ -321,6 +326,7 @@ impl Engine {
                 return Err(EngineError::Invalid(format!("{} is mounted twice", m.path)));
             }
         }
+        self.check_git(&req.git)?;
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);
         let now = kraal_store::now();
@@ -340,6 +346,8 @@ impl Engine {
             updated_at: now,
             image: req.image,
             mounts: req.mounts,
+            egress: req.egress.unwrap_or_else(kraal_core::default_rules),
+            git: req.git,
         };
         self.store.insert(&rec).map_err(|e| match e {
             StoreError::NameTaken { name } => EngineError::NameTaken { name },
@@ -354,6 +362,65 @@ impl Engine {
         let id = rec.id.clone();
         let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
         Ok(Pending { record: rec, done })
+    }
+
+    /// Git credentials must be valid, one per host, and name secrets that exist.
+    fn check_git(&self, git: &[kraal_core::GitCredential]) -> Result<(), EngineError> {
+        let known: std::collections::HashSet<String> = self
+            .store
+            .list_secrets()?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let mut hosts = std::collections::HashSet::new();
+        for g in git {
+            g.validate()
+                .map_err(|e| EngineError::Invalid(format!("git credential: {e}")))?;
+            if !hosts.insert(g.host.as_str()) {
+                return Err(EngineError::Invalid(format!(
+                    "git host {} is given twice",
+                    g.host
+                )));
+            }
+            if !known.contains(&g.secret) {
+                return Err(EngineError::Invalid(format!(
+                    "git credential for {}: there is no secret named {} (create it with `kraal secret set {}`)",
+                    g.host, g.secret, g.secret
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a workspace's egress allowlist; a running workspace's proxy applies it to
+    /// new connections at once.
+    pub fn set_egress(
+        &self,
+        reference: &str,
+        rules: Vec<kraal_core::EgressRule>,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        let mut rec = self.resolve(reference)?;
+        self.store.set_egress(&rec.id, &rules)?;
+        rec.egress = rules;
+        if let Some(svc) = &self.services {
+            svc.update(&rec);
+        }
+        self.event(
+            &rec.id,
+            "info",
+            &format!("egress allowlist now has {} rules", rec.egress.len()),
+        );
+        Ok(rec)
+    }
+
+    /// The newest `limit` connections the workspace's egress proxy allowed or refused.
+    pub fn egress_log(
+        &self,
+        reference: &str,
+        limit: u32,
+    ) -> Result<Vec<kraal_store::EgressLogRecord>, EngineError> {
+        let rec = self.resolve(reference)?;
+        Ok(self.store.egress_log(&rec.id, limit)?)
     }
 
     fn free_name(&self, base: &WorkspaceName) -> Result<WorkspaceName, EngineError> {

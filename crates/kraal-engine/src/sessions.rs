@@ -19,19 +19,19 @@ use tokio::sync::watch;
 
 use crate::{Engine, EngineError, chain};
 
-/// Host services a running workspace gets on its private link (the model gateway). The
-/// daemon binary provides them; the engine only says when a workspace comes and goes.
+/// Host services a running workspace gets on its private link (the model and git
+/// gateway, the egress proxy). The daemon binary provides them; the engine only says when
+/// a workspace comes and goes and when its policy changes.
 #[async_trait]
 pub trait LinkServices: Send + Sync + 'static {
     /// Starts (idempotently) the services of workspace `ws`, whose link has the host
-    /// address `host`; returns where its agents reach the model APIs. `secret` is the
-    /// workspace's own secret, for deriving its gateway key.
-    async fn attach(
-        &self,
-        ws: &WorkspaceId,
-        host: IpAddr,
-        secret: &str,
-    ) -> Result<ModelGateway, String>;
+    /// address `host`; returns where its agents reach the model APIs. The record carries
+    /// the workspace's secret (for deriving its gateway key), its egress allowlist and its
+    /// git credentials.
+    async fn attach(&self, ws: &WorkspaceRecord, host: IpAddr) -> Result<ModelGateway, String>;
+
+    /// The workspace's allowlist or git credentials changed (it may be running).
+    fn update(&self, ws: &WorkspaceRecord);
 
     /// Stops them (the link is going away).
     fn detach(&self, ws: &WorkspaceId);
@@ -287,7 +287,7 @@ impl Engine {
         host: Option<IpAddr>,
     ) -> Option<ModelGateway> {
         let (svc, host) = (self.services.as_ref()?, host?);
-        match svc.attach(&ws.id, host, &ws.guest_token).await {
+        match svc.attach(ws, host).await {
             Ok(g) => {
                 self.gateways
                     .lock()

@@ -29,6 +29,8 @@ impl Engine {
             image: spec.image.clone().filter(|i| !i.is_empty()),
             persistent: false,
             mounts: Vec::new(),
+            egress: None,
+            git: Vec::new(),
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

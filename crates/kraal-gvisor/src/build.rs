@@ -136,7 +136,7 @@ impl StepRunner for BuildRunner {
             .timeout(Duration::from_secs(30))
             .run()
             .await;
-        kraal_net::teardown(&id, &Link::new(&id, self.pool, 0)).await;
+        kraal_net::teardown(&id, &Link::for_build(&id, self.pool, 0)).await;
         let _ = Cmd::new("umount")
             .arg(&root)
             .timeout(Duration::from_secs(30))
@@ -170,7 +170,7 @@ impl BuildRunner {
         let (slot, guard) = kraal_net::allocate(self.pool)
             .await
             .map_err(|x| format!("network: {}", kraal_sandbox::error_chain(&x)))?;
-        let link = Link::new(id, self.pool, slot);
+        let link = Link::for_build(id, self.pool, slot);
         kraal_net::install_firewall(self.pool, &self.host_ports)
             .await
             .map_err(|x| format!("firewall: {}", kraal_sandbox::error_chain(&x)))?;

@@ -402,7 +402,9 @@ impl Backend for GvisorBackend {
             "token": spec.guest_token,
             "files_root": "/workspace",
             "hostname": spec.name.as_str(),
-            "env": image_cfg.env.iter().collect::<Vec<_>>(),
+            "env": image_cfg.env.iter().map(|(k, v)| (k.clone(), v.clone()))
+                .chain(kraal_core::link_env(link.host_ip.into(), &spec.git_hosts))
+                .collect::<Vec<_>>(),
             "start": image_cfg.start,
             "user": image_cfg.user,
             "on_create": image_cfg.on_create,

@@ -90,6 +90,15 @@ impl Link {
         }
     }
 
+    /// The link of an image build step: named `kb*`, which the firewall lets out through
+    /// NAT (workspaces' `kh*` links are not).
+    pub fn for_build(id: &WorkspaceId, pool: Pool, slot: u32) -> Link {
+        let mut l = Link::new(id, pool, slot);
+        l.host_if = format!("kb{}", id.short());
+        l.guest_if = format!("kc{}", id.short());
+        l
+    }
+
     /// `ip` batch commands run in the root namespace.
     pub fn host_batch(&self) -> String {
         format!(
@@ -135,11 +144,22 @@ pub fn netns_path(id: &WorkspaceId) -> PathBuf {
     Path::new("/run/netns").join(netns_name(id))
 }
 
-/// The whole kraal nftables table. Rules match interface names (`kh*`), so one static
-/// table serves every workspace of every daemon on the host. `host_ports` are the TCP
-/// ports of host services for sandboxes (the model gateway): a workspace may reach them
-/// only at the host's address on its *own* link (`fib daddr . iif type local`), never at
-/// another workspace's link address.
+/// Destinations image builds never reach: private, shared (CGNAT), loopback, link-local
+/// (cloud metadata), multicast and reserved IPv4 ranges.
+const BLOCKED_FOR_BUILDS: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.0.0.0/24, 192.168.0.0/16, 198.18.0.0/15, 224.0.0.0/3";
+
+/// The whole kraal nftables table. Rules match interface names, so one static table
+/// serves every workspace of every daemon on the host: `kh*` are workspace links (veth or
+/// TAP), `kb*` the links of image build steps.
+///
+/// * Workspaces forward nothing: their only way out is the egress proxy on the host side
+///   of their own link. `host_ports` are those host services (model gateway, egress
+///   proxy); a workspace reaches them only at the host's address on its *own* link
+///   (`fib daddr . iif type local`), never at another workspace's link address, and
+///   nothing else on the host. Refused packets get an immediate error, not a hang.
+/// * Build steps are NATed out (package installs), except to private, link-local and
+///   metadata addresses; DNS is let through to whatever resolver the host uses.
+/// * Nothing outside may open connections into either kind of link.
 pub fn ruleset(pool: Pool, host_ports: &[u16]) -> String {
     let services = if host_ports.is_empty() {
         String::new()
@@ -154,20 +174,30 @@ pub fn ruleset(pool: Pool, host_ports: &[u16]) -> String {
         r#"table inet kraal
 delete table inet kraal
 table inet kraal {{
+	set build_blocked {{
+		type ipv4_addr; flags interval;
+		elements = {{ {BLOCKED_FOR_BUILDS} }}
+	}}
 	chain forward {{
 		type filter hook forward priority filter; policy accept;
-		iifname "kh*" oifname "kh*" drop comment "workspaces never reach each other"
-		oifname "kh*" ct state established,related accept
-		oifname "kh*" drop comment "nothing outside may open connections into a workspace"
+		iifname "kh*" reject with icmpx type admin-prohibited comment "workspaces reach outside only through their egress proxy"
+		iifname "kb*" oifname {{ "kh*", "kb*" }} drop comment "builds never reach workspaces or each other"
+		iifname "kb*" udp dport 53 accept comment "DNS for builds"
+		iifname "kb*" tcp dport 53 accept
+		iifname "kb*" ip daddr @build_blocked reject with icmpx type admin-prohibited comment "builds never reach private or metadata addresses"
+		iifname "kb*" meta nfproto ipv6 drop
+		oifname {{ "kh*", "kb*" }} ct state established,related accept
+		oifname {{ "kh*", "kb*" }} drop comment "nothing outside may open connections into a sandbox"
 	}}
 	chain input {{
 		type filter hook input priority filter; policy accept;
-		iifname "kh*" ct state established,related accept
-{services}		iifname "kh*" drop comment "workspaces cannot open connections to the host"
+		iifname {{ "kh*", "kb*" }} ct state established,related accept
+{services}		iifname "kh*" reject with icmpx type admin-prohibited comment "workspaces cannot open connections to the host"
+		iifname "kb*" drop comment "builds cannot open connections to the host"
 	}}
 	chain postrouting {{
 		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr {pool} oifname != "kh*" masquerade
+		iifname "kb*" ip saddr {pool} oifname != {{ "kh*", "kb*" }} masquerade
 	}}
 }}
 "#
@@ -584,18 +614,34 @@ mod tests {
 
     #[test]
     fn ruleset_golden() {
-        let r = ruleset(DEFAULT_POOL, &[7072]);
+        let r = ruleset(DEFAULT_POOL, &[7072, 7073]);
         assert!(
             r.starts_with("table inet kraal\ndelete table inet kraal\n"),
             "must replace atomically"
         );
-        assert!(r.contains(r#"iifname "kh*" oifname "kh*" drop"#));
+        let first_forward = r[r.find("chain forward").unwrap()..]
+            .lines()
+            .nth(2)
+            .unwrap()
+            .trim();
+        assert!(
+            first_forward.starts_with(r#"iifname "kh*" reject"#),
+            "workspaces forward nothing at all: {first_forward}"
+        );
         assert!(r.contains(
-            r#"iifname "kh*" drop comment "workspaces cannot open connections to the host""#
+            r#"iifname "kh*" reject with icmpx type admin-prohibited comment "workspaces cannot open connections to the host""#
         ));
-        assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"kh*\" masquerade"));
+        assert!(r.contains(r#"iifname "kb*" ip daddr @build_blocked reject"#));
+        assert!(r.contains("169.254.0.0/16") && r.contains("10.0.0.0/8"));
+        assert!(r.contains(
+            r#"iifname "kb*" ip saddr 10.213.0.0/16 oifname != { "kh*", "kb*" } masquerade"#
+        ));
+        assert!(
+            !r.contains(r#"iifname "kh*" ip saddr"#),
+            "workspaces are never NATed"
+        );
         let services = r
-            .find("tcp dport { 7072 } fib daddr . iif type local accept")
+            .find("tcp dport { 7072, 7073 } fib daddr . iif type local accept")
             .expect("host services rule");
         assert!(
             services
@@ -603,7 +649,7 @@ mod tests {
                     .unwrap(),
             "the service rule comes before the drop"
         );
-        assert!(!ruleset(DEFAULT_POOL, &[]).contains("dport"));
+        assert!(!ruleset(DEFAULT_POOL, &[]).contains("fib daddr"));
     }
 
     /// The kernel's own parser checks the ruleset (`nft -c` changes nothing).

@@ -18,7 +18,7 @@ use sha2::Sha256;
 use tokio::task::JoinHandle;
 
 /// Port of the gateway on the host side of every workspace link (the guest agent is 7071).
-pub const GATEWAY_PORT: u16 = 7072;
+pub const GATEWAY_PORT: u16 = kraal_core::GATEWAY_PORT;
 
 /// Largest request body forwarded to a model API.
 const MAX_REQUEST: usize = 32 * 1024 * 1024;
@@ -78,6 +78,30 @@ impl std::fmt::Debug for Credentials {
 /// as soon as the source has it.
 pub trait CredentialSource: Send + Sync + 'static {
     fn credentials(&self) -> Credentials;
+
+    /// The value of stored secret `name` (a git token), read for `workspace`.
+    fn secret(&self, _workspace: &str, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// A git host whose requests the gateway authenticates.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GitRoute {
+    pub host: String,
+    pub username: String,
+    /// Name of the secret holding the token.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for GitRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GitRoute({}@{} <- secret {})",
+            self.username, self.host, self.secret
+        )
+    }
 }
 
 /// Fixed credentials (from the daemon's environment or configuration).
@@ -96,6 +120,8 @@ pub struct Upstreams {
     pub anthropic: String,
     pub openai: String,
     pub google: String,
+    /// Where git hosts are reached (`https://HOST` unless listed), e.g. a mirror.
+    pub git: HashMap<String, String>,
 }
 
 impl Default for Upstreams {
@@ -104,6 +130,7 @@ impl Default for Upstreams {
             anthropic: "https://api.anthropic.com".into(),
             openai: "https://api.openai.com".into(),
             google: "https://generativelanguage.googleapis.com".into(),
+            git: HashMap::new(),
         }
     }
 }
@@ -122,6 +149,8 @@ pub fn placeholder_key(workspace_secret: &str) -> String {
 
 struct Shared {
     client: reqwest::Client,
+    /// For git: redirects go back to git, never followed with the credential.
+    git_client: reqwest::Client,
     upstreams: Upstreams,
     credentials: Arc<dyn CredentialSource>,
 }
@@ -131,6 +160,7 @@ struct Workspace {
     shared: Arc<Shared>,
     workspace: String,
     key: String,
+    git: std::sync::RwLock<Vec<GitRoute>>,
 }
 
 struct Running {
@@ -138,6 +168,7 @@ struct Running {
     requested: SocketAddr,
     bound: SocketAddr,
     key: String,
+    state: Arc<Workspace>,
     task: JoinHandle<()>,
 }
 
@@ -156,9 +187,15 @@ impl Gateways {
             .connect_timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(GatewayError::Client)?;
+        let git_client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(GatewayError::Client)?;
         Ok(Gateways {
             shared: Arc::new(Shared {
                 client,
+                git_client,
                 upstreams,
                 credentials,
             }),
@@ -178,11 +215,13 @@ impl Gateways {
         workspace: &str,
         addr: SocketAddr,
         key: &str,
+        git: Vec<GitRoute>,
     ) -> Result<SocketAddr, GatewayError> {
         {
             let mut running = self.running.lock().unwrap();
             if let Some(r) = running.get(workspace) {
                 if r.requested == addr && r.key == key && !r.task.is_finished() {
+                    *r.state.git.write().unwrap() = git;
                     return Ok(r.bound);
                 }
                 r.task.abort();
@@ -201,8 +240,9 @@ impl Gateways {
             shared: self.shared.clone(),
             workspace: workspace.to_owned(),
             key: key.to_owned(),
+            git: std::sync::RwLock::new(git),
         });
-        let app = Router::new().fallback(forward).with_state(state);
+        let app = Router::new().fallback(forward).with_state(state.clone());
         let ws = workspace.to_owned();
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -216,10 +256,18 @@ impl Gateways {
                 requested: addr,
                 bound,
                 key: key.to_owned(),
+                state,
                 task,
             },
         );
         Ok(bound)
+    }
+
+    /// Replaces the git hosts of a running gateway.
+    pub fn set_git(&self, workspace: &str, git: Vec<GitRoute>) {
+        if let Some(r) = self.running.lock().unwrap().get(workspace) {
+            *r.state.git.write().unwrap() = git;
+        }
     }
 
     /// Stops `workspace`'s gateway (its link is going away).
@@ -328,6 +376,10 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    if let Some(rest) = path.strip_prefix("/git/") {
+        let rest = rest.to_owned();
+        return forward_git(ws, req, &rest, query, t0).await;
+    }
     let (provider, rest) = if let Some(rest) = path.strip_prefix("/anthropic") {
         (Provider::Anthropic, rest)
     } else if let Some(rest) = path.strip_prefix("/openai") {
@@ -454,6 +506,109 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
     let mut out = Response::builder().status(status);
     for (name, value) in resp.headers() {
         if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream))
+        .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
+/// Git over HTTPS: `/git/HOST/PATH` goes to `https://HOST/PATH` (or the configured URL of
+/// HOST) with the workspace's token for HOST added as basic auth. Only hosts given to this
+/// workspace are served; redirects are handed back to git, never followed with the token.
+async fn forward_git(
+    ws: Arc<Workspace>,
+    req: Request,
+    rest: &str,
+    query: Option<String>,
+    t0: Instant,
+) -> Response {
+    let method = req.method().clone();
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h.to_owned(), format!("/{p}")),
+        None => (rest.to_owned(), "/".to_owned()),
+    };
+    let route = ws
+        .git
+        .read()
+        .unwrap()
+        .iter()
+        .find(|g| g.host == host)
+        .cloned();
+    let Some(route) = route else {
+        tracing::warn!(workspace = %ws.workspace, host = %host, "git gateway: host not configured");
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "kraal git gateway: workspace {} has no credential for {host}\n",
+                ws.workspace
+            ),
+        )
+            .into_response();
+    };
+    let Some(token) = ws.shared.credentials.secret(&ws.workspace, &route.secret) else {
+        return (
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "kraal git gateway: secret {} for {host} is not set (kraal secret set {})\n",
+                route.secret, route.secret
+            ),
+        )
+            .into_response();
+    };
+    let base = ws
+        .shared
+        .upstreams
+        .git
+        .get(&host)
+        .cloned()
+        .unwrap_or_else(|| format!("https://{host}"));
+    let mut url = format!("{}{}", base.trim_end_matches('/'), path);
+    if let Some(q) = &query {
+        url.push('?');
+        url.push_str(q);
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in req.headers() {
+        if hop_by_hop(name) || name == header::AUTHORIZATION || name == header::COOKIE {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    use base64::Engine as _;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{token}", route.username));
+    if let Ok(v) = HeaderValue::from_str(&format!("Basic {basic}")) {
+        headers.insert(header::AUTHORIZATION, v);
+    }
+    // Pushes can be large: stream the body through.
+    let body = reqwest::Body::wrap_stream(req.into_body().into_data_stream());
+    let resp = match ws
+        .shared
+        .git_client
+        .request(method.clone(), &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(workspace = %ws.workspace, host = %host, "git gateway: upstream failed: {e}");
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!("kraal git gateway: {host} unreachable: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let status = resp.status();
+    tracing::info!(workspace = %ws.workspace, host = %host, %method, path = %path, status = status.as_u16(),
+        ms = t0.elapsed().as_millis() as u64, "git gateway");
+    let mut out = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) && name != header::SET_COOKIE {
             out = out.header(name, value);
         }
     }

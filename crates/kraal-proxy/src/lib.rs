@@ -1,13 +1,18 @@
-//! Host-side services that sandboxes reach over their private link. Today: the model
-//! gateway, a reverse proxy in front of the model APIs (Anthropic, OpenAI). Agents inside a
+//! Host-side services that sandboxes reach over their private link: the egress proxy
+//! (the only way out, per-workspace allowlist) and the model gateway, a reverse proxy in front of the model APIs (Anthropic, OpenAI). Agents inside a
 //! sandbox are given the gateway as their API base URL and a per-workspace placeholder key;
 //! the gateway checks the placeholder, swaps it for the real credential held on the host and
 //! streams the answer back. Real keys and OAuth tokens never enter a sandbox.
 
+mod egress;
 mod gateway;
 
+pub use egress::{
+    EgressError, EgressProxies, EgressRecord, EgressSettings, EgressSink, NoSink, refused,
+};
+
 pub use gateway::{
-    AnthropicAuth, CredentialSource, Credentials, GATEWAY_PORT, GatewayError, Gateways,
+    AnthropicAuth, CredentialSource, Credentials, GATEWAY_PORT, GatewayError, Gateways, GitRoute,
     StaticCredentials, Upstreams, placeholder_key,
 };
 

@@ -25,12 +25,13 @@ async fn gateway(model: &ScriptedModel, creds: Credentials) -> (Gateways, std::n
             anthropic: model.base_url(),
             openai: model.base_url(),
             google: model.base_url(),
+            git: Default::default(),
         },
         Arc::new(StaticCredentials(creds)),
     )
     .unwrap();
     let addr = g
-        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY)
+        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY, vec![])
         .await
         .unwrap();
     (g, addr)
@@ -184,12 +185,13 @@ async fn an_unreachable_upstream_is_a_clear_502() {
             anthropic: format!("http://{free}"),
             openai: format!("http://{free}"),
             google: format!("http://{free}"),
+            git: Default::default(),
         },
         Arc::new(StaticCredentials::default()),
     )
     .unwrap();
     let addr = g
-        .ensure("ws-0000000002", "127.0.0.1:0".parse().unwrap(), KEY)
+        .ensure("ws-0000000002", "127.0.0.1:0".parse().unwrap(), KEY, vec![])
         .await
         .unwrap();
     let resp = reqwest::Client::new()
@@ -210,7 +212,7 @@ async fn ensure_is_idempotent_and_stop_closes_the_port() {
     let model = ScriptedModel::start(scenario()).unwrap();
     let (g, addr) = gateway(&model, Credentials::default()).await;
     let again = g
-        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY)
+        .ensure("ws-0000000001", "127.0.0.1:0".parse().unwrap(), KEY, vec![])
         .await
         .unwrap();
     assert_eq!(again, addr, "same request, same listener");
@@ -275,4 +277,113 @@ async fn gemini_requests_get_the_real_google_key() {
     assert!(text.contains("\"text\":\"stre\""), "{text}");
     let h = &model.request_headers()[0];
     assert_eq!(h["x-goog-api-key"], "AIza-REAL");
+}
+
+/// Secrets for the git gateway test.
+struct GitSecrets;
+impl CredentialSource for GitSecrets {
+    fn credentials(&self) -> Credentials {
+        Credentials::default()
+    }
+    fn secret(&self, _workspace: &str, name: &str) -> Option<String> {
+        (name == "pat").then(|| "ghp_REALTOKEN".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_git_gateway_adds_the_token_only_for_configured_hosts_and_never_follows_redirects() {
+    use axum::routing::get;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let s2 = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/org/repo.git/info/refs",
+            get(move |req: axum::extract::Request| {
+                let s2 = s2.clone();
+                async move {
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    s2.lock().unwrap().push((req.uri().to_string(), auth));
+                    "refs"
+                }
+            }),
+        )
+        .route(
+            "/moved",
+            get(|| async { axum::response::Redirect::temporary("http://elsewhere.invalid/steal") }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut upstreams = Upstreams::default();
+    upstreams
+        .git
+        .insert("git.example.com".into(), format!("http://{up}"));
+    let g = Gateways::new(upstreams, Arc::new(GitSecrets)).unwrap();
+    let route = GitRoute {
+        host: "git.example.com".into(),
+        username: "x-access-token".into(),
+        secret: "pat".into(),
+    };
+    let addr = g
+        .ensure(
+            "ws-0000000003",
+            "127.0.0.1:0".parse().unwrap(),
+            KEY,
+            vec![route],
+        )
+        .await
+        .unwrap();
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = c
+        .get(format!(
+            "http://{addr}/git/git.example.com/org/repo.git/info/refs?service=git-upload-pack"
+        ))
+        .header("authorization", "Basic c2FuZGJveDpmYWtl")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "refs");
+    {
+        use base64::Engine as _;
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "/org/repo.git/info/refs?service=git-upload-pack");
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_REALTOKEN")
+        );
+        assert_eq!(seen[0].1, want, "the sandbox's own credential is replaced");
+    }
+    // Another host: not served, nothing sent upstream.
+    let r = c
+        .get(format!(
+            "http://{addr}/git/github.com/org/repo.git/info/refs"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("no credential for github.com")
+    );
+    // A redirect comes back to the client instead of being followed with the token.
+    let r = c
+        .get(format!("http://{addr}/git/git.example.com/moved"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }

@@ -25,6 +25,10 @@ pub struct SandboxSpec {
     /// Host directories to mount into the sandbox.
     #[serde(default)]
     pub mounts: Vec<kraal_core::Mount>,
+    /// Hosts whose `https://` git URLs go through the git gateway on the workspace's link
+    /// (which adds the credential on the host).
+    #[serde(default)]
+    pub git_hosts: Vec<String>,
 }
 
 /// How to reach a started sandbox's guest agent.

@@ -20,11 +20,48 @@ use crate::error::HttpError;
     responses((status = 101, description = "WebSocket; see ExecClientMsg and ExecServerMsg"), (status = 409, body = kraal_api::ApiError)))]
 pub async fn exec_ws(
     State(s): State<AppState>,
+    actor: Option<axum::Extension<crate::security::Actor>>,
     Path(ws): Path<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
-    let (_rec, client) = s.engine.guest(&ws).await?;
-    Ok(upgrade.on_upgrade(move |socket| session(socket, client)))
+    let (rec, client) = s.engine.guest(&ws).await?;
+    let actor = crate::security::actor_of(actor);
+    let name = rec.name.to_string();
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        session(socket, client, move |argv: &[String]| {
+            crate::security::audit(&s, &actor, "exec", &name, &shell_words(argv));
+        })
+        .await
+    }))
+}
+
+/// `argv` as one line for the audit log (quoted where needed, cut at 500 bytes).
+fn shell_words(argv: &[String]) -> String {
+    let mut out = String::new();
+    for a in argv {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if !a.is_empty()
+            && a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+        {
+            out.push_str(a);
+        } else {
+            out.push('\'');
+            out.push_str(&a.replace('\'', "'\\''"));
+            out.push('\'');
+        }
+    }
+    if out.len() > 500 {
+        let mut cut = 500;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
 }
 
 fn text(m: &ExecServerMsg) -> Message {
@@ -51,7 +88,7 @@ fn guest_error(e: &GuestClientError) -> Message {
     }
 }
 
-async fn session(socket: WebSocket, client: GuestClient) {
+async fn session(socket: WebSocket, client: GuestClient, audit: impl FnOnce(&[String])) {
     let (mut tx, mut rx) = socket.split();
     let first = match tokio::time::timeout(Duration::from_secs(30), rx.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ExecClientMsg>(&t),
@@ -78,6 +115,7 @@ async fn session(socket: WebSocket, client: GuestClient) {
                     .await;
                 return;
             }
+            audit(&argv);
             client
                 .exec(ExecRequest {
                     argv,

@@ -5,6 +5,7 @@ mod error;
 mod exec;
 mod images;
 mod routes;
+pub mod security;
 mod sessions;
 mod tokens;
 pub mod web;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub data_dir: String,
     /// Where the web UI listens (`http://…`), when it does.
     pub web_url: Option<String>,
+    /// The key secrets are encrypted with at rest.
+    pub secret_key: kraal_store::SecretKey,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`
@@ -46,11 +49,16 @@ pub fn router(state: AppState, token: Option<String>) -> Router {
                 async move { require_token(&t, req, next).await }
             }))
         }
-        None => app,
+        None => app.layer(middleware::from_fn(
+            |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(security::Actor("local".into()));
+                next.run(req).await
+            },
+        )),
     }
 }
 
-async fn require_token(token: &str, req: Request, next: Next) -> Response {
+async fn require_token(token: &str, mut req: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
     let given = req
         .headers()
@@ -59,6 +67,8 @@ async fn require_token(token: &str, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        req.extensions_mut()
+            .insert(security::Actor("api-token".into()));
         next.run(req).await
     } else {
         HttpError::unauthorized().into_response()

@@ -56,6 +56,13 @@ use crate::error::HttpError;
         crate::images::list_images,
         crate::images::build_image,
         crate::images::remove_image,
+        crate::security::get_egress,
+        crate::security::put_egress,
+        crate::security::egress_log,
+        crate::security::list_secrets,
+        crate::security::put_secret,
+        crate::security::delete_secret,
+        crate::security::audit_log,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -91,6 +98,20 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/workspaces/{ws}/logs", get(logs))
         .route("/v1/workspaces/{ws}/processes", get(processes))
         .route("/v1/workspaces/{ws}/exec", get(crate::exec::exec_ws))
+        .route(
+            "/v1/workspaces/{ws}/egress",
+            get(crate::security::get_egress).put(crate::security::put_egress),
+        )
+        .route(
+            "/v1/workspaces/{ws}/egress/log",
+            get(crate::security::egress_log),
+        )
+        .route("/v1/secrets", get(crate::security::list_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(crate::security::put_secret).delete(crate::security::delete_secret),
+        )
+        .route("/v1/audit", get(crate::security::audit_log))
         .route("/v1/workspaces/{ws}/files/stat", get(stat_file))
         .route("/v1/workspaces/{ws}/files/list", get(list_dir))
         .route(
@@ -168,10 +189,22 @@ pub fn to_api(engine: &std::sync::Arc<kraal_engine::Engine>, r: &WorkspaceRecord
         reason: r.reason.clone(),
         persistent: r.persistent,
         mounts: r.mounts.clone(),
+        egress: r.egress.iter().map(ToString::to_string).collect(),
+        git: r.git.clone(),
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         image: r.image.clone(),
     }
+}
+
+/// The host of an `https://` or `http://` git URL (with its port when not the default).
+fn git_url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?;
+    let hostport = authority.rsplit('@').next()?;
+    (!hostport.is_empty()).then(|| hostport.to_owned())
 }
 
 /// Waits for an operation when asked to, turning its failure into an error response.
@@ -259,6 +292,23 @@ async fn create_workspace(
         }
         Source::Empty => Source::Empty,
     };
+    // The allowlist: the one given or the default, plus `allow`, plus the source's own
+    // git host (a workspace can always fetch and push its repository).
+    let mut rules = match &req.egress {
+        Some(list) => list.clone(),
+        None => kraal_core::DEFAULT_ALLOWLIST
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    rules.extend(req.allow.iter().cloned());
+    if let Source::Git { url, .. } = &source
+        && let Some(host) = git_url_host(url)
+    {
+        rules.push(host);
+    }
+    let egress =
+        Some(kraal_core::parse_rules(&rules).map_err(|e| HttpError::bad_request(e.to_string()))?);
     let p = s.engine.create(CreateRequest {
         name: req.name,
         source,
@@ -266,6 +316,8 @@ async fn create_workspace(
         image: req.image,
         persistent: req.persistent,
         mounts: req.mounts,
+        egress,
+        git: req.git,
     })?;
     settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }

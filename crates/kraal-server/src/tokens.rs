@@ -31,6 +31,7 @@ fn random_hex(bytes: usize) -> String {
     responses((status = 201, body = NewToken), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 pub async fn create_token(
     State(s): State<AppState>,
+    actor: Option<axum::Extension<crate::security::Actor>>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<NewToken>), HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
@@ -53,6 +54,13 @@ pub async fn create_token(
         .insert_token(&id, name, &token)
         .map_err(store_err)?;
     tracing::info!(token = %id, name, "access token created");
+    crate::security::audit(
+        &s,
+        &crate::security::actor_of(actor),
+        "token.create",
+        &id,
+        name,
+    );
     Ok((
         StatusCode::CREATED,
         Json(NewToken {
@@ -86,10 +94,18 @@ pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<TokenList>, H
     responses((status = 204), (status = 404, body = ApiError)))]
 pub async fn revoke_token(
     State(s): State<AppState>,
+    actor: Option<axum::Extension<crate::security::Actor>>,
     Path(token): Path<String>,
 ) -> Result<StatusCode, HttpError> {
     if s.engine.store().revoke_token(&token).map_err(store_err)? {
         tracing::info!(token = %token, "access token revoked");
+        crate::security::audit(
+            &s,
+            &crate::security::actor_of(actor),
+            "token.revoke",
+            &token,
+            "",
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(HttpError::new(

@@ -11,8 +11,10 @@ use kraal_core::{
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod security;
 mod sessions;
 mod web;
+pub use security::{AuditRecord, EgressLogRecord, SecretInfo, SecretKey};
 pub use sessions::SessionRecord;
 pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};
 
@@ -36,6 +38,10 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("corrupt row for {id}: {what}")]
     Corrupt { id: String, what: String },
+    #[error("secret key file {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("secret {name} cannot be decrypted (wrong key file, or the row was altered)")]
+    Crypto { name: String },
     #[error("a token named {name} already exists")]
     TokenNameTaken { name: String },
     #[error("a template named {name} already exists")]
@@ -68,6 +74,10 @@ pub struct WorkspaceRecord {
     pub image: Option<String>,
     /// Host directories mounted into it.
     pub mounts: Vec<kraal_core::Mount>,
+    /// Its egress allowlist.
+    pub egress: Vec<kraal_core::EgressRule>,
+    /// Git hosts whose credentials the git gateway adds.
+    pub git: Vec<kraal_core::GitCredential>,
 }
 
 /// One line of a workspace's lifecycle log.
@@ -92,6 +102,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0003_web.sql")),
         M::up(include_str!("../migrations/0004_images.sql")),
         M::up(include_str!("../migrations/0005_mounts.sql")),
+        M::up(include_str!("../migrations/0006_security.sql")),
     ])
 }
 
@@ -101,7 +112,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts";
+const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts, egress, git";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -157,7 +168,7 @@ impl Store {
     pub fn insert(&self, w: &WorkspaceRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let r = c.execute(
-                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
                 params![
                     w.id.as_str(),
                     w.name.as_str(),
@@ -174,6 +185,8 @@ impl Store {
                     w.updated_at,
                     w.image,
                     serde_json::to_string(&w.mounts).expect("serializes"),
+                    serde_json::to_string(&w.egress).expect("serializes"),
+                    serde_json::to_string(&w.git).expect("serializes"),
                 ],
             );
             match r {
@@ -334,6 +347,8 @@ type Raw = (
     String,
     Option<String>,
     String,
+    Option<String>,
+    String,
 );
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -353,6 +368,8 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(12)?,
         r.get(13)?,
         r.get(14)?,
+        r.get(15)?,
+        r.get(16)?,
     ))
 }
 
@@ -373,6 +390,8 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         updated_at,
         image,
         mounts,
+        egress,
+        git,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt {
         id: id.clone(),
@@ -394,6 +413,11 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         updated_at,
         image,
         mounts: serde_json::from_str(&mounts).map_err(|_| corrupt("mounts"))?,
+        egress: match egress {
+            None => kraal_core::default_rules(),
+            Some(e) => serde_json::from_str(&e).map_err(|_| corrupt("egress"))?,
+        },
+        git: serde_json::from_str(&git).map_err(|_| corrupt("git"))?,
     })
 }
 
@@ -418,6 +442,8 @@ pub(crate) mod tests {
             updated_at: now(),
             image: None,
             mounts: Vec::new(),
+            egress: kraal_core::default_rules(),
+            git: Vec::new(),
         }
     }
 

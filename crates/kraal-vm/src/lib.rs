@@ -527,7 +527,9 @@ impl QemuBackend {
                 "token": spec.guest_token,
                 "files_root": "/workspace",
                 "hostname": spec.name.as_str(),
-                "env": c.env.iter().collect::<Vec<_>>(),
+                "env": c.env.iter().map(|(k, v)| (k.clone(), v.clone()))
+                    .chain(kraal_core::link_env(link.host_ip.into(), &spec.git_hosts))
+                    .collect::<Vec<_>>(),
                 "start": c.start,
                 "user": c.user,
                 "on_create": c.on_create,

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a workspace from a directory or git URL, or start an existing one.
     Up(UpArgs),
     /// List workspaces.
@@ -136,6 +136,23 @@ pub enum Command {
     /// Manage access tokens for the web UI.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Secrets kept on the host, encrypted at rest; sandboxes never see their values.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// What a workspace may reach outside: its egress allowlist and connection log.
+    #[command(subcommand)]
+    Egress(EgressCommand),
+    /// Security-relevant actions: logins, tokens, secrets, exec, ssh.
+    Audit {
+        /// Newest entries to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only this action (e.g. exec, ssh, secret.set).
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Build, list and remove workspace images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -152,6 +169,58 @@ pub enum Command {
     /// Internal: run the KVM test guest in this process.
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret: from standard input (the default), a file, or the output of a
+    /// command run here (e.g. `--command 'rbw get github-pat'`).
+    Set {
+        name: String,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "command")]
+        file: Option<PathBuf>,
+        /// Run this shell command on this machine and store its output.
+        #[arg(long)]
+        command: Option<String>,
+    },
+    /// List secrets (names and sources, never values).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret.
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// Show a workspace's allowlist.
+    Ls {
+        workspace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add rules: `example.com`, `*.example.com` (subdomains), `host:port`.
+    Allow {
+        workspace: String,
+        #[arg(required = true)]
+        rules: Vec<String>,
+    },
+    /// Remove rules.
+    Deny {
+        workspace: String,
+        #[arg(required = true)]
+        rules: Vec<String>,
+    },
+    /// Connections the workspace's egress proxy allowed or refused.
+    Log {
+        workspace: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +356,28 @@ pub struct ServeArgs {
     /// start fails with the sandbox's console and the sandbox is stopped.
     #[arg(long, env = "KRAAL_BOOT_TIMEOUT_SECS", default_value_t = 60)]
     pub boot_timeout_secs: u64,
+    /// A private range the egress proxy may connect to when a workspace's allowlist leads
+    /// there, e.g. a LAN git server (repeatable). Loopback and link-local (cloud metadata)
+    /// addresses are refused regardless.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        env = "KRAAL_EGRESS_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
+    pub egress_allow_cidr: Vec<ipnet::IpNet>,
+    /// A fixed address for a host name in the egress proxy, HOST=IP, like `curl
+    /// --resolve` (repeatable).
+    #[arg(long, value_name = "HOST=IP")]
+    pub egress_resolve: Vec<String>,
+    /// Where the git gateway sends a git host's requests, HOST=URL (default
+    /// https://HOST), e.g. a mirror (repeatable).
+    #[arg(long, value_name = "HOST=URL")]
+    pub git_url: Vec<String>,
+    /// The key file secrets are encrypted with (default: secret.key in the data
+    /// directory, created on first use).
+    #[arg(long, env = "KRAAL_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,
@@ -325,6 +416,18 @@ pub struct UpArgs {
     /// shares it with virtio-fs, gVisor with a bind mount.
     #[arg(long, value_name = "HOST:PATH[:rw]")]
     pub mount: Vec<String>,
+    /// Let the workspace reach this host through its egress proxy: `example.com`,
+    /// `*.example.com`, `host:port` (repeatable; added to the default allowlist).
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Start from an empty allowlist instead of the default one (model APIs, git hosts,
+    /// package registries).
+    #[arg(long)]
+    pub no_default_allow: bool,
+    /// Authenticate git over HTTPS to HOST with a stored secret, added on the host:
+    /// HOST=SECRET or USER@HOST=SECRET (repeatable).
+    #[arg(long, value_name = "HOST=SECRET")]
+    pub git: Vec<String>,
 }
 
 #[derive(Debug, Args)]

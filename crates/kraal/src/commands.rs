@@ -126,6 +126,13 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                         Ok(m)
                     })
                     .collect::<Result<_, kraal_core::MountError>>()?,
+                egress: a.no_default_allow.then(Vec::new),
+                allow: a.allow.clone(),
+                git: a
+                    .git
+                    .iter()
+                    .map(|g| kraal_core::GitCredential::parse(g))
+                    .collect::<Result<_, _>>()?,
             };
             let pb = spinner(format!(
                 "creating workspace from {} (the first one on an image also builds it)…",

@@ -48,7 +48,7 @@ pub fn image_store(o: &BackendOptions) -> ImageStore {
             memory_mib: 8192,
             pids: 8192,
         },
-        host_ports: vec![kraal_proxy::GATEWAY_PORT],
+        host_ports: vec![kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT],
     };
     ImageStore::new(crate::paths::image_dir(&o.data_dir))
         .with_guest(Some(guest_bin(o)))
@@ -70,7 +70,7 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
             .agents_dir
             .clone()
             .or_else(kraal_sandbox::locate_agents_dir),
-        host_ports: vec![kraal_proxy::GATEWAY_PORT],
+        host_ports: vec![kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT],
     })
 }
 
@@ -131,7 +131,7 @@ pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_vm::QemuBackend {
             .agents_dir
             .clone()
             .or_else(kraal_sandbox::locate_agents_dir),
-        host_ports: vec![kraal_proxy::GATEWAY_PORT],
+        host_ports: vec![kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT],
         volume_mib: o.vm_volume_mib,
         root_mib: kraal_vm::VmConfig::DEFAULT_ROOT_MIB,
         virtiofsd: kraal_vm::locate_virtiofsd(),

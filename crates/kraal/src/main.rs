@@ -12,6 +12,7 @@ mod host;
 mod kvm;
 mod paths;
 mod render;
+mod secure;
 mod serve;
 mod services;
 
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command, HostCommand, ImageCommand, TokenCommand};
+use cli::{Cli, Command, EgressCommand, HostCommand, ImageCommand, SecretCommand, TokenCommand};
 use client::{Client, ClientError, Endpoint};
 
 fn main() -> ExitCode {
@@ -108,7 +109,7 @@ fn client(host: Option<String>) -> Client {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let c = client(cli.host.clone());
     match cli.command {
-        Command::Serve(args) => serve::run(args).await.map(|()| 0),
+        Command::Serve(args) => serve::run(*args).await.map(|()| 0),
         Command::Up(a) => commands::up(&c, a).await.map(|()| 0),
         Command::Ls { json } => commands::ls(&c, json).await.map(|()| 0),
         Command::Exec(a) => {
@@ -195,6 +196,46 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Rm { name }) => {
             commands::image_rm(&c, &name).await.map(|()| 0)
         }
+        Command::Secret(SecretCommand::Set {
+            name,
+            file,
+            command,
+        }) => secure::secret_set(&c, &name, file.as_deref(), command.as_deref())
+            .await
+            .map(|()| 0),
+        Command::Secret(SecretCommand::Ls { json }) => {
+            secure::secret_ls(&c, json).await.map(|()| 0)
+        }
+        Command::Secret(SecretCommand::Rm { name }) => {
+            secure::secret_rm(&c, &name).await.map(|()| 0)
+        }
+        Command::Egress(EgressCommand::Ls { workspace, json }) => {
+            secure::egress_ls(&c, &workspace, json).await.map(|()| 0)
+        }
+        Command::Egress(EgressCommand::Allow { workspace, rules }) => {
+            secure::egress_change(&c, &workspace, &rules, true)
+                .await
+                .map(|()| 0)
+        }
+        Command::Egress(EgressCommand::Deny { workspace, rules }) => {
+            secure::egress_change(&c, &workspace, &rules, false)
+                .await
+                .map(|()| 0)
+        }
+        Command::Egress(EgressCommand::Log {
+            workspace,
+            limit,
+            json,
+        }) => secure::egress_log(&c, &workspace, limit, json)
+            .await
+            .map(|()| 0),
+        Command::Audit {
+            limit,
+            action,
+            json,
+        } => secure::audit(&c, limit, action.as_deref(), json)
+            .await
+            .map(|()| 0),
         Command::Token(TokenCommand::Revoke { token }) => {
             commands::token_revoke(&c, &token).await.map(|()| 0)
         }

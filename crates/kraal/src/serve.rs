@@ -48,11 +48,37 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let store =
         Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
+    let mut git_urls = std::collections::HashMap::new();
+    for (host, url) in crate::services::pairs("git-url", &args.git_url)? {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            bail!("--git-url {host}={url}: the URL must start with https:// or http://");
+        }
+        git_urls.insert(host, url);
+    }
     let upstreams = kraal_proxy::Upstreams {
         anthropic: args.anthropic_url.clone(),
         openai: args.openai_url.clone(),
         google: args.google_url.clone(),
+        git: git_urls,
     };
+    let mut resolve: std::collections::HashMap<String, Vec<std::net::IpAddr>> = Default::default();
+    for (host, ip) in crate::services::pairs("egress-resolve", &args.egress_resolve)? {
+        let ip: std::net::IpAddr = ip.parse().with_context(|| {
+            format!("--egress-resolve {host}={ip}: {ip:?} is not an IP address")
+        })?;
+        resolve.entry(host).or_default().push(ip);
+    }
+    let egress = kraal_proxy::EgressSettings {
+        allow_cidrs: args.egress_allow_cidr.clone(),
+        resolve,
+        ..Default::default()
+    };
+    let key_file = args
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secret.key"));
+    let secret_key =
+        kraal_store::SecretKey::load_or_create(&key_file).context("cannot load the secret key")?;
     let creds = crate::services::credentials_from_env();
     tracing::info!(
         anthropic = %upstreams.anthropic,
@@ -62,7 +88,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         google_credential = creds.google.is_some(),
         "model gateway"
     );
-    let services = crate::services::GatewayServices::new(upstreams, creds)?;
+    let services = crate::services::HostServices::new(
+        upstreams,
+        Arc::new(crate::services::HostCredentials::new(
+            store.clone(),
+            secret_key.clone(),
+            creds,
+        )),
+        egress,
+        store.clone(),
+    )?;
     let engine = Engine::new(store, backend, Some(services));
     engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
@@ -88,6 +123,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         host: Arc::new(report),
         data_dir: data_dir.display().to_string(),
         web_url: web_url.clone(),
+        secret_key,
     };
 
     // Unix socket, owner-only.

@@ -1,20 +1,27 @@
-//! The link services the daemon runs for every running workspace: the model gateway
-//! (`kraal-proxy`), with credentials taken from the daemon's environment.
+//! The link services the daemon runs for every running workspace: the model and git
+//! gateway and the egress proxy (`kraal-proxy`), with credentials taken from the
+//! encrypted secret store (falling back to the daemon's environment) and every egress
+//! decision written to the database.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kraal_core::{ModelGateway, WorkspaceId};
+use kraal_core::{EGRESS_PORT, ModelGateway};
 use kraal_engine::LinkServices;
 use kraal_proxy::{
-    AnthropicAuth, Credentials, GATEWAY_PORT, Gateways, StaticCredentials, Upstreams,
-    placeholder_key,
+    AnthropicAuth, CredentialSource, Credentials, EgressProxies, EgressRecord, EgressSettings,
+    EgressSink, GATEWAY_PORT, Gateways, GitRoute, Upstreams, placeholder_key,
 };
+use kraal_store::{SecretKey, Store, WorkspaceRecord};
 
-pub struct GatewayServices {
-    gateways: Gateways,
-}
+/// Secret names the model gateway reads its credentials from.
+pub const ANTHROPIC_KEY_SECRET: &str = "anthropic-api-key";
+pub const CLAUDE_TOKEN_SECRET: &str = "claude-oauth-token";
+pub const OPENAI_KEY_SECRET: &str = "openai-api-key";
+pub const GEMINI_KEY_SECRET: &str = "gemini-api-key";
 
 /// Credentials the daemon was started with: `ANTHROPIC_API_KEY` (preferred) or
 /// `CLAUDE_CODE_OAUTH_TOKEN`, `OPENAI_API_KEY`, and `GEMINI_API_KEY` (or
@@ -30,26 +37,157 @@ pub fn credentials_from_env() -> Credentials {
     }
 }
 
-impl GatewayServices {
-    pub fn new(upstreams: Upstreams, credentials: Credentials) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(GatewayServices {
-            gateways: Gateways::new(upstreams, Arc::new(StaticCredentials(credentials)))?,
+/// Real credentials on the host: stored secrets first (so `kraal secret set` and `kraal
+/// login` take effect without a restart), then the daemon's environment.
+pub struct HostCredentials {
+    store: Store,
+    key: SecretKey,
+    env: Credentials,
+    /// When each (workspace, secret) read was last audited.
+    audited: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl HostCredentials {
+    pub fn new(store: Store, key: SecretKey, env: Credentials) -> Self {
+        HostCredentials {
+            store,
+            key,
+            env,
+            audited: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        match self.store.get_secret(&self.key, name) {
+            Ok(v) => v
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty()),
+            Err(e) => {
+                tracing::warn!("secret {name}: {}", kraal_sandbox::error_chain(&e));
+                None
+            }
+        }
+    }
+}
+
+impl CredentialSource for HostCredentials {
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            anthropic: self
+                .get(ANTHROPIC_KEY_SECRET)
+                .map(AnthropicAuth::ApiKey)
+                .or_else(|| self.get(CLAUDE_TOKEN_SECRET).map(AnthropicAuth::OauthToken))
+                .or_else(|| self.env.anthropic.clone()),
+            openai: self
+                .get(OPENAI_KEY_SECRET)
+                .or_else(|| self.env.openai.clone()),
+            google: self
+                .get(GEMINI_KEY_SECRET)
+                .or_else(|| self.env.google.clone()),
+        }
+    }
+
+    fn secret(&self, workspace: &str, name: &str) -> Option<String> {
+        let v = self.get(name);
+        // One audit line per workspace and secret per minute, not one per request.
+        let now = Instant::now();
+        let mut a = self.audited.lock().unwrap();
+        let k = (workspace.to_owned(), name.to_owned());
+        if a.get(&k)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            a.insert(k, now);
+            let _ = self.store.audit(
+                &format!("gateway:{workspace}"),
+                "secret.read",
+                name,
+                if v.is_some() {
+                    "used by the git gateway"
+                } else {
+                    "missing"
+                },
+            );
+        }
+        v
+    }
+}
+
+/// Egress decisions go to the database.
+struct StoreSink(Store);
+
+impl EgressSink for StoreSink {
+    fn record(&self, r: EgressRecord) {
+        let rec = kraal_store::EgressLogRecord {
+            id: 0,
+            workspace: r.workspace,
+            at: kraal_store::now(),
+            method: r.method,
+            host: r.host,
+            port: r.port,
+            addr: r.addr.map(|a| a.to_string()),
+            allowed: r.allowed,
+            reason: r.reason,
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+            ms: r.ms,
+        };
+        if let Err(e) = self.0.log_egress(&rec) {
+            tracing::warn!("cannot record an egress decision: {e}");
+        }
+    }
+}
+
+pub struct HostServices {
+    gateways: Gateways,
+    egress: EgressProxies,
+}
+
+fn git_routes(ws: &WorkspaceRecord) -> Vec<GitRoute> {
+    ws.git
+        .iter()
+        .map(|g| GitRoute {
+            host: g.host.clone(),
+            username: g.username.clone(),
+            secret: g.secret.clone(),
+        })
+        .collect()
+}
+
+impl HostServices {
+    pub fn new(
+        upstreams: Upstreams,
+        credentials: Arc<dyn CredentialSource>,
+        egress: EgressSettings,
+        store: Store,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(HostServices {
+            gateways: Gateways::new(upstreams, credentials)?,
+            egress: EgressProxies::new(egress, Arc::new(StoreSink(store))),
         }))
     }
 }
 
 #[async_trait]
-impl LinkServices for GatewayServices {
-    async fn attach(
-        &self,
-        ws: &WorkspaceId,
-        host: IpAddr,
-        secret: &str,
-    ) -> Result<ModelGateway, String> {
-        let key = placeholder_key(secret);
+impl LinkServices for HostServices {
+    async fn attach(&self, ws: &WorkspaceRecord, host: IpAddr) -> Result<ModelGateway, String> {
+        let key = placeholder_key(&ws.guest_token);
+        self.egress
+            .ensure(
+                ws.id.as_str(),
+                SocketAddr::new(host, EGRESS_PORT),
+                ws.egress.clone(),
+            )
+            .await
+            .map_err(|e| kraal_sandbox::error_chain(&e))?;
         let addr = self
             .gateways
-            .ensure(ws.as_str(), SocketAddr::new(host, GATEWAY_PORT), &key)
+            .ensure(
+                ws.id.as_str(),
+                SocketAddr::new(host, GATEWAY_PORT),
+                &key,
+                git_routes(ws),
+            )
             .await
             .map_err(|e| kraal_sandbox::error_chain(&e))?;
         Ok(ModelGateway {
@@ -58,7 +196,26 @@ impl LinkServices for GatewayServices {
         })
     }
 
-    fn detach(&self, ws: &WorkspaceId) {
-        self.gateways.stop(ws.as_str());
+    fn update(&self, ws: &WorkspaceRecord) {
+        self.egress.set_rules(ws.id.as_str(), ws.egress.clone());
+        self.gateways.set_git(ws.id.as_str(), git_routes(ws));
     }
+
+    fn detach(&self, ws: &kraal_core::WorkspaceId) {
+        self.gateways.stop(ws.as_str());
+        self.egress.stop(ws.as_str());
+    }
+}
+
+/// `HOST=VALUE` pairs of a repeatable flag.
+pub fn pairs(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|i| {
+            i.split_once('=')
+                .map(|(h, v)| (kraal_core::normalize_host(h), v.trim().to_owned()))
+                .filter(|(h, v)| !h.is_empty() && !v.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("--{flag} {i:?}: expected HOST=VALUE"))
+        })
+        .collect()
 }

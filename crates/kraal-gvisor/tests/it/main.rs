@@ -78,6 +78,7 @@ async fn lifecycle_with_real_runsc() {
         guest_token: "tok".into(),
         persistent: false,
         mounts: vec![],
+        git_hosts: vec![],
     };
     // Whatever happens below, leave no sandbox, namespace or mount behind.
     let _cleanup = Cleanup {

@@ -231,6 +231,10 @@ pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) ->
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
     }
+    req.extensions_mut().insert(crate::security::Actor(format!(
+        "web:{}",
+        session.token_name
+    )));
     req.extensions_mut().insert(Auth {
         csrf: session.csrf,
         token_name: session.token_name,
@@ -293,6 +297,13 @@ pub async fn login(
     let Some(tok) = found else {
         w.limiter.failed(ip);
         tracing::warn!(%ip, "web login with a wrong token");
+        crate::security::audit(
+            &w.app,
+            &format!("ip:{ip}"),
+            "login.failed",
+            "web",
+            "wrong token",
+        );
         let mut r = super::pages::login(
             form.next.as_deref().unwrap_or("/"),
             Some("That token is not valid (create one with `kraal token create`)."),
@@ -316,6 +327,13 @@ pub async fn login(
             .into_response();
     }
     tracing::info!(%ip, token = %tok.name, "web login");
+    crate::security::audit(
+        &w.app,
+        &format!("web:{}", tok.name),
+        "login",
+        "web",
+        &format!("from {ip}"),
+    );
     let next = form
         .next
         .filter(|n| n.starts_with('/') && !n.starts_with("//"))

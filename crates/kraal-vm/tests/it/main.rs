@@ -81,6 +81,7 @@ async fn pause_resume_and_a_snapshot_restores_files_and_processes() {
         guest_token: "t0ken".into(),
         persistent: false,
         mounts: vec![],
+        git_hosts: vec![],
     };
     let r = async {
         b.create(&spec).await.unwrap();
