@@ -284,9 +284,12 @@ impl Drop for EgressProxies {
 }
 
 fn text(status: StatusCode, msg: String) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; charset=utf-8")
+    let mut b = Response::builder().status(status);
+    if !status.is_success() {
+        // A refused client gets nothing more on this connection.
+        b = b.header("connection", "close");
+    }
+    b.header("content-type", "text/plain; charset=utf-8")
         .header(
             "x-kraal-egress",
             if status.is_success() {

@@ -290,7 +290,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub listen: String,
     /// Also listen on TCP (requires a bearer token on every request).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "KRAAL_LISTEN_TCP")]
     pub listen_tcp: Option<std::net::SocketAddr>,
     /// File holding the TCP bearer token; created with a random token if missing.
     #[arg(long)]
@@ -368,11 +368,21 @@ pub struct ServeArgs {
     pub egress_allow_cidr: Vec<ipnet::IpNet>,
     /// A fixed address for a host name in the egress proxy, HOST=IP, like `curl
     /// --resolve` (repeatable).
-    #[arg(long, value_name = "HOST=IP")]
+    #[arg(
+        long,
+        value_name = "HOST=IP",
+        env = "KRAAL_EGRESS_RESOLVE",
+        value_delimiter = ','
+    )]
     pub egress_resolve: Vec<String>,
     /// Where the git gateway sends a git host's requests, HOST=URL (default
     /// https://HOST), e.g. a mirror (repeatable).
-    #[arg(long, value_name = "HOST=URL")]
+    #[arg(
+        long,
+        value_name = "HOST=URL",
+        env = "KRAAL_GIT_URLS",
+        value_delimiter = ','
+    )]
     pub git_url: Vec<String>,
     /// The key file secrets are encrypted with (default: secret.key in the data
     /// directory, created on first use).

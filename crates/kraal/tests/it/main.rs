@@ -14,6 +14,7 @@ mod isolation;
 mod lifecycle;
 mod qemu;
 mod restart;
+mod security;
 mod sessions;
 mod validation;
 mod web;
