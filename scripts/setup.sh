@@ -25,7 +25,7 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
 fi
 
-pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config libseccomp-dev libcap-ng-dev)
+pkgs=(debootstrap e2fsprogs nftables iproute2 util-linux git ca-certificates musl-tools gcc libc6-dev pkg-config libseccomp-dev libcap-ng-dev openssh-client python3)
 need_apt=0
 for p in "${pkgs[@]}" runsc qemu-system-x86; do dpkg -s "$p" >/dev/null 2>&1 || need_apt=1; done
 if [ "${VERSION_CODENAME:-}" = bookworm ] && dpkg -s runsc >/dev/null 2>&1; then

@@ -216,6 +216,7 @@ mod tests {
             "chat.rs",
             "render.rs",
             "secure.rs",
+            "ssh.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
             for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor", "kraal_vm"] {

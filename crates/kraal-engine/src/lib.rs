@@ -798,6 +798,20 @@ impl Engine {
         Ok((rec, c))
     }
 
+    /// The environment kraal gives a running workspace's processes for reaching outside:
+    /// its egress proxy and git gateway (see [`kraal_core::link_env`]); empty when the
+    /// backend has no host link.
+    pub async fn link_env(&self, rec: &WorkspaceRecord) -> Vec<(String, String)> {
+        let git: Vec<String> = rec.git.iter().map(|g| g.host.clone()).collect();
+        match self.backend.endpoint(&rec.id).await {
+            Ok(ep) => ep
+                .host
+                .map(|h| kraal_core::link_env(h, &git))
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Runs a command in a running workspace to completion (at most `timeout`), capturing
     /// up to `max` bytes of each output stream.
     pub async fn capture(
@@ -806,6 +820,29 @@ impl Engine {
         argv: &[&str],
         timeout: Duration,
         max: usize,
+    ) -> Result<Captured, EngineError> {
+        self.capture_with(workspace, argv, timeout, max, false)
+            .await
+    }
+
+    /// Like [`Engine::capture`], as root whatever user the image names.
+    pub async fn capture_as_root(
+        &self,
+        workspace: &str,
+        argv: &[&str],
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Captured, EngineError> {
+        self.capture_with(workspace, argv, timeout, max, true).await
+    }
+
+    async fn capture_with(
+        &self,
+        workspace: &str,
+        argv: &[&str],
+        timeout: Duration,
+        max: usize,
+        as_root: bool,
     ) -> Result<Captured, EngineError> {
         let (rec, client) = self.guest(workspace).await?;
         let guest_err = |source| EngineError::Guest {
@@ -818,6 +855,7 @@ impl Engine {
                 env: vec![],
                 cwd: None,
                 tty: None,
+                as_root,
             })
             .await
             .map_err(guest_err)?;

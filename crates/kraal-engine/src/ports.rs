@@ -85,6 +85,32 @@ impl Engine {
         self.forwards.lock().unwrap().remove(id);
     }
 
+    /// Opens a TCP connection to `port` inside a running workspace, over its private link
+    /// (for `kraal forward`).
+    pub async fn connect_port(
+        &self,
+        reference: &str,
+        port: u16,
+    ) -> Result<(WorkspaceRecord, TcpStream), crate::EngineError> {
+        let (rec, _client) = self.guest(reference).await?;
+        let ep = self.backend.endpoint(&rec.id).await?;
+        let target = SocketAddr::new(ep.addr.ip(), port);
+        let refused = |why: String| {
+            crate::EngineError::Invalid(format!(
+                "cannot connect to port {port} in {}: {why}",
+                rec.name
+            ))
+        };
+        let s =
+            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(refused(e.to_string())),
+                Err(_) => return Err(refused("timed out".into())),
+            };
+        let _ = s.set_nodelay(true);
+        Ok((rec, s))
+    }
+
     /// The ports of a workspace forwarded to the host right now.
     pub fn ports(self: &Arc<Self>, id: &WorkspaceId) -> Vec<Forward> {
         self.forwards

@@ -257,7 +257,7 @@ impl Procs {
         req: &ExecRequest,
         default_cwd: &str,
     ) -> Result<Arc<Proc>, GuestError> {
-        let user = self.user.clone();
+        let user = if req.as_root { None } else { self.user.clone() };
         self.spawn_as(req, default_cwd, user.as_ref())
     }
 

@@ -120,6 +120,7 @@ impl Guest {
                     env: Vec::new(),
                     cwd: Some(cwd.to_owned()),
                     tty: None,
+                    as_root: false,
                 };
                 match self.procs.spawn(&req, cwd) {
                     Ok(p) => running.push(p),
@@ -190,6 +191,7 @@ impl Guest {
                 env: Vec::new(),
                 cwd: Some("/".to_owned()),
                 tty: None,
+                as_root: false,
             };
             match self.procs.spawn_as(&req, "/", None) {
                 Ok(p) => eprintln!("kraal-guest: started {argv:?} (process {})", p.id),

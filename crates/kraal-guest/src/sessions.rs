@@ -456,6 +456,7 @@ async fn drive(
         env,
         cwd: Some(cwd.clone()),
         tty: None,
+        as_root: false,
     };
     s.append(vec![AgentEvent::State {
         state: SessionState::Starting,

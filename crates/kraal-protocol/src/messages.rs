@@ -42,6 +42,10 @@ pub struct ExecRequest {
     /// Allocate a pseudo-terminal of this size instead of pipes.
     #[serde(default)]
     pub tty: Option<TtySize>,
+    /// Run as root even when the image names a user (host-started services such as the
+    /// SSH server, which switches to the user itself).
+    #[serde(default)]
+    pub as_root: bool,
 }
 
 /// The first frame of every host-opened stream.

@@ -16,6 +16,7 @@ fn frames_round_trip_and_split_across_reads() {
                 env: vec![],
                 cwd: None,
                 tty: None,
+                as_root: false,
             }),
         ),
         Frame::output(1, FrameKind::Stdout, 42, b"hello"),

@@ -125,6 +125,7 @@ async fn session(socket: WebSocket, client: GuestClient, audit: impl FnOnce(&[St
                         rows: t.rows,
                         cols: t.cols,
                     }),
+                    as_root: false,
                 })
                 .await
         }
@@ -148,6 +149,26 @@ async fn session(socket: WebSocket, client: GuestClient, audit: impl FnOnce(&[St
             return;
         }
     };
+    relay(tx, rx, started).await;
+}
+
+type WsTx = futures::stream::SplitSink<WebSocket, Message>;
+type WsRx = futures::stream::SplitStream<WebSocket>;
+
+/// Runs `req` (chosen by the daemon, not the client) and relays it like `exec`: the SSH
+/// server of `kraal ssh`.
+pub(crate) async fn session_preset(socket: WebSocket, client: GuestClient, req: ExecRequest) {
+    let (tx, rx) = socket.split();
+    let started = client.exec(req).await;
+    relay(tx, rx, started).await;
+}
+
+/// Relays a started process: its output out, stdin and control messages in.
+async fn relay(
+    mut tx: WsTx,
+    mut rx: WsRx,
+    started: Result<kraal_sandbox::ExecHandle, GuestClientError>,
+) {
     let mut handle = match started {
         Ok(h) => h,
         Err(e) => {

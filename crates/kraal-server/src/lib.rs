@@ -4,6 +4,7 @@
 mod error;
 mod exec;
 mod images;
+mod remote;
 mod routes;
 pub mod security;
 mod sessions;

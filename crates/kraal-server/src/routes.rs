@@ -56,6 +56,8 @@ use crate::error::HttpError;
         crate::images::list_images,
         crate::images::build_image,
         crate::images::remove_image,
+        crate::remote::ssh_ws,
+        crate::remote::port_ws,
         crate::security::get_egress,
         crate::security::put_egress,
         crate::security::egress_log,
@@ -98,6 +100,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/workspaces/{ws}/logs", get(logs))
         .route("/v1/workspaces/{ws}/processes", get(processes))
         .route("/v1/workspaces/{ws}/exec", get(crate::exec::exec_ws))
+        .route("/v1/workspaces/{ws}/ssh", get(crate::remote::ssh_ws))
+        .route(
+            "/v1/workspaces/{ws}/ports/{port}",
+            get(crate::remote::port_ws),
+        )
         .route(
             "/v1/workspaces/{ws}/egress",
             get(crate::security::get_egress).put(crate::security::put_egress),

@@ -142,6 +142,44 @@ pub enum Command {
     /// What a workspace may reach outside: its egress allowlist and connection log.
     #[command(subcommand)]
     Egress(EgressCommand),
+    /// SSH into a workspace with the real OpenSSH client, through the daemon (no port is
+    /// opened); extra arguments go to ssh (e.g. a command).
+    Ssh {
+        workspace: String,
+        /// The user to log in as (default root).
+        #[arg(short = 'l', long)]
+        user: Option<String>,
+        /// Arguments for ssh after the host, e.g. a remote command.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Host entries for OpenSSH and VS Code Remote-SSH: `ssh WORKSPACE` then just works.
+    SshConfig {
+        /// Write them to this file instead of printing them.
+        #[arg(short, long, conflicts_with = "install")]
+        output: Option<PathBuf>,
+        /// Write them to ~/.config/kraal/ssh/config and include that from ~/.ssh/config.
+        #[arg(long)]
+        install: bool,
+    },
+    /// The ProxyCommand of `kraal ssh-config`: the SSH stream on standard input and output.
+    #[command(hide = true)]
+    SshProxy {
+        workspace: String,
+        #[arg(long, default_value = "root")]
+        user: String,
+    },
+    /// Forward a port of a workspace (e.g. RDP 3389 of the desktop image) to localhost.
+    Forward {
+        workspace: String,
+        port: u16,
+        /// Local address to listen on (default 127.0.0.1:PORT, or a free port if taken).
+        #[arg(long, value_name = "ADDR")]
+        local: Option<String>,
+        /// Relay standard input and output once instead of listening.
+        #[arg(long)]
+        stdio: bool,
+    },
     /// Security-relevant actions: logins, tokens, secrets, exec, ssh.
     Audit {
         /// Newest entries to show.

@@ -79,18 +79,19 @@ async fn send_json(
     .await
 }
 
-/// Sends the first message and waits for `Started`.
+/// Opens `path` (the exec endpoint unless the daemon picks the command, as for `ssh`),
+/// sends the first message if there is one, and waits for `Started`.
 async fn open(
     client: &Client,
-    workspace: &str,
-    first: &ExecClientMsg,
+    path: &str,
+    first: Option<&ExecClientMsg>,
 ) -> anyhow::Result<(Ws, u64)> {
-    let mut ws = client
-        .websocket(&format!("/v1/workspaces/{}/exec", enc(workspace)))
-        .await?;
-    send_json(&mut ws, first)
-        .await
-        .context("sending the exec request")?;
+    let mut ws = client.websocket(path).await?;
+    if let Some(first) = first {
+        send_json(&mut ws, first)
+            .await
+            .context("sending the exec request")?;
+    }
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => match serde_json::from_str::<ExecServerMsg>(&t) {
@@ -125,7 +126,20 @@ pub async fn run(client: &Client, workspace: &str, opts: ExecOptions) -> anyhow:
         cwd: opts.cwd.clone(),
         tty: tty_size,
     };
-    let (mut ws, proc) = open(client, workspace, &start).await?;
+    let path = format!("/v1/workspaces/{}/exec", enc(workspace));
+    run_at(client, workspace, &path, Some(&start), opts).await
+}
+
+/// Like [`run`] for a process the daemon starts when `path` is opened (`kraal ssh-proxy`):
+/// standard input and output are the process's, byte for byte.
+pub async fn run_at(
+    client: &Client,
+    workspace: &str,
+    path: &str,
+    first: Option<&ExecClientMsg>,
+    opts: ExecOptions,
+) -> anyhow::Result<i32> {
+    let (mut ws, proc) = open(client, path, first).await?;
     let _raw = if opts.tty && std::io::stdin().is_terminal() {
         Some(RawMode::enable()?)
     } else {
@@ -234,7 +248,8 @@ async fn reattach(client: &Client, workspace: &str, proc: u64, after: u64) -> an
     let deadline = Instant::now() + REATTACH_WINDOW;
     let mut last_err = None;
     while Instant::now() < deadline {
-        match open(client, workspace, &ExecClientMsg::Attach { proc, after }).await {
+        let path = format!("/v1/workspaces/{}/exec", enc(workspace));
+        match open(client, &path, Some(&ExecClientMsg::Attach { proc, after })).await {
             Ok((ws, _)) => {
                 eprintln!("kraal: reattached\r");
                 return Ok(ws);

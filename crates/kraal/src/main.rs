@@ -15,6 +15,7 @@ mod render;
 mod secure;
 mod serve;
 mod services;
+mod ssh;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -227,6 +228,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
             json,
         }) => secure::egress_log(&c, &workspace, limit, json)
+            .await
+            .map(|()| 0),
+        Command::Ssh {
+            workspace,
+            user,
+            args,
+        } => ssh::ssh(&c, &workspace, user.as_deref(), &args).await,
+        Command::SshConfig { output, install } => ssh::ssh_config(&c, output.as_deref(), install)
+            .await
+            .map(|()| 0),
+        Command::SshProxy { workspace, user } => ssh::proxy(&c, &workspace, &user).await,
+        Command::Forward {
+            workspace,
+            port,
+            local,
+            stdio,
+        } => ssh::forward(&c, &workspace, port, local.as_deref(), stdio)
             .await
             .map(|()| 0),
         Command::Audit {

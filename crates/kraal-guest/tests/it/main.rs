@@ -78,6 +78,7 @@ fn exec(argv: &[&str]) -> ExecRequest {
         env: vec![],
         cwd: None,
         tty: None,
+        as_root: false,
     }
 }
 

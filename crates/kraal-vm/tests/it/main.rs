@@ -46,6 +46,7 @@ async fn run(c: &GuestClient, cmd: &str) -> (String, Option<i32>) {
             env: vec![],
             cwd: None,
             tty: None,
+            as_root: false,
         })
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod images;
 mod isolation;
 mod lifecycle;
 mod qemu;
+mod remote;
 mod restart;
 mod security;
 mod sessions;
