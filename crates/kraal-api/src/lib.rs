@@ -160,6 +160,57 @@ impl std::fmt::Debug for PutSecret {
     }
 }
 
+/// Body of `PUT /v1/logins/claude`: a subscription login as `claude /login` stores it
+/// (all of `access_token`, `refresh_token`, `expires_at`), or a long-lived `token` from
+/// `claude setup-token`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct ClaudeLoginRequest {
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Unix milliseconds.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClaudeLoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClaudeLoginRequest(<redacted>, expires_at {:?})",
+            self.expires_at
+        )
+    }
+}
+
+/// Body of `PUT /v1/logins/codex`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CodexLoginRequest {
+    pub api_key: String,
+}
+
+impl std::fmt::Debug for CodexLoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodexLoginRequest(<redacted>)")
+    }
+}
+
+/// How an agent's model requests are authenticated on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LoginStatus {
+    /// `claude` or `codex`.
+    pub agent: String,
+    /// `subscription` (refreshed by the daemon), `token`, `api-key`, or `none` (the
+    /// daemon's environment, if anything).
+    pub method: String,
+    /// When the current access token expires (Unix milliseconds), for subscriptions.
+    pub expires_at: Option<i64>,
+    pub updated_at: Option<String>,
+}
+
 /// One audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {

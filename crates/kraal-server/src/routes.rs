@@ -65,6 +65,9 @@ use crate::error::HttpError;
         crate::security::put_secret,
         crate::security::delete_secret,
         crate::security::audit_log,
+        crate::security::login_claude,
+        crate::security::login_codex,
+        crate::security::logins,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -119,6 +122,15 @@ pub fn routes() -> Router<AppState> {
             axum::routing::put(crate::security::put_secret).delete(crate::security::delete_secret),
         )
         .route("/v1/audit", get(crate::security::audit_log))
+        .route("/v1/logins", get(crate::security::logins))
+        .route(
+            "/v1/logins/claude",
+            axum::routing::put(crate::security::login_claude),
+        )
+        .route(
+            "/v1/logins/codex",
+            axum::routing::put(crate::security::login_codex),
+        )
         .route("/v1/workspaces/{ws}/files/stat", get(stat_file))
         .route("/v1/workspaces/{ws}/files/list", get(list_dir))
         .route(

@@ -238,3 +238,167 @@ pub async fn audit_log(
             .collect(),
     ))
 }
+
+fn token_ok(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 8192 && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn store_err(e: kraal_store::StoreError) -> HttpError {
+    kraal_engine::EngineError::from(e).into()
+}
+
+#[utoipa::path(put, path = "/v1/logins/claude", request_body = ClaudeLoginRequest,
+    responses((status = 200, body = LoginStatus), (status = 400, body = ApiError)))]
+pub async fn login_claude(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    body: Result<Json<ClaudeLoginRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<LoginStatus>, HttpError> {
+    let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let store = s.engine.store();
+    let method = match (
+        &req.token,
+        &req.access_token,
+        &req.refresh_token,
+        req.expires_at,
+    ) {
+        (Some(t), None, None, None) => {
+            let t = t.trim();
+            if !token_ok(t) {
+                return Err(HttpError::bad_request("the token is empty or malformed"));
+            }
+            store
+                .put_secret(
+                    &s.secret_key,
+                    "claude-oauth-token",
+                    t.as_bytes(),
+                    "login:claude",
+                )
+                .map_err(store_err)?;
+            "token"
+        }
+        (None, Some(a), Some(r), Some(exp)) => {
+            if !token_ok(a) || !token_ok(r) {
+                return Err(HttpError::bad_request(
+                    "the access or refresh token is empty or malformed",
+                ));
+            }
+            store
+                .put_claude_login(
+                    &s.secret_key,
+                    &kraal_store::ClaudeLogin {
+                        access_token: a.clone(),
+                        refresh_token: r.clone(),
+                        expires_at: exp,
+                    },
+                    "login:claude",
+                )
+                .map_err(store_err)?;
+            "subscription"
+        }
+        _ => {
+            return Err(HttpError::bad_request(
+                "give either token (from `claude setup-token`) or all of access_token, refresh_token and expires_at",
+            ));
+        }
+    };
+    audit(&s, &actor_of(actor), "login.agent", "claude", method);
+    logins(State(s))
+        .await?
+        .0
+        .into_iter()
+        .find(|l| l.agent == "claude")
+        .map(Json)
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "login vanished",
+            )
+        })
+}
+
+#[utoipa::path(put, path = "/v1/logins/codex", request_body = CodexLoginRequest,
+    responses((status = 200, body = LoginStatus), (status = 400, body = ApiError)))]
+pub async fn login_codex(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    body: Result<Json<CodexLoginRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<LoginStatus>, HttpError> {
+    let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let k = req.api_key.trim();
+    if !token_ok(k) {
+        return Err(HttpError::bad_request("the API key is empty or malformed"));
+    }
+    s.engine
+        .store()
+        .put_secret(&s.secret_key, "openai-api-key", k.as_bytes(), "login:codex")
+        .map_err(store_err)?;
+    audit(&s, &actor_of(actor), "login.agent", "codex", "api-key");
+    logins(State(s))
+        .await?
+        .0
+        .into_iter()
+        .find(|l| l.agent == "codex")
+        .map(Json)
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "login vanished",
+            )
+        })
+}
+
+#[utoipa::path(get, path = "/v1/logins", responses((status = 200, body = Vec<LoginStatus>)))]
+pub async fn logins(State(s): State<AppState>) -> Result<Json<Vec<LoginStatus>>, HttpError> {
+    let store = s.engine.store();
+    let infos = store.list_secrets().map_err(store_err)?;
+    let updated = |name: &str| {
+        infos
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.updated_at.clone())
+    };
+    let claude = if let Some(l) = store.claude_login(&s.secret_key) {
+        LoginStatus {
+            agent: "claude".into(),
+            method: "subscription".into(),
+            expires_at: Some(l.expires_at),
+            updated_at: updated(kraal_store::CLAUDE_LOGIN_SECRET),
+        }
+    } else if updated("claude-oauth-token").is_some() {
+        LoginStatus {
+            agent: "claude".into(),
+            method: "token".into(),
+            expires_at: None,
+            updated_at: updated("claude-oauth-token"),
+        }
+    } else if updated("anthropic-api-key").is_some() {
+        LoginStatus {
+            agent: "claude".into(),
+            method: "api-key".into(),
+            expires_at: None,
+            updated_at: updated("anthropic-api-key"),
+        }
+    } else {
+        LoginStatus {
+            agent: "claude".into(),
+            method: "none".into(),
+            expires_at: None,
+            updated_at: None,
+        }
+    };
+    let codex = LoginStatus {
+        agent: "codex".into(),
+        method: if updated("openai-api-key").is_some() {
+            "api-key"
+        } else {
+            "none"
+        }
+        .into(),
+        expires_at: None,
+        updated_at: updated("openai-api-key"),
+    };
+    Ok(Json(vec![claude, codex]))
+}

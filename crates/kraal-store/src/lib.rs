@@ -14,7 +14,9 @@ use rusqlite_migration::{M, Migrations};
 mod security;
 mod sessions;
 mod web;
-pub use security::{AuditRecord, EgressLogRecord, SecretInfo, SecretKey};
+pub use security::{
+    AuditRecord, CLAUDE_LOGIN_SECRET, ClaudeLogin, EgressLogRecord, SecretInfo, SecretKey,
+};
 pub use sessions::SessionRecord;
 pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};
 

@@ -53,6 +53,25 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// The secret holding the shared Claude subscription login (JSON [`ClaudeLogin`]).
+pub const CLAUDE_LOGIN_SECRET: &str = "claude-login";
+
+/// A Claude subscription login: what `claude /login` keeps in
+/// `~/.claude/.credentials.json`, refreshed by the daemon.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClaudeLogin {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for ClaudeLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClaudeLogin(<redacted>, expires_at {})", self.expires_at)
+    }
+}
+
 /// The key secrets are encrypted with.
 #[derive(Clone)]
 pub struct SecretKey([u8; 32]);
@@ -305,6 +324,23 @@ impl Store {
     /// Removes secret `name`; whether it existed.
     pub fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
         self.with(|c| Ok(c.execute("DELETE FROM secrets WHERE name = ?1", params![name])? > 0))
+    }
+
+    /// The stored Claude login, if any (and readable).
+    pub fn claude_login(&self, key: &SecretKey) -> Option<ClaudeLogin> {
+        let raw = self.get_secret(key, CLAUDE_LOGIN_SECRET).ok()??;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// Stores the Claude login.
+    pub fn put_claude_login(
+        &self,
+        key: &SecretKey,
+        login: &ClaudeLogin,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(login).expect("serializes");
+        self.put_secret(key, CLAUDE_LOGIN_SECRET, &json, source)
     }
 
     /// Appends to the audit log.

@@ -136,6 +136,10 @@ pub enum Command {
     /// Manage access tokens for the web UI.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Log the agents in once, for every workspace: the login stays on the host (and is
+    /// refreshed there); agents reach it only through the model gateway.
+    #[command(subcommand)]
+    Login(LoginCommand),
     /// Secrets kept on the host, encrypted at rest; sandboxes never see their values.
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -207,6 +211,31 @@ pub enum Command {
     /// Internal: run the KVM test guest in this process.
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoginCommand {
+    /// Share this machine's Claude login (from `claude` + `/login`, in
+    /// ~/.claude/.credentials.json), or with --token a `claude setup-token` token.
+    Claude {
+        /// The credentials file to import.
+        #[arg(long, value_name = "FILE", conflicts_with = "token")]
+        credentials: Option<PathBuf>,
+        /// Read a long-lived token (`claude setup-token`) from standard input.
+        #[arg(long)]
+        token: bool,
+    },
+    /// Share an OpenAI API key for Codex: from $CODEX_HOME/auth.json (~/.codex), or with
+    /// --api-key from standard input.
+    Codex {
+        #[arg(long)]
+        api_key: bool,
+    },
+    /// How each agent is logged in.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +405,13 @@ pub struct ServeArgs {
         default_value = "https://api.anthropic.com"
     )]
     pub anthropic_url: String,
+    /// Where a Claude subscription login (`kraal login claude`) is refreshed.
+    #[arg(
+        long,
+        env = "KRAAL_CLAUDE_OAUTH_URL",
+        default_value = "https://console.anthropic.com/v1/oauth/token"
+    )]
+    pub claude_oauth_url: String,
     /// OpenAI API the model gateway forwards to (credential: OPENAI_API_KEY).
     #[arg(
         long,

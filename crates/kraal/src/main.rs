@@ -10,6 +10,7 @@ mod commands;
 mod exec;
 mod host;
 mod kvm;
+mod login;
 mod paths;
 mod render;
 mod secure;
@@ -22,7 +23,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Command, EgressCommand, HostCommand, ImageCommand, SecretCommand, TokenCommand};
+use cli::{
+    Cli, Command, EgressCommand, HostCommand, ImageCommand, LoginCommand, SecretCommand,
+    TokenCommand,
+};
 use client::{Client, ClientError, Endpoint};
 
 fn main() -> ExitCode {
@@ -196,6 +200,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(ImageCommand::Ls { json }) => commands::image_ls(&c, json).await.map(|()| 0),
         Command::Image(ImageCommand::Rm { name }) => {
             commands::image_rm(&c, &name).await.map(|()| 0)
+        }
+        Command::Login(LoginCommand::Claude { credentials, token }) => {
+            secure::login_claude(&c, credentials.as_deref(), token)
+                .await
+                .map(|()| 0)
+        }
+        Command::Login(LoginCommand::Codex { api_key }) => {
+            secure::login_codex(&c, api_key).await.map(|()| 0)
+        }
+        Command::Login(LoginCommand::Status { json }) => {
+            secure::login_status(&c, json).await.map(|()| 0)
         }
         Command::Secret(SecretCommand::Set {
             name,

@@ -222,3 +222,133 @@ pub async fn audit(c: &Client, limit: u32, action: Option<&str>, json: bool) -> 
     println!("{}", t.trim_fmt());
     Ok(())
 }
+
+fn home() -> anyhow::Result<std::path::PathBuf> {
+    std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .context("$HOME is not set")
+}
+
+fn print_login(l: &LoginStatus) {
+    let until = l
+        .expires_at
+        .map(|ms| {
+            let left = (ms - now_ms()) / 1000;
+            if left > 0 {
+                format!(
+                    ", access token valid for {} min (refreshed by the daemon)",
+                    left / 60
+                )
+            } else {
+                ", access token expired (the daemon refreshes it)".to_owned()
+            }
+        })
+        .unwrap_or_default();
+    println!("{}: {}{until}", l.agent, l.method);
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `kraal login claude`.
+pub async fn login_claude(
+    c: &Client,
+    credentials: Option<&std::path::Path>,
+    token: bool,
+) -> anyhow::Result<()> {
+    let req = if token {
+        let (t, _) = secret_value("the Claude token", None, None).await?;
+        ClaudeLoginRequest {
+            token: Some(t.trim().to_owned()),
+            ..Default::default()
+        }
+    } else {
+        let path = match credentials {
+            Some(p) => p.to_owned(),
+            None => home()?.join(".claude/.credentials.json"),
+        };
+        let raw = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no Claude login in {}: run `claude` and `/login` once on this machine, or `claude setup-token` and pipe its token to `kraal login claude --token`",
+                path.display()
+            )
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&raw)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let o = &v["claudeAiOauth"];
+        let (Some(a), Some(r), Some(exp)) = (
+            o["accessToken"].as_str(),
+            o["refreshToken"].as_str(),
+            o["expiresAt"].as_i64(),
+        ) else {
+            bail!(
+                "{} has no claudeAiOauth.accessToken, refreshToken and expiresAt",
+                path.display()
+            );
+        };
+        ClaudeLoginRequest {
+            access_token: Some(a.to_owned()),
+            refresh_token: Some(r.to_owned()),
+            expires_at: Some(exp),
+            token: None,
+        }
+    };
+    let l: LoginStatus = c.send(Method::PUT, "/v1/logins/claude", Some(&req)).await?;
+    print_login(&l);
+    eprintln!("every workspace's Claude Code now uses this login through the model gateway");
+    Ok(())
+}
+
+/// `kraal login codex`.
+pub async fn login_codex(c: &Client, api_key: bool) -> anyhow::Result<()> {
+    let key = if api_key {
+        secret_value("the OpenAI API key", None, None).await?.0
+    } else {
+        let dir = std::env::var_os("CODEX_HOME")
+            .map(std::path::PathBuf::from)
+            .map_or_else(|| home().map(|h| h.join(".codex")), Ok)?;
+        let path = dir.join("auth.json");
+        let raw = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no Codex login in {}: pipe an API key to `kraal login codex --api-key`",
+                path.display()
+            )
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&raw)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        match v["OPENAI_API_KEY"].as_str() {
+            Some(k) if !k.trim().is_empty() => k.to_owned(),
+            _ => bail!(
+                "{} holds a ChatGPT sign-in, which kraal cannot share yet; pipe an API key to `kraal login codex --api-key`",
+                path.display()
+            ),
+        }
+    };
+    let l: LoginStatus = c
+        .send(
+            Method::PUT,
+            "/v1/logins/codex",
+            Some(&CodexLoginRequest {
+                api_key: key.trim().to_owned(),
+            }),
+        )
+        .await?;
+    print_login(&l);
+    Ok(())
+}
+
+pub async fn login_status(c: &Client, json: bool) -> anyhow::Result<()> {
+    let l: Vec<LoginStatus> = c.get("/v1/logins").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+    } else {
+        for s in &l {
+            print_login(s);
+        }
+    }
+    Ok(())
+}

@@ -98,7 +98,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         egress,
         store.clone(),
     )?;
-    let engine = Engine::new(store, backend, Some(services));
+    let engine = Engine::new(store.clone(), backend, Some(services));
     engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
     let web = match args.listen.as_str() {
@@ -152,6 +152,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
 
+    let refresher = crate::login::spawn_refresher(
+        store.clone(),
+        state.secret_key.clone(),
+        args.claude_oauth_url.clone(),
+    );
     let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -214,6 +219,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     eprintln!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
+    refresher.abort();
     let _ = shutdown_tx.send(true);
     // Open exec streams would hold graceful shutdown forever; give them a moment.
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(servers)).await;

@@ -74,10 +74,14 @@ impl HostCredentials {
 impl CredentialSource for HostCredentials {
     fn credentials(&self) -> Credentials {
         Credentials {
+            // A shared subscription login (`kraal login claude`) first, then a
+            // long-lived token, then an API key, then the daemon's environment.
             anthropic: self
-                .get(ANTHROPIC_KEY_SECRET)
-                .map(AnthropicAuth::ApiKey)
+                .store
+                .claude_login(&self.key)
+                .map(|l| AnthropicAuth::OauthToken(l.access_token))
                 .or_else(|| self.get(CLAUDE_TOKEN_SECRET).map(AnthropicAuth::OauthToken))
+                .or_else(|| self.get(ANTHROPIC_KEY_SECRET).map(AnthropicAuth::ApiKey))
                 .or_else(|| self.env.anthropic.clone()),
             openai: self
                 .get(OPENAI_KEY_SECRET)

@@ -468,3 +468,140 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
     let o = d.run(&["secret", "rm", "git-pat"]);
     assert!(o.stderr.contains("git credential of workspace"), "{o:?}");
 }
+
+/// A fake OAuth token endpoint: swaps refresh token `rt-old` for a fresh pair.
+fn oauth_server(
+    calls: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/v1/oauth/token",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let calls = calls.clone();
+            async move {
+                calls.lock().unwrap().push(body.clone());
+                if body["grant_type"] == "refresh_token"
+                    && body["refresh_token"] == "rt-old"
+                    && body["client_id"] == "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+                {
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(serde_json::json!({
+                            "access_token": "sk-ant-oat01-FRESH-shared-login",
+                            "refresh_token": "rt-new-shared-login",
+                            "expires_in": 3600
+                        })),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::Json(serde_json::json!({"error": "invalid_grant"})),
+                    )
+                }
+            }
+        }),
+    );
+    rt.spawn(async move { axum::serve(l, app).await });
+    (rt, format!("http://{addr}/v1/oauth/token"))
+}
+
+#[test]
+fn one_claude_login_is_shared_refreshed_on_the_host_and_never_enters_a_sandbox() {
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_rt, oauth_url) = oauth_server(calls.clone());
+    let (model, d) = crate::sessions::with_model_on(
+        r#"{"turns": [{"respond": [{"text": "answered with the shared login"}]}, {"respond": [{"text": "answered with the shared login"}]}]}"#,
+        &[("KRAAL_CLAUDE_OAUTH_URL", &oauth_url)],
+    );
+    // The host's Claude login, about to expire: the daemon refreshes it at once.
+    let creds = d.dir.path().join("credentials.json");
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 60_000;
+    std::fs::write(
+        &creds,
+        serde_json::json!({"claudeAiOauth": {
+            "accessToken": "sk-ant-oat01-STALE-shared-login",
+            "refreshToken": "rt-old",
+            "expiresAt": soon,
+            "scopes": ["user:inference"]
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let o = d.ok(&["login", "claude", "--credentials", creds.to_str().unwrap()]);
+    assert!(o.contains("claude: subscription"), "{o}");
+    wait_until(Duration::from_secs(30), "the login refresh", || {
+        let s: Vec<serde_json::Value> =
+            serde_json::from_str(&d.ok(&["login", "status", "--json"])).unwrap();
+        s[0]["expires_at"].as_i64().unwrap_or(0) > soon + 30 * 60_000
+    });
+    assert_eq!(calls.lock().unwrap().len(), 1, "refreshed once");
+    let bad = d.run(&[
+        "login",
+        "claude",
+        "--credentials",
+        "/nonexistent/creds.json",
+    ]);
+    assert!(
+        bad.stderr
+            .contains("no Claude login in /nonexistent/creds.json"),
+        "{bad:?}"
+    );
+
+    // Two workspaces' agents both use it, through their gateways.
+    for name in ["one", "two"] {
+        let repo = git_repo(d.dir.path(), name);
+        d.ok(&["up", repo.to_str().unwrap()]);
+    }
+    for ws in ["one", "two"] {
+        let o = d.run(&["new-chat", ws, "-m", "hello"]);
+        assert_eq!(o.code, Some(0), "{o:?}\n{}", d.log_tail());
+        assert!(o.stdout.contains("answered with the shared login"), "{o:?}");
+    }
+    let headers = model.request_headers();
+    assert!(headers.len() >= 2, "{headers:?}");
+    for h in &headers {
+        assert_eq!(
+            h.get("authorization").map(String::as_str),
+            Some("Bearer sk-ant-oat01-FRESH-shared-login"),
+            "{h:?}"
+        );
+        assert!(
+            h.get("anthropic-beta")
+                .is_some_and(|b| b.contains("oauth-2025-04-20")),
+            "{h:?}"
+        );
+        assert!(
+            !h.contains_key("x-api-key"),
+            "the subscription wins over the API key: {h:?}"
+        );
+    }
+    for ws in ["one", "two"] {
+        let o = d.exec(
+            ws,
+            "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; echo; done; \
+             tar -cf - /workspace /root /tmp /etc 2>/dev/null",
+        );
+        for secret in [
+            "FRESH-shared-login",
+            "STALE-shared-login",
+            "rt-new-shared-login",
+            "rt-old",
+        ] {
+            assert!(!o.stdout.contains(secret), "{secret} is inside {ws}");
+        }
+    }
+    let audit = d.ok(&["audit", "--json"]);
+    assert!(
+        audit.contains("\"token.refresh\"") && audit.contains("\"login.agent\""),
+        "{audit}"
+    );
+    assert!(!audit.contains("FRESH-shared-login"));
+}
