@@ -5,9 +5,12 @@
 //!   of the same root file system, measured in one run (needs root and runsc);
 //! * `bench-events` — session event latency and throughput next to raw pipes;
 //! * `bench-vm` — QEMU microVM boot to the guest agent next to a bare QEMU boot of the
-//!   same kernel and initramfs.
+//!   same kernel and initramfs;
+//! * `bench-egress` — fetches through a workspace's egress proxy next to the same fetches
+//!   from the host directly.
 
 mod bench;
+mod bench_egress;
 mod bench_events;
 mod bench_vm;
 
@@ -32,9 +35,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("bench-events") => bench_events::run(&args[1..]),
         Some("bench-vm") => bench_vm::run(&args[1..]),
+        Some("bench-egress") => bench_egress::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm]>"
+                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm] | bench-egress [--iterations N]>"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,218 @@
+//! `cargo xtask bench-egress`: what the egress proxy costs. A web server in a network
+//! namespace (a stand-in for the internet) serves a small file and a 64 MiB one; the same
+//! bash client (`/dev/tcp`, no curl needed) fetches them from inside a workspace through
+//! its egress proxy (CONNECT tunnel, and plain HTTP) and, as the raw baseline in the same
+//! run, from the host directly. Timings are taken inside the client, so `kraal exec`'s own
+//! overhead is not counted.
+
+#![allow(clippy::disallowed_methods)] // Automation: spawns ip, python3 and kraal directly.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::bench::{setup, sh, stats};
+use crate::root;
+
+const NET: &str = "10.78.9";
+const NETNS: &str = "kraal-bench-egress";
+const VETH: &str = "kbenchegr";
+
+struct Host {
+    server: std::process::Child,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("ip link del {VETH} 2>/dev/null; ip netns del {NETNS} 2>/dev/null"),
+            ])
+            .output();
+    }
+}
+
+fn start_host(dir: &std::path::Path) -> anyhow::Result<Host> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("small.txt"), "x".repeat(1024))?;
+    let big = std::fs::File::create(www.join("big.bin"))?;
+    big.set_len(64 * 1024 * 1024)?;
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!("ip link del {VETH} 2>/dev/null; ip netns del {NETNS} 2>/dev/null"),
+        ])
+        .output();
+    sh(Command::new("sh").args([
+        "-c",
+        &format!(
+            "ip netns add {NETNS} && ip link add {VETH} type veth peer name eth0 netns {NETNS} && \
+             ip addr add {NET}.1/24 dev {VETH} && ip link set {VETH} up && \
+             ip -n {NETNS} addr add {NET}.2/24 dev eth0 && ip -n {NETNS} link set eth0 up && \
+             ip -n {NETNS} link set lo up && ip -n {NETNS} route add default via {NET}.1"
+        ),
+    ]))?;
+    let server = Command::new("ip")
+        .args(["netns", "exec", NETNS, "python3", "-m", "http.server", "80"])
+        .args(["--bind", "0.0.0.0", "--directory"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let host = Host { server };
+    let addr: std::net::SocketAddr = format!("{NET}.2:80").parse()?;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(host);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("the bench web server did not start")
+}
+
+/// A bash client that fetches `path` `n` times and prints one duration (µs) and byte
+/// count per fetch; one `cat` is the only process started inside the timed part.
+/// `via`: `proxy-connect` or `proxy-http` (through the proxy at `proxy`, `HOST:PORT`, or
+/// `$HTTP_PROXY` when empty), or `direct`.
+fn client(via: &str, proxy: &str, path: &str, n: usize) -> String {
+    let open = match (via, proxy) {
+        ("direct", _) => format!("exec 3<>/dev/tcp/{NET}.2/80"),
+        (_, "") => "P=${HTTP_PROXY#http://}; exec 3<>/dev/tcp/${P%:*}/${P##*:}".to_owned(),
+        (_, p) => {
+            let (h, port) = p.split_once(':').expect("HOST:PORT");
+            format!("exec 3<>/dev/tcp/{h}/{port}")
+        }
+    };
+    let request = match via {
+        "proxy-connect" => format!(
+            "CONNECT bench.test:80 HTTP/1.1\\r\\nHost: bench.test:80\\r\\n\\r\\nGET {path} HTTP/1.0\\r\\nHost: bench.test\\r\\n\\r\\n"
+        ),
+        "proxy-http" => format!(
+            "GET http://bench.test{path} HTTP/1.1\\r\\nHost: bench.test\\r\\nConnection: close\\r\\n\\r\\n"
+        ),
+        _ => format!("GET {path} HTTP/1.0\\r\\nHost: bench.test\\r\\n\\r\\n"),
+    };
+    format!(
+        "for i in $(seq {n}); do t0=${{EPOCHREALTIME/./}}; {open} || exit 9; printf '{request}' >&3; \
+         cat <&3 > /tmp/kraal-bench-egress.out; exec 3<&-; t1=${{EPOCHREALTIME/./}}; \
+         echo $(( t1 - t0 )) $(wc -c < /tmp/kraal-bench-egress.out); done"
+    )
+}
+
+/// Runs a client and returns (durations in ms, bytes of the last fetch).
+fn measure(mut cmd: Command) -> anyhow::Result<(Vec<f64>, u64)> {
+    let out = sh(&mut cmd)?;
+    let mut v = Vec::new();
+    let mut bytes = 0;
+    for l in out.lines() {
+        let mut it = l.split_whitespace();
+        let us: f64 = it.next().context("no duration")?.parse()?;
+        bytes = it.next().context("no byte count")?.parse()?;
+        v.push(us / 1000.0);
+    }
+    if v.is_empty() {
+        bail!("the client printed nothing");
+    }
+    Ok((v, bytes))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut n = 50;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--iterations" => n = it.next().context("--iterations N")?.parse()?,
+            other => bail!("unknown bench-egress option {other}"),
+        }
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("kraal-bench-egress-")
+        .tempdir()?;
+    let _host = start_host(tmp.path())?;
+    let s = setup(&[
+        ("KRAAL_EGRESS_RESOLVE", &format!("bench.test={NET}.2")),
+        ("KRAAL_EGRESS_ALLOW_CIDRS", &format!("{NET}.0/24")),
+    ])?;
+    sh(s.d.kraal(&s.kraal).args([
+        "up",
+        s.repo.to_str().unwrap(),
+        "--name",
+        "egress",
+        "--allow",
+        "bench.test",
+    ]))?;
+    let in_ws = |script: String| {
+        let mut c = s.d.kraal(&s.kraal);
+        c.args(["exec", "egress", "--", "bash", "-c", &script]);
+        c
+    };
+    let on_host = |script: String| {
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        c
+    };
+    let ws: serde_json::Value =
+        serde_json::from_str(&sh(s.d.kraal(&s.kraal).args(["ls", "--json"]))?)?;
+    let guest: std::net::Ipv4Addr = ws[0]["address"]
+        .as_str()
+        .and_then(|a| a.split(':').next())
+        .context("no workspace address")?
+        .parse()?;
+    // The proxy listens on the host side of the workspace's link; the host itself may
+    // use it too, which isolates the proxy's own cost from the sandbox's.
+    let proxy = format!("{}:7073", std::net::Ipv4Addr::from(u32::from(guest) - 1));
+    let big_n = (n / 10).max(3);
+    let mut results = serde_json::Map::new();
+    let mut rows = Vec::new();
+    for (name, path, count) in [
+        ("small (1 KiB)", "/small.txt", n),
+        ("large (64 MiB)", "/big.bin", big_n),
+    ] {
+        let (direct, db) = measure(on_host(client("direct", "", path, count)))?;
+        let (host_tunnel, hb) = measure(on_host(client("proxy-connect", &proxy, path, count)))?;
+        let (tunnel, tb) = measure(in_ws(client("proxy-connect", "", path, count)))?;
+        let (plain, pb) = measure(in_ws(client("proxy-http", "", path, count)))?;
+        if tb < db || pb < db || hb < db {
+            bail!("a proxied fetch came back short ({tb}, {pb}, {hb} vs {db} bytes)");
+        }
+        let p50 = |v: &Vec<f64>| {
+            let mut s = v.clone();
+            s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            s[s.len() / 2]
+        };
+        let mbps = |v: &Vec<f64>| db as f64 / 1048576.0 / (p50(v) / 1000.0);
+        rows.push(format!(
+            "{name:<15} p50: host direct {:>7.2} ms ({:>5.0} MiB/s) | host via proxy CONNECT {:>7.2} ms ({:>5.0} MiB/s) | workspace via CONNECT {:>7.2} ms ({:>5.0} MiB/s) | workspace via plain HTTP {:>7.2} ms ({:>5.0} MiB/s)",
+            p50(&direct), mbps(&direct), p50(&host_tunnel), mbps(&host_tunnel), p50(&tunnel), mbps(&tunnel), p50(&plain), mbps(&plain)
+        ));
+        results.insert(
+            name.to_owned(),
+            json!({
+                "bytes": db,
+                "host_direct": stats(direct),
+                "host_proxy_connect": stats(host_tunnel),
+                "workspace_proxy_connect": stats(tunnel),
+                "workspace_proxy_http": stats(plain),
+            }),
+        );
+    }
+    sh(s.d.kraal(&s.kraal).args(["rm", "--yes", "egress"]))?;
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("egress.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+    )?;
+    println!("egress proxy, {n} small / {big_n} large fetches each (same bash client):");
+    for r in rows {
+        println!("  {r}");
+    }
+    println!("written to target/bench/egress.json");
+    Ok(())
+}
