@@ -77,7 +77,8 @@ fn start_host(dir: &std::path::Path) -> anyhow::Result<Host> {
 }
 
 /// A bash client that fetches `path` `n` times and prints one duration (µs) and byte
-/// count per fetch; one `cat` is the only process started inside the timed part.
+/// count per fetch; two `cat`s (request out, answer in) are the only processes started
+/// inside the timed part.
 /// `via`: `proxy-connect` or `proxy-http` (through the proxy at `proxy`, `HOST:PORT`, or
 /// `$HTTP_PROXY` when empty), or `direct`.
 fn client(via: &str, proxy: &str, path: &str, n: usize) -> String {
@@ -98,8 +99,11 @@ fn client(via: &str, proxy: &str, path: &str, n: usize) -> String {
         ),
         _ => format!("GET {path} HTTP/1.0\\r\\nHost: bench.test\\r\\n\\r\\n"),
     };
+    // The request goes out in one write, as real clients send it (bash's printf writes
+    // line by line, and a request split across segments waits on delayed ACKs).
     format!(
-        "for i in $(seq {n}); do t0=${{EPOCHREALTIME/./}}; {open} || exit 9; printf '{request}' >&3; \
+        "printf '{request}' > /tmp/kraal-bench-egress.req; \
+         for i in $(seq {n}); do t0=${{EPOCHREALTIME/./}}; {open} || exit 9; cat /tmp/kraal-bench-egress.req >&3; \
          cat <&3 > /tmp/kraal-bench-egress.out; exec 3<&-; t1=${{EPOCHREALTIME/./}}; \
          echo $(( t1 - t0 )) $(wc -c < /tmp/kraal-bench-egress.out); done"
     )

@@ -237,6 +237,9 @@ impl EgressProxies {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Small writes (the CONNECT answer, then tunnelled bytes) must not wait
+                // for delayed ACKs.
+                let _ = stream.set_nodelay(true);
                 let c = c.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(c.clone(), req));
@@ -460,7 +463,14 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
             match hyper::upgrade::on(req).await {
                 Ok(up) => {
                     let mut client = TokioIo::new(up);
-                    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    match tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut upstream,
+                        64 * 1024,
+                        64 * 1024,
+                    )
+                    .await
+                    {
                         Ok((up, down)) => {
                             rec.bytes_up = up;
                             rec.bytes_down = down;

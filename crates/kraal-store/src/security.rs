@@ -173,31 +173,40 @@ impl Store {
 
     /// Records one egress decision; keeps the newest [`EGRESS_KEEP`] per workspace.
     pub fn log_egress(&self, r: &EgressLogRecord) -> Result<(), StoreError> {
+        self.log_egress_batch(std::slice::from_ref(r))
+    }
+
+    /// Records egress decisions in one transaction; keeps the newest [`EGRESS_KEEP`] per
+    /// workspace.
+    pub fn log_egress_batch(&self, records: &[EgressLogRecord]) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
-                "INSERT INTO egress_log (workspace, at, method, host, port, addr, allowed, reason, bytes_up, bytes_down, ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    r.workspace,
-                    r.at,
-                    r.method,
-                    r.host,
-                    r.port,
-                    r.addr,
-                    r.allowed,
-                    r.reason,
-                    r.bytes_up as i64,
-                    r.bytes_down as i64,
-                    r.ms as i64
-                ],
-            )?;
-            let id = c.last_insert_rowid();
-            if id % 500 == 0 {
-                c.execute(
-                    "DELETE FROM egress_log WHERE workspace = ?1 AND id <= (SELECT id FROM egress_log WHERE workspace = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                    params![r.workspace, EGRESS_KEEP],
+            let tx = c.unchecked_transaction()?;
+            for r in records {
+                tx.execute(
+                    "INSERT INTO egress_log (workspace, at, method, host, port, addr, allowed, reason, bytes_up, bytes_down, ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    params![
+                        r.workspace,
+                        r.at,
+                        r.method,
+                        r.host,
+                        r.port,
+                        r.addr,
+                        r.allowed,
+                        r.reason,
+                        r.bytes_up as i64,
+                        r.bytes_down as i64,
+                        r.ms as i64
+                    ],
                 )?;
+                if tx.last_insert_rowid() % 500 == 0 {
+                    tx.execute(
+                        "DELETE FROM egress_log WHERE workspace = ?1 AND id <= (SELECT id FROM egress_log WHERE workspace = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                        params![r.workspace, EGRESS_KEEP],
+                    )?;
+                }
             }
+            tx.commit()?;
             Ok(())
         })
     }

@@ -117,28 +117,53 @@ impl CredentialSource for HostCredentials {
     }
 }
 
-/// Egress decisions go to the database.
-struct StoreSink(Store);
+/// Egress decisions go to the database, written in batches off the request path (a
+/// connection never waits for SQLite).
+struct StoreSink(tokio::sync::mpsc::UnboundedSender<EgressRecord>);
+
+impl StoreSink {
+    fn new(store: Store) -> StoreSink {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EgressRecord>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                    if batch.len() >= 512 {
+                        break;
+                    }
+                }
+                let rows: Vec<kraal_store::EgressLogRecord> = batch
+                    .into_iter()
+                    .map(|r| kraal_store::EgressLogRecord {
+                        id: 0,
+                        workspace: r.workspace,
+                        at: kraal_store::now(),
+                        method: r.method,
+                        host: r.host,
+                        port: r.port,
+                        addr: r.addr.map(|a| a.to_string()),
+                        allowed: r.allowed,
+                        reason: r.reason,
+                        bytes_up: r.bytes_up,
+                        bytes_down: r.bytes_down,
+                        ms: r.ms,
+                    })
+                    .collect();
+                let store = store.clone();
+                let res = tokio::task::spawn_blocking(move || store.log_egress_batch(&rows)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!("cannot record egress decisions: {e}");
+                }
+            }
+        });
+        StoreSink(tx)
+    }
+}
 
 impl EgressSink for StoreSink {
     fn record(&self, r: EgressRecord) {
-        let rec = kraal_store::EgressLogRecord {
-            id: 0,
-            workspace: r.workspace,
-            at: kraal_store::now(),
-            method: r.method,
-            host: r.host,
-            port: r.port,
-            addr: r.addr.map(|a| a.to_string()),
-            allowed: r.allowed,
-            reason: r.reason,
-            bytes_up: r.bytes_up,
-            bytes_down: r.bytes_down,
-            ms: r.ms,
-        };
-        if let Err(e) = self.0.log_egress(&rec) {
-            tracing::warn!("cannot record an egress decision: {e}");
-        }
+        let _ = self.0.send(r);
     }
 }
 
@@ -167,7 +192,7 @@ impl HostServices {
     ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(HostServices {
             gateways: Gateways::new(upstreams, credentials)?,
-            egress: EgressProxies::new(egress, Arc::new(StoreSink(store))),
+            egress: EgressProxies::new(egress, Arc::new(StoreSink::new(store))),
         }))
     }
 }
