@@ -57,6 +57,22 @@ impl Output {
     }
 }
 
+/// Whether an environment variable holds a credential that no child process gets:
+/// the model keys and tokens kraal knows, anything named `*_API_KEY` or `*_OAUTH_TOKEN`,
+/// and the CLI's `KRAAL_TOKEN`.
+pub fn is_credential_var(name: &std::ffi::OsStr) -> bool {
+    let Some(n) = name.to_str() else {
+        return false;
+    };
+    let n = n.to_ascii_uppercase();
+    n.ends_with("_API_KEY")
+        || n.ends_with("_OAUTH_TOKEN")
+        || matches!(
+            n.as_str(),
+            "ANTHROPIC_AUTH_TOKEN" | "KRAAL_TOKEN" | "GITHUB_TOKEN" | "GH_TOKEN"
+        )
+}
+
 impl Cmd {
     pub fn new(program: impl Into<OsString>) -> Self {
         Cmd {
@@ -123,7 +139,6 @@ impl Cmd {
         self
     }
 
-    /// The command line, for messages.
     /// Runs the program with `--version` (5 s at most) and returns the first line it
     /// printed: how host checks report what they found.
     pub async fn version_line(self) -> Result<String, ProcessError> {
@@ -140,6 +155,7 @@ impl Cmd {
             .to_owned())
     }
 
+    /// The command line, for messages.
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
         for a in &self.args {
@@ -156,6 +172,13 @@ impl Cmd {
         #[allow(clippy::disallowed_methods)]
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args).kill_on_drop(true);
+        // Credentials in the daemon's environment stay in the daemon: sandbox runtimes
+        // (runsc's sentry, QEMU) would otherwise hold them in their own memory.
+        for (k, _) in std::env::vars_os() {
+            if is_credential_var(&k) {
+                cmd.env_remove(&k);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -311,6 +334,32 @@ pub fn which(program: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_variables_are_recognized() {
+        for v in [
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "GOOGLE_API_KEY",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_AUTH_TOKEN",
+            "KRAAL_TOKEN",
+            "GH_TOKEN",
+            "my_service_api_key",
+        ] {
+            assert!(is_credential_var(std::ffi::OsStr::new(v)), "{v}");
+        }
+        for v in [
+            "PATH",
+            "HOME",
+            "KRAAL_SOCKET",
+            "TOKENIZERS_PARALLELISM",
+            "API_KEYBOARD",
+        ] {
+            assert!(!is_credential_var(std::ffi::OsStr::new(v)), "{v}");
+        }
+    }
 
     #[tokio::test]
     async fn failures_carry_command_and_stderr() {

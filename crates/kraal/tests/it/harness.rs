@@ -428,3 +428,113 @@ pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
     git(&["commit", "-qm", "initial"]);
     p
 }
+
+/// How often each needle occurs in the memory of the host processes that make up a
+/// gVisor workspace (`runsc` processes naming its id): every sandboxed process's memory is
+/// in the sentry's memory file (read through its descriptor, holes skipped, so nothing is
+/// allocated), and the sentry's and gofer's own memory is read through `/proc/PID/mem`.
+/// From the host, because inside the sandbox no process may read another's memory.
+/// Returns the counts (only zero or not is exact) and the bytes read.
+pub fn sandbox_memory_hits(ws_id: &str, needles: &[&str]) -> (Vec<u64>, u64) {
+    use std::os::unix::fs::FileExt;
+    let finders: Vec<memchr::memmem::Finder> = needles
+        .iter()
+        .map(|n| memchr::memmem::Finder::new(n.as_bytes()))
+        .collect();
+    let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(1) - 1;
+    let mut hits = vec![0u64; needles.len()];
+    let mut scanned = 0u64;
+    let mut buf = vec![0u8; 4 << 20];
+    // Reads `[start, end)` of `f` in chunks, counting needles (also across chunks).
+    let mut scan = |f: &std::fs::File, start: u64, end: u64, hits: &mut Vec<u64>| {
+        let mut off = start;
+        let mut carry: Vec<u8> = Vec::new();
+        while off < end {
+            let want = ((end - off) as usize).min(buf.len());
+            let n = match f.read_at(&mut buf[..want], off) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            scanned += n as u64;
+            carry.extend_from_slice(&buf[..n]);
+            for (i, fd) in finders.iter().enumerate() {
+                hits[i] += fd.find_iter(&carry).count() as u64;
+            }
+            let keep = carry.len().min(overlap);
+            carry = carry[carry.len() - keep..].to_vec();
+            off += n as u64;
+        }
+    };
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("runsc") && cmd.contains(ws_id) {
+            pids.push(pid);
+        }
+    }
+    assert!(!pids.is_empty(), "no runsc process of {ws_id}");
+    let mut memfds = 0;
+    for pid in pids {
+        // The memory file(s): only the parts that hold data.
+        for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            if !target.to_string_lossy().starts_with("/memfd:") {
+                continue;
+            }
+            let Ok(f) = std::fs::File::open(e.path()) else {
+                continue;
+            };
+            memfds += 1;
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0) as i64;
+            let mut pos = 0i64;
+            use std::os::fd::AsRawFd;
+            while pos < len {
+                let Ok(data) =
+                    nix::unistd::lseek(f.as_raw_fd(), pos, nix::unistd::Whence::SeekData)
+                else {
+                    break;
+                };
+                let hole = nix::unistd::lseek(f.as_raw_fd(), data, nix::unistd::Whence::SeekHole)
+                    .unwrap_or(len);
+                scan(&f, data as u64, hole as u64, &mut hits);
+                pos = hole;
+            }
+        }
+        // The process's own memory, except the memory-file mappings (reading those
+        // through the mapping would fill their holes).
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if !perms.starts_with('r')
+                || line.contains("/memfd:")
+                || line.ends_with("[vvar]")
+                || line.ends_with("[vsyscall]")
+            {
+                continue;
+            }
+            let (a, b) = range.split_once('-').unwrap();
+            scan(
+                &mem,
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+                &mut hits,
+            );
+        }
+    }
+    assert!(memfds > 0, "found no memory file of {ws_id}'s sentry");
+    (hits, scanned)
+}

@@ -402,6 +402,29 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
             "{secret} is visible inside the sandbox"
         );
     }
+    // Nor in the memory of any process in the sandbox, read from the host (inside, no
+    // process may read another's memory); a planted value proves the scan reads it.
+    let o = d.exec(
+        ws,
+        "KRAAL_PLANTED=planted-in-memory-4417 sleep 60 >/dev/null 2>&1 & echo ok",
+    );
+    assert_eq!(o.stdout.trim(), "ok");
+    let o = d.exec(ws, "dd if=/proc/1/mem bs=1 count=1 2>&1 | head -1");
+    assert!(
+        o.stdout.contains("Permission denied"),
+        "another process's memory is readable: {o:?}"
+    );
+    let id = d.workspace(ws)["id"].as_str().unwrap().to_owned();
+    let (hits, bytes) = sandbox_memory_hits(&id, &["planted-in-memory-4417", REAL_ANTHROPIC, PAT]);
+    assert!(
+        hits[0] > 0,
+        "the memory scan sees a planted value: {hits:?} in {bytes} bytes"
+    );
+    assert_eq!(
+        &hits[1..],
+        &[0, 0],
+        "a real credential is in the sandbox's memory"
+    );
 
     // The allowlist changes live; bad rules are named.
     d.ok(&["egress", "allow", ws, "other.test"]);
@@ -584,6 +607,27 @@ fn one_claude_login_is_shared_refreshed_on_the_host_and_never_enters_a_sandbox()
         );
     }
     for ws in ["one", "two"] {
+        // The memory of every process in the sandbox — the agent is still running,
+        // waiting for the next message — read from the host through gVisor's sentry.
+        let id = d.workspace(ws)["id"].as_str().unwrap().to_owned();
+        let (hits, bytes) = sandbox_memory_hits(
+            &id,
+            &[
+                "sk-kraal-",
+                "FRESH-shared-login",
+                "STALE-shared-login",
+                "rt-new-shared-login",
+            ],
+        );
+        assert!(
+            hits[0] > 0 && bytes > 10 << 20,
+            "the scan sees the agent's placeholder key in memory: {hits:?} in {bytes} bytes"
+        );
+        assert_eq!(
+            &hits[1..],
+            &[0, 0, 0],
+            "the login is in the memory of {ws}'s sandbox"
+        );
         let o = d.exec(
             ws,
             "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; echo; done; \
