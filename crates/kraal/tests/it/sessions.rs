@@ -191,6 +191,15 @@ pub fn claude_edits_files_suite(env: &[(&str, &str)]) {
         assert!(!h.values().any(|v| v.contains("sk-kraal-")), "{h:?}");
     }
     assert_no_real_key_inside(&d, "edits");
+    // Nor in the sandbox's memory (every process in it, the agent included), read from the
+    // host: the sentry's memory file for gVisor, QEMU's memory for a microVM.
+    let id = d.workspace("edits")["id"].as_str().unwrap().to_owned();
+    let (hits, bytes) = sandbox_memory_hits(&id, &["sk-kraal-", REAL_ANTHROPIC, REAL_OPENAI]);
+    assert!(
+        hits[0] > 0,
+        "the scan sees the placeholder key: {hits:?} in {bytes} bytes"
+    );
+    assert_eq!(&hits[1..], &[0, 0], "a real key is in the sandbox's memory");
 }
 
 #[test]
