@@ -270,7 +270,7 @@ pub async fn login_claude(
             store
                 .put_secret(
                     &s.secret_key,
-                    "claude-oauth-token",
+                    kraal_store::CLAUDE_TOKEN_SECRET,
                     t.as_bytes(),
                     "login:claude",
                 )
@@ -303,19 +303,7 @@ pub async fn login_claude(
         }
     };
     audit(&s, &actor_of(actor), "login.agent", "claude", method);
-    logins(State(s))
-        .await?
-        .0
-        .into_iter()
-        .find(|l| l.agent == "claude")
-        .map(Json)
-        .ok_or_else(|| {
-            HttpError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "login vanished",
-            )
-        })
+    login_of(s, "claude").await
 }
 
 #[utoipa::path(put, path = "/v1/logins/codex", request_body = CodexLoginRequest,
@@ -332,20 +320,30 @@ pub async fn login_codex(
     }
     s.engine
         .store()
-        .put_secret(&s.secret_key, "openai-api-key", k.as_bytes(), "login:codex")
+        .put_secret(
+            &s.secret_key,
+            kraal_store::OPENAI_KEY_SECRET,
+            k.as_bytes(),
+            "login:codex",
+        )
         .map_err(store_err)?;
     audit(&s, &actor_of(actor), "login.agent", "codex", "api-key");
+    login_of(s, "codex").await
+}
+
+/// The login status of one agent (after a change).
+async fn login_of(s: AppState, agent: &str) -> Result<Json<LoginStatus>, HttpError> {
     logins(State(s))
         .await?
         .0
         .into_iter()
-        .find(|l| l.agent == "codex")
+        .find(|l| l.agent == agent)
         .map(Json)
         .ok_or_else(|| {
             HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                "login vanished",
+                format!("no login status for {agent}"),
             )
         })
 }
@@ -367,19 +365,19 @@ pub async fn logins(State(s): State<AppState>) -> Result<Json<Vec<LoginStatus>>,
             expires_at: Some(l.expires_at),
             updated_at: updated(kraal_store::CLAUDE_LOGIN_SECRET),
         }
-    } else if updated("claude-oauth-token").is_some() {
+    } else if updated(kraal_store::CLAUDE_TOKEN_SECRET).is_some() {
         LoginStatus {
             agent: "claude".into(),
             method: "token".into(),
             expires_at: None,
-            updated_at: updated("claude-oauth-token"),
+            updated_at: updated(kraal_store::CLAUDE_TOKEN_SECRET),
         }
-    } else if updated("anthropic-api-key").is_some() {
+    } else if updated(kraal_store::ANTHROPIC_KEY_SECRET).is_some() {
         LoginStatus {
             agent: "claude".into(),
             method: "api-key".into(),
             expires_at: None,
-            updated_at: updated("anthropic-api-key"),
+            updated_at: updated(kraal_store::ANTHROPIC_KEY_SECRET),
         }
     } else {
         LoginStatus {
@@ -391,14 +389,14 @@ pub async fn logins(State(s): State<AppState>) -> Result<Json<Vec<LoginStatus>>,
     };
     let codex = LoginStatus {
         agent: "codex".into(),
-        method: if updated("openai-api-key").is_some() {
+        method: if updated(kraal_store::OPENAI_KEY_SECRET).is_some() {
             "api-key"
         } else {
             "none"
         }
         .into(),
         expires_at: None,
-        updated_at: updated("openai-api-key"),
+        updated_at: updated(kraal_store::OPENAI_KEY_SECRET),
     };
     Ok(Json(vec![claude, codex]))
 }

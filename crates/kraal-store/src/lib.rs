@@ -15,7 +15,8 @@ mod security;
 mod sessions;
 mod web;
 pub use security::{
-    AuditRecord, CLAUDE_LOGIN_SECRET, ClaudeLogin, EgressLogRecord, SecretInfo, SecretKey,
+    ANTHROPIC_KEY_SECRET, AuditRecord, CLAUDE_LOGIN_SECRET, CLAUDE_TOKEN_SECRET, ClaudeLogin,
+    EgressLogRecord, GEMINI_KEY_SECRET, OPENAI_KEY_SECRET, SecretInfo, SecretKey,
 };
 pub use sessions::SessionRecord;
 pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};

@@ -55,6 +55,11 @@ pub struct AuditRecord {
 
 /// The secret holding the shared Claude subscription login (JSON [`ClaudeLogin`]).
 pub const CLAUDE_LOGIN_SECRET: &str = "claude-login";
+/// Secrets the model gateway reads its credentials from (before the daemon's environment).
+pub const CLAUDE_TOKEN_SECRET: &str = "claude-oauth-token";
+pub const ANTHROPIC_KEY_SECRET: &str = "anthropic-api-key";
+pub const OPENAI_KEY_SECRET: &str = "openai-api-key";
+pub const GEMINI_KEY_SECRET: &str = "gemini-api-key";
 
 /// A Claude subscription login: what `claude /login` keeps in
 /// `~/.claude/.credentials.json`, refreshed by the daemon.

@@ -254,6 +254,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An agent's credentials file, as JSON; a missing file says how to log in (`hint`).
+fn read_json(path: &std::path::Path, hint: &str, agent: &str) -> anyhow::Result<serde_json::Value> {
+    let raw = std::fs::read_to_string(path)
+        .with_context(|| format!("no {agent} login in {}: {hint}", path.display()))?;
+    serde_json::from_str(&raw).with_context(|| format!("{} is not JSON", path.display()))
+}
+
 /// `kraal login claude`.
 pub async fn login_claude(
     c: &Client,
@@ -271,14 +278,11 @@ pub async fn login_claude(
             Some(p) => p.to_owned(),
             None => home()?.join(".claude/.credentials.json"),
         };
-        let raw = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no Claude login in {}: run `claude` and `/login` once on this machine, or `claude setup-token` and pipe its token to `kraal login claude --token`",
-                path.display()
-            )
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&raw)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let v = read_json(
+            &path,
+            "run `claude` and `/login` once on this machine, or `claude setup-token` and pipe its token to `kraal login claude --token`",
+            "Claude",
+        )?;
         let o = &v["claudeAiOauth"];
         let (Some(a), Some(r), Some(exp)) = (
             o["accessToken"].as_str(),
@@ -312,14 +316,11 @@ pub async fn login_codex(c: &Client, api_key: bool) -> anyhow::Result<()> {
             .map(std::path::PathBuf::from)
             .map_or_else(|| home().map(|h| h.join(".codex")), Ok)?;
         let path = dir.join("auth.json");
-        let raw = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no Codex login in {}: pipe an API key to `kraal login codex --api-key`",
-                path.display()
-            )
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&raw)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
+        let v = read_json(
+            &path,
+            "pipe an API key to `kraal login codex --api-key`",
+            "Codex",
+        )?;
         match v["OPENAI_API_KEY"].as_str() {
             Some(k) if !k.trim().is_empty() => k.to_owned(),
             _ => bail!(

@@ -15,13 +15,10 @@ use kraal_proxy::{
     AnthropicAuth, CredentialSource, Credentials, EgressProxies, EgressRecord, EgressSettings,
     EgressSink, GATEWAY_PORT, Gateways, GitRoute, Upstreams, placeholder_key,
 };
-use kraal_store::{SecretKey, Store, WorkspaceRecord};
-
-/// Secret names the model gateway reads its credentials from.
-pub const ANTHROPIC_KEY_SECRET: &str = "anthropic-api-key";
-pub const CLAUDE_TOKEN_SECRET: &str = "claude-oauth-token";
-pub const OPENAI_KEY_SECRET: &str = "openai-api-key";
-pub const GEMINI_KEY_SECRET: &str = "gemini-api-key";
+use kraal_store::{
+    ANTHROPIC_KEY_SECRET, CLAUDE_TOKEN_SECRET, GEMINI_KEY_SECRET, OPENAI_KEY_SECRET, SecretKey,
+    Store, WorkspaceRecord,
+};
 
 /// Credentials the daemon was started with: `ANTHROPIC_API_KEY` (preferred) or
 /// `CLAUDE_CODE_OAUTH_TOKEN`, `OPENAI_API_KEY`, and `GEMINI_API_KEY` (or

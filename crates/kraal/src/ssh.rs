@@ -102,24 +102,22 @@ pub fn config_text(workspaces: &[Workspace], exe: &Path, endpoint: &str, key: &P
     out
 }
 
-async fn workspaces(c: &Client) -> anyhow::Result<Vec<Workspace>> {
+/// The Host entries of every workspace the daemon has, for this executable and daemon.
+async fn current_config(c: &Client) -> anyhow::Result<String> {
+    let (key, _) = ensure_key().await?;
     let l: WorkspaceList = c.get("/v1/workspaces").await?;
-    Ok(l.workspaces)
-}
-
-fn exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("cannot find the kraal executable")
+    let exe = std::env::current_exe().context("cannot find the kraal executable")?;
+    Ok(config_text(
+        &l.workspaces,
+        &exe,
+        &c.endpoint.to_string(),
+        &key,
+    ))
 }
 
 /// Writes the config file; returns its path.
 async fn write_config(c: &Client) -> anyhow::Result<PathBuf> {
-    let (key, _) = ensure_key().await?;
-    let text = config_text(
-        &workspaces(c).await?,
-        &exe()?,
-        &c.endpoint.to_string(),
-        &key,
-    );
+    let text = current_config(c).await?;
     let path = ssh_dir().join("config");
     kraal_sandbox::write_private(&path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -151,13 +149,7 @@ pub async fn ssh_config(c: &Client, output: Option<&Path>, install: bool) -> any
         );
         return Ok(());
     }
-    let (key, _) = ensure_key().await?;
-    let text = config_text(
-        &workspaces(c).await?,
-        &exe()?,
-        &c.endpoint.to_string(),
-        &key,
-    );
+    let text = current_config(c).await?;
     match output {
         Some(p) => {
             kraal_sandbox::write_private(p, text.as_bytes())
