@@ -96,6 +96,13 @@ if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
         fi
     done
+    # An S3-compatible server for the backup tests (moto, from PyPI, in its own venv).
+    if [ ! -x /opt/kraal-test/venv/bin/moto_server ]; then
+        dpkg -s python3-venv >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        log "installing moto (S3 test server)"
+        python3 -m venv /opt/kraal-test/venv
+        /opt/kraal-test/venv/bin/pip install -q 'moto[server]==5.1.*'
+    fi
     # The tests start their own registry on loopback; the packaged service is not needed.
     if [ -d /run/systemd/system ]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 fi

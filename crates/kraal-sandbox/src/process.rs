@@ -69,7 +69,12 @@ pub fn is_credential_var(name: &std::ffi::OsStr) -> bool {
         || n.ends_with("_OAUTH_TOKEN")
         || matches!(
             n.as_str(),
-            "ANTHROPIC_AUTH_TOKEN" | "KRAAL_TOKEN" | "GITHUB_TOKEN" | "GH_TOKEN"
+            "ANTHROPIC_AUTH_TOKEN"
+                | "KRAAL_TOKEN"
+                | "GITHUB_TOKEN"
+                | "GH_TOKEN"
+                | "AWS_SECRET_ACCESS_KEY"
+                | "AWS_SESSION_TOKEN"
         )
 }
 
@@ -346,6 +351,7 @@ mod tests {
             "ANTHROPIC_AUTH_TOKEN",
             "KRAAL_TOKEN",
             "GH_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
             "my_service_api_key",
         ] {
             assert!(is_credential_var(std::ffi::OsStr::new(v)), "{v}");

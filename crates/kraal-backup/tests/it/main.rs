@@ -1,0 +1,132 @@
+//! Backups in a real S3-compatible store: moto's server on loopback (installed by
+//! `scripts/setup.sh` for the tests).
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use kraal_backup::{BackupError, Repo, RepoKey, S3Options};
+
+const MOTO: &str = "/opt/kraal-test/venv/bin/moto_server";
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto() -> Moto {
+    assert!(
+        std::path::Path::new(MOTO).exists(),
+        "{MOTO} is missing: run scripts/setup.sh with KRAAL_SETUP_TEST_DEPS=1"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    #[allow(clippy::disallowed_methods)] // test harness: the S3 server
+    let child = Command::new(MOTO)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto { child, port }
+}
+
+/// Creates a bucket (moto takes unsigned requests).
+fn create_bucket(port: u16, name: &str) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+fn opts(port: u16) -> S3Options {
+    S3Options {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("testing".into()),
+        secret_access_key: Some("testing".into()),
+        session_token: None,
+    }
+}
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_round_trip_through_s3_and_bad_buckets_are_clear_errors() {
+    let m = moto();
+    create_bucket(m.port, "kraal-backups");
+    let key = RepoKey::from_bytes([9; 32]);
+    let repo = Repo::open_with("s3://kraal-backups/team-a", &key, &opts(m.port)).unwrap();
+    repo.check().await.unwrap();
+
+    let data = noise(7, 9 << 20);
+    let mut w = repo.writer(serde_json::json!({"workspace": "s3demo"}));
+    for part in data.chunks(77_777) {
+        w.write(part).await.unwrap();
+    }
+    let m1 = w.finish().await.unwrap();
+    // A second backup of the same data uploads nothing new.
+    let mut w = repo.writer(serde_json::json!({"workspace": "s3demo"}));
+    w.write(&data).await.unwrap();
+    let m2 = w.finish().await.unwrap();
+    assert_eq!(m1.chunks, m2.chunks);
+
+    // Another repository object (another daemon) with the same key reads it back.
+    let again = Repo::open_with("s3://kraal-backups/team-a", &key, &opts(m.port)).unwrap();
+    let l = again.list().await.unwrap();
+    assert_eq!(l.len(), 2);
+    assert_eq!(l[0].meta["workspace"], "s3demo");
+    let back: Vec<bytes::Bytes> = again.read(&l[0]).try_collect().await.unwrap();
+    assert_eq!(back.concat(), data);
+
+    // A bucket that does not exist: the error names the store and what failed.
+    let missing = Repo::open_with("s3://no-such-bucket", &key, &opts(m.port)).unwrap();
+    let e = missing.check().await.unwrap_err();
+    assert!(matches!(e, BackupError::Store { .. }), "{e}");
+    let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(
+        chain.contains("s3://no-such-bucket") && chain.contains("listing backups"),
+        "{chain}"
+    );
+    // An unreachable endpoint fails (bounded), not hangs.
+    let mut dead = opts(1);
+    dead.endpoint = Some("http://127.0.0.1:1".into());
+    let t0 = Instant::now();
+    let e = Repo::open_with("s3://kraal-backups", &key, &dead)
+        .unwrap()
+        .check()
+        .await
+        .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(60), "{e}");
+}
