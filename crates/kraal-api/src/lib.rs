@@ -211,6 +211,48 @@ pub struct LoginStatus {
     pub updated_at: Option<String>,
 }
 
+/// A workspace backup in the backup store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BackupInfo {
+    pub id: String,
+    /// The workspace's name and id when it was backed up.
+    pub workspace: String,
+    pub workspace_id: String,
+    pub created_at: String,
+    /// Bytes of the volume's tar.
+    pub size: u64,
+    pub chunks: u64,
+}
+
+/// One line of the NDJSON answer of a backup or restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferLine {
+    Progress {
+        bytes: u64,
+        /// Known for restores.
+        total: Option<u64>,
+        chunks: u64,
+        new_chunks: u64,
+        /// Bytes written to the store (compressed and encrypted).
+        uploaded: u64,
+    },
+    /// The last line of a successful backup.
+    Backup(BackupInfo),
+    /// The last line of a successful restore.
+    Workspace(Box<Workspace>),
+    /// The last line of a failed one.
+    Error(ApiError),
+}
+
+/// Body of `POST /v1/backups/{id}/restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct RestoreBackup {
+    /// Name of the new workspace (default: the backed-up one's).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// One audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {

@@ -10,6 +10,7 @@
 // cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod backups;
 mod ports;
 mod sessions;
 mod templates;
@@ -80,6 +81,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(kraal_backup::BackupError),
 }
 
 impl EngineError {
@@ -106,10 +109,17 @@ impl EngineError {
             },
             EngineError::Guest { .. } | EngineError::NoBoot { .. } => "guest_unreachable",
             EngineError::Store(_) => "internal",
+            EngineError::Backup(kraal_backup::BackupError::NotFound { .. }) => "not_found",
+            EngineError::Backup(
+                kraal_backup::BackupError::Config { .. } | kraal_backup::BackupError::Key { .. },
+            ) => "invalid_argument",
+            EngineError::Backup(kraal_backup::BackupError::Store { .. }) => "backup_store",
+            EngineError::Backup(_) => "backup_damaged",
         }
     }
 }
 
+pub use backups::{BackupMeta, TransferProgress};
 /// The whole chain of an error on one line.
 pub use kraal_sandbox::error_chain as chain;
 pub use ports::Forward;

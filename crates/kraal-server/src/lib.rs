@@ -1,6 +1,7 @@
 //! The daemon's HTTP API. Handlers only parse requests into engine calls and map results
 //! to responses; every error leaves as `{"code", "message"}` with a stable code.
 
+mod backups;
 mod error;
 mod exec;
 mod images;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub web_url: Option<String>,
     /// The key secrets are encrypted with at rest.
     pub secret_key: kraal_store::SecretKey,
+    /// Where workspace backups go, if configured.
+    pub backups: Option<kraal_backup::Repo>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

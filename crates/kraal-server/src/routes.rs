@@ -56,6 +56,10 @@ use crate::error::HttpError;
         crate::images::list_images,
         crate::images::build_image,
         crate::images::remove_image,
+        crate::backups::create_backup,
+        crate::backups::list_backups,
+        crate::backups::delete_backup,
+        crate::backups::restore_backup,
         crate::remote::ssh_ws,
         crate::remote::port_ws,
         crate::security::get_egress,
@@ -104,6 +108,19 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/workspaces/{ws}/processes", get(processes))
         .route("/v1/workspaces/{ws}/exec", get(crate::exec::exec_ws))
         .route("/v1/workspaces/{ws}/ssh", get(crate::remote::ssh_ws))
+        .route(
+            "/v1/workspaces/{ws}/backups",
+            axum::routing::post(crate::backups::create_backup),
+        )
+        .route("/v1/backups", get(crate::backups::list_backups))
+        .route(
+            "/v1/backups/{id}",
+            axum::routing::delete(crate::backups::delete_backup),
+        )
+        .route(
+            "/v1/backups/{id}/restore",
+            axum::routing::post(crate::backups::restore_backup),
+        )
         .route(
             "/v1/workspaces/{ws}/ports/{port}",
             get(crate::remote::port_ws),

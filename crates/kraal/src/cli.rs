@@ -55,8 +55,29 @@ pub enum Command {
     },
     /// Save a running microVM workspace — memory, processes and disks — as NAME.
     Snapshot { workspace: String, name: String },
-    /// Bring a workspace back to snapshot NAME: files and running processes as they were.
-    Restore { workspace: String, name: String },
+    /// `restore BACKUP [--as NAME]`: a new workspace from a backup; `restore WORKSPACE
+    /// SNAPSHOT`: a microVM workspace back to a snapshot (files and running processes).
+    Restore {
+        /// A backup id (`bk-…`), or a workspace.
+        target: String,
+        /// With a workspace: the snapshot.
+        snapshot: Option<String>,
+        /// The restored workspace's name (default: the backed-up one's).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back a running workspace up to the daemon's backup store (deduplicated, encrypted):
+    /// its volume — checkout, untracked files, git state — and session logs.
+    Backup {
+        workspace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List or remove backups.
+    #[command(subcommand)]
+    Backups(BackupsCommand),
     /// Show a workspace's lifecycle events and sandbox console.
     Logs {
         workspace: String,
@@ -211,6 +232,17 @@ pub enum Command {
     /// Internal: run the KVM test guest in this process.
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Every backup in the store.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a backup (chunks no other backup uses are deleted).
+    Rm { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,6 +490,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub git_url: Vec<String>,
+    /// Where workspace backups go: a directory (default: backups in the data directory)
+    /// or s3://BUCKET[/PREFIX] (credentials and endpoint from the AWS_* variables).
+    #[arg(long, env = "KRAAL_BACKUP_URL")]
+    pub backup_url: Option<String>,
+    /// The key backups are encrypted with (default: backup.key in the data directory,
+    /// created on first use). Restoring on another machine needs a copy of it.
+    #[arg(long, env = "KRAAL_BACKUP_KEY_FILE")]
+    pub backup_key_file: Option<PathBuf>,
     /// The key file secrets are encrypted with (default: secret.key in the data
     /// directory, created on first use).
     #[arg(long, env = "KRAAL_SECRET_KEY_FILE")]

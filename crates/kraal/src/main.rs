@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 error; 2 usage error; for `exec`/`shell`, the command's own
 //! exit code (128+N when killed by signal N) and 125 when kraal itself failed.
 
+mod backups;
 mod chat;
 mod cli;
 mod client;
@@ -24,8 +25,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use cli::{
-    Cli, Command, EgressCommand, HostCommand, ImageCommand, LoginCommand, SecretCommand,
-    TokenCommand,
+    BackupsCommand, Cli, Command, EgressCommand, HostCommand, ImageCommand, LoginCommand,
+    SecretCommand, TokenCommand,
 };
 use client::{Client, ClientError, Endpoint};
 
@@ -172,9 +173,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Snapshot { workspace, name } => {
             commands::snapshot(&c, &workspace, &name).await.map(|()| 0)
         }
-        Command::Restore { workspace, name } => {
-            commands::restore(&c, &workspace, &name).await.map(|()| 0)
+        Command::Restore {
+            target,
+            snapshot,
+            as_name,
+            json,
+        } => match snapshot {
+            Some(name) if as_name.is_none() => {
+                commands::restore(&c, &target, &name).await.map(|()| 0)
+            }
+            Some(_) => {
+                anyhow::bail!("--as names a workspace restored from a backup, not a snapshot")
+            }
+            None if target.starts_with("bk-") => {
+                backups::restore(&c, &target, as_name.as_deref(), json)
+                    .await
+                    .map(|()| 0)
+            }
+            None => anyhow::bail!(
+                "{target:?} is not a backup id (bk-…); to restore a snapshot give the workspace and the snapshot name"
+            ),
+        },
+        Command::Backup { workspace, json } => {
+            backups::backup(&c, &workspace, json).await.map(|()| 0)
         }
+        Command::Backups(BackupsCommand::Ls { json }) => backups::ls(&c, json).await.map(|()| 0),
+        Command::Backups(BackupsCommand::Rm { id }) => backups::rm(&c, &id).await.map(|()| 0),
         Command::Status { json } => commands::status(&c, json).await.map(|()| 0),
         Command::Web { no_open } => commands::web(&c, no_open).await.map(|()| 0),
         Command::Token(TokenCommand::Create { name }) => {

@@ -79,6 +79,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| data_dir.join("secret.key"));
     let secret_key =
         kraal_store::SecretKey::load_or_create(&key_file).context("cannot load the secret key")?;
+    let backup_url = args
+        .backup_url
+        .clone()
+        .unwrap_or_else(|| data_dir.join("backups").display().to_string());
+    let backup_key = kraal_backup::RepoKey::load_or_create(
+        &args
+            .backup_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("backup.key")),
+    )
+    .context("cannot load the backup key")?;
+    let backups = kraal_backup::Repo::open(&backup_url, &backup_key)
+        .with_context(|| format!("cannot open the backup store {backup_url}"))?;
     let creds = crate::services::credentials_from_env();
     tracing::info!(
         anthropic = %upstreams.anthropic,
@@ -124,6 +137,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: data_dir.display().to_string(),
         web_url: web_url.clone(),
         secret_key,
+        backups: Some(backups),
     };
 
     // Unix socket, owner-only.

@@ -6,6 +6,7 @@
 //! musl guest build; `.ci/run` provides all of them.
 
 mod agents;
+mod backups;
 mod devcontainers;
 mod firecracker;
 mod harness;

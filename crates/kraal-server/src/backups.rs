@@ -1,0 +1,175 @@
+//! Backup routes: back a workspace up, list and delete backups, restore one as a new
+//! workspace. Backups and restores answer with NDJSON progress lines and go on when the
+//! client disconnects.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kraal_api::*;
+
+use crate::AppState;
+use crate::error::HttpError;
+use crate::security::{Actor, actor_of, audit};
+
+fn repo(s: &AppState) -> Result<kraal_backup::Repo, HttpError> {
+    s.backups.clone().ok_or_else(|| {
+        HttpError::new(
+            StatusCode::CONFLICT,
+            "no_backup_store",
+            "this daemon has no backup store (kraal serve --backup-url)",
+        )
+    })
+}
+
+pub fn info(m: &kraal_backup::Manifest) -> BackupInfo {
+    let meta = kraal_engine::BackupMeta::of(m);
+    BackupInfo {
+        id: m.id.clone(),
+        workspace: meta.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
+        workspace_id: meta.map(|w| w.id).unwrap_or_default(),
+        created_at: m.created_at.clone(),
+        size: m.size,
+        chunks: m.chunks.len() as u64,
+    }
+}
+
+fn progress_line(p: &kraal_engine::TransferProgress) -> TransferLine {
+    TransferLine::Progress {
+        bytes: p.bytes,
+        total: p.total,
+        chunks: p.chunks,
+        new_chunks: p.new_chunks,
+        uploaded: p.uploaded,
+    }
+}
+
+/// Runs `job` in its own task and streams its progress and outcome as NDJSON.
+fn stream<F, Fut>(job: F) -> Response
+where
+    F: FnOnce(Box<dyn Fn(&kraal_engine::TransferProgress) + Send + Sync>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = TransferLine> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<TransferLine>();
+    tokio::spawn(async move {
+        let ptx = tx.clone();
+        // At most a few progress lines a second.
+        let last =
+            std::sync::Mutex::new(std::time::Instant::now() - std::time::Duration::from_secs(1));
+        let progress: Box<dyn Fn(&kraal_engine::TransferProgress) + Send + Sync> =
+            Box::new(move |p| {
+                let mut l = last.lock().unwrap();
+                if l.elapsed() >= std::time::Duration::from_millis(200) {
+                    *l = std::time::Instant::now();
+                    let _ = ptx.send(progress_line(p));
+                }
+            });
+        let end = job(progress).await;
+        let _ = tx.send(end);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let text = serde_json::to_string(&line).expect("serializes") + "\n";
+        Some((Ok::<_, std::convert::Infallible>(text), rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+fn failed(e: kraal_engine::EngineError) -> TransferLine {
+    TransferLine::Error(HttpError::from(e).body)
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/backups", params(("ws" = String, Path, description = "Workspace name or id")),
+    responses((status = 200, description = "NDJSON lines of TransferLine: progress, then backup or error", body = TransferLine),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn create_backup(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    Path(ws): Path<String>,
+) -> Result<Response, HttpError> {
+    let repo = repo(&s)?;
+    let rec = s.engine.resolve(&ws)?;
+    let actor = actor_of(actor);
+    Ok(stream(move |progress| async move {
+        match s.engine.backup(rec.id.as_str(), &repo, progress).await {
+            Ok(m) => {
+                audit(&s, &actor, "backup", rec.name.as_str(), &m.id);
+                TransferLine::Backup(info(&m))
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %rec.name, "backup failed: {}", kraal_engine::chain(&e));
+                failed(e)
+            }
+        }
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/backups", responses((status = 200, body = Vec<BackupInfo>), (status = 409, body = ApiError)))]
+pub async fn list_backups(State(s): State<AppState>) -> Result<Json<Vec<BackupInfo>>, HttpError> {
+    let repo = repo(&s)?;
+    let l = repo
+        .list()
+        .await
+        .map_err(|e| HttpError::from(kraal_engine::EngineError::Backup(e)))?;
+    Ok(Json(l.iter().map(info).collect()))
+}
+
+#[utoipa::path(delete, path = "/v1/backups/{id}", params(("id" = String, Path, description = "Backup id")),
+    responses((status = 204), (status = 404, body = ApiError)))]
+pub async fn delete_backup(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let repo = repo(&s)?;
+    let err = |e| HttpError::from(kraal_engine::EngineError::Backup(e));
+    repo.delete(&id).await.map_err(err)?;
+    repo.gc().await.map_err(err)?;
+    audit(&s, &actor_of(actor), "backup.delete", &id, "");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/v1/backups/{id}/restore", request_body = RestoreBackup,
+    params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, description = "NDJSON lines of TransferLine: progress, then workspace or error", body = TransferLine),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+pub async fn restore_backup(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    Path(id): Path<String>,
+    body: Result<Json<RestoreBackup>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, HttpError> {
+    let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let repo = repo(&s)?;
+    // Unknown backups and taken names are answered before the stream starts.
+    let m = repo
+        .manifest(&id)
+        .await
+        .map_err(|e| HttpError::from(kraal_engine::EngineError::Backup(e)))?;
+    if let Some(n) = &req.name {
+        kraal_core::WorkspaceName::parse(n)
+            .map_err(|e| HttpError::from(kraal_engine::EngineError::from(e)))?;
+    }
+    let actor = actor_of(actor);
+    Ok(stream(move |progress| async move {
+        match s
+            .engine
+            .restore_backup(&repo, &m.id, req.name.as_deref(), progress)
+            .await
+        {
+            Ok(rec) => {
+                audit(&s, &actor, "restore", rec.name.as_str(), &m.id);
+                TransferLine::Workspace(Box::new(crate::routes::to_api(&s.engine, &rec)))
+            }
+            Err(e) => {
+                tracing::warn!(backup = %m.id, "restore failed: {}", kraal_engine::chain(&e));
+                failed(e)
+            }
+        }
+    }))
+}

@@ -1,0 +1,196 @@
+//! Workspace backups end to end: back up, remove, restore — on the same daemon, on a
+//! second daemon with its own data directory, and through a real S3-compatible server
+//! (moto) — and the files (tracked, untracked, binary, modes, symlinks), the git state and
+//! the session history come back identical.
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Everything about the volume that must survive, as text: every path with its type,
+/// mode and link target, every file's SHA-256, and git's view (the index by its content:
+/// its stat cache of inode numbers and ctimes cannot survive a restore).
+fn fingerprint(d: &Daemon, ws: &str) -> String {
+    let o = d.exec(
+        ws,
+        "cd /workspace && find . -path ./.kraal -prune -o -printf '%p %y %m %l\\n' | sort && \
+         find . -path ./.kraal -prune -o -path ./.git/index -prune -o -type f -print0 | sort -z | xargs -0 sha256sum && \
+         git ls-files --stage && git status --porcelain && git log --format='%H %s' && git stash list",
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    o.stdout
+}
+
+fn backup_id(d: &Daemon, ws: &str) -> String {
+    let out = d.ok(&["backup", ws]);
+    out.split_whitespace()
+        .find(|w| w.starts_with("bk-"))
+        .unwrap_or_else(|| panic!("no backup id in {out:?}"))
+        .to_owned()
+}
+
+fn session_ids(d: &Daemon, ws: &str) -> Vec<String> {
+    let v: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["sessions", ws, "--json"])).unwrap();
+    v.iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_with_bucket(bucket: &str) -> Moto {
+    let bin = "/opt/kraal-test/venv/bin/moto_server";
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "{bin} is missing: run scripts/setup.sh with KRAAL_SETUP_TEST_DEPS=1"
+    );
+    let port = free_port();
+    #[allow(clippy::disallowed_methods)] // test harness: the S3 server
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = Moto { child, port };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(
+                s,
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            return m;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
+    let (_model, d) = crate::sessions::with_model_on(
+        r#"{"turns": [{"respond": [{"text": "noted in the session"}]}]}"#,
+        &[],
+    );
+    let repo = git_repo(d.dir.path(), "bk");
+    d.ok(&["up", repo.to_str().unwrap()]);
+    // A workspace with history and mess: a commit, a staged and an unstaged change, an
+    // untracked binary, an executable, a symlink, an empty directory, a stash.
+    let o = d.exec(
+        "bk",
+        "set -e; cd /workspace; git config user.email t@x; git config user.name t; \
+         echo two >> README.md; git commit -qam second; \
+         echo staged > staged.txt; git add staged.txt; echo dirty >> README.md; \
+         head -c 3145728 /dev/urandom > report.pdf; printf '#!/bin/sh\\necho hi\\n' > run.sh; \
+         chmod 755 run.sh; ln -s report.pdf latest.pdf; mkdir -p empty/dir; \
+         echo stashed > s.txt; git add s.txt; git stash -q; echo ok",
+    );
+    assert_eq!(o.stdout.trim(), "ok", "{o:?}");
+    let o = d.run(&["new-chat", "bk", "-m", "remember this"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let sessions = session_ids(&d, "bk");
+    assert_eq!(sessions.len(), 1);
+    let events = d.session_events(&sessions[0]);
+    let before = fingerprint(&d, "bk");
+
+    // Back up, remove, restore on the same daemon.
+    let id = backup_id(&d, "bk");
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
+    assert!(list.iter().any(|b| b["id"] == id && b["workspace"] == "bk"));
+    // A second backup of the unchanged workspace stores (almost) nothing new.
+    let o = d.ok(&["backup", "bk", "--json"]);
+    assert!(o.contains("\"backup\""), "{o}");
+    d.ok(&["rm", "bk", "--yes"]);
+    let o = d.ok(&["restore", &id]);
+    assert!(o.contains("restored") && o.contains("bk"), "{o}");
+    assert_eq!(
+        fingerprint(&d, "bk"),
+        before,
+        "files and git state after restore"
+    );
+    // The session history came back with the volume.
+    wait_until(Duration::from_secs(30), "the restored session", || {
+        session_ids(&d, "bk") == sessions
+    });
+    let restored = d.session_events(&sessions[0]);
+    assert_eq!(restored.len(), events.len());
+    assert_eq!(
+        restored
+            .iter()
+            .map(|e| e["seq"].clone())
+            .collect::<Vec<_>>(),
+        events.iter().map(|e| e["seq"].clone()).collect::<Vec<_>>()
+    );
+    // A name that is taken, and an unknown backup, are clear errors.
+    let o = d.run(&["restore", &id]);
+    assert!(o.stderr.contains("already exists"), "{o:?}");
+    let o = d.run(&["restore", "bk-nope"]);
+    assert!(o.stderr.contains("no backup bk-nope"), "{o:?}");
+
+    // A second daemon with its own data directory restores from the same store.
+    let store = d.data().join("backups");
+    let key = d.data().join("backup.key");
+    let d2 = Daemon::start_with_env(&[
+        ("KRAAL_BACKUP_URL", store.to_str().unwrap()),
+        ("KRAAL_BACKUP_KEY_FILE", key.to_str().unwrap()),
+    ]);
+    d2.ok(&["restore", &id, "--as", "elsewhere"]);
+    assert_eq!(
+        fingerprint(&d2, "elsewhere"),
+        before,
+        "restored on another daemon"
+    );
+
+    // Through S3 (moto).
+    let moto = moto_with_bucket("kraal-it");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let s3 = [
+        ("KRAAL_BACKUP_URL", "s3://kraal-it/daemons"),
+        ("KRAAL_BACKUP_KEY_FILE", key.to_str().unwrap()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let d4 = Daemon::start_with_env(&s3);
+    let repo4 = git_repo(d4.dir.path(), "s3ws");
+    d4.ok(&["up", repo4.to_str().unwrap()]);
+    d4.exec("s3ws", "head -c 2097152 /dev/urandom > blob.bin");
+    let fp = fingerprint(&d4, "s3ws");
+    let sid = backup_id(&d4, "s3ws");
+    d4.ok(&["rm", "s3ws", "--yes"]);
+    d4.ok(&["restore", &sid]);
+    assert_eq!(fingerprint(&d4, "s3ws"), fp, "restored through S3");
+
+    // A bucket that does not exist: a clear error, no workspace touched.
+    let bad = Daemon::start_with_env(&[
+        ("KRAAL_BACKUP_URL", "s3://no-such-bucket"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ]);
+    let r = git_repo(bad.dir.path(), "badbk");
+    bad.ok(&["up", r.to_str().unwrap()]);
+    let o = bad.run(&["backup", "badbk"]);
+    assert_ne!(o.code, Some(0));
+    assert!(o.stderr.contains("s3://no-such-bucket"), "{o:?}");
+}
