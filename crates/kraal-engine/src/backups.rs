@@ -190,6 +190,9 @@ impl Engine {
                 .reopen()
                 .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?,
         );
+        // Both ends are open: the name goes now, so nothing is left behind even if the
+        // daemon is killed mid-backup.
+        drop(spool);
         let consumer = async {
             let mut pos = 0u64;
             let mut buf = vec![0u8; 1 << 20];
@@ -300,6 +303,7 @@ impl Engine {
             mounts,
             egress: Some(meta.egress.clone()),
             git,
+            restoring: Some(m.id.clone()),
         })?;
         let created = pending.record.clone();
         let result = async {
@@ -373,6 +377,7 @@ impl Engine {
             if let Ok((rec, client)) = self.guest(rec.id.as_str()).await {
                 self.sync_sessions(&rec, &client).await;
             }
+            self.store.set_restoring(&rec.id, None)?;
             self.event(&rec.id, "info", &format!("restored from backup {id}"));
             Ok(rec)
         }
@@ -382,6 +387,10 @@ impl Engine {
         {
             let _ = p.done.await;
         }
-        result
+        self.restores.lock().unwrap().remove(&created.id);
+        result.map(|mut r| {
+            r.restoring = None;
+            r
+        })
     }
 }

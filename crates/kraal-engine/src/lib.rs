@@ -140,6 +140,9 @@ pub struct CreateRequest {
     pub egress: Option<Vec<kraal_core::EgressRule>>,
     /// Git hosts whose HTTPS requests get a stored token added on the host.
     pub git: Vec<kraal_core::GitCredential>,
+    /// The backup the workspace is being restored from (removed if the restore never
+    /// completes).
+    pub restoring: Option<String>,
 }
 
 /// The result of an operation that may still be running.
@@ -162,6 +165,8 @@ pub struct Engine {
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     /// Session state changes of every session, for notifications.
     changes: tokio::sync::broadcast::Sender<SessionChange>,
+    /// Workspaces this process is restoring from a backup right now.
+    restores: Mutex<std::collections::HashSet<WorkspaceId>>,
     /// Ports of running workspaces forwarded to the host.
     forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
     started: Instant,
@@ -208,6 +213,7 @@ impl Engine {
             watchers: Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
             forwards: Mutex::new(HashMap::new()),
+            restores: Mutex::new(std::collections::HashSet::new()),
             started: Instant::now(),
             boot_timeout_ms: (GUEST_BOOT_TIMEOUT.as_millis() as u64).into(),
         })
@@ -358,7 +364,11 @@ impl Engine {
             mounts: req.mounts,
             egress: req.egress.unwrap_or_else(kraal_core::default_rules),
             git: req.git,
+            restoring: req.restoring,
         };
+        if rec.restoring.is_some() {
+            self.restores.lock().unwrap().insert(rec.id.clone());
+        }
         self.store.insert(&rec).map_err(|e| match e {
             StoreError::NameTaken { name } => EngineError::NameTaken { name },
             e => e.into(),
@@ -914,6 +924,22 @@ impl Engine {
     pub async fn reconcile(self: &Arc<Self>) {
         let Ok(all) = self.store.list() else { return };
         for rec in all {
+            // A restore this process is not running was cut short (a daemon killed
+            // mid-way): the half-restored workspace goes.
+            if let Some(backup) = &rec.restoring
+                && !self.restores.lock().unwrap().contains(&rec.id)
+                && rec.state != WorkspaceState::Deleting
+            {
+                self.event(
+                    &rec.id,
+                    "warn",
+                    &format!("restore from {backup} did not complete; removing the workspace"),
+                );
+                if let Ok(p) = self.remove_forced(rec.id.as_str(), true) {
+                    let _ = p.done.await;
+                }
+                continue;
+            }
             let lock = self.lock_for(&rec.id);
             let Ok(_guard) = lock.try_lock() else {
                 continue;

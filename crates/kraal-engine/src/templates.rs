@@ -31,6 +31,7 @@ impl Engine {
             mounts: Vec::new(),
             egress: None,
             git: Vec::new(),
+            restoring: None,
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

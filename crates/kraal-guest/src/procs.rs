@@ -34,9 +34,42 @@ pub struct OutputLog {
     entries: VecDeque<(u64, FrameKind, Bytes)>,
     bytes: usize,
     pub next_seq: u64,
+    /// Attached readers and the last sequence each has sent on: while one is attached,
+    /// the process is made to wait instead of output being dropped unread.
+    cursors: std::collections::HashMap<u64, u64>,
+    next_reader: u64,
 }
 
 impl OutputLog {
+    /// Registers an attached reader starting after `after`; returns its key.
+    pub fn attach_reader(&mut self, after: u64) -> u64 {
+        self.next_reader += 1;
+        self.cursors.insert(self.next_reader, after);
+        self.next_reader
+    }
+
+    pub fn reader_at(&mut self, key: u64, seq: u64) {
+        if let Some(c) = self.cursors.get_mut(&key) {
+            *c = seq;
+        }
+    }
+
+    pub fn detach_reader(&mut self, key: u64) {
+        self.cursors.remove(&key);
+    }
+
+    /// Bytes the slowest attached reader has not sent yet (0 without readers).
+    fn unread(&self) -> usize {
+        let Some(min) = self.cursors.values().min() else {
+            return 0;
+        };
+        self.entries
+            .iter()
+            .filter(|e| e.0 > *min)
+            .map(|e| e.2.len())
+            .sum()
+    }
+
     fn push(&mut self, kind: FrameKind, data: Bytes) {
         self.bytes += data.len();
         self.entries.push_back((self.next_seq, kind, data));
@@ -83,6 +116,8 @@ pub struct Proc {
     pub state: Mutex<ProcState>,
     /// Bumped on every output chunk, end of file and exit.
     pub changed: watch::Sender<u64>,
+    /// Notified when an attached reader has sent more (the output pump may go on).
+    pub drained: tokio::sync::Notify,
     pub input: mpsc::Sender<Input>,
     /// Set while a write to the process's input is blocked (the process is not reading).
     pub writing_since: Mutex<Option<std::time::Instant>>,
@@ -399,12 +434,15 @@ impl Procs {
                     entries: VecDeque::new(),
                     bytes: 0,
                     next_seq: 1,
+                    cursors: Default::default(),
+                    next_reader: 0,
                 },
                 exit: early_exit,
                 open_streams: readers.len(),
                 exited_at: early_exit.map(|_| tokio::time::Instant::now()),
             }),
             changed,
+            drained: tokio::sync::Notify::new(),
             input: input_tx,
             writing_since: Mutex::new(None),
             master_fd: master.as_ref().map(|m| m.raw()),
@@ -494,6 +532,15 @@ fn describe_spawn(e: &std::io::Error) -> String {
 async fn pump_output(proc: Arc<Proc>, kind: FrameKind, io: Arc<AsyncFdIo>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        // A reader that falls behind (a slow client) slows the process down, like a pipe,
+        // rather than losing output it has not seen.
+        loop {
+            let drained = proc.drained.notified();
+            if proc.state.lock().unwrap().output.unread() < OUTPUT_CAP / 2 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), drained).await;
+        }
         match io.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {

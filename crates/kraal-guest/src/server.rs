@@ -625,6 +625,18 @@ async fn attach(
 ) {
     let mut changed = proc.changed.subscribe();
     let mut input_open = true;
+    // While attached, the process waits for this reader instead of dropping output.
+    struct Reader(Arc<Proc>, u64);
+    impl Drop for Reader {
+        fn drop(&mut self) {
+            self.0.state.lock().unwrap().output.detach_reader(self.1);
+            self.0.drained.notify_waiters();
+        }
+    }
+    let reader = Reader(
+        proc.clone(),
+        proc.state.lock().unwrap().output.attach_reader(after),
+    );
     loop {
         let (entries, first) = proc.state.lock().unwrap().output.since(after);
         if after + 1 < first && after != 0 {
@@ -642,6 +654,8 @@ async fn attach(
         for (seq, kind, data) in entries {
             send(out, Frame::output(id, kind, seq, &data)).await;
             after = seq;
+            proc.state.lock().unwrap().output.reader_at(reader.1, after);
+            proc.drained.notify_waiters();
         }
         if let Some(exit) = proc.finished() {
             // Output that raced in between the read above and the exit check.

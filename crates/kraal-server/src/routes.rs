@@ -354,6 +354,7 @@ async fn create_workspace(
         mounts: req.mounts,
         egress,
         git: req.git,
+        restoring: None,
     })?;
     settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }

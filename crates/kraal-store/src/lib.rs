@@ -81,6 +81,8 @@ pub struct WorkspaceRecord {
     pub egress: Vec<kraal_core::EgressRule>,
     /// Git hosts whose credentials the git gateway adds.
     pub git: Vec<kraal_core::GitCredential>,
+    /// The backup it is being restored from, until that is complete.
+    pub restoring: Option<String>,
 }
 
 /// One line of a workspace's lifecycle log.
@@ -106,6 +108,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0004_images.sql")),
         M::up(include_str!("../migrations/0005_mounts.sql")),
         M::up(include_str!("../migrations/0006_security.sql")),
+        M::up(include_str!("../migrations/0007_restoring.sql")),
     ])
 }
 
@@ -115,7 +118,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts, egress, git";
+const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts, egress, git, restoring";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -171,7 +174,7 @@ impl Store {
     pub fn insert(&self, w: &WorkspaceRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let r = c.execute(
-                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
                 params![
                     w.id.as_str(),
                     w.name.as_str(),
@@ -190,6 +193,7 @@ impl Store {
                     serde_json::to_string(&w.mounts).expect("serializes"),
                     serde_json::to_string(&w.egress).expect("serializes"),
                     serde_json::to_string(&w.git).expect("serializes"),
+                    w.restoring,
                 ],
             );
             match r {
@@ -352,6 +356,7 @@ type Raw = (
     String,
     Option<String>,
     String,
+    Option<String>,
 );
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -373,6 +378,7 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(14)?,
         r.get(15)?,
         r.get(16)?,
+        r.get(17)?,
     ))
 }
 
@@ -395,6 +401,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         mounts,
         egress,
         git,
+        restoring,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt {
         id: id.clone(),
@@ -421,6 +428,7 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
             Some(e) => serde_json::from_str(&e).map_err(|_| corrupt("egress"))?,
         },
         git: serde_json::from_str(&git).map_err(|_| corrupt("git"))?,
+        restoring,
     })
 }
 
@@ -447,6 +455,7 @@ pub(crate) mod tests {
             mounts: Vec::new(),
             egress: kraal_core::default_rules(),
             git: Vec::new(),
+            restoring: None,
         }
     }
 

@@ -161,6 +161,17 @@ impl Store {
         })
     }
 
+    /// Marks a workspace as being restored from `backup` (or, with `None`, as complete).
+    pub fn set_restoring(&self, id: &WorkspaceId, backup: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workspaces SET restoring = ?2 WHERE id = ?1",
+                params![id.as_str(), backup],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Replaces a workspace's git credentials.
     pub fn set_git(&self, id: &WorkspaceId, git: &[GitCredential]) -> Result<(), StoreError> {
         self.with(|c| {

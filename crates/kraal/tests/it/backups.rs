@@ -194,3 +194,82 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     assert_ne!(o.code, Some(0));
     assert!(o.stderr.contains("s3://no-such-bucket"), "{o:?}");
 }
+
+fn count_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            n += count_files(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn names(d: &Daemon) -> Vec<String> {
+    d.workspaces()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_daemon_killed_mid_backup_or_mid_restore_leaves_no_half_backup_and_no_half_workspace() {
+    let mut d = Daemon::start();
+    let repo = git_repo(d.dir.path(), "big");
+    d.ok(&["up", repo.to_str().unwrap()]);
+    let o = d.exec("big", "head -c 120M /dev/urandom > a.bin && echo ok");
+    assert_eq!(o.stdout.trim(), "ok", "{o:?}");
+    let first = backup_id(&d, "big");
+    let chunks = d.data().join("backups/chunks");
+    let after_first = count_files(&chunks);
+
+    // Killed while the second backup uploads its new chunks.
+    let o = d.exec("big", "head -c 120M /dev/urandom > b.bin && echo ok");
+    assert_eq!(o.stdout.trim(), "ok", "{o:?}");
+    let mut cli = d
+        .cmd(&["backup", "big"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "new chunks in the store", || {
+        count_files(&chunks) > after_first + 5
+    });
+    d.kill9();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    d.spawn();
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
+    assert_eq!(list.len(), 1, "only the finished backup exists: {list:?}");
+    assert_eq!(list[0]["id"], first);
+
+    // Killed while restoring: the half-restored workspace is removed after the restart.
+    let mut cli = d
+        .cmd(&["restore", &first, "--as", "half"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(60), "the restoring workspace", || {
+        names(&d).contains(&"half".to_owned())
+    });
+    d.kill9();
+    let _ = cli.kill();
+    let _ = cli.wait();
+    d.spawn();
+    wait_until(
+        Duration::from_secs(60),
+        "the half-restored workspace to go",
+        || !names(&d).contains(&"half".to_owned()),
+    );
+    // And the backup still restores completely.
+    d.ok(&["restore", &first, "--as", "whole"]);
+    let o = d.exec(
+        "whole",
+        "ls -l a.bin | awk '{print $5}'; test -e b.bin || echo no-b",
+    );
+    assert_eq!(o.stdout, "125829120\nno-b\n", "{o:?}");
+}
