@@ -7,9 +7,12 @@
 //! * `bench-vm` — QEMU microVM boot to the guest agent next to a bare QEMU boot of the
 //!   same kernel and initramfs;
 //! * `bench-egress` — fetches through a workspace's egress proxy next to the same fetches
-//!   from the host directly.
+//!   from the host directly;
+//! * `bench-backup` — first and unchanged second backup of a 1 GiB workspace and its
+//!   restore, next to `cp -a` of the same volume.
 
 mod bench;
+mod bench_backup;
 mod bench_egress;
 mod bench_events;
 mod bench_vm;
@@ -36,9 +39,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench-events") => bench_events::run(&args[1..]),
         Some("bench-vm") => bench_vm::run(&args[1..]),
         Some("bench-egress") => bench_egress::run(&args[1..]),
+        Some("bench-backup") => bench_backup::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm] | bench-egress [--iterations N]>"
+                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm] | bench-egress [--iterations N] | bench-backup>"
             );
             std::process::exit(2);
         }

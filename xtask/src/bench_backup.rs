@@ -1,0 +1,134 @@
+//! `cargo xtask bench-backup`: a 1 GiB workspace (768 MiB of random data, 256 MiB of
+//! repetitive text, a git checkout) backed up to the local backup store twice — the
+//! second time unchanged, so every chunk is already stored — and restored as a new
+//! workspace; next to the raw baseline in the same run, `cp -a` of the same volume
+//! directory on the host.
+
+#![allow(clippy::disallowed_methods)] // Automation: spawns kraal and cp directly.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::bench::{ms, setup, sh};
+use crate::root;
+
+fn mib_per_s(bytes: f64, millis: f64) -> f64 {
+    bytes / 1048576.0 / (millis / 1000.0)
+}
+
+pub fn run(_args: &[String]) -> anyhow::Result<()> {
+    let s = setup(&[])?;
+    let kraal = |args: &[&str]| -> anyhow::Result<String> { sh(s.d.kraal(&s.kraal).args(args)) };
+    kraal(&["up", s.repo.to_str().unwrap(), "--name", "bk"])?;
+    kraal(&[
+        "exec",
+        "bk",
+        "--",
+        "sh",
+        "-c",
+        "head -c 768M /dev/urandom > random.bin && yes 'a line of a log file, much like the last one' | head -c 256M > log.txt",
+    ])?;
+    let ws: serde_json::Value = serde_json::from_str(&kraal(&["ls", "--json"])?)?;
+    let id = ws[0]["id"].as_str().context("no workspace id")?.to_owned();
+    let volume = s.d.data.join("workspaces").join(&id).join("volume");
+    let size: u64 = sh(Command::new("du").args(["-sb"]).arg(&volume))?
+        .split_whitespace()
+        .next()
+        .context("du")?
+        .parse()?;
+
+    // Raw baseline: copy the same volume on the host.
+    sh(&mut Command::new("sync"))?;
+    let copy = s.tmp.path().join("copy");
+    let t = Instant::now();
+    sh(Command::new("cp").arg("-a").arg(&volume).arg(&copy))?;
+    sh(&mut Command::new("sync"))?;
+    let cp_ms = ms(t.elapsed());
+    std::fs::remove_dir_all(&copy)?;
+
+    let store = s.d.data.join("backups");
+    let stored = || -> anyhow::Result<u64> {
+        Ok(sh(Command::new("du").args(["-sb"]).arg(&store))?
+            .split_whitespace()
+            .next()
+            .context("du")?
+            .parse()?)
+    };
+    let t = Instant::now();
+    let first = kraal(&["backup", "bk"])?;
+    let first_ms = ms(t.elapsed());
+    let after_first = stored()?;
+    let t = Instant::now();
+    kraal(&["backup", "bk"])?;
+    let second_ms = ms(t.elapsed());
+    let after_second = stored()?;
+    let backup = first
+        .split_whitespace()
+        .find(|w| w.starts_with("bk-"))
+        .context("no backup id")?
+        .to_owned();
+    let t = Instant::now();
+    kraal(&["restore", &backup, "--as", "bk2"])?;
+    let restore_ms = ms(t.elapsed());
+    let check = kraal(&[
+        "exec",
+        "bk2",
+        "--",
+        "sh",
+        "-c",
+        "wc -c < random.bin; wc -c < log.txt",
+    ])?;
+    if check.split_whitespace().collect::<Vec<_>>() != ["805306368", "268435456"] {
+        anyhow::bail!("the restored workspace differs: {check}");
+    }
+    kraal(&["rm", "--yes", "bk2"])?;
+    kraal(&["rm", "--yes", "bk"])?;
+
+    let b = size as f64;
+    let result = json!({
+        "volume_bytes": size,
+        "raw_cp_ms": cp_ms,
+        "first_backup_ms": first_ms,
+        "second_backup_ms": second_ms,
+        "restore_ms": restore_ms,
+        "store_bytes_after_first": after_first,
+        "store_bytes_added_by_second": after_second.saturating_sub(after_first),
+    });
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("backup.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    println!(
+        "backup of a {:.0} MiB workspace (local store):",
+        b / 1048576.0
+    );
+    println!(
+        "  raw cp -a of the volume (baseline) {:>8.0} ms  {:>6.0} MiB/s",
+        cp_ms,
+        mib_per_s(b, cp_ms)
+    );
+    println!(
+        "  first backup                       {:>8.0} ms  {:>6.0} MiB/s  store {:.0} MiB",
+        first_ms,
+        mib_per_s(b, first_ms),
+        after_first as f64 / 1048576.0
+    );
+    println!(
+        "  second backup, unchanged           {:>8.0} ms  {:>6.0} MiB/s  +{} bytes stored",
+        second_ms,
+        mib_per_s(b, second_ms),
+        after_second.saturating_sub(after_first)
+    );
+    println!(
+        "  restore as a new workspace         {:>8.0} ms  {:>6.0} MiB/s",
+        restore_ms,
+        mib_per_s(b, restore_ms)
+    );
+    println!("written to target/bench/backup.json");
+    Ok(())
+}
