@@ -282,6 +282,9 @@ pub struct RemoveParams {
     /// Needed to remove a persistent workspace.
     #[serde(default)]
     pub force: bool,
+    /// Also delete the workspace's backups (they are kept otherwise).
+    #[serde(default)]
+    pub purge: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]

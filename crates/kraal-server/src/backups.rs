@@ -173,3 +173,22 @@ pub async fn restore_backup(
         }
     }))
 }
+
+/// Deletes every backup of workspace `id` or of one by its name (a restored workspace has
+/// a new id), and the chunks only they used.
+pub async fn purge(s: &AppState, id: &str, name: &str) -> Result<u64, HttpError> {
+    let repo = repo(s)?;
+    let err = |e| HttpError::from(kraal_engine::EngineError::Backup(e));
+    let mut n = 0;
+    for m in repo.list().await.map_err(err)? {
+        if kraal_engine::BackupMeta::of(&m).is_some_and(|w| w.id == id || w.name == name) {
+            repo.delete(&m.id).await.map_err(err)?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        repo.gc().await.map_err(err)?;
+    }
+    audit(s, "daemon", "backup.purge", id, &format!("{n} backups"));
+    Ok(n)
+}

@@ -418,6 +418,11 @@ async fn remove_workspace(
     Path(ws): Path<String>,
     Query(q): Query<kraal_api::RemoveParams>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    if q.purge {
+        // The backups go first: if the store cannot be reached, nothing is removed.
+        let rec = s.engine.resolve(&ws)?;
+        crate::backups::purge(&s, rec.id.as_str(), rec.name.as_str()).await?;
+    }
     settle(
         &s.engine,
         s.engine.remove_forced(&ws, q.force)?,

@@ -52,6 +52,9 @@ pub enum Command {
         /// Also remove a persistent (control) workspace.
         #[arg(long)]
         force: bool,
+        /// Also delete its backups (kept otherwise, so it can be restored).
+        #[arg(long)]
+        purge: bool,
     },
     /// Save a running microVM workspace — memory, processes and disks — as NAME.
     Snapshot { workspace: String, name: String },

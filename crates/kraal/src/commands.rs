@@ -279,7 +279,13 @@ pub async fn down(client: &Client, ws: &str, detach: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-pub async fn rm(client: &Client, ws: &str, yes: bool, force: bool) -> anyhow::Result<()> {
+pub async fn rm(
+    client: &Client,
+    ws: &str,
+    yes: bool,
+    force: bool,
+    purge: bool,
+) -> anyhow::Result<()> {
     let w: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -289,8 +295,9 @@ pub async fn rm(client: &Client, ws: &str, yes: bool, force: bool) -> anyhow::Re
             );
         }
         eprint!(
-            "Remove workspace {} and everything in its volume? [y/N] ",
-            w.name
+            "Remove workspace {} and everything in its volume{}? [y/N] ",
+            w.name,
+            if purge { ", and its backups" } else { "" }
         );
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
@@ -302,7 +309,10 @@ pub async fn rm(client: &Client, ws: &str, yes: bool, force: bool) -> anyhow::Re
     let r = client
         .send::<(), Workspace>(
             Method::DELETE,
-            &format!("/v1/workspaces/{}?wait=true&force={force}", enc(&w.id)),
+            &format!(
+                "/v1/workspaces/{}?wait=true&force={force}&purge={purge}",
+                enc(&w.id)
+            ),
             None,
         )
         .await;

@@ -162,7 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             workspace,
             yes,
             force,
-        } => commands::rm(&c, &workspace, yes, force).await.map(|()| 0),
+            purge,
+        } => commands::rm(&c, &workspace, yes, force, purge)
+            .await
+            .map(|()| 0),
         Command::Logs {
             workspace,
             events_only,

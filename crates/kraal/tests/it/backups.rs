@@ -160,6 +160,14 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
         "restored on another daemon"
     );
 
+    // `rm` keeps a workspace's backups; `rm --purge` deletes them.
+    d.ok(&["rm", "bk", "--yes", "--purge"]);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
+    assert!(list.iter().all(|b| b["workspace"] != "bk"), "{list:?}");
+    let o = d.run(&["restore", &id]);
+    assert!(o.stderr.contains(&format!("no backup {id}")), "{o:?}");
+
     // Through S3 (moto).
     let moto = moto_with_bucket("kraal-it");
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
