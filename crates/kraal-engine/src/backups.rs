@@ -82,6 +82,37 @@ fn backup_err(e: kraal_backup::BackupError) -> EngineError {
     EngineError::Backup(e)
 }
 
+/// Runs `tar` (`argv`) as root in the workspace.
+async fn tar(
+    client: &kraal_sandbox::GuestClient,
+    rec: &WorkspaceRecord,
+    argv: &[&str],
+) -> Result<kraal_sandbox::ExecHandle, EngineError> {
+    client
+        .exec(ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: None,
+            tty: None,
+            as_root: true,
+        })
+        .await
+        .map_err(|source| EngineError::Guest {
+            workspace: rec.name.to_string(),
+            source,
+        })
+}
+
+/// Waits for a lifecycle operation; its failure becomes the error.
+async fn settle(p: crate::Pending) -> Result<WorkspaceRecord, EngineError> {
+    match p.done.await {
+        Ok(r) => r.map_err(EngineError::Invalid),
+        Err(e) => Err(EngineError::Invalid(format!(
+            "the operation ended abruptly: {e}"
+        ))),
+    }
+}
+
 impl Engine {
     /// Backs a running workspace up into `repo`; `progress` hears how it goes.
     pub async fn backup(
@@ -113,20 +144,7 @@ impl Engine {
             git: rec.git.clone(),
             backend: rec.backend,
         };
-        let guest_err = |source| EngineError::Guest {
-            workspace: rec.name.to_string(),
-            source,
-        };
-        let mut h = client
-            .exec(ExecRequest {
-                argv: TAR_OUT.iter().map(|s| s.to_string()).collect(),
-                env: vec![],
-                cwd: None,
-                tty: None,
-                as_root: true,
-            })
-            .await
-            .map_err(guest_err)?;
+        let mut h = tar(&client, &rec, TAR_OUT).await?;
         // The tar goes to a spool file as fast as the guest sends it; the store takes it
         // from there at its own pace.
         let spool_dir = self.spool_dir();
@@ -307,26 +325,13 @@ impl Engine {
         })?;
         let created = pending.record.clone();
         let result = async {
-            match pending.done.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(EngineError::Invalid(e)),
-                Err(e) => return Err(EngineError::Invalid(format!("start failed: {e}"))),
-            }
+            settle(pending).await?;
             let (rec, client) = self.guest(created.id.as_str()).await?;
             let guest_err = |source| EngineError::Guest {
                 workspace: rec.name.to_string(),
                 source,
             };
-            let mut h = client
-                .exec(ExecRequest {
-                    argv: TAR_IN.iter().map(|s| s.to_string()).collect(),
-                    env: vec![],
-                    cwd: None,
-                    tty: None,
-                    as_root: true,
-                })
-                .await
-                .map_err(guest_err)?;
+            let mut h = tar(&client, &rec, TAR_IN).await?;
             let input = h.sender();
             let mut stream = Box::pin(repo.read(&m));
             let mut sent = 0u64;
@@ -362,18 +367,8 @@ impl Engine {
             // Start again on the restored volume, so the guest picks up the agents' session
             // logs (and the image's start-up hooks see the restored files).
             drop(client);
-            let p = self.down(rec.id.as_str())?;
-            match p.done.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(EngineError::Invalid(e)),
-                Err(e) => return Err(EngineError::Invalid(format!("stop failed: {e}"))),
-            }
-            let p = self.up(rec.id.as_str())?;
-            let rec = match p.done.await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(EngineError::Invalid(e)),
-                Err(e) => return Err(EngineError::Invalid(format!("start failed: {e}"))),
-            };
+            settle(self.down(rec.id.as_str())?).await?;
+            let rec = settle(self.up(rec.id.as_str())?).await?;
             if let Ok((rec, client)) = self.guest(rec.id.as_str()).await {
                 self.sync_sessions(&rec, &client).await;
             }

@@ -3,10 +3,9 @@
 //! client disconnects.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use kraal_api::*;
 
 use crate::AppState;
@@ -68,16 +67,7 @@ where
         let end = job(progress).await;
         let _ = tx.send(end);
     });
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        let line = rx.recv().await?;
-        let text = serde_json::to_string(&line).expect("serializes") + "\n";
-        Some((Ok::<_, std::convert::Infallible>(text), rx))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(lines),
-    )
-        .into_response()
+    crate::ndjson(rx)
 }
 
 fn failed(e: kraal_engine::EngineError) -> TransferLine {

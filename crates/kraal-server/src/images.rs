@@ -3,10 +3,9 @@
 //! away does not leave a half-built image), remove one.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use kraal_api::*;
 use kraal_image::{Image, ImageError, ImageStore, Output, Recipe};
 
@@ -202,16 +201,7 @@ where
         };
         let _ = tx.send(last);
     });
-    let lines = futures::stream::unfold(rx, |mut rx| async move {
-        let line = rx.recv().await?;
-        let text = serde_json::to_string(&line).expect("serializes") + "\n";
-        Some((Ok::<_, std::convert::Infallible>(text), rx))
-    });
-    (
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(lines),
-    )
-        .into_response()
+    crate::ndjson(rx)
 }
 
 #[utoipa::path(delete, path = "/v1/images/{name}", params(("name" = String, Path, description = "Image name")),

@@ -79,6 +79,23 @@ async fn require_token(token: &str, mut req: Request, next: Next) -> Response {
     }
 }
 
+/// A response streaming what `rx` receives, one JSON document per line, until the sender
+/// is gone (long operations: image builds, backups, restores).
+pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> Response {
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let text = serde_json::to_string(&line).expect("serializes") + "\n";
+        Some((Ok::<_, std::convert::Infallible>(text), rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
     use utoipa::OpenApi;

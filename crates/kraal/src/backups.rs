@@ -5,7 +5,6 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use http_body_util::BodyExt;
 use hyper::Method;
 use kraal_api::*;
 
@@ -13,7 +12,7 @@ use crate::client::{Client, enc};
 
 /// Follows an NDJSON transfer to its last line, drawing progress.
 async fn follow(
-    mut body: hyper::body::Incoming,
+    body: hyper::body::Incoming,
     what: &str,
     json: bool,
 ) -> anyhow::Result<TransferLine> {
@@ -29,44 +28,37 @@ async fn follow(
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let mut buf = Vec::new();
     let mut last = None;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| anyhow::anyhow!("the daemon closed the stream: {e}"))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            if json {
-                print!("{}", String::from_utf8_lossy(&line));
-            }
-            let l: TransferLine =
-                serde_json::from_slice(&line).context("bad progress from the daemon")?;
-            match &l {
-                TransferLine::Progress {
-                    bytes,
-                    total,
-                    chunks,
-                    new_chunks,
-                    uploaded,
-                } => {
-                    if let Some(b) = &bar {
-                        b.set_length(total.unwrap_or(*bytes));
-                        b.set_position(*bytes);
-                        if *chunks > 0 {
-                            b.set_message(format!(
-                                "{chunks} chunks, {new_chunks} new, {} stored",
-                                indicatif::HumanBytes(*uploaded)
-                            ));
-                        }
+    crate::client::ndjson_lines(body, |line| {
+        if json {
+            print!("{}", String::from_utf8_lossy(line));
+        }
+        let l: TransferLine =
+            serde_json::from_slice(line).context("bad progress from the daemon")?;
+        match &l {
+            TransferLine::Progress {
+                bytes,
+                total,
+                chunks,
+                new_chunks,
+                uploaded,
+            } => {
+                if let Some(b) = &bar {
+                    b.set_length(total.unwrap_or(*bytes));
+                    b.set_position(*bytes);
+                    if *chunks > 0 {
+                        b.set_message(format!(
+                            "{chunks} chunks, {new_chunks} new, {} stored",
+                            indicatif::HumanBytes(*uploaded)
+                        ));
                     }
                 }
-                _ => last = Some(l),
             }
+            _ => last = Some(l),
         }
-    }
+        Ok(())
+    })
+    .await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -253,3 +253,25 @@ pub fn enc(s: &str) -> String {
     }
     out
 }
+
+/// Reads an NDJSON response (image builds, backups, restores) and hands each line, with
+/// its newline, to `on_line`; an error from it ends the reading.
+pub async fn ndjson_lines(
+    mut body: hyper::body::Incoming,
+    mut on_line: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("the daemon closed the stream: {e}"))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            on_line(&line)?;
+        }
+    }
+    Ok(())
+}

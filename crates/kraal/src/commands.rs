@@ -484,7 +484,6 @@ pub async fn image_build(
     outputs: Vec<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    use http_body_util::BodyExt;
     // The daemon reads the project itself (it runs on this host, like `kraal up DIR`).
     let devcontainer = devcontainer
         .map(|d| {
@@ -506,7 +505,7 @@ pub async fn image_build(
         outputs,
         devcontainer,
     };
-    let mut body = client.post_stream("/v1/images/build", &req).await?;
+    let body = client.post_stream("/v1/images/build", &req).await?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(1);
         b.set_style(
@@ -518,47 +517,39 @@ pub async fn image_build(
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let mut buf = Vec::new();
     let mut result = None;
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| anyhow::anyhow!("the daemon closed the build stream: {e}"))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        buf.extend_from_slice(data);
-        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            if json {
-                print!("{}", String::from_utf8_lossy(&line));
-            }
-            let l: BuildLine = serde_json::from_slice(&line)
-                .with_context(|| "bad build progress from the daemon".to_string())?;
-            match l {
-                BuildLine::Progress {
-                    step,
-                    steps,
-                    title,
-                    detail,
-                    done,
-                } => {
-                    if let Some(b) = &bar {
-                        b.set_length(steps as u64);
-                        b.set_position(step as u64 - u64::from(!done));
-                        b.set_prefix(title.clone());
-                        b.set_message(crate::render::clean(&detail));
-                        if done {
-                            b.println(format!("  [{step}/{steps}] {title}: {detail}"));
-                        }
-                    } else if !json && done {
-                        eprintln!("[{step}/{steps}] {title}: {detail}");
-                    }
-                }
-                BuildLine::Image(i) => result = Some(Ok(i)),
-                BuildLine::Error(e) => result = Some(Err(e)),
-            }
+    crate::client::ndjson_lines(body, |line| {
+        if json {
+            print!("{}", String::from_utf8_lossy(line));
         }
-    }
+        let l: BuildLine = serde_json::from_slice(line)
+            .with_context(|| "bad build progress from the daemon".to_string())?;
+        match l {
+            BuildLine::Progress {
+                step,
+                steps,
+                title,
+                detail,
+                done,
+            } => {
+                if let Some(b) = &bar {
+                    b.set_length(steps as u64);
+                    b.set_position(step as u64 - u64::from(!done));
+                    b.set_prefix(title.clone());
+                    b.set_message(crate::render::clean(&detail));
+                    if done {
+                        b.println(format!("  [{step}/{steps}] {title}: {detail}"));
+                    }
+                } else if !json && done {
+                    eprintln!("[{step}/{steps}] {title}: {detail}");
+                }
+            }
+            BuildLine::Image(i) => result = Some(Ok(i)),
+            BuildLine::Error(e) => result = Some(Err(e)),
+        }
+        Ok(())
+    })
+    .await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
