@@ -358,6 +358,30 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// The request headers to send upstream: all but the hop-by-hop ones and `drop`.
+fn forwarded(from: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in from {
+        if !hop_by_hop(name) && !drop.contains(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// The upstream answer, streamed back with all but the hop-by-hop headers and `drop`.
+fn streamed_back(resp: reqwest::Response, drop: &[HeaderName]) -> Response {
+    let mut out = Response::builder().status(resp.status());
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) && !drop.contains(name) {
+            out = out.header(name, value);
+        }
+    }
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    out.body(Body::from_stream(stream))
+        .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
+}
+
 /// The key a client presented: `x-api-key`, `x-goog-api-key`, or a bearer token.
 fn presented_key(h: &HeaderMap) -> Option<&str> {
     for name in ["x-api-key", "x-goog-api-key"] {
@@ -417,17 +441,15 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         url.push_str(q);
     }
     let creds = ws.shared.credentials.credentials();
-    let mut headers = HeaderMap::new();
-    for (name, value) in req.headers() {
-        if hop_by_hop(name)
-            || name == "x-api-key"
-            || name == "x-goog-api-key"
-            || name == header::AUTHORIZATION
-        {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
+    // The sandbox's own credentials go; the real ones are added below.
+    let mut headers = forwarded(
+        req.headers(),
+        &[
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-goog-api-key"),
+            header::AUTHORIZATION,
+        ],
+    );
     match provider {
         Provider::Anthropic => match &creds.anthropic {
             Some(AnthropicAuth::ApiKey(k)) => {
@@ -503,15 +525,7 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         ms = t0.elapsed().as_millis() as u64,
         "model gateway"
     );
-    let mut out = Response::builder().status(status);
-    for (name, value) in resp.headers() {
-        if !hop_by_hop(name) {
-            out = out.header(name, value);
-        }
-    }
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    out.body(Body::from_stream(stream))
-        .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
+    streamed_back(resp, &[])
 }
 
 /// Git over HTTPS: `/git/HOST/PATH` goes to `https://HOST/PATH` (or the configured URL of
@@ -569,13 +583,7 @@ async fn forward_git(
         url.push('?');
         url.push_str(q);
     }
-    let mut headers = HeaderMap::new();
-    for (name, value) in req.headers() {
-        if hop_by_hop(name) || name == header::AUTHORIZATION || name == header::COOKIE {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
+    let mut headers = forwarded(req.headers(), &[header::AUTHORIZATION, header::COOKIE]);
     use base64::Engine as _;
     let basic =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{token}", route.username));
@@ -606,13 +614,5 @@ async fn forward_git(
     let status = resp.status();
     tracing::info!(workspace = %ws.workspace, host = %host, %method, path = %path, status = status.as_u16(),
         ms = t0.elapsed().as_millis() as u64, "git gateway");
-    let mut out = Response::builder().status(status);
-    for (name, value) in resp.headers() {
-        if !hop_by_hop(name) && name != header::SET_COOKIE {
-            out = out.header(name, value);
-        }
-    }
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    out.body(Body::from_stream(stream))
-        .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
+    streamed_back(resp, &[header::SET_COOKIE])
 }
