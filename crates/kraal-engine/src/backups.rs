@@ -97,10 +97,7 @@ async fn tar(
             as_root: true,
         })
         .await
-        .map_err(|source| EngineError::Guest {
-            workspace: rec.name.to_string(),
-            source,
-        })
+        .map_err(EngineError::guest(rec.name.as_str()))
 }
 
 /// Waits for a lifecycle operation; its failure becomes the error.
@@ -164,10 +161,7 @@ impl Engine {
             let mut n = 0u64;
             let mut stderr = Vec::new();
             loop {
-                match h.next().await.map_err(|source| EngineError::Guest {
-                    workspace: name.clone(),
-                    source,
-                })? {
+                match h.next().await.map_err(EngineError::guest(&name))? {
                     ExecEvent::Stdout { data, .. } => {
                         out.write_all(&data)
                             .await
@@ -327,10 +321,7 @@ impl Engine {
         let result = async {
             settle(pending).await?;
             let (rec, client) = self.guest(created.id.as_str()).await?;
-            let guest_err = |source| EngineError::Guest {
-                workspace: rec.name.to_string(),
-                source,
-            };
+            let guest_err = EngineError::guest(rec.name.as_str());
             let mut h = tar(&client, &rec, TAR_IN).await?;
             let input = h.sender();
             let mut stream = Box::pin(repo.read(&m));

@@ -86,6 +86,14 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Wraps an error talking to `workspace`'s guest agent (for `map_err`).
+    pub(crate) fn guest(workspace: &str) -> impl Fn(GuestClientError) -> EngineError + Copy + '_ {
+        move |source| EngineError::Guest {
+            workspace: workspace.to_owned(),
+            source,
+        }
+    }
+
     /// Stable code for the HTTP layer.
     pub fn code(&self) -> &'static str {
         match self {
@@ -760,10 +768,7 @@ impl Engine {
         let ep = self.backend.endpoint(&rec.id).await?;
         let c = GuestClient::connect(ep.addr, &rec.guest_token)
             .await
-            .map_err(|source| EngineError::Guest {
-                workspace: rec.name.to_string(),
-                source,
-            })?;
+            .map_err(EngineError::guest(rec.name.as_str()))?;
         self.guests
             .lock()
             .unwrap()
@@ -779,10 +784,7 @@ impl Engine {
     ) -> Result<GuestClient, EngineError> {
         let c = GuestClient::connect_retrying(addr, &rec.guest_token, timeout)
             .await
-            .map_err(|source| EngineError::Guest {
-                workspace: rec.name.to_string(),
-                source,
-            })?;
+            .map_err(EngineError::guest(rec.name.as_str()))?;
         self.guests
             .lock()
             .unwrap()
@@ -865,10 +867,7 @@ impl Engine {
         as_root: bool,
     ) -> Result<Captured, EngineError> {
         let (rec, client) = self.guest(workspace).await?;
-        let guest_err = |source| EngineError::Guest {
-            workspace: rec.name.to_string(),
-            source,
-        };
+        let guest_err = EngineError::guest(rec.name.as_str());
         let mut h = client
             .exec(kraal_protocol::ExecRequest {
                 argv: argv.iter().map(|a| a.to_string()).collect(),

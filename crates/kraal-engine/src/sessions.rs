@@ -176,10 +176,7 @@ impl Engine {
             .session_start(rec.id.as_str(), req.spec, req.message, launch)
             .await
         {
-            let e = EngineError::Guest {
-                workspace: ws.name.to_string(),
-                source,
-            };
+            let e = EngineError::guest(ws.name.as_str())(source);
             let _ = self
                 .store
                 .set_session_state(&rec.id, SessionState::Failed, Some(&chain(&e)));
@@ -209,10 +206,7 @@ impl Engine {
         client
             .session_input(s.id.as_str(), input, launch)
             .await
-            .map_err(|source| EngineError::Guest {
-                workspace: ws.name.to_string(),
-                source,
-            })?;
+            .map_err(EngineError::guest(ws.name.as_str()))?;
         // A relaunch after a workspace restart needs a follower again.
         self.follow(client, s.id.clone());
         Ok(s)
@@ -228,10 +222,7 @@ impl Engine {
         client
             .session_stop(s.id.as_str())
             .await
-            .map_err(|source| EngineError::Guest {
-                workspace: ws.name.to_string(),
-                source,
-            })?;
+            .map_err(EngineError::guest(ws.name.as_str()))?;
         Ok(s)
     }
 
