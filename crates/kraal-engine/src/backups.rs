@@ -269,17 +269,17 @@ impl Engine {
         std::env::temp_dir().join("kraal-backup-spool")
     }
 
-    /// Creates a workspace from backup `id` (named `name`, or as it was) and streams the
+    /// Creates a workspace from backup `m` (named `name`, or as it was) and streams the
     /// volume back in. A restore that fails removes the workspace it created.
     pub async fn restore_backup(
         self: &Arc<Self>,
         repo: &Repo,
-        id: &str,
+        m: &Manifest,
         name: Option<&str>,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<WorkspaceRecord, EngineError> {
-        let m = repo.manifest(id).await.map_err(backup_err)?;
-        let meta = BackupMeta::of(&m).ok_or_else(|| {
+        let id = m.id.as_str();
+        let meta = BackupMeta::of(m).ok_or_else(|| {
             EngineError::Invalid(format!("backup {id} does not describe a workspace"))
         })?;
         let name = name.unwrap_or(&meta.name).to_owned();
@@ -324,7 +324,7 @@ impl Engine {
             let guest_err = EngineError::guest(rec.name.as_str());
             let mut h = tar(&client, &rec, TAR_IN).await?;
             let input = h.sender();
-            let mut stream = Box::pin(repo.read(&m));
+            let mut stream = Box::pin(repo.read(m));
             let mut sent = 0u64;
             while let Some(part) = stream.next().await {
                 let part = part.map_err(backup_err)?;

@@ -149,7 +149,7 @@ pub async fn restore_backup(
     Ok(stream(move |progress| async move {
         match s
             .engine
-            .restore_backup(&repo, &m.id, req.name.as_deref(), progress)
+            .restore_backup(&repo, &m, req.name.as_deref(), progress)
             .await
         {
             Ok(rec) => {
