@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use kraal_core::{EgressRule, GitCredential, WorkspaceId};
+use kraal_core::{EgressRule, WorkspaceId};
 use rand::RngCore;
 use rusqlite::{OptionalExtension, params};
 
@@ -170,26 +170,6 @@ impl Store {
             )?;
             Ok(())
         })
-    }
-
-    /// Replaces a workspace's git credentials.
-    pub fn set_git(&self, id: &WorkspaceId, git: &[GitCredential]) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE workspaces SET git = ?2, updated_at = ?3 WHERE id = ?1",
-                params![
-                    id.as_str(),
-                    serde_json::to_string(git).expect("serializes"),
-                    now()
-                ],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Records one egress decision; keeps the newest [`EGRESS_KEEP`] per workspace.
-    pub fn log_egress(&self, r: &EgressLogRecord) -> Result<(), StoreError> {
-        self.log_egress_batch(std::slice::from_ref(r))
     }
 
     /// Records egress decisions in one transaction; keeps the newest [`EGRESS_KEEP`] per
@@ -477,6 +457,11 @@ mod tests {
     fn egress_log_and_audit_keep_order() {
         let s = Store::open_in_memory().unwrap();
         let w = crate::tests::rec("alpha");
+        let git = vec![kraal_core::GitCredential::parse("github.com=pat").unwrap()];
+        let w = crate::WorkspaceRecord {
+            git: git.clone(),
+            ..w
+        };
         s.insert(&w).unwrap();
         assert_eq!(
             s.get(&w.id).unwrap().unwrap().egress,
@@ -484,12 +469,10 @@ mod tests {
         );
         let rules = kraal_core::parse_rules(&["example.com"]).unwrap();
         s.set_egress(&w.id, &rules).unwrap();
-        let git = vec![GitCredential::parse("github.com=pat").unwrap()];
-        s.set_git(&w.id, &git).unwrap();
         let got = s.get(&w.id).unwrap().unwrap();
         assert_eq!((got.egress, got.git), (rules, git));
-        for i in 0..3u16 {
-            s.log_egress(&EgressLogRecord {
+        let records: Vec<EgressLogRecord> = (0..3u16)
+            .map(|i| EgressLogRecord {
                 id: 0,
                 workspace: w.id.to_string(),
                 at: now(),
@@ -503,8 +486,8 @@ mod tests {
                 bytes_down: 2,
                 ms: 3,
             })
-            .unwrap();
-        }
+            .collect();
+        s.log_egress_batch(&records).unwrap();
         let l = s.egress_log(&w.id, 2).unwrap();
         assert_eq!(
             l.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
