@@ -189,6 +189,10 @@ pub struct Repo {
     prefix: ObjPath,
     seal: XChaCha20Poly1305,
     name_key: [u8; 32],
+    /// Held shared by every backup being written through this handle (or its clones) and
+    /// exclusively by [`Repo::gc`], so a collection never takes chunks a backup still in
+    /// flight has uploaded but not yet listed in its manifest.
+    writing: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Repo {
@@ -275,6 +279,7 @@ impl Repo {
             prefix,
             seal: XChaCha20Poly1305::new((&key.derive(b"kraal backup seal v1")).into()),
             name_key: key.derive(b"kraal backup chunk names v1"),
+            writing: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -361,11 +366,13 @@ impl Repo {
         }
     }
 
-    /// Starts a backup described by `meta`.
-    pub fn writer(&self, meta: serde_json::Value) -> BackupWriter {
+    /// Starts a backup described by `meta` (after any garbage collection in progress).
+    pub async fn writer(&self, meta: serde_json::Value) -> BackupWriter {
         let mut r = [0u8; 3];
         rand::thread_rng().fill_bytes(&mut r);
+        let writing = self.writing.clone().read_owned().await;
         BackupWriter {
+            _writing: writing,
             repo: self.clone(),
             id: format!("bk-{}-{}", stamp(), hex::encode(r)),
             meta,
@@ -507,8 +514,11 @@ impl Repo {
     }
 
     /// Deletes chunks no backup refers to (left by deleted or interrupted backups).
-    /// Returns how many were deleted. Do not run it while a backup is being written.
+    /// Returns how many were deleted. Waits for the backups being written through this
+    /// handle to finish; another process writing to the same store at the same time could
+    /// lose chunks, so only one daemon should write to a store.
     pub async fn gc(&self) -> Result<u64> {
+        let _exclusive = self.writing.write().await;
         let mut keep = HashSet::new();
         for m in self.list().await? {
             keep.extend(m.chunks.into_iter().map(|c| c.id));
@@ -541,6 +551,7 @@ type Upload = futures::future::BoxFuture<'static, Result<Option<u64>>>;
 /// A backup being written: feed it the stream with [`BackupWriter::write`], then
 /// [`BackupWriter::finish`]. Dropped before `finish`, it leaves no backup.
 pub struct BackupWriter {
+    _writing: tokio::sync::OwnedRwLockReadGuard<()>,
     repo: Repo,
     id: String,
     meta: serde_json::Value,

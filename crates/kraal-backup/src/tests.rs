@@ -21,7 +21,7 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 }
 
 async fn backup(repo: &Repo, data: &[u8]) -> (Manifest, Progress) {
-    let mut w = repo.writer(serde_json::json!({"workspace": "demo"}));
+    let mut w = repo.writer(serde_json::json!({"workspace": "demo"})).await;
     // Odd write sizes, like a pipe delivers them.
     for part in data.chunks(100_003) {
         w.write(part).await.unwrap();
@@ -56,7 +56,7 @@ async fn a_backup_round_trips_and_a_second_one_stores_only_the_changes() {
     // chunking keeps almost every chunk.
     data[12 << 20..(12 << 20) + 10].copy_from_slice(b"0123456789");
     data.splice(0..0, noise(2, 1000));
-    let mut w = repo.writer(serde_json::json!({"workspace": "demo"}));
+    let mut w = repo.writer(serde_json::json!({"workspace": "demo"})).await;
     for part in data.chunks(65_536) {
         w.write(part).await.unwrap();
     }
@@ -147,7 +147,7 @@ async fn an_interrupted_backup_leaves_no_backup_and_gc_removes_its_chunks() {
     let repo = Repo::open(dir.path().to_str().unwrap(), &key(1)).unwrap();
     let (kept, _) = backup(&repo, &noise(4, 4 << 20)).await;
     {
-        let mut w = repo.writer(serde_json::json!({}));
+        let mut w = repo.writer(serde_json::json!({})).await;
         w.write(&noise(5, 12 << 20)).await.unwrap();
         // Dropped without finish: like a daemon killed mid-backup.
     }
@@ -162,6 +162,25 @@ async fn an_interrupted_backup_leaves_no_backup_and_gc_removes_its_chunks() {
     assert!(repo.list().await.unwrap().is_empty());
     assert!(repo.gc().await.unwrap() > 0);
     assert!(walk(&dir.path().join("chunks")).is_empty());
+}
+
+#[tokio::test]
+async fn garbage_collection_waits_for_a_backup_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::open(dir.path().to_str().unwrap(), &key(1)).unwrap();
+    let data = noise(6, 8 << 20);
+    let mut w = repo.writer(serde_json::json!({})).await;
+    w.write(&data).await.unwrap();
+    // Its chunks are in the store but no manifest names them yet.
+    let gc = tokio::spawn({
+        let repo = repo.clone();
+        async move { repo.gc().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!gc.is_finished(), "gc ran while a backup was being written");
+    let m = w.finish().await.unwrap();
+    assert_eq!(gc.await.unwrap().unwrap(), 0, "nothing is garbage");
+    assert_eq!(restore(&repo, &m.id).await.unwrap(), data);
 }
 
 #[test]

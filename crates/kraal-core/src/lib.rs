@@ -5,6 +5,7 @@ mod egress;
 mod event;
 mod mounts;
 mod names;
+mod policy;
 mod resources;
 mod session;
 mod source;
@@ -18,6 +19,7 @@ pub use egress::{
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use mounts::{Mount, MountError};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};
+pub use policy::{MIN_BACKUP_EVERY_SECS, MIN_IDLE_SECS, Policy, PolicyError, parse_duration_secs};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{
     AgentKind, AgentProtocol, AgentSpec, ModelGateway, PermissionMode, SessionError, SessionId,

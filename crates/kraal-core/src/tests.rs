@@ -140,3 +140,51 @@ fn session_state_names_match_their_json() {
     assert_eq!(SessionState::parse("sleeping"), None);
     assert!(SessionState::Failed.is_final() && !SessionState::WaitingForInput.is_final());
 }
+
+mod policy {
+    use crate::{Policy, PolicyError, parse_duration_secs};
+
+    #[test]
+    fn durations_parse_in_the_usual_units_and_bad_ones_are_named() {
+        assert_eq!(parse_duration_secs("idle stop", "90s").unwrap(), 90);
+        assert_eq!(parse_duration_secs("idle stop", "30m").unwrap(), 1800);
+        assert_eq!(parse_duration_secs("idle stop", "1h30m").unwrap(), 5400);
+        assert_eq!(parse_duration_secs("idle stop", "2d").unwrap(), 172_800);
+        assert_eq!(parse_duration_secs("idle stop", "45").unwrap(), 45);
+        assert_eq!(parse_duration_secs("idle stop", "never").unwrap(), 0);
+        for bad in ["", "m", "10x", "5m3", "-1m", "99999999999999999999d"] {
+            let e = parse_duration_secs("idle stop", bad).unwrap_err();
+            assert!(
+                matches!(&e, PolicyError::Format { field: "idle stop", input } if input == bad),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_falls_back_to_the_defaults_and_rejects_tiny_intervals() {
+        let defaults = Policy {
+            idle_stop_secs: Some(1800),
+            backup_every_secs: Some(3600),
+        };
+        let own = Policy {
+            idle_stop_secs: Some(0),
+            backup_every_secs: None,
+        };
+        let p = own.or(defaults);
+        assert_eq!(p.idle_stop(), None, "0 means never, not the default");
+        assert_eq!(p.backup_every(), Some(std::time::Duration::from_secs(3600)));
+        assert!(own.validate().is_ok());
+        let e = Policy {
+            idle_stop_secs: None,
+            backup_every_secs: Some(10),
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("backup interval must be 0 (never) or at least 60 s"),
+            "{e}"
+        );
+    }
+}

@@ -196,7 +196,7 @@ impl Engine {
                 }
             }
         };
-        let mut writer = repo.writer(serde_json::json!({ "workspace": meta }));
+        let mut writer = repo.writer(serde_json::json!({ "workspace": meta })).await;
         let mut input = tokio::fs::File::from_std(
             spool
                 .reopen()

@@ -83,6 +83,10 @@ pub struct WorkspaceRecord {
     pub git: Vec<kraal_core::GitCredential>,
     /// The backup it is being restored from, until that is complete.
     pub restoring: Option<String>,
+    /// Idle stop and backup interval (unset: the daemon's defaults).
+    pub policy: kraal_core::Policy,
+    /// When it was last backed up.
+    pub last_backup_at: Option<String>,
 }
 
 /// One line of a workspace's lifecycle log.
@@ -109,6 +113,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0005_mounts.sql")),
         M::up(include_str!("../migrations/0006_security.sql")),
         M::up(include_str!("../migrations/0007_restoring.sql")),
+        M::up(include_str!("../migrations/0008_policy.sql")),
     ])
 }
 
@@ -118,7 +123,7 @@ pub fn now() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
-const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts, egress, git, restoring";
+const COLS: &str = "id, name, backend, source, resources, state, desired, reason, guest_token, guest_addr, persistent, created_at, updated_at, image, mounts, egress, git, restoring, policy, last_backup_at";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -174,7 +179,7 @@ impl Store {
     pub fn insert(&self, w: &WorkspaceRecord) -> Result<(), StoreError> {
         self.with(|c| {
             let r = c.execute(
-                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
+                &format!("INSERT INTO workspaces ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
                 params![
                     w.id.as_str(),
                     w.name.as_str(),
@@ -194,6 +199,8 @@ impl Store {
                     serde_json::to_string(&w.egress).expect("serializes"),
                     serde_json::to_string(&w.git).expect("serializes"),
                     w.restoring,
+                    serde_json::to_string(&w.policy).expect("serializes"),
+                    w.last_backup_at,
                 ],
             );
             match r {
@@ -258,6 +265,36 @@ impl Store {
             c.execute(
                 "UPDATE workspaces SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
                 params![id.as_str(), state.as_str(), reason, now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a workspace's housekeeping policy.
+    pub fn set_policy(
+        &self,
+        id: &WorkspaceId,
+        policy: &kraal_core::Policy,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workspaces SET policy = ?2, updated_at = ?3 WHERE id = ?1",
+                params![
+                    id.as_str(),
+                    serde_json::to_string(policy).expect("serializes"),
+                    now()
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that a workspace was backed up at `at` (RFC 3339).
+    pub fn set_last_backup(&self, id: &WorkspaceId, at: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workspaces SET last_backup_at = ?2 WHERE id = ?1",
+                params![id.as_str(), at],
             )?;
             Ok(())
         })
@@ -357,6 +394,8 @@ type Raw = (
     Option<String>,
     String,
     Option<String>,
+    String,
+    Option<String>,
 );
 
 fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -379,6 +418,8 @@ fn raw_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(15)?,
         r.get(16)?,
         r.get(17)?,
+        r.get(18)?,
+        r.get(19)?,
     ))
 }
 
@@ -402,6 +443,8 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         egress,
         git,
         restoring,
+        policy,
+        last_backup_at,
     ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt {
         id: id.clone(),
@@ -429,6 +472,8 @@ fn decode(raw: Raw) -> Result<WorkspaceRecord, StoreError> {
         },
         git: serde_json::from_str(&git).map_err(|_| corrupt("git"))?,
         restoring,
+        policy: serde_json::from_str(&policy).map_err(|_| corrupt("policy"))?,
+        last_backup_at,
     })
 }
 
@@ -456,7 +501,29 @@ pub(crate) mod tests {
             egress: kraal_core::default_rules(),
             git: Vec::new(),
             restoring: None,
+            policy: kraal_core::Policy::default(),
+            last_backup_at: None,
         }
+    }
+
+    #[test]
+    fn policy_and_last_backup_round_trip() {
+        let s = Store::open_in_memory().unwrap();
+        let a = rec("alpha");
+        s.insert(&a).unwrap();
+        assert_eq!(
+            s.get(&a.id).unwrap().unwrap().policy,
+            kraal_core::Policy::default()
+        );
+        let p = kraal_core::Policy {
+            idle_stop_secs: Some(600),
+            backup_every_secs: Some(0),
+        };
+        s.set_policy(&a.id, &p).unwrap();
+        s.set_last_backup(&a.id, "2026-11-24T05:00:00Z").unwrap();
+        let got = s.get(&a.id).unwrap().unwrap();
+        assert_eq!(got.policy, p);
+        assert_eq!(got.last_backup_at.as_deref(), Some("2026-11-24T05:00:00Z"));
     }
 
     #[test]

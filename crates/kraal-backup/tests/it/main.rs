@@ -91,13 +91,17 @@ async fn backups_round_trip_through_s3_and_bad_buckets_are_clear_errors() {
     repo.check().await.unwrap();
 
     let data = noise(7, 9 << 20);
-    let mut w = repo.writer(serde_json::json!({"workspace": "s3demo"}));
+    let mut w = repo
+        .writer(serde_json::json!({"workspace": "s3demo"}))
+        .await;
     for part in data.chunks(77_777) {
         w.write(part).await.unwrap();
     }
     let m1 = w.finish().await.unwrap();
     // A second backup of the same data uploads nothing new.
-    let mut w = repo.writer(serde_json::json!({"workspace": "s3demo"}));
+    let mut w = repo
+        .writer(serde_json::json!({"workspace": "s3demo"}))
+        .await;
     w.write(&data).await.unwrap();
     let m2 = w.finish().await.unwrap();
     assert_eq!(m1.chunks, m2.chunks);
