@@ -52,6 +52,18 @@ pub struct Workspace {
     /// Ports of the workspace reachable on the daemon's host while it runs.
     #[serde(default)]
     pub ports: Vec<ForwardedPort>,
+    /// Idle stop and backup interval in force (its own, or the daemon's defaults).
+    #[serde(default)]
+    pub policy: kraal_core::Policy,
+    /// Its own settings (unset: the daemon's defaults apply).
+    #[serde(default)]
+    pub own_policy: kraal_core::Policy,
+    /// How long it has been idle (running, with no agent turn, terminal or client).
+    #[serde(default)]
+    pub idle_secs: Option<u64>,
+    /// When it was last backed up.
+    #[serde(default)]
+    pub last_backup_at: Option<String>,
 }
 
 /// A workspace port forwarded to the daemon's host loopback.
@@ -94,6 +106,9 @@ pub struct CreateWorkspace {
     /// Git hosts whose HTTPS requests get a stored secret added as credential on the host.
     #[serde(default)]
     pub git: Vec<kraal_core::GitCredential>,
+    /// Idle stop and backup interval (unset fields: the daemon's defaults).
+    #[serde(default)]
+    pub policy: kraal_core::Policy,
 }
 
 /// A workspace's egress allowlist (`GET`/`PUT /v1/workspaces/{ws}/egress`).
@@ -222,6 +237,9 @@ pub struct BackupInfo {
     /// Bytes of the volume's tar.
     pub size: u64,
     pub chunks: u64,
+    /// Taken by the backup schedule (which removes the older ones beyond its limit).
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 /// One line of the NDJSON answer of a backup or restore.

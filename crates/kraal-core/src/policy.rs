@@ -35,7 +35,7 @@ pub struct Policy {
 
 /// The shortest idle timeout and backup interval accepted.
 pub const MIN_IDLE_SECS: u64 = 5;
-pub const MIN_BACKUP_EVERY_SECS: u64 = 60;
+pub const MIN_BACKUP_EVERY_SECS: u64 = 10;
 
 impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {

@@ -20,6 +20,8 @@ pub enum TemplateError {
     TooLong { field: &'static str, max: usize },
     #[error(transparent)]
     Resources(#[from] crate::ResourcesError),
+    #[error(transparent)]
+    Policy(#[from] crate::PolicyError),
 }
 
 /// One version of a template.
@@ -45,6 +47,9 @@ pub struct TemplateSpec {
     /// Image name (the default image when empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Idle stop and backup interval of the workspaces it launches.
+    #[serde(default)]
+    pub policy: crate::Policy,
 }
 
 impl TemplateSpec {
@@ -87,6 +92,7 @@ impl TemplateSpec {
             }
         }
         self.resources.validate()?;
+        self.policy.validate()?;
         Ok(())
     }
 
@@ -118,6 +124,7 @@ mod tests {
             first_message: None,
             resources: Resources::default(),
             image: None,
+            policy: crate::Policy::default(),
         }
     }
 
@@ -125,6 +132,9 @@ mod tests {
     fn templates_validate_names_repos_and_limits() {
         assert!(spec().validate().is_ok());
         assert!(matches!(spec().source(), Ok(Source::Git { .. })));
+        let mut s = spec();
+        s.policy.idle_stop_secs = Some(1);
+        assert!(matches!(s.validate(), Err(TemplateError::Policy(_))));
         let mut s = spec();
         s.name = "<script>".into();
         assert!(matches!(s.validate(), Err(TemplateError::BadName { .. })));

@@ -177,13 +177,13 @@ mod policy {
         assert!(own.validate().is_ok());
         let e = Policy {
             idle_stop_secs: None,
-            backup_every_secs: Some(10),
+            backup_every_secs: Some(5),
         }
         .validate()
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("backup interval must be 0 (never) or at least 60 s"),
+                .contains("backup interval must be 0 (never) or at least 10 s"),
             "{e}"
         );
     }

@@ -46,6 +46,12 @@ pub struct BackupMeta {
     pub egress: Vec<kraal_core::EgressRule>,
     pub git: Vec<kraal_core::GitCredential>,
     pub backend: kraal_core::BackendKind,
+    /// Idle stop and backup interval.
+    #[serde(default)]
+    pub policy: kraal_core::Policy,
+    /// Taken by the schedule (and removed by it when newer ones replace it).
+    #[serde(default)]
+    pub scheduled: bool,
 }
 
 impl BackupMeta {
@@ -111,11 +117,13 @@ async fn settle(p: crate::Pending) -> Result<WorkspaceRecord, EngineError> {
 }
 
 impl Engine {
-    /// Backs a running workspace up into `repo`; `progress` hears how it goes.
+    /// Backs a running workspace up into `repo` (`scheduled`: by the backup schedule);
+    /// `progress` hears how it goes.
     pub async fn backup(
         self: &Arc<Self>,
         reference: &str,
         repo: &Repo,
+        scheduled: bool,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<Manifest, EngineError> {
         let rec = self.resolve(reference)?;
@@ -140,6 +148,8 @@ impl Engine {
             egress: rec.egress.clone(),
             git: rec.git.clone(),
             backend: rec.backend,
+            policy: rec.policy,
+            scheduled,
         };
         let mut h = tar(&client, &rec, TAR_OUT).await?;
         // The tar goes to a spool file as fast as the guest sends it; the store takes it
@@ -252,11 +262,17 @@ impl Engine {
             )));
         }
         let m = writer.finish().await.map_err(backup_err)?;
+        self.store.set_last_backup(&rec.id, &kraal_store::now())?;
         self.event(
             &rec.id,
             "info",
             &format!(
-                "backed up as {} ({} bytes, {} chunks)",
+                "{} as {} ({} bytes, {} chunks)",
+                if scheduled {
+                    "scheduled backup"
+                } else {
+                    "backed up"
+                },
                 m.id,
                 m.size,
                 m.chunks.len()
@@ -316,6 +332,7 @@ impl Engine {
             egress: Some(meta.egress.clone()),
             git,
             restoring: Some(m.id.clone()),
+            policy: meta.policy,
         })?;
         let created = pending.record.clone();
         let result = async {

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod backups;
+mod housekeeping;
 mod ports;
 mod sessions;
 mod templates;
@@ -82,7 +83,7 @@ pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Backup(kraal_backup::BackupError),
+    Backup(#[from] kraal_backup::BackupError),
 }
 
 impl EngineError {
@@ -128,6 +129,7 @@ impl EngineError {
 }
 
 pub use backups::{BackupMeta, TransferProgress};
+pub use housekeeping::{ActivityHold, Housekeeping};
 /// The whole chain of an error on one line.
 pub use kraal_sandbox::error_chain as chain;
 pub use ports::Forward;
@@ -151,6 +153,8 @@ pub struct CreateRequest {
     /// The backup the workspace is being restored from (removed if the restore never
     /// completes).
     pub restoring: Option<String>,
+    /// Idle stop and backup interval (unset: the daemon's defaults).
+    pub policy: kraal_core::Policy,
 }
 
 /// The result of an operation that may still be running.
@@ -177,6 +181,8 @@ pub struct Engine {
     restores: Mutex<std::collections::HashSet<WorkspaceId>>,
     /// Ports of running workspaces forwarded to the host.
     forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
+    /// Idle-stop and backup-schedule settings, and what each workspace was last used for.
+    housekeeping: housekeeping::State,
     started: Instant,
     /// How long a started sandbox may take to answer, in milliseconds.
     boot_timeout_ms: std::sync::atomic::AtomicU64,
@@ -222,6 +228,7 @@ impl Engine {
             changes: tokio::sync::broadcast::channel(256).0,
             forwards: Mutex::new(HashMap::new()),
             restores: Mutex::new(std::collections::HashSet::new()),
+            housekeeping: housekeeping::State::default(),
             started: Instant::now(),
             boot_timeout_ms: (GUEST_BOOT_TIMEOUT.as_millis() as u64).into(),
         })
@@ -351,6 +358,9 @@ impl Engine {
             }
         }
         self.check_git(&req.git)?;
+        req.policy
+            .validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let mut token = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut token);
         let now = kraal_store::now();
@@ -373,6 +383,8 @@ impl Engine {
             egress: req.egress.unwrap_or_else(kraal_core::default_rules),
             git: req.git,
             restoring: req.restoring,
+            policy: req.policy,
+            last_backup_at: None,
         };
         if rec.restoring.is_some() {
             self.restores.lock().unwrap().insert(rec.id.clone());
@@ -437,6 +449,30 @@ impl Engine {
             &rec.id,
             "info",
             &format!("egress allowlist now has {} rules", rec.egress.len()),
+        );
+        Ok(rec)
+    }
+
+    /// Replaces a workspace's idle-stop and backup-interval settings (the next
+    /// housekeeping pass applies them).
+    pub fn set_policy(
+        &self,
+        reference: &str,
+        policy: kraal_core::Policy,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        policy
+            .validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut rec = self.resolve(reference)?;
+        self.store.set_policy(&rec.id, &policy)?;
+        rec.policy = policy;
+        self.event(
+            &rec.id,
+            "info",
+            &format!(
+                "policy now {}",
+                serde_json::to_string(&policy).unwrap_or_default()
+            ),
         );
         Ok(rec)
     }
@@ -614,6 +650,9 @@ impl Engine {
             Op::Stop => self.do_stop(&rec).await,
             Op::Remove => self.do_remove(&rec).await,
         };
+        if result.is_ok() && op == Op::Start {
+            self.touch(id);
+        }
         match result {
             Ok(()) if op == Op::Remove => Ok(rec),
             Ok(()) => self

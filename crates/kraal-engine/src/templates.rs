@@ -32,6 +32,7 @@ impl Engine {
             egress: None,
             git: Vec::new(),
             restoring: None,
+            policy: spec.policy,
         })?;
         let rec = pending.record.clone();
         let me = self.clone();

@@ -27,7 +27,8 @@ pub fn info(m: &kraal_backup::Manifest) -> BackupInfo {
     BackupInfo {
         id: m.id.clone(),
         workspace: meta.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
-        workspace_id: meta.map(|w| w.id).unwrap_or_default(),
+        workspace_id: meta.as_ref().map(|w| w.id.clone()).unwrap_or_default(),
+        scheduled: meta.is_some_and(|w| w.scheduled),
         created_at: m.created_at.clone(),
         size: m.size,
         chunks: m.chunks.len() as u64,
@@ -86,7 +87,11 @@ pub async fn create_backup(
     let rec = s.engine.resolve(&ws)?;
     let actor = actor_of(actor);
     Ok(stream(move |progress| async move {
-        match s.engine.backup(rec.id.as_str(), &repo, progress).await {
+        match s
+            .engine
+            .backup(rec.id.as_str(), &repo, false, progress)
+            .await
+        {
             Ok(m) => {
                 audit(&s, &actor, "backup", rec.name.as_str(), &m.id);
                 TransferLine::Backup(info(&m))

@@ -27,7 +27,9 @@ pub async fn exec_ws(
     let (rec, client) = s.engine.guest(&ws).await?;
     let actor = crate::security::actor_of(actor);
     let name = rec.name.to_string();
+    let hold = s.engine.hold(&rec.id);
     Ok(upgrade.on_upgrade(move |socket| async move {
+        let _hold = hold;
         session(socket, client, move |argv: &[String]| {
             crate::security::audit(&s, &actor, "exec", &name, &shell_words(argv));
         })

@@ -1,6 +1,7 @@
 //! The daemon's HTTP API. Handlers only parse requests into engine calls and map results
 //! to responses; every error leaves as `{"code", "message"}` with a stable code.
 
+mod activity;
 mod backups;
 mod error;
 mod exec;
@@ -44,7 +45,10 @@ pub struct AppState {
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`
 /// (used for TCP listeners; the Unix socket is protected by file permissions).
 pub fn router(state: AppState, token: Option<String>) -> Router {
-    let app = routes::routes().with_state(state);
+    let engine = state.engine.clone();
+    let app = routes::routes()
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(engine, activity::track));
     match token {
         Some(t) => {
             let t = Arc::new(t);

@@ -171,7 +171,9 @@ pub async fn ssh_ws(
         rec.name.as_str(),
         &format!("as {user} with key {fingerprint}"),
     );
+    let hold = s.engine.hold(&rec.id);
     Ok(upgrade.on_upgrade(move |socket| {
+        let _hold = hold;
         crate::exec::session_preset(
             socket,
             client,
@@ -207,7 +209,11 @@ pub async fn port_ws(
         rec.name.as_str(),
         &format!("port {port}"),
     );
-    Ok(upgrade.on_upgrade(move |socket| pipe(socket, stream)))
+    let hold = s.engine.hold(&rec.id);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let _hold = hold;
+        pipe(socket, stream).await
+    }))
 }
 
 /// Copies between the WebSocket (binary messages) and the TCP stream until either ends.

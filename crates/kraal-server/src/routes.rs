@@ -31,6 +31,7 @@ use crate::error::HttpError;
         get_workspace,
         up_workspace,
         down_workspace,
+        put_policy,
         create_snapshot,
         restore_snapshot,
         remove_workspace,
@@ -96,6 +97,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/workspaces/{ws}/down",
             axum::routing::post(down_workspace),
         )
+        .route("/v1/workspaces/{ws}/policy", axum::routing::put(put_policy))
         .route(
             "/v1/workspaces/{ws}/snapshots",
             axum::routing::post(create_snapshot),
@@ -230,7 +232,32 @@ pub fn to_api(engine: &std::sync::Arc<kraal_engine::Engine>, r: &WorkspaceRecord
         created_at: r.created_at.clone(),
         updated_at: r.updated_at.clone(),
         image: r.image.clone(),
+        policy: engine.effective_policy(r),
+        own_policy: r.policy,
+        idle_secs: engine.idle_for(r).map(|d| d.as_secs()),
+        last_backup_at: r.last_backup_at.clone(),
     }
+}
+
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/policy", request_body = kraal_core::Policy,
+    params(("ws" = String, Path, description = "Workspace name or id")),
+    responses((status = 200, body = Workspace), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
+pub async fn put_policy(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<crate::security::Actor>>,
+    Path(ws): Path<String>,
+    body: Result<Json<kraal_core::Policy>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Workspace>, HttpError> {
+    let Json(policy) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let r = s.engine.set_policy(&ws, policy)?;
+    crate::security::audit(
+        &s,
+        &crate::security::actor_of(actor),
+        "policy.set",
+        r.name.as_str(),
+        &serde_json::to_string(&policy).unwrap_or_default(),
+    );
+    Ok(Json(to_api(&s.engine, &r)))
 }
 
 /// The host of an `https://` or `http://` git URL (with its port when not the default).
@@ -355,6 +382,7 @@ async fn create_workspace(
         egress,
         git: req.git,
         restoring: None,
+        policy: req.policy,
     })?;
     settle(&s.engine, p, req.wait, StatusCode::CREATED).await
 }

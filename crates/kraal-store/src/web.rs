@@ -372,6 +372,10 @@ mod tests {
             first_message: None,
             resources: Resources::default(),
             image: None,
+            policy: kraal_core::Policy {
+                idle_stop_secs: Some(1800),
+                backup_every_secs: None,
+            },
         };
         assert_eq!(s.save_template("tp-1", &spec).unwrap(), 1);
         spec.description = "v2".into();

@@ -127,12 +127,13 @@ pub async fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["ID", "WORKSPACE", "CREATED", "SIZE", "CHUNKS"]);
+    t.set_header(["ID", "WORKSPACE", "CREATED", "KIND", "SIZE", "CHUNKS"]);
     for b in l {
         t.add_row([
             b.id,
             b.workspace,
             b.created_at,
+            if b.scheduled { "scheduled" } else { "manual" }.to_owned(),
             indicatif::HumanBytes(b.size).to_string(),
             b.chunks.to_string(),
         ]);

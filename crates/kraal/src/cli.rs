@@ -81,6 +81,15 @@ pub enum Command {
     /// List or remove backups.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Show or change when a workspace stops by itself and how often it is backed up.
+    Policy {
+        workspace: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Go back to the daemon's defaults for the settings not given.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Show a workspace's lifecycle events and sandbox console.
     Logs {
         workspace: String,
@@ -505,9 +514,24 @@ pub struct ServeArgs {
     /// directory, created on first use).
     #[arg(long, env = "KRAAL_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// Stop workspaces after this long with no agent turn, terminal or client, unless a
+    /// workspace says otherwise (`kraal up --idle-stop`); persistent ones never stop.
+    #[arg(long, value_name = "DURATION", env = "KRAAL_IDLE_STOP", default_value = "1h", value_parser = idle_secs)]
+    pub idle_stop: u64,
+    /// Back running workspaces up this often, unless a workspace says otherwise (0 = no
+    /// scheduled backups). An idle stop then backs up first.
+    #[arg(long, value_name = "DURATION", env = "KRAAL_BACKUP_EVERY", default_value = "0", value_parser = backup_secs)]
+    pub backup_every: u64,
+    /// Scheduled backups kept per workspace (manual `kraal backup`s are never removed by
+    /// the schedule).
+    #[arg(long, value_name = "N", env = "KRAAL_BACKUP_KEEP", default_value_t = 7)]
+    pub backup_keep: usize,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,
+    /// Seconds between housekeeping passes (idle stops, scheduled backups).
+    #[arg(long, env = "KRAAL_HOUSEKEEPING_SECS", default_value_t = 10)]
+    pub housekeeping_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +579,38 @@ pub struct UpArgs {
     /// HOST=SECRET or USER@HOST=SECRET (repeatable).
     #[arg(long, value_name = "HOST=SECRET")]
     pub git: Vec<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// Housekeeping settings of one workspace.
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Stop the workspace after this long with no agent turn, terminal or client (30m,
+    /// 2h; 0 = never; default: the daemon's --idle-stop).
+    #[arg(long, value_name = "DURATION", value_parser = idle_secs)]
+    pub idle_stop: Option<u64>,
+    /// Back the workspace up this often while it runs (6h, 1d; 0 = never; default: the
+    /// daemon's --backup-every).
+    #[arg(long, value_name = "DURATION", value_parser = backup_secs)]
+    pub backup_every: Option<u64>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> kraal_core::Policy {
+        kraal_core::Policy {
+            idle_stop_secs: self.idle_stop,
+            backup_every_secs: self.backup_every,
+        }
+    }
+}
+
+fn idle_secs(s: &str) -> Result<u64, String> {
+    kraal_core::parse_duration_secs("idle stop", s).map_err(|e| e.to_string())
+}
+
+fn backup_secs(s: &str) -> Result<u64, String> {
+    kraal_core::parse_duration_secs("backup interval", s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

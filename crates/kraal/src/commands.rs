@@ -73,9 +73,11 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 || a.memory.is_some()
                 || a.pids.is_some()
                 || a.branch.is_some()
+                || a.policy.idle_stop.is_some()
+                || a.policy.backup_every.is_some()
             {
                 bail!(
-                    "workspace {name} already exists; --name, --branch, --cpus, --memory and --pids only apply when creating one"
+                    "workspace {name} already exists; --name, --branch, --cpus, --memory, --pids, --idle-stop and --backup-every only apply when creating one (`kraal policy {name}` changes the last two)"
                 );
             }
             let pb = spinner(format!("starting {name}…"));
@@ -126,6 +128,7 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                         Ok(m)
                     })
                     .collect::<Result<_, kraal_core::MountError>>()?,
+                policy: a.policy.policy(),
                 egress: a.no_default_allow.then(Vec::new),
                 allow: a.allow.clone(),
                 git: a
@@ -615,5 +618,76 @@ pub async fn image_rm(client: &Client, name: &str) -> anyhow::Result<()> {
     for b in r.removed {
         println!("removed {b}");
     }
+    Ok(())
+}
+
+/// `kraal policy WS [--idle-stop D] [--backup-every D] [--reset]`.
+pub async fn policy(
+    client: &Client,
+    ws: &str,
+    args: &crate::cli::PolicyArgs,
+    reset: bool,
+) -> anyhow::Result<()> {
+    let given = args.policy();
+    let w: Workspace = if given == kraal_core::Policy::default() && !reset {
+        client.get(&format!("/v1/workspaces/{}", enc(ws))).await?
+    } else {
+        // Settings not given stay as they are (or go back to the defaults with --reset);
+        // the workspace record shows the policy in force, so ask for its own through
+        // the change itself.
+        let body = if reset {
+            given
+        } else {
+            let cur: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
+            kraal_core::Policy {
+                idle_stop_secs: given.idle_stop_secs.or(cur.own_policy.idle_stop_secs),
+                backup_every_secs: given.backup_every_secs.or(cur.own_policy.backup_every_secs),
+            }
+        };
+        client
+            .send(
+                Method::PUT,
+                &format!("/v1/workspaces/{}/policy", enc(ws)),
+                Some(&body),
+            )
+            .await?
+    };
+    let show = |v: Option<u64>| match v {
+        None | Some(0) => "never".to_owned(),
+        Some(s) => crate::render::duration(std::time::Duration::from_secs(s)),
+    };
+    println!("workspace {}", w.name);
+    println!(
+        "  idle stop:     {}{}",
+        if w.persistent {
+            "never (persistent)".to_owned()
+        } else {
+            show(w.policy.idle_stop_secs)
+        },
+        if w.own_policy.idle_stop_secs.is_none() {
+            "  (daemon default)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  backup every:  {}{}",
+        show(w.policy.backup_every_secs),
+        if w.own_policy.backup_every_secs.is_none() {
+            "  (daemon default)"
+        } else {
+            ""
+        }
+    );
+    if let Some(i) = w.idle_secs {
+        println!(
+            "  idle for:      {}",
+            crate::render::duration(std::time::Duration::from_secs(i))
+        );
+    }
+    println!(
+        "  last backup:   {}",
+        w.last_backup_at.as_deref().unwrap_or("never")
+    );
     Ok(())
 }

@@ -155,6 +155,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             exec::run(&c, &workspace, opts).await
         }
+        Command::Policy {
+            workspace,
+            policy,
+            reset,
+        } => commands::policy(&c, &workspace, &policy, reset)
+            .await
+            .map(|()| 0),
         Command::Down { workspace, detach } => {
             commands::down(&c, &workspace, detach).await.map(|()| 0)
         }

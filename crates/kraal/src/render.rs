@@ -22,6 +22,19 @@ pub struct Renderer {
 
 /// Agent output is untrusted: control characters (terminal escape sequences included) are
 /// shown as `�` instead of being interpreted by the user's terminal.
+/// `45 s`, `30 min`, `1 h 30 min`, `2 d`: a duration for people.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 if s % 3600 >= 60 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ if s % 86_400 >= 3600 => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
 pub fn clean(s: &str) -> String {
     s.chars()
         .map(|c| {

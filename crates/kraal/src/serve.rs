@@ -137,8 +137,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: data_dir.display().to_string(),
         web_url: web_url.clone(),
         secret_key,
-        backups: Some(backups),
+        backups: Some(backups.clone()),
     };
+    let defaults = kraal_core::Policy {
+        idle_stop_secs: Some(args.idle_stop),
+        backup_every_secs: Some(args.backup_every),
+    };
+    defaults.validate()?;
+    engine.set_housekeeping(kraal_engine::Housekeeping {
+        defaults,
+        keep: args.backup_keep.max(1),
+        repo: Some(backups),
+    });
 
     // Unix socket, owner-only.
     if let Some(dir) = socket.parent() {
@@ -172,6 +182,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.claude_oauth_url.clone(),
     );
     let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
+    let housekeeper = engine.spawn_housekeeper(Duration::from_secs(args.housekeeping_secs.max(1)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     {
@@ -233,6 +244,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     eprintln!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
+    housekeeper.abort();
     refresher.abort();
     let _ = shutdown_tx.send(true);
     // Open exec streams would hold graceful shutdown forever; give them a moment.

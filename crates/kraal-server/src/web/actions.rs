@@ -277,6 +277,8 @@ pub struct TemplateForm {
     pids: u64,
     #[serde(default)]
     image: String,
+    #[serde(default)]
+    idle_stop: String,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -306,6 +308,13 @@ impl TemplateForm {
                 pids: self.pids,
             },
             image: opt(&self.image),
+            policy: kraal_core::Policy {
+                idle_stop_secs: opt(&self.idle_stop)
+                    .map(|d| kraal_core::parse_duration_secs("idle stop", &d))
+                    .transpose()
+                    .map_err(|e| HttpError::bad_request(e.to_string()))?,
+                backup_every_secs: None,
+            },
         };
         spec.validate()
             .map_err(|e| HttpError::bad_request(e.to_string()))?;

@@ -78,6 +78,10 @@ pub fn router(app: AppState) -> Router {
         .route("/logs", get(pages::logs))
         .route("/notify", get(events::notify))
         .fallback(pages::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.app.engine.clone(),
+            crate::activity::track,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
         .with_state(state)

@@ -636,7 +636,11 @@ fn template_fields(t: Option<&TemplateRecord>) -> Markup {
             label { "Memory (MiB)" input name="memory_mib" type="number" min="64" value=(res.memory_mib); }
             label { "Processes" input name="pids" type="number" min="16" value=(res.pids); }
         }
-        label { "Image" input name="image" placeholder="default" value=[s.and_then(|s| s.image.as_deref())]; }
+        div.grid {
+            label { "Image" input name="image" placeholder="default" value=[s.and_then(|s| s.image.as_deref())]; }
+            label { "Stop when idle for" input name="idle_stop" placeholder="daemon default (e.g. 30m, 2h, never)"
+                value=[s.and_then(|s| s.policy.idle_stop_secs).map(|v| if v == 0 { "never".to_owned() } else { format!("{v}s") })]; }
+        }
     }
 }
 

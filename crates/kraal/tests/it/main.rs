@@ -10,6 +10,7 @@ mod backups;
 mod devcontainers;
 mod firecracker;
 mod harness;
+mod housekeeping;
 mod images;
 mod isolation;
 mod lifecycle;
