@@ -88,9 +88,10 @@ if [ ! -f web/node_modules/htmx.org/dist/htmx.min.js ] || [ web/package-lock.jso
 fi
 
 # The browser tests drive Debian's Chromium; the image tests check OCI layouts with skopeo
-# and pull from a local registry (test.sh asks for them).
+# and pull from a local registry; the export tests list export files with tar --zstd
+# (test.sh asks for them).
 if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ]; then
-    for p in chromium skopeo docker-registry; do
+    for p in chromium skopeo docker-registry zstd; do
         if ! dpkg -s "$p" >/dev/null 2>&1; then
             log "installing $p for the tests"
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null

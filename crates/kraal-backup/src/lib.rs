@@ -686,5 +686,7 @@ impl BackupWriter {
     }
 }
 
+pub mod zst;
+
 #[cfg(test)]
 mod tests;

@@ -58,6 +58,110 @@ impl BackupMeta {
     pub fn of(m: &Manifest) -> Option<BackupMeta> {
         serde_json::from_value(m.meta["workspace"].clone()).ok()
     }
+
+    fn from_record(rec: &WorkspaceRecord, scheduled: bool) -> BackupMeta {
+        BackupMeta {
+            name: rec.name.to_string(),
+            id: rec.id.to_string(),
+            source: rec.source.clone(),
+            resources: rec.resources,
+            image: rec.image.clone(),
+            persistent: rec.persistent,
+            mounts: rec.mounts.clone(),
+            egress: rec.egress.clone(),
+            git: rec.git.clone(),
+            backend: rec.backend,
+            policy: rec.policy,
+            scheduled,
+        }
+    }
+}
+
+/// The first entry of an export file: what the workspace was.
+pub const EXPORT_ENTRY: &str = "kraal-export.json";
+const EXPORT_FORMAT: u32 = 1;
+/// The description entry is small; anything bigger is not an export.
+const EXPORT_HEAD_MAX: u64 = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExportHead {
+    format: u32,
+    exported_at: String,
+    workspace: BackupMeta,
+}
+
+/// The tar entry that starts an export (header, JSON, padding); the volume's own tar
+/// follows it, so the whole file is one tar archive any `tar` can list.
+fn export_head(meta: &BackupMeta) -> bytes::Bytes {
+    let json = serde_json::to_vec_pretty(&ExportHead {
+        format: EXPORT_FORMAT,
+        exported_at: kraal_store::now(),
+        workspace: meta.clone(),
+    })
+    .expect("serializes");
+    let mut h = tar::Header::new_gnu();
+    h.set_path(EXPORT_ENTRY).expect("short name");
+    h.set_size(json.len() as u64);
+    h.set_mode(0o600);
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.into()
+}
+
+/// Reads the description entry off the front of an export; returns it and the bytes
+/// after it that were already read (the start of the volume's tar).
+pub async fn read_export_head<E: std::fmt::Display>(
+    stream: &mut (impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
+) -> Result<(BackupMeta, bytes::Bytes), EngineError> {
+    let bad = |why: String| EngineError::Invalid(format!("not a kraal export: {why}"));
+    let mut buf = Vec::new();
+    let mut need = 512usize;
+    let mut size = None;
+    loop {
+        while buf.len() < need {
+            match stream.next().await {
+                Some(Ok(b)) => buf.extend_from_slice(&b),
+                Some(Err(e)) => return Err(bad(e.to_string())),
+                None => return Err(bad("it ends before its description".into())),
+            }
+        }
+        if size.is_some() {
+            break;
+        }
+        let h = tar::Header::from_byte_slice(&buf[..512]);
+        let path = h.path().map_err(|e| bad(e.to_string()))?;
+        if path.to_str() != Some(EXPORT_ENTRY) {
+            return Err(bad(format!(
+                "it starts with {:?}, not {EXPORT_ENTRY}",
+                path.display().to_string()
+            )));
+        }
+        let n = h.entry_size().map_err(|e| bad(e.to_string()))?;
+        if n > EXPORT_HEAD_MAX {
+            return Err(bad(format!("its description is {n} bytes")));
+        }
+        size = Some(n as usize);
+        need = 512 + (n as usize).div_ceil(512) * 512;
+    }
+    let n = size.expect("read");
+    let head: ExportHead = serde_json::from_slice(&buf[512..512 + n])
+        .map_err(|e| bad(format!("{EXPORT_ENTRY}: {e}")))?;
+    if head.format != EXPORT_FORMAT {
+        return Err(bad(format!(
+            "format {} (this kraal reads format {EXPORT_FORMAT})",
+            head.format
+        )));
+    }
+    Ok((head.workspace, bytes::Bytes::from(buf).slice(need..)))
 }
 
 const TAR_OUT: &[&str] = &[
@@ -89,7 +193,7 @@ fn backup_err(e: kraal_backup::BackupError) -> EngineError {
 }
 
 /// Runs `tar` (`argv`) as root in the workspace.
-async fn tar(
+async fn run_tar(
     client: &kraal_sandbox::GuestClient,
     rec: &WorkspaceRecord,
     argv: &[&str],
@@ -126,32 +230,11 @@ impl Engine {
         scheduled: bool,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<Manifest, EngineError> {
-        let rec = self.resolve(reference)?;
-        if rec.state != WorkspaceState::Running {
-            return Err(EngineError::Invalid(format!(
-                "workspace {} is {}; start it with `kraal up {}` to back it up",
-                rec.name,
-                rec.state.as_str(),
-                rec.name
-            )));
-        }
+        self.running_for(reference, "back it up")?;
         repo.check().await.map_err(backup_err)?;
         let (rec, client) = self.guest(reference).await?;
-        let meta = BackupMeta {
-            name: rec.name.to_string(),
-            id: rec.id.to_string(),
-            source: rec.source.clone(),
-            resources: rec.resources,
-            image: rec.image.clone(),
-            persistent: rec.persistent,
-            mounts: rec.mounts.clone(),
-            egress: rec.egress.clone(),
-            git: rec.git.clone(),
-            backend: rec.backend,
-            policy: rec.policy,
-            scheduled,
-        };
-        let mut h = tar(&client, &rec, TAR_OUT).await?;
+        let meta = BackupMeta::from_record(&rec, scheduled);
+        let mut h = run_tar(&client, &rec, TAR_OUT).await?;
         // The tar goes to a spool file as fast as the guest sends it; the store takes it
         // from there at its own pace.
         let spool_dir = self.spool_dir();
@@ -281,6 +364,110 @@ impl Engine {
         Ok(m)
     }
 
+    fn running_for(&self, reference: &str, what: &str) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.state != WorkspaceState::Running {
+            return Err(EngineError::Invalid(format!(
+                "workspace {} is {}; start it with `kraal up {}` to {what}",
+                rec.name,
+                rec.state.as_str(),
+                rec.name
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// A running workspace as an export: one tar archive (uncompressed) whose first entry
+    /// describes the workspace ([`EXPORT_ENTRY`]) and whose other entries are its volume.
+    /// A failure part-way ends the stream with an error.
+    pub async fn export(
+        self: &Arc<Self>,
+        reference: &str,
+    ) -> Result<
+        (
+            BackupMeta,
+            impl futures::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + 'static,
+        ),
+        EngineError,
+    > {
+        self.running_for(reference, "export it")?;
+        let (rec, client) = self.guest(reference).await?;
+        let meta = BackupMeta::from_record(&rec, false);
+        let h = run_tar(&client, &rec, TAR_OUT).await?;
+        let head = export_head(&meta);
+        let name = rec.name.to_string();
+        self.event(&rec.id, "info", "export started");
+        struct St {
+            h: kraal_sandbox::ExecHandle,
+            _client: kraal_sandbox::GuestClient,
+            stderr: Vec<u8>,
+            name: String,
+        }
+        let volume = futures::stream::unfold(
+            Some(St {
+                h,
+                _client: client,
+                stderr: Vec::new(),
+                name,
+            }),
+            |st| async move {
+                let mut st = st?;
+                loop {
+                    let ev = match st.h.next().await {
+                        Ok(ev) => ev,
+                        Err(e) => return Some((Err(EngineError::guest(&st.name)(e)), None)),
+                    };
+                    match ev {
+                        ExecEvent::Stdout { data, .. } => return Some((Ok(data), Some(st))),
+                        ExecEvent::Stderr { data, .. } => {
+                            st.stderr.extend_from_slice(&data[..data.len().min(4096)]);
+                        }
+                        ExecEvent::Truncated { .. } => {
+                            let e = EngineError::Invalid(format!(
+                                "export of {}: the workspace dropped part of the stream",
+                                st.name
+                            ));
+                            return Some((Err(e), None));
+                        }
+                        ExecEvent::Exit { code, signal } => {
+                            if code.is_some_and(|c| c > 1) || signal.is_some() {
+                                let e = EngineError::Invalid(format!(
+                                    "export of {}: tar failed ({code:?}, {signal:?}): {}",
+                                    st.name,
+                                    String::from_utf8_lossy(&st.stderr).trim()
+                                ));
+                                return Some((Err(e), None));
+                            }
+                            return None;
+                        }
+                    }
+                }
+            },
+        );
+        Ok((
+            meta,
+            futures::stream::once(async move { Ok(head) }).chain(volume),
+        ))
+    }
+
+    /// Creates a workspace from an export (`stream`: the uncompressed archive
+    /// [`Engine::export`] made), named `name` or as it was. A failed import removes the
+    /// workspace it created.
+    pub async fn import<E: std::fmt::Display + Send + 'static>(
+        self: &Arc<Self>,
+        stream: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Send + Unpin + 'static,
+        name: Option<&str>,
+        progress: impl Fn(&TransferProgress) + Send + Sync,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        let mut stream = stream;
+        let (meta, first) = read_export_head(&mut stream).await?;
+        let rest = futures::stream::once(async move { Ok::<_, EngineError>(first) }).chain(
+            stream.map(|r| r.map_err(|e| EngineError::Invalid(format!("reading the export: {e}")))),
+        );
+        self.restore_volume(meta, "an export file", name, Box::pin(rest), None, progress)
+            .await
+    }
+
     fn spool_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir().join("kraal-backup-spool")
     }
@@ -294,10 +481,34 @@ impl Engine {
         name: Option<&str>,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<WorkspaceRecord, EngineError> {
-        let id = m.id.as_str();
         let meta = BackupMeta::of(m).ok_or_else(|| {
-            EngineError::Invalid(format!("backup {id} does not describe a workspace"))
+            EngineError::Invalid(format!("backup {} does not describe a workspace", m.id))
         })?;
+        let stream = repo.read(m).map(|r| r.map_err(backup_err));
+        self.restore_volume(
+            meta,
+            &format!("backup {}", m.id),
+            name,
+            Box::pin(stream),
+            Some(m.size),
+            progress,
+        )
+        .await
+    }
+
+    /// Creates a workspace with `meta`'s settings and unpacks `stream` (a tar of its
+    /// volume, `total` bytes if known) into it; `from` says where it came from.
+    async fn restore_volume(
+        self: &Arc<Self>,
+        meta: BackupMeta,
+        from: &str,
+        name: Option<&str>,
+        mut stream: std::pin::Pin<
+            Box<dyn futures::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + '_>,
+        >,
+        total: Option<u64>,
+        progress: impl Fn(&TransferProgress) + Send + Sync,
+    ) -> Result<WorkspaceRecord, EngineError> {
         let name = name.unwrap_or(&meta.name).to_owned();
         if self.store.get_by_name(&name)?.is_some() {
             return Err(EngineError::NameTaken { name });
@@ -331,7 +542,7 @@ impl Engine {
             mounts,
             egress: Some(meta.egress.clone()),
             git,
-            restoring: Some(m.id.clone()),
+            restoring: Some(from.to_owned()),
             policy: meta.policy,
         })?;
         let created = pending.record.clone();
@@ -339,17 +550,16 @@ impl Engine {
             settle(pending).await?;
             let (rec, client) = self.guest(created.id.as_str()).await?;
             let guest_err = EngineError::guest(rec.name.as_str());
-            let mut h = tar(&client, &rec, TAR_IN).await?;
+            let mut h = run_tar(&client, &rec, TAR_IN).await?;
             let input = h.sender();
-            let mut stream = Box::pin(repo.read(m));
             let mut sent = 0u64;
             while let Some(part) = stream.next().await {
-                let part = part.map_err(backup_err)?;
+                let part = part?;
                 sent += part.len() as u64;
                 input.stdin(part).await.map_err(guest_err)?;
                 progress(&TransferProgress {
                     bytes: sent,
-                    total: Some(m.size),
+                    total,
                     ..Default::default()
                 });
             }
@@ -381,7 +591,7 @@ impl Engine {
                 self.sync_sessions(&rec, &client).await;
             }
             self.store.set_restoring(&rec.id, None)?;
-            self.event(&rec.id, "info", &format!("restored from backup {id}"));
+            self.event(&rec.id, "info", &format!("restored from {from}"));
             Ok(rec)
         }
         .await;

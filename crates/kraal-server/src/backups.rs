@@ -169,6 +169,71 @@ pub async fn restore_backup(
     }))
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/export", params(("ws" = String, Path, description = "Workspace name or id")),
+    responses((status = 200, description = "The workspace as a zstd-compressed tar: kraal-export.json (its settings), then its volume", content_type = "application/zstd"),
+        (status = 404, body = ApiError), (status = 400, body = ApiError)))]
+pub async fn export_workspace(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    Path(ws): Path<String>,
+) -> Result<Response, HttpError> {
+    let (meta, stream) = s.engine.export(&ws).await?;
+    audit(&s, &actor_of(actor), "export", &meta.name, "");
+    let body = axum::body::Body::from_stream(kraal_backup::zst::compress(stream));
+    Ok(axum::response::IntoResponse::into_response((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/zstd".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.tar.zst\"", meta.name),
+            ),
+        ],
+        body,
+    )))
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct ImportQuery {
+    /// The new workspace's name (default: the exported one's).
+    pub name: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/workspaces/import", params(ImportQuery),
+    request_body(content = Vec<u8>, description = "An export file (zstd-compressed tar from GET /v1/workspaces/{ws}/export)", content_type = "application/zstd"),
+    responses((status = 200, description = "NDJSON lines of TransferLine: progress, then workspace or error", body = TransferLine),
+        (status = 400, body = ApiError)))]
+pub async fn import_workspace(
+    State(s): State<AppState>,
+    actor: Option<axum::Extension<Actor>>,
+    axum::extract::Query(q): axum::extract::Query<ImportQuery>,
+    body: axum::body::Body,
+) -> Result<Response, HttpError> {
+    if let Some(n) = &q.name {
+        kraal_core::WorkspaceName::parse(n)
+            .map_err(|e| HttpError::from(kraal_engine::EngineError::from(e)))?;
+        if s.engine.resolve(n).is_ok() {
+            return Err(kraal_engine::EngineError::NameTaken { name: n.clone() }.into());
+        }
+    }
+    let actor = actor_of(actor);
+    let plain = Box::pin(kraal_backup::zst::decompress(body.into_data_stream()));
+    Ok(stream(move |progress| async move {
+        match s.engine.import(plain, q.name.as_deref(), progress).await {
+            Ok(rec) => {
+                audit(&s, &actor, "import", rec.name.as_str(), "");
+                TransferLine::Workspace(Box::new(crate::routes::to_api(&s.engine, &rec)))
+            }
+            Err(e) => {
+                tracing::warn!("import failed: {}", kraal_engine::chain(&e));
+                failed(e)
+            }
+        }
+    }))
+}
+
 /// Deletes every backup of workspace `id` or of one by its name (a restored workspace has
 /// a new id), and the chunks only they used.
 pub async fn purge(s: &AppState, id: &str, name: &str) -> Result<u64, HttpError> {

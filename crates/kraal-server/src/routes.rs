@@ -61,6 +61,8 @@ use crate::error::HttpError;
         crate::backups::list_backups,
         crate::backups::delete_backup,
         crate::backups::restore_backup,
+        crate::backups::export_workspace,
+        crate::backups::import_workspace,
         crate::remote::ssh_ws,
         crate::remote::port_ws,
         crate::security::get_egress,
@@ -115,6 +117,15 @@ pub fn routes() -> Router<AppState> {
             axum::routing::post(crate::backups::create_backup),
         )
         .route("/v1/backups", get(crate::backups::list_backups))
+        .route(
+            "/v1/workspaces/{ws}/export",
+            get(crate::backups::export_workspace),
+        )
+        .route(
+            "/v1/workspaces/import",
+            axum::routing::post(crate::backups::import_workspace)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/backups/{id}",
             axum::routing::delete(crate::backups::delete_backup),

@@ -81,6 +81,26 @@ pub enum Command {
     /// List or remove backups.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Write a running workspace — volume, git state, session logs, settings — to a
+    /// zstd-compressed tar file (`kraal import` reads it, on any daemon).
+    Export {
+        workspace: String,
+        /// The file (default: WORKSPACE.tar.zst; `-` for standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a workspace from a `kraal export` file.
+    Import {
+        file: PathBuf,
+        /// The new workspace's name (default: the exported one's).
+        #[arg(long = "as", value_name = "NAME")]
+        as_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show or change when a workspace stops by itself and how often it is backed up.
     Policy {
         workspace: String,

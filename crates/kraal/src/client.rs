@@ -84,6 +84,25 @@ impl Client {
         accept: Option<&str>,
         body: Option<(Vec<u8>, &str)>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let (bytes, ctype) = body.unwrap_or((Vec::new(), "application/json"));
+        self.request_with(method, path, accept, ctype, Full::new(Bytes::from(bytes)))
+            .await
+    }
+
+    /// [`Client::request`] with any request body (streamed uploads).
+    async fn request_with<B>(
+        &self,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+        ctype: &str,
+        body: B,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let conn = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
             .await
@@ -101,10 +120,9 @@ impl Client {
         if let Some(a) = accept {
             req = req.header("accept", a);
         }
-        let (bytes, ctype) = body.unwrap_or((Vec::new(), "application/json"));
         let req = req
             .header("content-type", ctype)
-            .body(Full::new(Bytes::from(bytes)))
+            .body(body)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let resp = sender
             .send_request(req)
@@ -116,6 +134,38 @@ impl Client {
             return Err(api_error(status, &body));
         }
         Ok(resp)
+    }
+
+    /// GETs `path` and returns the body as it arrives (downloads).
+    pub async fn get_stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        Ok(self
+            .request(Method::GET, path, None, None)
+            .await?
+            .into_body())
+    }
+
+    /// POSTs a streamed body of type `ctype` and returns the answer as it arrives.
+    pub async fn post_body<B>(
+        &self,
+        path: &str,
+        ctype: &str,
+        body: B,
+    ) -> Result<hyper::body::Incoming, ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Ok(self
+            .request_with(
+                Method::POST,
+                path,
+                Some("application/x-ndjson"),
+                ctype,
+                body,
+            )
+            .await?
+            .into_body())
     }
 
     /// Sends a request; returns the status and body of a 2xx answer, an `Api` error otherwise.

@@ -155,6 +155,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             exec::run(&c, &workspace, opts).await
         }
+        Command::Export {
+            workspace,
+            output,
+            force,
+        } => backups::export(&c, &workspace, output.as_deref(), force)
+            .await
+            .map(|()| 0),
+        Command::Import {
+            file,
+            as_name,
+            json,
+        } => backups::import(&c, &file, as_name.as_deref(), json)
+            .await
+            .map(|()| 0),
         Command::Policy {
             workspace,
             policy,

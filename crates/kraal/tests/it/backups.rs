@@ -160,6 +160,52 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
         "restored on another daemon"
     );
 
+    // Export to a file, import it on the second daemon: the same files, git state and
+    // session history. The file is a plain tar.zst that starts with the description.
+    let file = d.dir.path().join("bk.tar.zst");
+    d.ok(&["export", "bk", "-o", file.to_str().unwrap()]);
+    let o = d.run(&["export", "bk", "-o", file.to_str().unwrap()]);
+    assert!(o.stderr.contains("already exists"), "{o:?}");
+    #[allow(clippy::disallowed_methods)] // test harness: reading the file with GNU tar
+    let listing = Command::new("tar")
+        .args(["--zstd", "-tf", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    assert!(listing.starts_with("kraal-export.json\n./\n"), "{listing}");
+    assert!(
+        listing.contains("./report.pdf\n") && listing.contains("./.git/HEAD\n"),
+        "{listing}"
+    );
+    // (Session ids are unique per daemon: the copy restored above goes first.)
+    d2.ok(&["rm", "elsewhere", "--yes"]);
+    let o = d2.ok(&["import", file.to_str().unwrap(), "--as", "imported"]);
+    assert!(o.contains("imported") && o.contains("running"), "{o}");
+    assert_eq!(
+        fingerprint(&d2, "imported"),
+        before,
+        "imported on another daemon"
+    );
+    wait_until(Duration::from_secs(30), "the imported session", || {
+        session_ids(&d2, "imported") == sessions
+    });
+    assert_eq!(d2.session_events(&sessions[0]).len(), events.len());
+    // A file that is not an export, and a truncated one: clear errors, nothing left.
+    let junk = d.dir.path().join("junk.tar.zst");
+    std::fs::write(&junk, b"not an export").unwrap();
+    let o = d2.run(&["import", junk.to_str().unwrap()]);
+    assert!(o.stderr.contains("not a valid zstd stream"), "{o:?}");
+    let whole = std::fs::read(&file).unwrap();
+    std::fs::write(&junk, &whole[..whole.len() / 2]).unwrap();
+    let o = d2.run(&["import", junk.to_str().unwrap(), "--as", "half"]);
+    assert_ne!(o.code, Some(0), "{o:?}");
+    let o = d2.run(&["import", "/nonexistent.tar.zst"]);
+    assert!(
+        o.stderr.contains("cannot open /nonexistent.tar.zst"),
+        "{o:?}"
+    );
+    assert_eq!(names(&d2), ["imported"]);
+
     // `rm` keeps a workspace's backups; `rm --purge` deletes them.
     d.ok(&["rm", "bk", "--yes", "--purge"]);
     let list: Vec<serde_json::Value> =
