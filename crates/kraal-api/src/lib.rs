@@ -64,6 +64,9 @@ pub struct Workspace {
     /// When it was last backed up.
     #[serde(default)]
     pub last_backup_at: Option<String>,
+    /// What it is being restored from, until the restore is complete.
+    #[serde(default)]
+    pub restoring: Option<String>,
 }
 
 /// A workspace port forwarded to the daemon's host loopback.
@@ -240,6 +243,23 @@ pub struct BackupInfo {
     /// Taken by the backup schedule (which removes the older ones beyond its limit).
     #[serde(default)]
     pub scheduled: bool,
+    /// A backup of the daemon's own state rather than of a workspace.
+    #[serde(default)]
+    pub daemon: bool,
+}
+
+/// A backup of the daemon's own state (`kraal state backup`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateBackupInfo {
+    pub id: String,
+    pub created_at: String,
+    /// The machine it was taken on.
+    pub hostname: String,
+    /// The workspaces the daemon had.
+    pub workspaces: Vec<String>,
+    /// Taken by the backup schedule.
+    pub scheduled: bool,
+    pub size: u64,
 }
 
 /// One line of the NDJSON answer of a backup or restore.

@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::error::HttpError;
 use crate::security::{Actor, actor_of, audit};
 
-fn repo(s: &AppState) -> Result<kraal_backup::Repo, HttpError> {
+pub(crate) fn repo(s: &AppState) -> Result<kraal_backup::Repo, HttpError> {
     s.backups.clone().ok_or_else(|| {
         HttpError::new(
             StatusCode::CONFLICT,
@@ -28,7 +28,9 @@ pub fn info(m: &kraal_backup::Manifest) -> BackupInfo {
         id: m.id.clone(),
         workspace: meta.as_ref().map(|w| w.name.clone()).unwrap_or_default(),
         workspace_id: meta.as_ref().map(|w| w.id.clone()).unwrap_or_default(),
-        scheduled: meta.is_some_and(|w| w.scheduled),
+        scheduled: meta.is_some_and(|w| w.scheduled)
+            || crate::state::DaemonMeta::of(m).is_some_and(|d| d.scheduled),
+        daemon: crate::state::DaemonMeta::of(m).is_some(),
         created_at: m.created_at.clone(),
         size: m.size,
         chunks: m.chunks.len() as u64,

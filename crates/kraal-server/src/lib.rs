@@ -10,6 +10,7 @@ mod remote;
 mod routes;
 pub mod security;
 mod sessions;
+pub mod state;
 mod tokens;
 pub mod web;
 
@@ -40,6 +41,9 @@ pub struct AppState {
     pub secret_key: kraal_store::SecretKey,
     /// Where workspace backups go, if configured.
     pub backups: Option<kraal_backup::Repo>,
+    /// Files a daemon state backup holds besides the database (name, path): the key
+    /// secrets are encrypted with, the API token.
+    pub state_files: Vec<(String, std::path::PathBuf)>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

@@ -62,6 +62,8 @@ use crate::error::HttpError;
         crate::backups::delete_backup,
         crate::backups::restore_backup,
         crate::backups::export_workspace,
+        crate::state::create_state_backup,
+        crate::state::list_state_backups,
         crate::backups::import_workspace,
         crate::remote::ssh_ws,
         crate::remote::port_ws,
@@ -117,6 +119,10 @@ pub fn routes() -> Router<AppState> {
             axum::routing::post(crate::backups::create_backup),
         )
         .route("/v1/backups", get(crate::backups::list_backups))
+        .route(
+            "/v1/state/backups",
+            get(crate::state::list_state_backups).post(crate::state::create_state_backup),
+        )
         .route(
             "/v1/workspaces/{ws}/export",
             get(crate::backups::export_workspace),
@@ -247,6 +253,7 @@ pub fn to_api(engine: &std::sync::Arc<kraal_engine::Engine>, r: &WorkspaceRecord
         own_policy: r.policy,
         idle_secs: engine.idle_for(r).map(|d| d.as_secs()),
         last_backup_at: r.last_backup_at.clone(),
+        restoring: r.restoring.clone(),
     }
 }
 

@@ -270,6 +270,15 @@ impl Store {
         })
     }
 
+    /// Writes a consistent copy of the whole database to `path` (which must not exist),
+    /// while it stays in use.
+    pub fn snapshot(&self, path: &Path) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("VACUUM INTO ?1", [path.to_string_lossy()])?;
+            Ok(())
+        })
+    }
+
     /// Replaces a workspace's housekeeping policy.
     pub fn set_policy(
         &self,
@@ -504,6 +513,22 @@ pub(crate) mod tests {
             policy: kraal_core::Policy::default(),
             last_backup_at: None,
         }
+    }
+
+    #[test]
+    fn a_snapshot_is_a_whole_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a.db")).unwrap();
+        let a = rec("alpha");
+        s.insert(&a).unwrap();
+        let copy = dir.path().join("copy.db");
+        s.snapshot(&copy).unwrap();
+        let c = Store::open(&copy).unwrap();
+        assert_eq!(c.get(&a.id).unwrap().unwrap().name.as_str(), "alpha");
+        assert!(
+            s.snapshot(&copy).is_err(),
+            "an existing file is not overwritten"
+        );
     }
 
     #[test]

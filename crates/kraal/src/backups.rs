@@ -145,7 +145,11 @@ pub async fn ls(c: &Client, json: bool) -> anyhow::Result<()> {
     for b in l {
         t.add_row([
             b.id,
-            b.workspace,
+            if b.daemon {
+                "(daemon state)".to_owned()
+            } else {
+                b.workspace
+            },
             b.created_at,
             if b.scheduled { "scheduled" } else { "manual" }.to_owned(),
             indicatif::HumanBytes(b.size).to_string(),
@@ -298,4 +302,45 @@ pub async fn import(
         TransferLine::Error(e) => bail!("{}", e.message),
         other => bail!("unexpected answer from the daemon: {other:?}"),
     }
+}
+
+pub async fn state_backup(c: &Client, json: bool) -> anyhow::Result<()> {
+    let b: StateBackupInfo = c
+        .send::<(), _>(Method::POST, "/v1/state/backups", None)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+    } else {
+        println!(
+            "{} — daemon state of {} ({} workspaces, {})",
+            b.id,
+            b.hostname,
+            b.workspaces.len(),
+            indicatif::HumanBytes(b.size)
+        );
+    }
+    Ok(())
+}
+
+pub async fn state_ls(c: &Client, json: bool) -> anyhow::Result<()> {
+    let l: Vec<StateBackupInfo> = c.get("/v1/state/backups").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&l)?);
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["ID", "CREATED", "HOST", "KIND", "WORKSPACES", "SIZE"]);
+    for b in l {
+        t.add_row([
+            b.id,
+            b.created_at,
+            b.hostname,
+            if b.scheduled { "scheduled" } else { "manual" }.to_owned(),
+            b.workspaces.len().to_string(),
+            indicatif::HumanBytes(b.size).to_string(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+    Ok(())
 }

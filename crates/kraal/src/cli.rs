@@ -10,6 +10,9 @@ pub struct Cli {
     /// Daemon address: a Unix socket path, or tcp://HOST:PORT (token from $KRAAL_TOKEN).
     #[arg(long, global = true, env = "KRAAL_HOST")]
     pub host: Option<String>,
+    /// The daemon to talk to, by context name (`kraal context ls`).
+    #[arg(long, global = true, env = "KRAAL_CONTEXT")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -81,6 +84,13 @@ pub enum Command {
     /// List or remove backups.
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Back up the daemon's own state (database, encrypted secrets, tokens) so another
+    /// machine can take over with `kraal serve --take-over`.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Named daemons this CLI can drive: add, use, list, remove.
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Write a running workspace — volume, git state, session logs, settings — to a
     /// zstd-compressed tar file (`kraal import` reads it, on any daemon).
     Export {
@@ -275,6 +285,46 @@ pub enum BackupsCommand {
     },
     /// Remove a backup (chunks no other backup uses are deleted).
     Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Back the daemon's state up to its backup store now.
+    Backup {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the daemon state backups in the store.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// Remember a daemon under NAME (and use it if it is the first, or with --use).
+    Add {
+        name: String,
+        /// tcp://HOST:PORT, or a Unix socket path.
+        #[arg(long)]
+        host: String,
+        /// The daemon's API token (from its data directory's api-token file).
+        #[arg(long, env = "KRAAL_CONTEXT_TOKEN")]
+        token: Option<String>,
+        /// Make it the current context.
+        #[arg(long = "use")]
+        use_it: bool,
+    },
+    /// Make NAME the current context (`local`: the daemon on this machine).
+    Use { name: String },
+    /// List contexts; `*` marks the current one.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a context.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -546,6 +596,17 @@ pub struct ServeArgs {
     /// the schedule).
     #[arg(long, value_name = "N", env = "KRAAL_BACKUP_KEEP", default_value_t = 7)]
     pub backup_keep: usize,
+    /// Take over from a dead daemon: fill this (empty) data directory from a daemon state
+    /// backup in the backup store (its id, or `latest`), then restore every workspace
+    /// from its newest backup. Needs the same --backup-url and backup key file.
+    #[arg(
+        long,
+        value_name = "BACKUP",
+        env = "KRAAL_TAKE_OVER",
+        num_args = 0..=1,
+        default_missing_value = "latest"
+    )]
+    pub take_over: Option<String>,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,

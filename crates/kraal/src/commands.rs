@@ -201,9 +201,14 @@ pub async fn ls(client: &Client, json: bool) -> anyhow::Result<()> {
     t.set_header(["NAME", "STATE", "BACKEND", "SOURCE", "ADDRESS", "ID"]);
     for w in &list.workspaces {
         let state = match &w.reason {
+            _ if w.restoring.is_some() => "restoring".to_owned(),
             Some(r) if w.state == kraal_core::WorkspaceState::Failed => {
                 let short: String = r.chars().take(60).collect();
                 format!("failed: {short}")
+            }
+            Some(r) if w.state == kraal_core::WorkspaceState::Stopped => {
+                let short: String = r.chars().take(60).collect();
+                format!("stopped: {short}")
             }
             _ => w.state.as_str().to_owned(),
         };

@@ -8,6 +8,7 @@ mod chat;
 mod cli;
 mod client;
 mod commands;
+mod contexts;
 mod exec;
 mod host;
 mod kvm;
@@ -25,8 +26,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use cli::{
-    BackupsCommand, Cli, Command, EgressCommand, HostCommand, ImageCommand, LoginCommand,
-    SecretCommand, TokenCommand,
+    BackupsCommand, Cli, Command, ContextCommand, EgressCommand, HostCommand, ImageCommand,
+    LoginCommand, SecretCommand, StateCommand, TokenCommand,
 };
 use client::{Client, ClientError, Endpoint};
 
@@ -100,8 +101,15 @@ fn hint(e: &anyhow::Error) -> Option<String> {
     }
 }
 
-fn client(host: Option<String>) -> Client {
-    let token = std::env::var("KRAAL_TOKEN").ok();
+fn client(host: Option<String>, context: Option<&str>) -> anyhow::Result<Client> {
+    let mut token = std::env::var("KRAAL_TOKEN").ok();
+    let mut host = host;
+    if host.is_none()
+        && let Some((_, ctx)) = contexts::Contexts::load()?.pick(context)?
+    {
+        host = Some(ctx.host);
+        token = ctx.token.or(token);
+    }
     let endpoint = match host {
         Some(h) if h.starts_with("tcp://") => {
             Endpoint::Tcp(h.trim_start_matches("tcp://").to_owned())
@@ -109,12 +117,32 @@ fn client(host: Option<String>) -> Client {
         Some(h) => Endpoint::Unix(PathBuf::from(h.trim_start_matches("unix:"))),
         None => Endpoint::Unix(paths::socket()),
     };
-    Client::new(endpoint, token)
+    Ok(Client::new(endpoint, token))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let c = client(cli.host.clone());
+    // Context commands work without (and on) the contexts file, whatever it says.
+    if let Command::Context(cmd) = &cli.command {
+        return match cmd {
+            ContextCommand::Add {
+                name,
+                host,
+                token,
+                use_it,
+            } => contexts::add(name, host, token.clone(), *use_it),
+            ContextCommand::Use { name } => contexts::use_(name),
+            ContextCommand::Ls { json } => contexts::ls(*json),
+            ContextCommand::Rm { name } => contexts::rm(name),
+        }
+        .map(|()| 0);
+    }
+    let c = client(cli.host.clone(), cli.context.as_deref())?;
     match cli.command {
+        Command::Context(_) => unreachable!("handled above"),
+        Command::State(StateCommand::Backup { json }) => {
+            backups::state_backup(&c, json).await.map(|()| 0)
+        }
+        Command::State(StateCommand::Ls { json }) => backups::state_ls(&c, json).await.map(|()| 0),
         Command::Serve(args) => serve::run(*args).await.map(|()| 0),
         Command::Up(a) => commands::up(&c, a).await.map(|()| 0),
         Command::Ls { json } => commands::ls(&c, json).await.map(|()| 0),

@@ -46,8 +46,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(backend = %report.selected, kvm = report.kvm.usable, "backend selected");
 
-    let store =
-        Store::open(&data_dir.join("state.db")).context("cannot open the state database")?;
+    let key_file = args
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secret.key"));
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("api-token"));
+    let state_files = vec![
+        ("secret.key".to_owned(), key_file.clone()),
+        ("api-token".to_owned(), token_file.clone()),
+    ];
+    let backup_url = args
+        .backup_url
+        .clone()
+        .unwrap_or_else(|| data_dir.join("backups").display().to_string());
+    let backup_key = kraal_backup::RepoKey::load_or_create(
+        &args
+            .backup_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("backup.key")),
+    )
+    .context("cannot load the backup key")?;
+    let backups = kraal_backup::Repo::open(&backup_url, &backup_key)
+        .with_context(|| format!("cannot open the backup store {backup_url}"))?;
+    let db_path = data_dir.join("state.db");
+    if let Some(which) = &args.take_over {
+        let m = kraal_server::state::restore_state(&backups, which, &db_path, &state_files)
+            .await
+            .with_context(|| format!("cannot take over from {backup_url}"))?;
+        let d = kraal_server::state::DaemonMeta::of(&m);
+        eprintln!(
+            "took over the state of {} from backup {} ({}); restoring {} workspaces from their newest backups",
+            d.as_ref().map(|d| d.hostname.as_str()).unwrap_or("?"),
+            m.id,
+            m.created_at,
+            d.as_ref().map(|d| d.workspaces.len()).unwrap_or(0),
+        );
+    }
+    let store = Store::open(&db_path).context("cannot open the state database")?;
     let mut git_urls = std::collections::HashMap::new();
     for (host, url) in crate::services::pairs("git-url", &args.git_url)? {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -73,25 +111,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         resolve,
         ..Default::default()
     };
-    let key_file = args
-        .secret_key_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join("secret.key"));
     let secret_key =
         kraal_store::SecretKey::load_or_create(&key_file).context("cannot load the secret key")?;
-    let backup_url = args
-        .backup_url
-        .clone()
-        .unwrap_or_else(|| data_dir.join("backups").display().to_string());
-    let backup_key = kraal_backup::RepoKey::load_or_create(
-        &args
-            .backup_key_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("backup.key")),
-    )
-    .context("cannot load the backup key")?;
-    let backups = kraal_backup::Repo::open(&backup_url, &backup_key)
-        .with_context(|| format!("cannot open the backup store {backup_url}"))?;
     let creds = crate::services::credentials_from_env();
     tracing::info!(
         anthropic = %upstreams.anthropic,
@@ -138,6 +159,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         web_url: web_url.clone(),
         secret_key,
         backups: Some(backups.clone()),
+        state_files: state_files.clone(),
     };
     let defaults = kraal_core::Policy {
         idle_stop_secs: Some(args.idle_stop),
@@ -147,7 +169,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     engine.set_housekeeping(kraal_engine::Housekeeping {
         defaults,
         keep: args.backup_keep.max(1),
-        repo: Some(backups),
+        repo: Some(backups.clone()),
     });
 
     // Unix socket, owner-only.
@@ -181,7 +203,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state.secret_key.clone(),
         args.claude_oauth_url.clone(),
     );
+    let takeover = if args.take_over.is_some() {
+        Some(take_over_workspaces(&engine, &backups).await?)
+    } else {
+        None
+    };
     let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
+    let state_schedule = (args.backup_every > 0).then(|| {
+        spawn_state_backups(
+            store.clone(),
+            state_files.clone(),
+            backups.clone(),
+            Duration::from_secs(args.backup_every),
+            args.backup_keep,
+        )
+    });
     let housekeeper = engine.spawn_housekeeper(Duration::from_secs(args.housekeeping_secs.max(1)));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -197,10 +233,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }));
     }
     if let Some(addr) = args.listen_tcp {
-        let token_file = args
-            .token_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("api-token"));
         let token = load_or_create_token(&token_file)?;
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -245,6 +277,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
     housekeeper.abort();
+    if let Some(t) = state_schedule {
+        t.abort();
+    }
+    if let Some(t) = takeover {
+        t.abort();
+    }
     refresher.abort();
     let _ = shutdown_tx.send(true);
     // Open exec streams would hold graceful shutdown forever; give them a moment.
@@ -275,4 +313,81 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot create token file {}", path.display()))?;
     writeln!(f, "{t}")?;
     Ok(t)
+}
+
+/// After a takeover: every workspace of the restored state that has a backup is
+/// recreated from its newest one (under the same name, in the background, one at a
+/// time); the others keep their records, so the reconciler recreates them from their
+/// source.
+async fn take_over_workspaces(
+    engine: &Arc<Engine>,
+    repo: &kraal_backup::Repo,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let backups = repo.list().await.context("cannot list the backups")?;
+    let plan = kraal_server::state::newest_backups(&engine.list()?, &backups);
+    let mut todo = Vec::new();
+    for (w, m) in plan {
+        match m {
+            Some(m) => {
+                engine.store().delete(&w.id)?;
+                todo.push((w.name.to_string(), m));
+            }
+            None => {
+                let _ = engine.store().add_event(
+                    &w.id,
+                    "warn",
+                    "taken over without a backup; recreating it from its source",
+                );
+                eprintln!(
+                    "workspace {} has no backup; recreating it from its source",
+                    w.name
+                );
+            }
+        }
+    }
+    let engine = engine.clone();
+    let repo = repo.clone();
+    Ok(tokio::spawn(async move {
+        for (name, m) in todo {
+            match engine.restore_backup(&repo, &m, Some(&name), |_| {}).await {
+                Ok(_) => {
+                    tracing::info!(workspace = %name, backup = %m.id, "restored after the takeover")
+                }
+                Err(e) => tracing::error!(
+                    workspace = %name,
+                    backup = %m.id,
+                    "restoring after the takeover failed: {}",
+                    kraal_engine::chain(&e)
+                ),
+            }
+        }
+    }))
+}
+
+/// Backs the daemon's state up every `every`, keeping the newest `keep`.
+fn spawn_state_backups(
+    store: Store,
+    files: Vec<(String, std::path::PathBuf)>,
+    repo: kraal_backup::Repo,
+    every: Duration,
+    keep: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match kraal_server::state::backup_state(&store, &files, &repo, true).await {
+                Ok(m) => {
+                    tracing::info!(backup = %m.id, "daemon state backed up");
+                    if let Err(e) = kraal_server::state::prune_state(&repo, keep).await {
+                        tracing::warn!("removing old state backups: {}", kraal_engine::chain(&e));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("daemon state backup failed: {}", kraal_engine::chain(&e))
+                }
+            }
+        }
+    })
 }

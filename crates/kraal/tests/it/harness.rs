@@ -130,7 +130,9 @@ impl Daemon {
         let mut c = Command::new(KRAAL);
         c.args(args)
             .env("KRAAL_SOCKET", &self.socket)
+            .env("KRAAL_CONFIG_DIR", self.dir.path().join("config"))
             .env_remove("KRAAL_HOST")
+            .env_remove("KRAAL_CONTEXT")
             .stdin(Stdio::null());
         c
     }

@@ -19,5 +19,6 @@ mod remote;
 mod restart;
 mod security;
 mod sessions;
+mod takeover;
 mod validation;
 mod web;
