@@ -44,6 +44,14 @@ pub enum BackupError {
         #[source]
         source: object_store::Error,
     },
+    #[error(
+        "backup store {url} refused the credentials (access key {access_key}): {reason}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    Denied {
+        url: String,
+        access_key: String,
+        reason: String,
+    },
     #[error("invalid backup store {url:?}: {reason}")]
     Config { url: String, reason: String },
     #[error("backup key file {path}: {reason}")]
@@ -193,11 +201,45 @@ pub struct Repo {
     /// exclusively by [`Repo::gc`], so a collection never takes chunks a backup still in
     /// flight has uploaded but not yet listed in its manifest.
     writing: Arc<tokio::sync::RwLock<()>>,
+    /// The S3 access key id in use (shown in errors; never the secret).
+    access_key: Option<String>,
 }
 
 impl std::fmt::Debug for Repo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Repo({})", self.url)
+    }
+}
+
+/// S3 error codes that mean the credentials were refused.
+const DENIALS: &[&str] = &[
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "InvalidClientTokenId",
+];
+
+/// The S3 error code and message out of a refusal (`<Code>…</Code><Message>…</Message>`),
+/// or the text as it is.
+fn denial(text: &str) -> String {
+    let tag = |t: &str| {
+        let open = format!("<{t}>");
+        let close = format!("</{t}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&close)? + start;
+        let v = &text[start..end];
+        let v = v
+            .strip_prefix("<![CDATA[")
+            .and_then(|v| v.strip_suffix("]]>"))
+            .unwrap_or(v);
+        Some(v.to_owned())
+    };
+    match (tag("Code"), tag("Message")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c,
+        _ => text.chars().take(300).collect(),
     }
 }
 
@@ -280,6 +322,7 @@ impl Repo {
             seal: XChaCha20Poly1305::new((&key.derive(b"kraal backup seal v1")).into()),
             name_key: key.derive(b"kraal backup chunk names v1"),
             writing: Arc::new(tokio::sync::RwLock::new(())),
+            access_key: s3.access_key_id.clone(),
         })
     }
 
@@ -296,10 +339,28 @@ impl Repo {
     }
 
     fn store_err(&self, op: String) -> impl FnOnce(object_store::Error) -> BackupError + '_ {
-        move |source| BackupError::Store {
-            url: self.url.clone(),
-            op,
-            source,
+        move |source| {
+            // object_store reports most S3 refusals as generic errors carrying the
+            // response; the S3 error codes say what it was.
+            let text = format!("{source:?}");
+            let refused = matches!(
+                source,
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            ) || DENIALS.iter().any(|c| text.contains(c));
+            if refused {
+                BackupError::Denied {
+                    url: self.url.clone(),
+                    access_key: self.access_key.clone().unwrap_or_else(|| "none".into()),
+                    reason: denial(&text),
+                }
+            } else {
+                BackupError::Store {
+                    url: self.url.clone(),
+                    op,
+                    source,
+                }
+            }
         }
     }
 

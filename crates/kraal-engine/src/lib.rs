@@ -123,6 +123,7 @@ impl EngineError {
                 kraal_backup::BackupError::Config { .. } | kraal_backup::BackupError::Key { .. },
             ) => "invalid_argument",
             EngineError::Backup(kraal_backup::BackupError::Store { .. }) => "backup_store",
+            EngineError::Backup(kraal_backup::BackupError::Denied { .. }) => "backup_denied",
             EngineError::Backup(_) => "backup_damaged",
         }
     }

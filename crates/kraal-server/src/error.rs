@@ -44,7 +44,8 @@ pub fn status_for(code: &str) -> StatusCode {
         "invalid_argument" | "path_escape" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "backend_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        "guest_unreachable" | "guest_error" | "backend_error" => StatusCode::BAD_GATEWAY,
+        "guest_unreachable" | "guest_error" | "backend_error" | "backup_store"
+        | "backup_denied" => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

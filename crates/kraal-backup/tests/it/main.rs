@@ -23,6 +23,10 @@ impl Drop for Moto {
 }
 
 fn moto() -> Moto {
+    moto_with(&[])
+}
+
+fn moto_with(env: &[(&str, &str)]) -> Moto {
     assert!(
         std::path::Path::new(MOTO).exists(),
         "{MOTO} is missing: run scripts/setup.sh with KRAAL_SETUP_TEST_DEPS=1"
@@ -35,6 +39,7 @@ fn moto() -> Moto {
     #[allow(clippy::disallowed_methods)] // test harness: the S3 server
     let child = Command::new(MOTO)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -133,4 +138,30 @@ async fn backups_round_trip_through_s3_and_bad_buckets_are_clear_errors() {
         .await
         .unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(60), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_the_store_refuses_are_a_clear_error() {
+    // moto checks signatures once its first unsigned request (the bucket) is done; no
+    // access key exists, so every key is refused as an S3 server would.
+    let m = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    create_bucket(m.port, "locked");
+    let key = RepoKey::from_bytes([3; 32]);
+    let mut bad = opts(m.port);
+    bad.access_key_id = Some("AKIAWRONGWRONGWRONG1".into());
+    bad.secret_access_key = Some("not-the-secret".into());
+    let repo = Repo::open_with("s3://locked/x", &key, &bad).unwrap();
+    let e = repo.check().await.unwrap_err();
+    assert!(matches!(e, BackupError::Denied { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("s3://locked/x refused the credentials")
+            && msg.contains("AWS_ACCESS_KEY_ID")
+            && msg.contains("AKIAWRONGWRONGWRONG1"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("not-the-secret"),
+        "the secret is never shown: {msg}"
+    );
 }

@@ -52,6 +52,10 @@ impl Drop for Moto {
 }
 
 fn moto_with_bucket(bucket: &str) -> Moto {
+    moto_with_bucket_env(bucket, &[])
+}
+
+fn moto_with_bucket_env(bucket: &str, env: &[(&str, &str)]) -> Moto {
     let bin = "/opt/kraal-test/venv/bin/moto_server";
     assert!(
         std::path::Path::new(bin).exists(),
@@ -61,6 +65,7 @@ fn moto_with_bucket(bucket: &str) -> Moto {
     #[allow(clippy::disallowed_methods)] // test harness: the S3 server
     let child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -247,6 +252,32 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     let o = bad.run(&["backup", "badbk"]);
     assert_ne!(o.code, Some(0));
     assert!(o.stderr.contains("s3://no-such-bucket"), "{o:?}");
+
+    // Credentials the store refuses (moto checks signatures after its first request, the
+    // bucket; no key exists): the error says so and names the key, never the secret.
+    let locked = moto_with_bucket_env("locked", &[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    let locked_endpoint = format!("http://127.0.0.1:{}", locked.port);
+    let denied = Daemon::start_with_env(&[
+        ("KRAAL_BACKUP_URL", "s3://locked"),
+        ("AWS_ENDPOINT_URL", locked_endpoint.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIAKRAALWRONGKEY001"),
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret-value"),
+        ("AWS_REGION", "us-east-1"),
+    ]);
+    let r = git_repo(denied.dir.path(), "deniedbk");
+    denied.ok(&["up", r.to_str().unwrap()]);
+    let o = denied.run(&["backup", "deniedbk"]);
+    assert_ne!(o.code, Some(0));
+    assert!(
+        o.stderr
+            .contains("backup store s3://locked refused the credentials")
+            && o.stderr.contains("AKIAKRAALWRONGKEY001")
+            && o.stderr.contains("InvalidAccessKeyId"),
+        "{o:?}"
+    );
+    assert!(!o.stderr.contains("wrong-secret-value"), "{o:?}");
+    let o = denied.run(&["backups", "ls"]);
+    assert!(o.stderr.contains("refused the credentials"), "{o:?}");
 }
 
 fn count_files(dir: &std::path::Path) -> usize {
