@@ -33,6 +33,24 @@ pub struct TransferProgress {
     pub uploaded: u64,
 }
 
+/// Stops a workspace that was started only for a backup or an export, once dropped.
+pub(crate) struct StopAfter {
+    engine: Arc<Engine>,
+    id: kraal_core::WorkspaceId,
+}
+
+impl Drop for StopAfter {
+    fn drop(&mut self) {
+        let engine = self.engine.clone();
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = engine.down(id.as_str()) {
+                let _ = p.done.await;
+            }
+        });
+    }
+}
+
 /// What a backup records of its workspace, to recreate it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupMeta {
@@ -230,7 +248,7 @@ impl Engine {
         scheduled: bool,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<Manifest, EngineError> {
-        self.running_for(reference, "back it up")?;
+        let _stop_after = self.running_for(reference, "back it up").await?;
         repo.check().await.map_err(backup_err)?;
         let (rec, client) = self.guest(reference).await?;
         let meta = BackupMeta::from_record(&rec, scheduled);
@@ -364,17 +382,36 @@ impl Engine {
         Ok(m)
     }
 
-    fn running_for(&self, reference: &str, what: &str) -> Result<WorkspaceRecord, EngineError> {
+    /// Makes sure the workspace runs: a stopped (or stopping) one is started for the job
+    /// and stopped again when the returned guard is dropped; a starting one is waited
+    /// for. A failed or deleting one is an error.
+    async fn running_for(
+        self: &Arc<Self>,
+        reference: &str,
+        what: &str,
+    ) -> Result<Option<StopAfter>, EngineError> {
         let rec = self.resolve(reference)?;
-        if rec.state != WorkspaceState::Running {
-            return Err(EngineError::Invalid(format!(
-                "workspace {} is {}; start it with `kraal up {}` to {what}",
+        match rec.state {
+            WorkspaceState::Running => Ok(None),
+            // Starting: wait for it (the start holds the workspace's lock).
+            WorkspaceState::Creating | WorkspaceState::Starting => {
+                settle(self.up(rec.id.as_str())?).await?;
+                Ok(None)
+            }
+            WorkspaceState::Stopped | WorkspaceState::Stopping => {
+                self.event(&rec.id, "info", &format!("starting it to {what}"));
+                settle(self.up(rec.id.as_str())?).await?;
+                Ok(Some(StopAfter {
+                    engine: self.clone(),
+                    id: rec.id.clone(),
+                }))
+            }
+            s => Err(EngineError::Invalid(format!(
+                "workspace {} is {}; wait until it is running or stopped to {what}",
                 rec.name,
-                rec.state.as_str(),
-                rec.name
-            )));
+                s.as_str(),
+            ))),
         }
-        Ok(rec)
     }
 
     /// A running workspace as an export: one tar archive (uncompressed) whose first entry
@@ -390,7 +427,7 @@ impl Engine {
         ),
         EngineError,
     > {
-        self.running_for(reference, "export it")?;
+        let stop_after = self.running_for(reference, "export it").await?;
         let (rec, client) = self.guest(reference).await?;
         let meta = BackupMeta::from_record(&rec, false);
         let h = run_tar(&client, &rec, TAR_OUT).await?;
@@ -400,6 +437,7 @@ impl Engine {
         struct St {
             h: kraal_sandbox::ExecHandle,
             _client: kraal_sandbox::GuestClient,
+            _stop_after: Option<StopAfter>,
             stderr: Vec<u8>,
             name: String,
         }
@@ -407,6 +445,7 @@ impl Engine {
             Some(St {
                 h,
                 _client: client,
+                _stop_after: stop_after,
                 stderr: Vec::new(),
                 name,
             }),

@@ -167,8 +167,20 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
 
     // Export to a file, import it on the second daemon: the same files, git state and
     // session history. The file is a plain tar.zst that starts with the description.
+    // A stopped workspace is started for the export (and a backup), then stopped again.
     let file = d.dir.path().join("bk.tar.zst");
+    d.ok(&["down", "bk"]);
     d.ok(&["export", "bk", "-o", file.to_str().unwrap()]);
+    let o = d.ok(&["backup", "bk"]);
+    assert!(o.contains("bk-"), "{o}");
+    wait_until(Duration::from_secs(30), "bk stopped again", || {
+        d.workspace("bk")["state"] == "stopped"
+    });
+    let logs = d.ok(&["logs", "bk", "--events-only"]);
+    assert!(
+        logs.contains("starting it to export it") && logs.contains("starting it to back it up"),
+        "{logs}"
+    );
     let o = d.run(&["export", "bk", "-o", file.to_str().unwrap()]);
     assert!(o.stderr.contains("already exists"), "{o:?}");
     #[allow(clippy::disallowed_methods)] // test harness: reading the file with GNU tar
