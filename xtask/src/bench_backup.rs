@@ -1,8 +1,8 @@
 //! `cargo xtask bench-backup`: a 1 GiB workspace (768 MiB of random data, 256 MiB of
 //! repetitive text, a git checkout) backed up to the local backup store twice — the
 //! second time unchanged, so every chunk is already stored — and restored as a new
-//! workspace; next to the raw baseline in the same run, `cp -a` of the same volume
-//! directory on the host.
+//! workspace, then exported to a file and imported; next to the raw baseline in the same
+//! run, `cp -a` of the same volume directory on the host.
 
 #![allow(clippy::disallowed_methods)] // Automation: spawns kraal and cp directly.
 
@@ -85,6 +85,21 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("the restored workspace differs: {check}");
     }
     kraal(&["rm", "--yes", "bk2"])?;
+
+    // Export to a file and import it as a new workspace.
+    let file = s.tmp.path().join("bk.tar.zst");
+    let t = Instant::now();
+    kraal(&["export", "bk", "-o", file.to_str().unwrap()])?;
+    let export_ms = ms(t.elapsed());
+    let export_bytes = std::fs::metadata(&file)?.len();
+    let t = Instant::now();
+    kraal(&["import", file.to_str().unwrap(), "--as", "bk3"])?;
+    let import_ms = ms(t.elapsed());
+    let check = kraal(&["exec", "bk3", "--", "sh", "-c", "wc -c < random.bin"])?;
+    if check.trim() != "805306368" {
+        anyhow::bail!("the imported workspace differs: {check}");
+    }
+    kraal(&["rm", "--yes", "bk3"])?;
     kraal(&["rm", "--yes", "bk"])?;
 
     let b = size as f64;
@@ -96,6 +111,9 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         "restore_ms": restore_ms,
         "store_bytes_after_first": after_first,
         "store_bytes_added_by_second": after_second.saturating_sub(after_first),
+        "export_ms": export_ms,
+        "export_file_bytes": export_bytes,
+        "import_ms": import_ms,
     });
     let out = root().join("target/bench");
     std::fs::create_dir_all(&out)?;
@@ -128,6 +146,17 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
         "  restore as a new workspace         {:>8.0} ms  {:>6.0} MiB/s",
         restore_ms,
         mib_per_s(b, restore_ms)
+    );
+    println!(
+        "  export to a .tar.zst file          {:>8.0} ms  {:>6.0} MiB/s  file {:.0} MiB",
+        export_ms,
+        mib_per_s(b, export_ms),
+        export_bytes as f64 / 1048576.0
+    );
+    println!(
+        "  import as a new workspace          {:>8.0} ms  {:>6.0} MiB/s",
+        import_ms,
+        mib_per_s(b, import_ms)
     );
     println!("written to target/bench/backup.json");
     Ok(())
