@@ -104,6 +104,11 @@ if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ]; then
         python3 -m venv /opt/kraal-test/venv
         /opt/kraal-test/venv/bin/pip install -q 'moto[server]==5.1.*'
     fi
+    # The Kubernetes manifests are checked against the API's JSON schemas (pinned).
+    if [ ! -x /opt/kraal-test/venv/bin/kubernetes-validate ]; then
+        log "installing kubernetes-validate (Kubernetes schemas)"
+        /opt/kraal-test/venv/bin/pip install -q 'kubernetes-validate==1.37.0'
+    fi
     # The tests start their own registry on loopback; the packaged service is not needed.
     if [ -d /run/systemd/system ]; then systemctl disable --now docker-registry >/dev/null 2>&1 || true; fi
 fi

@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn dependency_invariants_hold() {
         let g = graph();
-        let backends = ["kraal-gvisor", "kraal-vm"];
+        let backends = ["kraal-gvisor", "kraal-vm", "kraal-kube"];
         let none: BTreeSet<String> = BTreeSet::new();
 
         // kraal-core is pure vocabulary: no kraal crate, no async runtime, no IO crates.

@@ -481,9 +481,12 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// Backend for workspaces: `auto` picks Firecracker (when KRAAL_FIRECRACKER_BIN is set)
     /// or QEMU when KVM boots the guest kernel, gVisor otherwise; `qemu` runs microVMs
-    /// under KVM or, without it, TCG emulation.
-    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu", "firecracker"])]
+    /// under KVM or, without it, TCG emulation; `kubernetes` runs them as pods in a
+    /// cluster (see the --kube-* options).
+    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu", "firecracker", "kubernetes"])]
     pub backend: String,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Path of qemu-system-x86_64.
     #[arg(long, env = "KRAAL_QEMU", default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
@@ -613,6 +616,49 @@ pub struct ServeArgs {
     /// Seconds between housekeeping passes (idle stops, scheduled backups).
     #[arg(long, env = "KRAAL_HOUSEKEEPING_SECS", default_value_t = 10)]
     pub housekeeping_secs: u64,
+}
+
+/// Where and how workspaces run with `--backend kubernetes`.
+#[derive(Debug, Args, Clone)]
+pub struct KubeArgs {
+    /// The kubeconfig context (default: the current one; KUBECONFIG or ~/.kube/config, or
+    /// the in-cluster service account).
+    #[arg(long, env = "KRAAL_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
+    #[arg(long, env = "KRAAL_KUBE_NAMESPACE", default_value = "kraal")]
+    pub kube_namespace: String,
+    /// The workspace image in a registry: kraal's OCI output (`kraal image build -o oci`),
+    /// pushed.
+    #[arg(long, env = "KRAAL_KUBE_IMAGE", default_value = "")]
+    pub kube_image: String,
+    /// runtimeClassName of workspace pods: kata-fc, kata-qemu, gvisor… (`none`: the
+    /// cluster's default runtime).
+    #[arg(long, env = "KRAAL_KUBE_RUNTIME_CLASS", default_value = "gvisor")]
+    pub kube_runtime_class: String,
+    /// Storage class of workspace volumes (default: the cluster's).
+    #[arg(long, env = "KRAAL_KUBE_STORAGE_CLASS")]
+    pub kube_storage_class: Option<String>,
+    #[arg(long, env = "KRAAL_KUBE_VOLUME_SIZE", default_value = "32Gi")]
+    pub kube_volume_size: String,
+    /// KEY=VALUE a node must carry (repeatable).
+    #[arg(
+        long,
+        value_name = "KEY=VALUE",
+        env = "KRAAL_KUBE_NODE_SELECTOR",
+        value_delimiter = ','
+    )]
+    pub kube_node_selector: Vec<String>,
+    /// KEY[=VALUE]:EFFECT taint workspace pods tolerate (repeatable).
+    #[arg(
+        long,
+        value_name = "TOLERATION",
+        env = "KRAAL_KUBE_TOLERATIONS",
+        value_delimiter = ','
+    )]
+    pub kube_toleration: Vec<String>,
+    /// A docker-registry Secret in the namespace for pulling the image.
+    #[arg(long, env = "KRAAL_KUBE_PULL_SECRET")]
+    pub kube_pull_secret: Option<String>,
 }
 
 #[derive(Debug, Args)]

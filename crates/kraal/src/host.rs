@@ -162,6 +162,32 @@ pub fn firecracker(
     ))
 }
 
+/// The Kubernetes backend from `kraal serve --kube-*`.
+pub async fn kubernetes(a: &crate::cli::KubeArgs) -> anyhow::Result<kraal_kube::KubeBackend> {
+    use anyhow::Context;
+    let settings = kraal_kube::KubeSettings {
+        namespace: a.kube_namespace.clone(),
+        runtime_class: Some(a.kube_runtime_class.clone()).filter(|r| r != "none" && !r.is_empty()),
+        storage_class: a.kube_storage_class.clone(),
+        image: a.kube_image.clone(),
+        volume_size: a.kube_volume_size.clone(),
+        node_selector: a
+            .kube_node_selector
+            .iter()
+            .map(|s| kraal_kube::parse_node_selector(s))
+            .collect::<Result<_, _>>()?,
+        tolerations: a
+            .kube_toleration
+            .iter()
+            .map(|s| kraal_kube::parse_toleration(s))
+            .collect::<Result<_, _>>()?,
+        image_pull_secret: a.kube_pull_secret.clone(),
+    };
+    kraal_kube::KubeBackend::connect(a.kube_context.clone(), settings)
+        .await
+        .context("cannot reach the Kubernetes cluster (kubeconfig)")
+}
+
 /// Probes every backend and picks the one workspaces use: the one asked for, or with
 /// `auto` QEMU when KVM works (hardware isolation), gVisor otherwise (TCG emulation is
 /// much slower than gVisor).

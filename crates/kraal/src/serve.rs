@@ -31,15 +31,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         qemu_accel: args.qemu_accel.clone(),
         vm_volume_mib: args.vm_volume_mib,
     };
-    let (report, backend) = inspect(&opts).await;
+    let (mut report, mut backend) = inspect(&opts).await;
+    if args.backend == "kubernetes" {
+        let kube = crate::host::kubernetes(&args.kube).await?;
+        let c = kraal_sandbox::Backend::check(&kube).await;
+        if let Some(b) = report
+            .backends
+            .iter_mut()
+            .find(|b| b.backend == kraal_core::BackendKind::Kubernetes)
+        {
+            b.usable = c.status == kraal_sandbox::ProbeStatus::Usable;
+            b.details = c.details;
+        }
+        report.selected = kraal_core::BackendKind::Kubernetes;
+        backend = Arc::new(kube);
+    }
     let chosen = report
         .backends
         .iter()
         .find(|b| b.backend == report.selected)
         .expect("selected is listed");
     if !chosen.usable {
+        let hint = if chosen.backend == kraal_core::BackendKind::Kubernetes {
+            "check KUBECONFIG (or --kube-context) and the --kube-* options; docs/kubernetes.md walks through a cluster"
+        } else {
+            "run scripts/setup.sh (installs runsc, QEMU, debootstrap, nftables) and see `kraal host check`"
+        };
         bail!(
-            "the {} backend is not usable on this host:\n  {}\nhint: run scripts/setup.sh (installs runsc, QEMU, debootstrap, nftables) and see `kraal host check`",
+            "the {} backend is not usable on this host:\n  {}\nhint: {hint}",
             chosen.backend,
             chosen.details.join("\n  ")
         );

@@ -13,6 +13,7 @@ mod harness;
 mod housekeeping;
 mod images;
 mod isolation;
+mod kubernetes;
 mod lifecycle;
 mod qemu;
 mod remote;
