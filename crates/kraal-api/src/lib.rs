@@ -323,6 +323,10 @@ pub struct RemoveParams {
     /// Also delete the workspace's backups (they are kept otherwise).
     #[serde(default)]
     pub purge: bool,
+    /// Skip the final backup a workspace that uses backups (it has one, or a schedule
+    /// applies to it) gets before it is removed.
+    #[serde(default)]
+    pub no_backup: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]

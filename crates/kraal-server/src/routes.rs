@@ -457,17 +457,38 @@ async fn restore_snapshot(
     Ok(Json(to_api(&s.engine, &rec)))
 }
 
-#[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query), ("force" = Option<bool>, Query, description = "Needed for a persistent workspace")),
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}", params(("ws" = String, Path), ("wait" = Option<bool>, Query), ("force" = Option<bool>, Query, description = "Needed for a persistent workspace"),
+        ("purge" = Option<bool>, Query, description = "Also delete its backups"),
+        ("no_backup" = Option<bool>, Query, description = "Skip the final backup of a workspace that uses backups")),
     responses((status = 200, body = Workspace), (status = 202, body = Workspace), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
 async fn remove_workspace(
     State(s): State<AppState>,
     Path(ws): Path<String>,
     Query(q): Query<kraal_api::RemoveParams>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
+    let rec = s.engine.resolve(&ws)?;
     if q.purge {
         // The backups go first: if the store cannot be reached, nothing is removed.
-        let rec = s.engine.resolve(&ws)?;
         crate::backups::purge(&s, rec.id.as_str(), rec.name.as_str()).await?;
+    } else if !q.no_backup
+        && let Some(repo) = &s.backups
+        && rec.restoring.is_none()
+        && matches!(rec.state, WorkspaceState::Running | WorkspaceState::Stopped)
+        && (rec.last_backup_at.is_some()
+            || s.engine.effective_policy(&rec).backup_every().is_some())
+    {
+        // A workspace that uses backups keeps its last state as one.
+        if let Err(e) = s.engine.backup(rec.id.as_str(), repo, false, |_| {}).await {
+            return Err(HttpError::new(
+                StatusCode::CONFLICT,
+                "final_backup_failed",
+                format!(
+                    "workspace {} was not removed: its final backup failed: {}; remove it without one with `kraal rm --no-backup`",
+                    rec.name,
+                    chain(&e)
+                ),
+            ));
+        }
     }
     settle(
         &s.engine,

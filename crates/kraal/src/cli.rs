@@ -58,6 +58,10 @@ pub enum Command {
         /// Also delete its backups (kept otherwise, so it can be restored).
         #[arg(long)]
         purge: bool,
+        /// Do not take a final backup first (a workspace that uses backups — it has one,
+        /// or a backup schedule applies — gets one so its last state is kept).
+        #[arg(long, conflicts_with = "purge")]
+        no_backup: bool,
     },
     /// Save a running microVM workspace — memory, processes and disks — as NAME.
     Snapshot { workspace: String, name: String },

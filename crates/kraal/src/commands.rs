@@ -293,6 +293,7 @@ pub async fn rm(
     yes: bool,
     force: bool,
     purge: bool,
+    no_backup: bool,
 ) -> anyhow::Result<()> {
     let w: Workspace = client.get(&format!("/v1/workspaces/{}", enc(ws))).await?;
     if !yes {
@@ -318,7 +319,7 @@ pub async fn rm(
         .send::<(), Workspace>(
             Method::DELETE,
             &format!(
-                "/v1/workspaces/{}?wait=true&force={force}&purge={purge}",
+                "/v1/workspaces/{}?wait=true&force={force}&purge={purge}&no_backup={no_backup}",
                 enc(&w.id)
             ),
             None,
@@ -327,8 +328,14 @@ pub async fn rm(
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    r?;
-    println!("workspace {} removed", w.name);
+    let removed = r?;
+    match &removed.last_backup_at {
+        Some(at) if !purge => println!(
+            "workspace {} removed; its backups are kept (the last from {at}): `kraal backups ls`",
+            w.name
+        ),
+        _ => println!("workspace {} removed", w.name),
+    }
     Ok(())
 }
 

@@ -212,7 +212,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             yes,
             force,
             purge,
-        } => commands::rm(&c, &workspace, yes, force, purge)
+            no_backup,
+        } => commands::rm(&c, &workspace, yes, force, purge, no_backup)
             .await
             .map(|()| 0),
         Command::Logs {

@@ -124,7 +124,16 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     // A second backup of the unchanged workspace stores (almost) nothing new.
     let o = d.ok(&["backup", "bk", "--json"]);
     assert!(o.contains("\"backup\""), "{o}");
-    d.ok(&["rm", "bk", "--yes"]);
+    // Removing a workspace that uses backups keeps its last state as one more.
+    let count = |d: &Daemon| {
+        let l: Vec<serde_json::Value> =
+            serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
+        l.iter().filter(|b| b["workspace"] == "bk").count()
+    };
+    let n = count(&d);
+    let o = d.ok(&["rm", "bk", "--yes"]);
+    assert!(o.contains("its backups are kept"), "{o}");
+    assert_eq!(count(&d), n + 1, "a final backup");
     let o = d.ok(&["restore", &id]);
     assert!(o.contains("restored") && o.contains("bk"), "{o}");
     assert_eq!(
