@@ -93,6 +93,14 @@ impl Engine {
         port: u16,
     ) -> Result<(WorkspaceRecord, TcpStream), crate::EngineError> {
         let (rec, _client) = self.guest(reference).await?;
+        if self.backend.kind() == kraal_core::BackendKind::Kubernetes {
+            // Its endpoint is a local relay to the guest port only; an arbitrary port
+            // would mean the daemon host's own loopback.
+            return Err(crate::EngineError::Invalid(format!(
+                "forwarding ports of {} is not available on the Kubernetes backend yet",
+                rec.name
+            )));
+        }
         let ep = self.backend.endpoint(&rec.id).await?;
         let target = SocketAddr::new(ep.addr.ip(), port);
         let refused = |why: String| {
