@@ -31,6 +31,8 @@ pub struct Guest {
     sessions: Arc<Sessions>,
     started: Instant,
     hostname: String,
+    /// Loopback listeners of `Accept` requests, kept between them.
+    listeners: tokio::sync::Mutex<HashMap<std::net::SocketAddr, Arc<TcpListener>>>,
 }
 
 type Out = mpsc::Sender<Frame>;
@@ -85,6 +87,7 @@ impl Guest {
             procs,
             started: Instant::now(),
             hostname,
+            listeners: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -531,6 +534,52 @@ impl Guest {
                     }
                 }
             }
+            Request::Accept { addr } => {
+                let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                    GuestError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("{addr:?} is not an address like 127.0.0.1:7072"),
+                    )
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(GuestError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("{addr}: only loopback addresses are accepted on"),
+                    ));
+                }
+                let listener = {
+                    let mut ls = self.listeners.lock().await;
+                    match ls.get(&addr) {
+                        Some(l) => l.clone(),
+                        None => {
+                            let l = Arc::new(TcpListener::bind(addr).await.map_err(|e| {
+                                GuestError::new(
+                                    ErrorCode::Io,
+                                    format!("cannot listen on {addr}: {e}"),
+                                )
+                            })?);
+                            ls.insert(addr, l.clone());
+                            l
+                        }
+                    }
+                };
+                let (sock, peer) = tokio::select! {
+                    r = listener.accept() => r.map_err(|e| {
+                        GuestError::new(ErrorCode::Io, format!("accepting on {addr}: {e}"))
+                    })?,
+                    // The host gave up waiting.
+                    _ = wait_closed(&mut input) => return Ok(()),
+                };
+                let _ = sock.set_nodelay(true);
+                send(
+                    out,
+                    done(Response::Accepted {
+                        peer: peer.to_string(),
+                    }),
+                )
+                .await;
+                relay(id, sock, input, out).await;
+            }
             Request::Shutdown { grace_ms } => {
                 procs::shutdown(&self.procs, Duration::from_millis(grace_ms.min(60_000))).await;
                 send(out, done(Response::Ok)).await;
@@ -612,6 +661,52 @@ fn unknown_proc(id: u64) -> GuestError {
 
 async fn send(out: &Out, f: Frame) {
     let _ = out.send(f).await;
+}
+
+/// Returns once the host closed the stream (frames before that are dropped).
+async fn wait_closed(input: &mut mpsc::Receiver<Frame>) {
+    while input.recv().await.is_some() {}
+}
+
+/// Relays an accepted connection over stream `id` until both directions are finished
+/// or the host closes the stream.
+async fn relay(id: u32, sock: TcpStream, mut input: mpsc::Receiver<Frame>, out: &Out) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut read_done, mut write_done) = (false, false);
+    while !(read_done && write_done) {
+        tokio::select! {
+            f = input.recv(), if !write_done => match f {
+                Some(f) if f.kind == FrameKind::Data => {
+                    if wr.write_all(&f.payload).await.is_err() {
+                        write_done = true;
+                    }
+                }
+                Some(f) if f.kind == FrameKind::Control => {
+                    if matches!(f.parse::<StreamMsg>(), Ok(StreamMsg::Eof)) {
+                        let _ = wr.shutdown().await;
+                        write_done = true;
+                    }
+                }
+                Some(_) => {}
+                None => return,
+            },
+            n = rd.read(&mut buf), if !read_done => match n {
+                Ok(0) | Err(_) => {
+                    read_done = true;
+                    send(out, Frame::control(id, &StreamMsg::Eof)).await;
+                }
+                Ok(n) => {
+                    send(
+                        out,
+                        Frame::data(id, FrameKind::Data, Bytes::copy_from_slice(&buf[..n])),
+                    )
+                    .await;
+                }
+            },
+        }
+    }
 }
 
 /// Streams a process's output from `after` and forwards input until it finishes or the

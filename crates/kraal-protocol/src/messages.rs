@@ -96,6 +96,14 @@ pub enum Request {
         #[serde(default)]
         recursive: bool,
     },
+    /// Wait for one TCP connection to `addr` (a loopback address inside the sandbox; the
+    /// guest keeps listening there for the next `Accept`), answer `Done(Accepted)`, then
+    /// relay it: `Data` frames both ways, `Eof` when a side stops writing. This is how a
+    /// sandbox without a private link to the host (a Kubernetes pod) reaches the host's
+    /// services: the host keeps `Accept`s outstanding and connects each one on its side.
+    Accept {
+        addr: String,
+    },
     /// Terminate every process (SIGTERM, then SIGKILL after `grace_ms`) and flush disks.
     Shutdown {
         grace_ms: u64,
@@ -175,12 +183,26 @@ pub enum StreamMsg {
 pub enum Response {
     Health(HealthInfo),
     Stat(FileInfo),
-    List { entries: Vec<FileInfo> },
-    ReadDone { bytes: u64 },
-    Written { bytes: u64 },
-    Processes { processes: Vec<ProcInfo> },
+    List {
+        entries: Vec<FileInfo>,
+    },
+    ReadDone {
+        bytes: u64,
+    },
+    Written {
+        bytes: u64,
+    },
+    /// A connection arrived for an `Accept` (from `peer`).
+    Accepted {
+        peer: String,
+    },
+    Processes {
+        processes: Vec<ProcInfo>,
+    },
     Session(SessionInfo),
-    Sessions { sessions: Vec<SessionInfo> },
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
     Ok,
 }
 

@@ -371,6 +371,29 @@ impl GuestClient {
         }
     }
 
+    /// Waits for a TCP connection to `addr` inside the sandbox (a loopback address the
+    /// guest listens on) and returns it, ready to be relayed to a host-side connection.
+    pub async fn accept(&self, addr: &str) -> Result<Accepted, GuestClientError> {
+        let mut s = self
+            .open(&Request::Accept {
+                addr: addr.to_owned(),
+            })
+            .await?;
+        loop {
+            match s.rx.recv().await {
+                None => return Err(GuestClientError::Closed),
+                Some(f) if f.kind == FrameKind::Control => match f.parse::<StreamMsg>() {
+                    Ok(StreamMsg::Done(Response::Accepted { peer })) => {
+                        return Ok(Accepted { stream: s, peer });
+                    }
+                    Ok(StreamMsg::Error(e)) => return Err(e.into()),
+                    _ => {}
+                },
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Starts a process and returns a handle streaming its output.
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecHandle, GuestClientError> {
         let s = self.open(&Request::Exec(req)).await?;
@@ -493,6 +516,64 @@ impl SessionEvents {
 
 fn unexpected(r: &Response) -> GuestClientError {
     GuestClientError::Protocol(format!("unexpected response {r:?}"))
+}
+
+/// A connection accepted inside the sandbox ([`GuestClient::accept`]).
+pub struct Accepted {
+    stream: GuestStream,
+    /// Who connected, inside the sandbox.
+    pub peer: String,
+}
+
+impl Accepted {
+    /// Relays the connection to `sock` until both directions are finished; returns the
+    /// bytes sent into the sandbox and received from it.
+    pub async fn relay(mut self, sock: TcpStream) -> (u64, u64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let id = self.stream.id;
+        let (mut rd, mut wr) = sock.into_split();
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut read_done, mut write_done) = (false, false);
+        let (mut sent, mut received) = (0u64, 0u64);
+        while !(read_done && write_done) {
+            tokio::select! {
+                f = self.stream.rx.recv(), if !write_done => match f {
+                    Some(f) if f.kind == FrameKind::Data => {
+                        received += f.payload.len() as u64;
+                        if wr.write_all(&f.payload).await.is_err() {
+                            write_done = true;
+                        }
+                    }
+                    Some(f) if f.kind == FrameKind::Control => match f.parse::<StreamMsg>() {
+                        Ok(StreamMsg::Eof) => {
+                            let _ = wr.shutdown().await;
+                            write_done = true;
+                        }
+                        Ok(StreamMsg::Error(_)) => break,
+                        _ => {}
+                    },
+                    Some(_) => {}
+                    None => break,
+                },
+                n = rd.read(&mut buf), if !read_done => match n {
+                    Ok(0) | Err(_) => {
+                        read_done = true;
+                        if self.stream.sender.send(Frame::control(id, &StreamMsg::Eof)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(n) => {
+                        sent += n as u64;
+                        let f = Frame::data(id, FrameKind::Data, Bytes::copy_from_slice(&buf[..n]));
+                        if self.stream.sender.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        (sent, received)
+    }
 }
 
 struct GuestStream {

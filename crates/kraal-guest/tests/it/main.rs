@@ -361,3 +361,79 @@ async fn the_image_environment_and_services_come_from_the_config_file() {
     let mut h = c.exec(req).await.unwrap();
     assert_eq!(collect(&mut h).await.0, "from-image C\n");
 }
+
+/// A process in the sandbox connects to a loopback port the guest listens on for the
+/// host; the host relays each connection to its own service (here an upper-casing echo
+/// server), both ways, with half-closes, for several connections at once.
+#[tokio::test]
+async fn accepted_connections_are_relayed_to_the_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    // The host-side service.
+    let svc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let svc_addr = svc.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = svc.accept().await {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                s.write_all(&all.to_ascii_uppercase()).await.unwrap();
+            });
+        }
+    });
+    // In the sandbox: a loopback address of its own (any 127/8 address is loopback).
+    let inside = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.61:{}", l.local_addr().unwrap().port())
+    };
+    // The host keeps an Accept outstanding and relays what comes.
+    let host = {
+        let c = c.clone();
+        let inside = inside.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(a) = c.accept(&inside).await else {
+                    return;
+                };
+                assert!(a.peer.starts_with("127.0.0.1:"), "{}", a.peer);
+                let sock = tokio::net::TcpStream::connect(svc_addr).await.unwrap();
+                tokio::spawn(a.relay(sock));
+            }
+        })
+    };
+    // The listener exists once the first Accept reached the guest.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&inside).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the guest never listened on {inside}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let inside = inside.clone();
+        clients.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&inside).await.unwrap();
+            let msg = format!("hello from connection {i} ").repeat(5000);
+            s.write_all(msg.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut back = String::new();
+            s.read_to_string(&mut back).await.unwrap();
+            assert_eq!(back, msg.to_uppercase());
+        }));
+    }
+    for t in clients {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a relayed connection hung")
+            .unwrap();
+    }
+    host.abort();
+    // Only loopback addresses, and well-formed ones.
+    let e = c.accept("0.0.0.0:7072").await.err().unwrap();
+    assert!(e.to_string().contains("only loopback addresses"), "{e}");
+    let e = c.accept("gateway").await.err().unwrap();
+    assert!(e.to_string().contains("is not an address"), "{e}");
+}
