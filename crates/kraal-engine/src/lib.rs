@@ -182,6 +182,8 @@ pub struct Engine {
     restores: Mutex<std::collections::HashSet<WorkspaceId>>,
     /// Ports of running workspaces forwarded to the host.
     forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
+    /// Relays of host services into sandboxes without a private link (aborted on drop).
+    tunnels: Mutex<HashMap<WorkspaceId, ports::Tunnels>>,
     /// Idle-stop and backup-schedule settings, and what each workspace was last used for.
     housekeeping: housekeeping::State,
     started: Instant,
@@ -228,6 +230,7 @@ impl Engine {
             watchers: Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
             forwards: Mutex::new(HashMap::new()),
+            tunnels: Mutex::new(HashMap::new()),
             restores: Mutex::new(std::collections::HashSet::new()),
             housekeeping: housekeeping::State::default(),
             started: Instant::now(),
@@ -563,7 +566,7 @@ impl Engine {
             let client = self
                 .connect_with_retry(&rec, ep.addr, self.boot_timeout())
                 .await?;
-            self.attach_link(&rec, ep.host).await;
+            self.attach_link(&rec, &ep).await;
             self.forward_ports(&rec, &ep).await;
             Ok::<_, EngineError>(client)
         }
@@ -681,7 +684,7 @@ impl Engine {
             self.store
                 .set_state(&rec.id, WorkspaceState::Running, None)?;
             if let Ok(ep) = self.backend.endpoint(&rec.id).await {
-                self.attach_link(rec, ep.host).await;
+                self.attach_link(rec, &ep).await;
                 self.forward_ports(rec, &ep).await;
             }
             self.sync_sessions(rec, &client).await;
@@ -740,7 +743,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
-        self.attach_link(rec, ep.host).await;
+        self.attach_link(rec, &ep).await;
         self.forward_ports(rec, &ep).await;
         self.event(
             &rec.id,
@@ -1016,7 +1019,7 @@ impl Engine {
                             if !self.gateways.lock().unwrap().contains_key(&rec.id)
                                 && let Ok(ep) = self.backend.endpoint(&rec.id).await
                             {
-                                self.attach_link(&rec, ep.host).await;
+                                self.attach_link(&rec, &ep).await;
                                 self.forward_ports(&rec, &ep).await;
                             }
                             self.sync_sessions(&rec, &client).await;

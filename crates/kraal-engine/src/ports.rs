@@ -1,7 +1,9 @@
 //! Forwarded ports: each port a running workspace's image declares (devcontainer
 //! `forwardPorts`, Dockerfile `EXPOSE`, recipe `ports`) gets a listener on the host's
 //! loopback — the same port number when it is free, another one otherwise — that relays
-//! connections to the sandbox over its private link.
+//! connections to the sandbox over its private link. And the reverse for sandboxes
+//! without a private link (pods): the host services' ports relayed into the sandbox
+//! through the guest (`Accept`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -45,7 +47,66 @@ async fn relay(mut inbound: TcpStream, target: SocketAddr) {
     }
 }
 
+/// The relay tasks of one workspace's host services (aborted when dropped).
+pub(crate) struct Tunnels(Vec<JoinHandle<()>>);
+
+impl Drop for Tunnels {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 impl Engine {
+    /// Relays the model gateway and egress proxy ports into a sandbox that has no private
+    /// link: the guest listens on `host` (a loopback address) inside it, and each
+    /// connection there is connected to the same address on the daemon's host, where the
+    /// workspace's services listen.
+    pub(crate) fn start_tunnels(self: &Arc<Self>, ws: &WorkspaceRecord, host: std::net::IpAddr) {
+        let mut tasks = Vec::new();
+        for port in [kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT] {
+            let me = Arc::downgrade(self);
+            let id = ws.id.clone();
+            let addr = SocketAddr::new(host, port);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(engine) = me.upgrade() else { return };
+                    let client = match engine.guest(id.as_str()).await {
+                        Ok((_, c)) => c,
+                        Err(_) => {
+                            drop(engine);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
+                    drop(engine);
+                    match client.accept(&addr.to_string()).await {
+                        Ok(conn) => {
+                            tokio::spawn(async move {
+                                match TcpStream::connect(addr).await {
+                                    Ok(s) => {
+                                        let _ = s.set_nodelay(true);
+                                        conn.relay(s).await;
+                                    }
+                                    Err(e) => tracing::debug!(%addr, "host service refused: {e}"),
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(%addr, "tunnel accept: {e}");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        self.tunnels
+            .lock()
+            .unwrap()
+            .insert(ws.id.clone(), Tunnels(tasks));
+    }
+
     /// Starts forwarding the ports `ep` lists (once per run of the workspace).
     pub(crate) async fn forward_ports(&self, ws: &WorkspaceRecord, ep: &GuestEndpoint) {
         if ep.ports.is_empty() || self.forwards.lock().unwrap().contains_key(&ws.id) {

@@ -255,13 +255,13 @@ impl Engine {
     }
 
     /// What an agent launched in `ws` gets: where to reach the model APIs.
-    async fn launch(&self, ws: &WorkspaceRecord) -> Result<Launch, EngineError> {
+    async fn launch(self: &Arc<Self>, ws: &WorkspaceRecord) -> Result<Launch, EngineError> {
         let known = self.gateways.lock().unwrap().get(&ws.id).cloned();
         let gateway = match known {
             Some(g) => Some(g),
             None => {
-                let host = self.backend.endpoint(&ws.id).await?.host;
-                self.attach_link(ws, host).await
+                let ep = self.backend.endpoint(&ws.id).await?;
+                self.attach_link(ws, &ep).await
             }
         };
         Ok(Launch {
@@ -273,17 +273,20 @@ impl Engine {
     /// Starts the workspace's link services; a failure is logged (agents then cannot reach
     /// a model) but does not fail the workspace.
     pub(crate) async fn attach_link(
-        &self,
+        self: &Arc<Self>,
         ws: &WorkspaceRecord,
-        host: Option<IpAddr>,
+        ep: &kraal_sandbox::GuestEndpoint,
     ) -> Option<ModelGateway> {
-        let (svc, host) = (self.services.as_ref()?, host?);
+        let (svc, host) = (self.services.as_ref()?, ep.host?);
         match svc.attach(ws, host).await {
             Ok(g) => {
                 self.gateways
                     .lock()
                     .unwrap()
                     .insert(ws.id.clone(), g.clone());
+                if ep.tunnel {
+                    self.start_tunnels(ws, host);
+                }
                 Some(g)
             }
             Err(e) => {
@@ -295,6 +298,7 @@ impl Engine {
 
     pub(crate) fn detach_link(&self, id: &WorkspaceId) {
         self.gateways.lock().unwrap().remove(id);
+        self.tunnels.lock().unwrap().remove(id);
         if let Some(svc) = &self.services {
             svc.detach(id);
         }

@@ -504,6 +504,7 @@ impl Backend for GvisorBackend {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
             ports: image_cfg.ports,
+            tunnel: false,
         })
     }
 
@@ -554,6 +555,7 @@ impl Backend for GvisorBackend {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(kraal_net::host_ip_for(ip).into()),
             ports: self.image_config(id).ports,
+            tunnel: false,
         })
     }
 

@@ -45,6 +45,20 @@ impl Drop for Forward {
     }
 }
 
+/// The loopback address a workspace's host services use (on the daemon's host, and the
+/// guest's relay inside the pod): `127.X.Y.Z` from its id, so workspaces never share one.
+pub fn loopback_for(id: &WorkspaceId) -> std::net::IpAddr {
+    // FNV-1a over the id.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.as_str().bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let [_, x, y, z] = h.to_be_bytes();
+    // Not 127.0.0.x (the host's own services), not .0 or .255.
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, x.max(1), y, z.clamp(1, 254)))
+}
+
 fn kube_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
     let id = id.clone();
     move |e| BackendError::failed(&id, op, format!("Kubernetes API: {}", chain(&e)))
@@ -389,8 +403,9 @@ impl Backend for KubeBackend {
         let addr = self.forward(id).await?;
         Ok(GuestEndpoint {
             addr,
-            host: None,
+            host: Some(loopback_for(id)),
             ports: Vec::new(),
+            tunnel: true,
         })
     }
 
@@ -452,8 +467,9 @@ impl Backend for KubeBackend {
         }
         Ok(GuestEndpoint {
             addr: self.forward(id).await?,
-            host: None,
+            host: Some(loopback_for(id)),
             ports: Vec::new(),
+            tunnel: true,
         })
     }
 

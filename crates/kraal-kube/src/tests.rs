@@ -383,7 +383,16 @@ async fn create_start_stop_start_and_remove_a_workspace() {
         ep.addr.ip().is_loopback(),
         "the guest is reached through a local port-forward"
     );
-    assert_eq!(ep.host, None);
+    // Host services are relayed into the pod through the guest, on a loopback address
+    // of the workspace's own.
+    assert!(ep.tunnel);
+    let host = ep.host.unwrap();
+    assert!(
+        host.is_loopback() && host != std::net::IpAddr::from([127, 0, 0, 1]),
+        "{host}"
+    );
+    assert_eq!(host, loopback_for(&s.id));
+    assert_ne!(loopback_for(&s.id), loopback_for(&WorkspaceId::random()));
     let pod = fake.get("pods", &n.pod).unwrap();
     let ps = &pod["spec"];
     assert_eq!(ps["runtimeClassName"], "gvisor");

@@ -41,6 +41,12 @@ pub struct GuestEndpoint {
     /// TCP ports the workspace's image serves, for the daemon to forward to the host.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// The sandbox has no private link to the host (a Kubernetes pod): `host` is a
+    /// loopback address, the host services listen on it on the daemon's host and the
+    /// guest listens on the same address inside the sandbox, relaying each connection to
+    /// the daemon (`GuestClient::accept`).
+    #[serde(default)]
+    pub tunnel: bool,
 }
 
 /// What the backend sees of a sandbox right now.

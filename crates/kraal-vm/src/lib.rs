@@ -690,6 +690,7 @@ impl QemuBackend {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
             ports,
+            tunnel: false,
         })
     }
 
@@ -1038,6 +1039,7 @@ impl Backend for QemuBackend {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(kraal_net::host_ip_for(ip).into()),
             ports: self.image(id).map(|i| i.config.ports).unwrap_or_default(),
+            tunnel: false,
         })
     }
 

@@ -359,6 +359,7 @@ impl Backend for FirecrackerBackend {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
             ports,
+            tunnel: false,
         })
     }
 
@@ -443,6 +444,7 @@ impl FirecrackerBackend {
             addr: SocketAddr::from((link.guest_ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(link.host_ip.into()),
             ports,
+            tunnel: false,
         })
     }
 }

@@ -82,6 +82,12 @@ fn the_workspace_suite_runs_as_pods_on_a_real_cluster() {
     d.ok(&["up", "kube"]);
     let o = d.exec("kube", "cat /workspace/kept.txt");
     assert_eq!(o.stdout, "kept\n", "{o:?}");
+    // An agent session: Claude Code in the pod, its model requests relayed to the host.
+    let o = d.run(&["new-chat", "kube", "-m", "say hello"]);
+    assert_eq!(o.code, Some(0), "{o:?}");
+    assert!(o.stdout.contains("Hello from the cluster."), "{o:?}");
+    let env = d.exec("kube", "env | grep -c REALHOSTONLY || true");
+    assert_eq!(env.stdout.trim(), "0", "the real key stays on the host");
     // Logs come from the API; rm removes pod, claim and secret.
     let logs = d.ok(&["logs", "kube"]);
     assert!(!logs.is_empty());
