@@ -72,6 +72,33 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// Creates `obj` unless an object of its name exists (also when another start created it
+/// in between).
+async fn create_missing<K>(
+    api: &Api<K>,
+    obj: &K,
+    id: &WorkspaceId,
+    op: &'static str,
+) -> Result<(), BackendError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if api
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(id, op))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    match api.create(&PostParams::default(), obj).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(e) => Err(kube_err(id, op)(e)),
+    }
+}
+
 impl KubeBackend {
     /// A backend using `client` (its default namespace is ignored: `settings.namespace`).
     pub fn new(client: kube::Client, settings: KubeSettings) -> KubeBackend {
@@ -171,26 +198,13 @@ impl KubeBackend {
             },
         };
         let owner = manifests::owned_by_claim(&claim);
-        if self
-            .secrets()
-            .get_opt(&n.secret)
-            .await
-            .map_err(kube_err(id, "create"))?
-            .is_none()
-        {
-            match self
-                .secrets()
-                .create(
-                    &PostParams::default(),
-                    &manifests::secret(spec, &self.settings, owner.as_ref()),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 409) => {}
-                Err(e) => return Err(kube_err(id, "create")(e)),
-            }
-        }
+        create_missing(
+            &self.secrets(),
+            &manifests::secret(spec, &self.settings, owner.as_ref()),
+            id,
+            "create",
+        )
+        .await?;
         Ok(claim)
     }
 
@@ -351,27 +365,14 @@ impl Backend for KubeBackend {
         }) {
             self.delete_pod(id, "start").await?;
         }
-        if self
-            .pods()
-            .get_opt(&n.pod)
-            .await
-            .map_err(kube_err(id, "start"))?
-            .is_none()
-        {
-            let owner = manifests::owned_by_claim(&claim);
-            match self
-                .pods()
-                .create(
-                    &PostParams::default(),
-                    &manifests::pod(spec, &self.settings, owner.as_ref()),
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if is_status(&e, 409) => {}
-                Err(e) => return Err(kube_err(id, "start")(e)),
-            }
-        }
+        let owner = manifests::owned_by_claim(&claim);
+        create_missing(
+            &self.pods(),
+            &manifests::pod(spec, &self.settings, owner.as_ref()),
+            id,
+            "start",
+        )
+        .await?;
         let (start_timeout, pending_timeout) = *self.timeouts.lock().unwrap();
         let t0 = tokio::time::Instant::now();
         loop {

@@ -148,6 +148,16 @@ fn idle_workspaces_stop_unless_a_terminal_an_agent_or_a_setting_keeps_them() {
     assert_eq!((st.as_str(), reason.as_str()), ("running", ""));
 }
 
+/// The id of the newest of `backups`.
+fn newest_id<'a>(backups: impl Iterator<Item = &'a Value>) -> String {
+    backups
+        .max_by_key(|b| b["created_at"].as_str().unwrap().to_owned())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn backups_of(d: &Daemon, ws: &str) -> Vec<Value> {
     let all: Vec<Value> = serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
     all.into_iter().filter(|b| b["workspace"] == ws).collect()
@@ -191,13 +201,7 @@ fn running_workspaces_are_backed_up_on_schedule_and_an_idle_stop_backs_up_first(
     assert!(w["last_backup_at"].as_str().is_some(), "{w}");
     assert_eq!(w["policy"]["backup_every_secs"], 10);
     // The newest scheduled backup has the file written after the manual one.
-    let newest = scheduled
-        .iter()
-        .max_by_key(|b| b["created_at"].as_str().unwrap().to_owned())
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let newest = newest_id(scheduled.iter().copied());
     d.ok(&["restore", &newest, "--as", "sched-copy"]);
     let o = d.exec("sched-copy", "cat /workspace/later.txt");
     assert_eq!(o.stdout, "second\n", "{o:?}");
@@ -212,13 +216,7 @@ fn running_workspaces_are_backed_up_on_schedule_and_an_idle_stop_backs_up_first(
     wait_stopped(&d, "nap", Duration::from_secs(60));
     let naps = backups_of(&d, "nap");
     assert_eq!(naps.len(), 2, "{naps:?}");
-    let last = naps
-        .iter()
-        .max_by_key(|b| b["created_at"].as_str().unwrap().to_owned())
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let last = newest_id(naps.iter());
     d.ok(&["restore", &last, "--as", "nap-copy"]);
     let o = d.exec("nap-copy", "cat /workspace/last.txt");
     assert_eq!(o.stdout, "last words\n", "{o:?}");
