@@ -150,15 +150,7 @@ impl Engine {
 
     /// Runs [`Engine::housekeep`] every `tick` until the task is dropped.
     pub fn spawn_housekeeper(self: &Arc<Self>, tick: Duration) -> JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(tick);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                t.tick().await;
-                me.housekeep().await;
-            }
-        })
+        self.every(tick, |me| async move { me.housekeep().await })
     }
 
     /// One pass: starts the scheduled backups that are due and stops idle workspaces (each

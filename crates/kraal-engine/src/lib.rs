@@ -1065,13 +1065,23 @@ impl Engine {
 
     /// Runs [`Engine::reconcile`] now and then every `interval` until the task is dropped.
     pub fn spawn_reconciler(self: &Arc<Self>, interval: Duration) -> JoinHandle<()> {
+        self.every(interval, |me| async move { me.reconcile().await })
+    }
+
+    /// A task running `pass` now and then every `interval` (a slow pass delays the next
+    /// one instead of piling up), until it is aborted.
+    pub(crate) fn every<F, Fut>(self: &Arc<Self>, interval: Duration, pass: F) -> JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                me.reconcile().await;
+                pass(me.clone()).await;
             }
         })
     }
