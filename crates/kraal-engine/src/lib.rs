@@ -103,17 +103,25 @@ impl EngineError {
             EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
             EngineError::Conflict { .. } | EngineError::Persistent { .. } => "conflict",
             EngineError::NotRunning { .. } => "not_running",
-            EngineError::Backend(
-                BackendError::Unavailable { .. } | BackendError::Unsupported { .. },
-            ) => "backend_unavailable",
+            EngineError::Backend(BackendError::Unavailable { .. }) => "backend_unavailable",
+            // What the backend cannot do at all is the request's problem, not the server's.
+            EngineError::Backend(BackendError::Unsupported { .. }) => "unsupported",
             EngineError::Backend(_) => "backend_error",
             EngineError::Guest {
                 source: GuestClientError::Guest(g),
                 ..
             } => match g.code {
                 kraal_protocol::ErrorCode::PathEscape => "path_escape",
-                kraal_protocol::ErrorCode::NotFound => "not_found",
-                kraal_protocol::ErrorCode::InvalidRequest => "invalid_argument",
+                kraal_protocol::ErrorCode::NotFound
+                | kraal_protocol::ErrorCode::UnknownProcess
+                | kraal_protocol::ErrorCode::UnknownSession => "not_found",
+                kraal_protocol::ErrorCode::InvalidRequest
+                | kraal_protocol::ErrorCode::NotADirectory
+                | kraal_protocol::ErrorCode::IsADirectory => "invalid_argument",
+                kraal_protocol::ErrorCode::AlreadyExists => "already_exists",
+                kraal_protocol::ErrorCode::DirectoryNotEmpty => "conflict",
+                kraal_protocol::ErrorCode::PermissionDenied => "permission_denied",
+                kraal_protocol::ErrorCode::NoSpace => "no_space",
                 _ => "guest_error",
             },
             EngineError::Guest { .. } | EngineError::NoBoot { .. } => "guest_unreachable",

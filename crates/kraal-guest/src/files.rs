@@ -347,4 +347,98 @@ mod tests {
         assert_eq!(w.commit(&root).unwrap(), 3);
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "new");
     }
+
+    mod traversal {
+        use std::path::{Path, PathBuf};
+
+        use proptest::prelude::*;
+
+        use super::super::resolve;
+
+        /// A workspace with directories, a file, a symlink inside and symlinks that point
+        /// out (absolute, relative, through a chain).
+        fn tree() -> (tempfile::TempDir, PathBuf) {
+            let outer = tempfile::tempdir().unwrap();
+            let root = outer.path().join("ws").canonicalize().unwrap_or_else(|_| {
+                std::fs::create_dir(outer.path().join("ws")).unwrap();
+                outer.path().join("ws").canonicalize().unwrap()
+            });
+            std::fs::create_dir_all(root.join("a/b")).unwrap();
+            std::fs::write(root.join("a/f"), "x").unwrap();
+            std::fs::create_dir(outer.path().join("secret")).unwrap();
+            let ln =
+                |target: &str, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+            ln("a", "in");
+            ln("/etc", "abs_out");
+            ln("../secret", "rel_out");
+            ln("a/../../secret", "sneaky");
+            ln("rel_out", "chain");
+            ln("b/../..", "a/up");
+            (outer, root)
+        }
+
+        fn segment() -> impl Strategy<Value = &'static str> {
+            prop_oneof![
+                Just(".."),
+                Just("."),
+                Just("a"),
+                Just("b"),
+                Just("f"),
+                Just("in"),
+                Just("abs_out"),
+                Just("rel_out"),
+                Just("sneaky"),
+                Just("chain"),
+                Just("up"),
+                Just("new"),
+                Just(""),
+            ]
+        }
+
+        /// Where `p` really leads: its deepest existing ancestor, with links resolved.
+        fn real(p: &Path) -> PathBuf {
+            let mut q = p.to_path_buf();
+            loop {
+                if let Ok(c) = q.canonicalize() {
+                    return c;
+                }
+                if !q.pop() {
+                    return PathBuf::from("/");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever the path, a resolved one never leads outside the workspace.
+            #[test]
+            fn no_path_resolves_outside_the_workspace(
+                segs in proptest::collection::vec(segment(), 0..8),
+                absolute in any::<bool>(),
+                follow in any::<bool>(),
+            ) {
+                let (_outer, root) = tree();
+                let rel = segs.join("/");
+                let user = if absolute { format!("{}/{rel}", root.display()) } else { rel.clone() };
+                if let Ok(out) = resolve(&root, &user, follow) {
+                    let checked = if follow || out == root { out.clone() } else { out.parent().unwrap_or(&root).to_path_buf() };
+                    let r = real(&checked);
+                    prop_assert!(r.starts_with(&root), "{user:?} resolved to {out:?}, which leads to {r:?}");
+                    prop_assert!(out.starts_with(&root), "{user:?} resolved to {out:?}");
+                }
+            }
+
+            /// Plain names inside the workspace always resolve, to where they say.
+            #[test]
+            fn plain_paths_resolve(segs in proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("new"), Just(".")], 1..6)) {
+                let (_outer, root) = tree();
+                let user = segs.join("/");
+                let out = resolve(&root, &user, true);
+                prop_assert!(out.is_ok(), "{user:?}: {out:?}");
+                let expect = segs.iter().filter(|s| **s != ".").fold(root.clone(), |p, s| p.join(s));
+                prop_assert_eq!(out.unwrap(), expect);
+            }
+        }
+    }
 }
