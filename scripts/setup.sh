@@ -104,6 +104,11 @@ if [ "${KRAAL_SETUP_TEST_DEPS:-0}" = 1 ]; then
         python3 -m venv /opt/kraal-test/venv
         /opt/kraal-test/venv/bin/pip install -q 'moto[server]==5.1.*'
     fi
+    # The API is fuzzed from its OpenAPI document with schemathesis (pinned).
+    if [ ! -x /opt/kraal-test/venv/bin/schemathesis ]; then
+        log "installing schemathesis (API fuzzing)"
+        /opt/kraal-test/venv/bin/pip install -q 'schemathesis==4.32.5'
+    fi
     # The Kubernetes manifests are checked against the API's JSON schemas (pinned).
     if [ ! -x /opt/kraal-test/venv/bin/kubernetes-validate ]; then
         log "installing kubernetes-validate (Kubernetes schemas)"

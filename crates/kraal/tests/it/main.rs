@@ -9,6 +9,7 @@ mod agents;
 mod backups;
 mod devcontainers;
 mod firecracker;
+mod fuzz;
 mod harness;
 mod housekeeping;
 mod images;
