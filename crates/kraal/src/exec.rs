@@ -218,14 +218,14 @@ pub async fn run_at(
                         eprintln!("\r\nkraal: output before chunk {first_available} was discarded by the workspace");
                     }
                     Ok(ExecServerMsg::Error(e)) if e.code == "guest_unreachable" => {
-                        ws = reattach(client, workspace, proc, last_seq).await?;
+                        ws = reattach(client, workspace, proc, last_seq, Lost::Workspace).await?;
                     }
                     Ok(ExecServerMsg::Error(e)) => bail!("{}", e.message),
                     _ => {}
                 },
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
-                    ws = reattach(client, workspace, proc, last_seq).await?;
+                    ws = reattach(client, workspace, proc, last_seq, Lost::Daemon).await?;
                 }
             },
             input = in_rx.recv(), if !stdin_done => match input {
@@ -241,9 +241,26 @@ pub async fn run_at(
     }
 }
 
-async fn reattach(client: &Client, workspace: &str, proc: u64, after: u64) -> anyhow::Result<Ws> {
+/// What a running command lost.
+#[derive(Clone, Copy)]
+enum Lost {
+    Daemon,
+    Workspace,
+}
+
+async fn reattach(
+    client: &Client,
+    workspace: &str,
+    proc: u64,
+    after: u64,
+    lost: Lost,
+) -> anyhow::Result<Ws> {
     eprintln!(
-        "\r\nkraal: lost the connection to the daemon; the command keeps running, reattaching…\r"
+        "\r\nkraal: {}; the command keeps running if the workspace does, reattaching…\r",
+        match lost {
+            Lost::Daemon => "lost the connection to the daemon",
+            Lost::Workspace => "the daemon lost its link to the workspace",
+        }
     );
     let deadline = Instant::now() + REATTACH_WINDOW;
     let mut last_err = None;
@@ -259,7 +276,9 @@ async fn reattach(client: &Client, workspace: &str, proc: u64, after: u64) -> an
                 if let Some(ClientError::Api { code, .. }) = e.downcast_ref::<ClientError>()
                     && (code == "unknown_process" || code == "not_found")
                 {
-                    return Err(e);
+                    return Err(e.context(format!(
+                        "the command is gone: workspace {workspace} restarted while it ran (its sandbox stopped; `kraal logs {workspace}` says why)"
+                    )));
                 }
                 last_err = Some(e);
                 tokio::time::sleep(Duration::from_millis(500)).await;
