@@ -82,3 +82,58 @@ fn a_memory_hog_and_a_fork_bomb_stay_inside_their_workspace() {
     );
     assert_eq!(d.workspace("bystander")["state"], "running");
 }
+
+/// The link between the daemon and a workspace goes down for 30 s while a command
+/// prints and an agent runs a tool: afterwards the command's output is complete and in
+/// order, and the session's mirror equals the guest's own log — nothing lost.
+#[test]
+fn a_30_second_link_outage_loses_no_output_and_no_event() {
+    let (_model, d) = crate::sessions::with_model_on(
+        r##"{"turns": [
+            {"respond": [{"tool_use": {"name": "Bash", "input": {"command": "timeout 40 tail -f /dev/null; echo waited", "description": "Wait"}}}]},
+            {"respond": [{"text": "Back after the outage.", "chunk": 4, "delay_ms": 10}]}
+        ]}"##,
+        &[],
+    );
+    let repo = git_repo(d.dir.path(), "link");
+    d.ok(&["up", repo.to_str().unwrap()]);
+    let id = d.workspace("link")["id"].as_str().unwrap().to_owned();
+    let veth = format!("kh{}", id.trim_start_matches("ws-"));
+    let ip = |state: &str| {
+        #[allow(clippy::disallowed_methods)] // test: cutting the link
+        let o = std::process::Command::new("ip")
+            .args(["link", "set", &veth, state])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    std::thread::scope(|s| {
+        let printer = s.spawn(|| {
+            d.exec(
+                "link",
+                "for i in $(seq 1 45); do echo line $i; sleep 1; done",
+            )
+        });
+        let sid = d
+            .ok(&["new-chat", "link", "--detach", "-m", "wait a while"])
+            .trim()
+            .to_owned();
+        std::thread::sleep(Duration::from_secs(5));
+        ip("down");
+        std::thread::sleep(Duration::from_secs(30));
+        ip("up");
+        let o = printer.join().unwrap();
+        assert_eq!(o.code, Some(0), "{o:?}");
+        let expected: String = (1..=45).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(o.stdout, expected, "output lost or reordered: {o:?}");
+        let ev = d.wait_events(&sid, "the turn after the outage", |ev| {
+            crate::sessions::turn_ended_in(ev, "waiting_for_input")
+        });
+        assert!(
+            ev.iter()
+                .any(|e| e["type"] == "assistant_text" && e["text"] == "Back after the outage."),
+            "{ev:?}"
+        );
+        crate::sessions::assert_mirrored(&d, "link", &sid);
+    });
+}

@@ -58,7 +58,7 @@ fn wait_events(d: &Daemon, sid: &str, what: &str, cond: impl Fn(&[Value]) -> boo
 }
 
 /// The last state event after the last user message is `state`.
-fn turn_ended_in(ev: &[Value], state: &str) -> bool {
+pub(crate) fn turn_ended_in(ev: &[Value], state: &str) -> bool {
     let last_user = ev.iter().rposition(|e| e["type"] == "user_message");
     ev.iter()
         .enumerate()
@@ -92,7 +92,7 @@ fn guest_log(d: &Daemon, ws: &str, sid: &str) -> Vec<Value> {
 }
 
 /// Sequence numbers run 1, 2, 3… and the mirror equals the guest's log event for event.
-fn assert_mirrored(d: &Daemon, ws: &str, sid: &str) -> Vec<Value> {
+pub(crate) fn assert_mirrored(d: &Daemon, ws: &str, sid: &str) -> Vec<Value> {
     let mirror = events(d, sid);
     for (i, e) in mirror.iter().enumerate() {
         assert_eq!(e["seq"], (i + 1) as u64, "gap or reorder at {i}: {e}");
