@@ -137,3 +137,105 @@ fn a_30_second_link_outage_loses_no_output_and_no_event() {
         crate::sessions::assert_mirrored(&d, "link", &sid);
     });
 }
+
+/// The daemon is killed (SIGKILL) while 20 real Claude Code sessions in 4 workspaces are
+/// in the middle of a tool call and clients follow some of them. After the restart every
+/// session finishes its turn, every mirror equals the guest's own log (no event lost, none
+/// twice), and the following clients resumed where they were, without a gap.
+#[test]
+fn killing_the_daemon_under_20_live_sessions_loses_no_event() {
+    // Every session gets the same answers: a 60 s tool call, then a closing text.
+    let (_model, mut d) = crate::sessions::with_model_on(
+        r##"{"turns": [], "side": [
+            {"contains": "tool_result", "respond": [{"text": "Finished.", "chunk": 3, "delay_ms": 5}]},
+            {"contains": "wait-task", "respond": [{"tool_use": {"name": "Bash", "input": {"command": "timeout 60 tail -f /dev/null; echo waited", "description": "Wait"}}}]}
+        ]}"##,
+        &[],
+    );
+    let mut sessions = Vec::new();
+    for w in 0..4 {
+        let name = format!("crowd{w}");
+        let repo = git_repo(d.dir.path(), &name);
+        d.ok(&["up", repo.to_str().unwrap()]);
+        for s in 0..5 {
+            let sid = d
+                .ok(&[
+                    "new-chat",
+                    &name,
+                    "--detach",
+                    "-m",
+                    &format!("wait-task {w}.{s}"),
+                ])
+                .trim()
+                .to_owned();
+            sessions.push((name.clone(), sid));
+        }
+    }
+    // Clients following three of them.
+    let followers: Vec<(String, std::path::PathBuf, std::process::Child)> = sessions
+        .iter()
+        .step_by(7)
+        .map(|(_, sid)| {
+            let out = d.dir.path().join(format!("follow-{sid}.jsonl"));
+            let child = d
+                .cmd(&["events", sid, "--follow", "--json"])
+                .stdout(std::fs::File::create(&out).unwrap())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            (sid.clone(), out, child)
+        })
+        .collect();
+    wait_until(
+        Duration::from_secs(240),
+        "all 20 sessions in their tool call",
+        || {
+            sessions.iter().all(|(_, sid)| {
+                d.session_events(sid)
+                    .iter()
+                    .any(|e| e["type"] == "command_run")
+            })
+        },
+    );
+    d.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    d.spawn();
+    for (ws, sid) in &sessions {
+        let ev = d.wait_events(sid, "the turn to finish after the restart", |ev| {
+            crate::sessions::turn_ended_in(ev, "waiting_for_input")
+        });
+        assert!(
+            ev.iter()
+                .any(|e| e["type"] == "assistant_text" && e["text"] == "Finished."),
+            "{sid}: {ev:?}"
+        );
+        crate::sessions::assert_mirrored(&d, ws, sid);
+    }
+    for (sid, out, mut child) in followers {
+        // Give the client a moment to print the last events, then stop it.
+        let last = d.session_events(&sid).len();
+        wait_until(Duration::from_secs(60), "the follower to catch up", || {
+            std::fs::read_to_string(&out)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                >= last
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let seqs: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=last as u64).collect::<Vec<_>>(),
+            "{sid}: the follower missed or repeated events across the restart"
+        );
+    }
+}
