@@ -239,3 +239,32 @@ fn killing_the_daemon_under_20_live_sessions_loses_no_event() {
         );
     }
 }
+
+/// A microVM workspace whose volume is full: writes fail with "No space left on device"
+/// inside it, the workspace and the daemon keep working, and freeing space recovers it.
+#[test]
+fn a_full_disk_is_the_workspaces_own_problem() {
+    let d = Daemon::start_qemu(&[("KRAAL_VM_VOLUME_MIB", "256")]);
+    let repo = git_repo(d.dir.path(), "full");
+    d.ok(&["up", repo.to_str().unwrap()]);
+    let o = d.exec(
+        "full",
+        "dd if=/dev/zero of=/workspace/fill bs=1M count=400 2>&1; echo \"dd exit $?\"; df -m /workspace | tail -1",
+    );
+    assert!(
+        o.stdout.contains("No space left on device") && !o.stdout.contains("dd exit 0"),
+        "{o:?}"
+    );
+    // Still answering, and writes fail clearly until space is freed.
+    let o = d.exec("full", "dd if=/dev/zero of=/workspace/more bs=1M count=4");
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("No space left on device"), "{o:?}");
+    let (code, _) = d.http("GET", "/v1/status", b"");
+    assert_eq!(code, 200);
+    d.ok(&["exec", "full", "--", "rm", "/workspace/fill"]);
+    let o = d.exec(
+        "full",
+        "echo more > /workspace/more.txt && cat /workspace/more.txt README.md",
+    );
+    assert_eq!(o.stdout, "more\n# demo\n", "{o:?}");
+}
