@@ -228,6 +228,70 @@ async fn run_tar(
         .map_err(EngineError::guest(rec.name.as_str()))
 }
 
+/// The volume's tar as `run_tar(TAR_OUT)` streams it out of the sandbox; `what` (backup,
+/// export) names the job in errors. GNU tar exits 1 when files changed while it read
+/// them, which is not a failure. The guest client, and the guard that stops a workspace
+/// started for the job, live as long as the stream.
+fn volume_tar(
+    h: kraal_sandbox::ExecHandle,
+    client: kraal_sandbox::GuestClient,
+    stop_after: Option<StopAfter>,
+    name: String,
+    what: &'static str,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + 'static {
+    struct St {
+        h: kraal_sandbox::ExecHandle,
+        _client: kraal_sandbox::GuestClient,
+        _stop_after: Option<StopAfter>,
+        stderr: Vec<u8>,
+        name: String,
+    }
+    futures::stream::unfold(
+        Some(St {
+            h,
+            _client: client,
+            _stop_after: stop_after,
+            stderr: Vec::new(),
+            name,
+        }),
+        move |st| async move {
+            let mut st = st?;
+            loop {
+                let ev = match st.h.next().await {
+                    Ok(ev) => ev,
+                    Err(e) => return Some((Err(EngineError::guest(&st.name)(e)), None)),
+                };
+                match ev {
+                    ExecEvent::Stdout { data, .. } => return Some((Ok(data), Some(st))),
+                    ExecEvent::Stderr { data, .. } => {
+                        st.stderr.extend_from_slice(&data[..data.len().min(4096)]);
+                    }
+                    ExecEvent::Truncated { .. } => {
+                        let e = EngineError::Invalid(format!(
+                            "{what} of {}: the workspace dropped part of the stream",
+                            st.name
+                        ));
+                        return Some((Err(e), None));
+                    }
+                    ExecEvent::Exit { code, signal } => {
+                        if code.is_some_and(|c| c > 1) || signal.is_some() {
+                            let e = EngineError::Invalid(format!(
+                                "{what} of {}: tar failed ({}): {}",
+                                st.name,
+                                code.map(|c| format!("exit {c}"))
+                                    .unwrap_or_else(|| format!("signal {}", signal.unwrap_or(0))),
+                                String::from_utf8_lossy(&st.stderr).trim()
+                            ));
+                            return Some((Err(e), None));
+                        }
+                        return None;
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// Waits for a lifecycle operation; its failure becomes the error.
 async fn settle(p: crate::Pending) -> Result<WorkspaceRecord, EngineError> {
     match p.done.await {
@@ -252,7 +316,8 @@ impl Engine {
         repo.check().await.map_err(backup_err)?;
         let (rec, client) = self.guest(reference).await?;
         let meta = BackupMeta::from_record(&rec, scheduled);
-        let mut h = run_tar(&client, &rec, TAR_OUT).await?;
+        let h = run_tar(&client, &rec, TAR_OUT).await?;
+        let mut tar = Box::pin(volume_tar(h, client, None, rec.name.to_string(), "backup"));
         // The tar goes to a spool file as fast as the guest sends it; the store takes it
         // from there at its own pace.
         let spool_dir = self.spool_dir();
@@ -267,45 +332,21 @@ impl Engine {
                 .reopen()
                 .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?,
         );
-        let name = rec.name.to_string();
         let producer = async move {
             let mut n = 0u64;
-            let mut stderr = Vec::new();
-            loop {
-                match h.next().await.map_err(EngineError::guest(&name))? {
-                    ExecEvent::Stdout { data, .. } => {
-                        out.write_all(&data)
-                            .await
-                            .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?;
-                        n += data.len() as u64;
-                        let _ = written_tx.send((n, false));
-                    }
-                    ExecEvent::Stderr { data, .. } => {
-                        stderr.extend_from_slice(&data[..data.len().min(4096)]);
-                    }
-                    ExecEvent::Truncated { .. } => {
-                        return Err(EngineError::Invalid(format!(
-                            "backup of {name}: the workspace dropped part of the stream"
-                        )));
-                    }
-                    ExecEvent::Exit { code, signal } => {
-                        // GNU tar exits 1 when files changed while it read them.
-                        if code.is_some_and(|c| c > 1) || signal.is_some() {
-                            return Err(EngineError::Invalid(format!(
-                                "backup of {name}: tar failed ({}): {}",
-                                code.map(|c| format!("exit {c}"))
-                                    .unwrap_or_else(|| format!("signal {}", signal.unwrap_or(0))),
-                                String::from_utf8_lossy(&stderr).trim()
-                            )));
-                        }
-                        out.flush()
-                            .await
-                            .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?;
-                        let _ = written_tx.send((n, true));
-                        return Ok::<u64, EngineError>(n);
-                    }
-                }
+            while let Some(data) = tar.next().await {
+                let data = data?;
+                out.write_all(&data)
+                    .await
+                    .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?;
+                n += data.len() as u64;
+                let _ = written_tx.send((n, false));
             }
+            out.flush()
+                .await
+                .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?;
+            let _ = written_tx.send((n, true));
+            Ok::<u64, EngineError>(n)
         };
         let mut writer = repo.writer(serde_json::json!({ "workspace": meta })).await;
         let mut input = tokio::fs::File::from_std(
@@ -432,57 +473,8 @@ impl Engine {
         let meta = BackupMeta::from_record(&rec, false);
         let h = run_tar(&client, &rec, TAR_OUT).await?;
         let head = export_head(&meta);
-        let name = rec.name.to_string();
         self.event(&rec.id, "info", "export started");
-        struct St {
-            h: kraal_sandbox::ExecHandle,
-            _client: kraal_sandbox::GuestClient,
-            _stop_after: Option<StopAfter>,
-            stderr: Vec<u8>,
-            name: String,
-        }
-        let volume = futures::stream::unfold(
-            Some(St {
-                h,
-                _client: client,
-                _stop_after: stop_after,
-                stderr: Vec::new(),
-                name,
-            }),
-            |st| async move {
-                let mut st = st?;
-                loop {
-                    let ev = match st.h.next().await {
-                        Ok(ev) => ev,
-                        Err(e) => return Some((Err(EngineError::guest(&st.name)(e)), None)),
-                    };
-                    match ev {
-                        ExecEvent::Stdout { data, .. } => return Some((Ok(data), Some(st))),
-                        ExecEvent::Stderr { data, .. } => {
-                            st.stderr.extend_from_slice(&data[..data.len().min(4096)]);
-                        }
-                        ExecEvent::Truncated { .. } => {
-                            let e = EngineError::Invalid(format!(
-                                "export of {}: the workspace dropped part of the stream",
-                                st.name
-                            ));
-                            return Some((Err(e), None));
-                        }
-                        ExecEvent::Exit { code, signal } => {
-                            if code.is_some_and(|c| c > 1) || signal.is_some() {
-                                let e = EngineError::Invalid(format!(
-                                    "export of {}: tar failed ({code:?}, {signal:?}): {}",
-                                    st.name,
-                                    String::from_utf8_lossy(&st.stderr).trim()
-                                ));
-                                return Some((Err(e), None));
-                            }
-                            return None;
-                        }
-                    }
-                }
-            },
-        );
+        let volume = volume_tar(h, client, stop_after, rec.name.to_string(), "export");
         Ok((
             meta,
             futures::stream::once(async move { Ok(head) }).chain(volume),
