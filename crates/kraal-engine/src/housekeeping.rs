@@ -134,18 +134,23 @@ impl Engine {
         if rec.state != WorkspaceState::Running {
             return None;
         }
+        let idle = {
+            let mut uses = self.housekeeping.uses.lock().unwrap();
+            let u = uses.entry(rec.id.clone()).or_insert(Use {
+                last: Instant::now(),
+                holds: 0,
+            });
+            (u.holds == 0).then(|| u.last.elapsed())
+        };
+        // Only a workspace nothing holds needs its sessions read.
+        idle?;
         if let Ok(sessions) = self.store.list_sessions(Some(&rec.id))
             && sessions.iter().any(|s| mid_turn(s.state))
         {
             self.touch(&rec.id);
             return None;
         }
-        let mut uses = self.housekeeping.uses.lock().unwrap();
-        let u = uses.entry(rec.id.clone()).or_insert(Use {
-            last: Instant::now(),
-            holds: 0,
-        });
-        (u.holds == 0).then(|| u.last.elapsed())
+        idle
     }
 
     /// Runs [`Engine::housekeep`] every `tick` until the task is dropped.
