@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kraal_core::{BackendKind, Capabilities, WorkspaceId};
-use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus};
+use kraal_sandbox::{
+    Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus, error_chain,
+};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 
 pub use manifests::{KubeSettings, ManifestError, parse_node_selector, parse_toleration};
@@ -61,11 +63,7 @@ pub fn loopback_for(id: &WorkspaceId) -> std::net::IpAddr {
 
 fn kube_err(id: &WorkspaceId, op: &'static str) -> impl FnOnce(kube::Error) -> BackendError {
     let id = id.clone();
-    move |e| BackendError::failed(&id, op, format!("Kubernetes API: {}", chain(&e)))
-}
-
-fn chain(e: &kube::Error) -> String {
-    kraal_sandbox::error_chain(e)
+    move |e| BackendError::failed(&id, op, format!("Kubernetes API: {}", error_chain(&e)))
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -262,7 +260,7 @@ impl KubeBackend {
                     let mut pf = match pods.portforward(&pod, &[manifests::GUEST_PORT]).await {
                         Ok(pf) => pf,
                         Err(e) => {
-                            tracing::warn!(pod, "port-forward: {}", chain(&e));
+                            tracing::warn!(pod, "port-forward: {}", error_chain(&e));
                             return;
                         }
                     };
@@ -303,7 +301,10 @@ impl Backend for KubeBackend {
             )),
             Err(e) => {
                 ok = false;
-                details.push(format!("the Kubernetes API is unreachable: {}", chain(&e)));
+                details.push(format!(
+                    "the Kubernetes API is unreachable: {}",
+                    error_chain(&e)
+                ));
             }
         }
         let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
@@ -317,7 +318,7 @@ impl Backend for KubeBackend {
                         self.settings.namespace, self.settings.namespace
                     ));
                 }
-                Err(e) => details.push(format!("cannot read namespaces: {}", chain(&e))),
+                Err(e) => details.push(format!("cannot read namespaces: {}", error_chain(&e))),
             }
         }
         if ok && let Some(rc) = &self.settings.runtime_class {
@@ -328,7 +329,7 @@ impl Backend for KubeBackend {
                     ok = false;
                     details.push(format!("runtime class {rc} does not exist in the cluster"));
                 }
-                Err(e) => details.push(format!("cannot read runtime classes: {}", chain(&e))),
+                Err(e) => details.push(format!("cannot read runtime classes: {}", error_chain(&e))),
             }
         }
         if self.settings.image.is_empty() {
