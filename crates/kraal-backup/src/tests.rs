@@ -3,22 +3,9 @@
 
 use futures::TryStreamExt;
 
-use super::*;
+use kraal_testkit::s3::noise;
 
-/// Deterministic pseudo-random bytes (incompressible, so chunk sizes are realistic).
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use super::*;
 
 async fn backup(repo: &Repo, data: &[u8]) -> (Manifest, Progress) {
     let mut w = repo.writer(serde_json::json!({"workspace": "demo"})).await;

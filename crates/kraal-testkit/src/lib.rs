@@ -19,6 +19,7 @@ use axum::routing::post;
 mod anthropic;
 mod gemini;
 mod openai;
+pub mod s3;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;

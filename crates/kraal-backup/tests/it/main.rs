@@ -1,69 +1,11 @@
 //! Backups in a real S3-compatible store: moto's server on loopback (installed by
 //! `scripts/setup.sh` for the tests).
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use kraal_backup::{BackupError, Repo, RepoKey, S3Options};
-
-const MOTO: &str = "/opt/kraal-test/venv/bin/moto_server";
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto() -> Moto {
-    moto_with(&[])
-}
-
-fn moto_with(env: &[(&str, &str)]) -> Moto {
-    assert!(
-        std::path::Path::new(MOTO).exists(),
-        "{MOTO} is missing: run scripts/setup.sh with KRAAL_SETUP_TEST_DEPS=1"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    #[allow(clippy::disallowed_methods)] // test harness: the S3 server
-    let child = Command::new(MOTO)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, port }
-}
-
-/// Creates a bucket (moto takes unsigned requests).
-fn create_bucket(port: u16, name: &str) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-}
+use kraal_testkit::s3::{Moto, noise};
 
 fn opts(port: u16) -> S3Options {
     S3Options {
@@ -75,22 +17,10 @@ fn opts(port: u16) -> S3Options {
     }
 }
 
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn backups_round_trip_through_s3_and_bad_buckets_are_clear_errors() {
-    let m = moto();
-    create_bucket(m.port, "kraal-backups");
+    let m = Moto::start(&[]);
+    m.create_bucket("kraal-backups");
     let key = RepoKey::from_bytes([9; 32]);
     let repo = Repo::open_with("s3://kraal-backups/team-a", &key, &opts(m.port)).unwrap();
     repo.check().await.unwrap();
@@ -144,8 +74,8 @@ async fn backups_round_trip_through_s3_and_bad_buckets_are_clear_errors() {
 async fn credentials_the_store_refuses_are_a_clear_error() {
     // moto checks signatures once its first unsigned request (the bucket) is done; no
     // access key exists, so every key is refused as an S3 server would.
-    let m = moto_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
-    create_bucket(m.port, "locked");
+    let m = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
+    m.create_bucket("locked");
     let key = RepoKey::from_bytes([3; 32]);
     let mut bad = opts(m.port);
     bad.access_key_id = Some("AKIAWRONGWRONGWRONG1".into());

@@ -3,9 +3,10 @@
 //! (moto) — and the files (tracked, untracked, binary, modes, symlinks), the git state and
 //! the session history come back identical.
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kraal_testkit::s3::Moto;
 
 use crate::harness::*;
 
@@ -39,54 +40,15 @@ fn session_ids(d: &Daemon, ws: &str) -> Vec<String> {
         .collect()
 }
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// moto with a bucket.
 fn moto_with_bucket(bucket: &str) -> Moto {
     moto_with_bucket_env(bucket, &[])
 }
 
 fn moto_with_bucket_env(bucket: &str, env: &[(&str, &str)]) -> Moto {
-    let bin = "/opt/kraal-test/venv/bin/moto_server";
-    assert!(
-        std::path::Path::new(bin).exists(),
-        "{bin} is missing: run scripts/setup.sh with KRAAL_SETUP_TEST_DEPS=1"
-    );
-    let port = free_port();
-    #[allow(clippy::disallowed_methods)] // test harness: the S3 server
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let m = Moto { child, port };
-    let t0 = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            write!(
-                s,
-                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut out = String::new();
-            let _ = s.read_to_string(&mut out);
-            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-            return m;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let m = Moto::start(env);
+    m.create_bucket(bucket);
+    m
 }
 
 #[test]
@@ -242,7 +204,7 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
 
     // Through S3 (moto).
     let moto = moto_with_bucket("kraal-it");
-    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let endpoint = moto.endpoint();
     let s3 = [
         ("KRAAL_BACKUP_URL", "s3://kraal-it/daemons"),
         ("KRAAL_BACKUP_KEY_FILE", key.to_str().unwrap()),
@@ -277,7 +239,7 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     // Credentials the store refuses (moto checks signatures after its first request, the
     // bucket; no key exists): the error says so and names the key, never the secret.
     let locked = moto_with_bucket_env("locked", &[("INITIAL_NO_AUTH_ACTION_COUNT", "1")]);
-    let locked_endpoint = format!("http://127.0.0.1:{}", locked.port);
+    let locked_endpoint = locked.endpoint();
     let denied = Daemon::start_with_env(&[
         ("KRAAL_BACKUP_URL", "s3://locked"),
         ("AWS_ENDPOINT_URL", locked_endpoint.as_str()),
