@@ -1,6 +1,8 @@
 //! Faults inside one workspace stay inside it: a memory hog and a fork bomb hit that
 //! workspace's own limits, a neighbour and the daemon keep answering, and the workspace
-//! says what happened and comes back.
+//! says what happened and comes back; a link outage and a daemon killed under 20 live
+//! sessions lose nothing. (A full disk and a killed hypervisor are in `qemu.rs`, a dead
+//! gVisor sandbox in `restart.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -238,33 +240,4 @@ fn killing_the_daemon_under_20_live_sessions_loses_no_event() {
             "{sid}: the follower missed or repeated events across the restart"
         );
     }
-}
-
-/// A microVM workspace whose volume is full: writes fail with "No space left on device"
-/// inside it, the workspace and the daemon keep working, and freeing space recovers it.
-#[test]
-fn a_full_disk_is_the_workspaces_own_problem() {
-    let d = Daemon::start_qemu(&[("KRAAL_VM_VOLUME_MIB", "256")]);
-    let repo = git_repo(d.dir.path(), "full");
-    d.ok(&["up", repo.to_str().unwrap()]);
-    let o = d.exec(
-        "full",
-        "dd if=/dev/zero of=/workspace/fill bs=1M count=400 2>&1; echo \"dd exit $?\"; df -m /workspace | tail -1",
-    );
-    assert!(
-        o.stdout.contains("No space left on device") && !o.stdout.contains("dd exit 0"),
-        "{o:?}"
-    );
-    // Still answering, and writes fail clearly until space is freed.
-    let o = d.exec("full", "dd if=/dev/zero of=/workspace/more bs=1M count=4");
-    assert_ne!(o.code, Some(0), "{o:?}");
-    assert!(o.stderr.contains("No space left on device"), "{o:?}");
-    let (code, _) = d.http("GET", "/v1/status", b"");
-    assert_eq!(code, 200);
-    d.ok(&["exec", "full", "--", "rm", "/workspace/fill"]);
-    let o = d.exec(
-        "full",
-        "echo more > /workspace/more.txt && cat /workspace/more.txt README.md",
-    );
-    assert_eq!(o.stdout, "more\n# demo\n", "{o:?}");
 }

@@ -137,9 +137,14 @@ fn a_full_volume_a_killed_qemu_and_a_silent_guest_are_clear_and_recoverable() {
         o.stdout.contains("No space left on device") && !o.stdout.contains("status 0"),
         "{o:?}"
     );
+    // Until space is freed, writes fail clearly; the daemon is not affected.
+    let o = d.exec("faults", "dd if=/dev/zero of=more bs=1M count=4");
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("No space left on device"), "{o:?}");
+    assert_eq!(d.http("GET", "/v1/status", b"").0, 200);
     let o = d.exec(
         "faults",
-        "rm fill && echo more > more.txt && sync && cat kept.txt more.txt",
+        "rm fill more && echo more > more.txt && sync && cat kept.txt more.txt",
     );
     assert_eq!(
         (o.code, o.stdout.as_str()),
