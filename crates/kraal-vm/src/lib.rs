@@ -424,14 +424,18 @@ impl QemuBackend {
         self.halt_vm(id, false).await
     }
 
-    /// Ends the VM; `keep_link` leaves its TAP device (and so its address) in place for a
-    /// snapshot restore, whose guest still has that address configured.
-    async fn halt_vm(&self, id: &WorkspaceId, keep_link: bool) -> Result<(), BackendError> {
+    /// Ends the VM. `for_restore`: a snapshot is about to replace it, so its state does not
+    /// matter (no waiting for the guest to power off) and its TAP device (and so its
+    /// address) stays in place, as the snapshot's guest still has that address configured.
+    async fn halt_vm(&self, id: &WorkspaceId, for_restore: bool) -> Result<(), BackendError> {
         if let Some(pid) = self.pid(id) {
-            // The engine has asked the guest to flush and power off; give it a moment.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && self.pid(id).is_some() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // On a stop the engine has asked the guest to flush and power off; give it a
+            // moment.
+            if !for_restore {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && self.pid(id).is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
             if self.pid(id).is_some() {
                 if let Ok(mut q) = self.qmp(id).await {
@@ -453,7 +457,7 @@ impl QemuBackend {
                 }
             }
         }
-        if !keep_link {
+        if !for_restore {
             kraal_net::teardown_tap(&self.link(id, 0)).await;
         }
         let dir = self.ws_dir(id);

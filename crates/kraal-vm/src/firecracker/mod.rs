@@ -111,16 +111,20 @@ impl FirecrackerBackend {
         self.halt_vm(id, false).await
     }
 
-    /// Ends the VM; `keep_link` leaves its TAP device (and so its address) in place for a
-    /// snapshot restore, whose guest still has that address configured.
-    async fn halt_vm(&self, id: &WorkspaceId, keep_link: bool) -> Result<(), BackendError> {
+    /// Ends the VM. `for_restore`: a snapshot is about to replace it, so it is killed at
+    /// once (its state does not matter) and its TAP device (and so its address) stays in
+    /// place, as the snapshot's guest still has that address configured.
+    async fn halt_vm(&self, id: &WorkspaceId, for_restore: bool) -> Result<(), BackendError> {
         if self.pid(id).is_some() {
-            // The engine asked the guest to power off already; then Ctrl-Alt-Del, then kill.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && self.pid(id).is_some() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // On a stop the engine asked the guest to power off already; then
+            // Ctrl-Alt-Del, then kill.
+            if !for_restore {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && self.pid(id).is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-            if self.pid(id).is_some() {
+            if !for_restore && self.pid(id).is_some() {
                 let _ = self.call(id, "stop", &api::ctrl_alt_del()).await;
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < deadline && self.pid(id).is_some() {
@@ -134,7 +138,7 @@ impl FirecrackerBackend {
                 );
             }
         }
-        if !keep_link {
+        if !for_restore {
             kraal_net::teardown_tap(&self.vms.link(id, 0)).await;
         }
         let _ = std::fs::remove_file(self.api_socket(id));
