@@ -13,31 +13,6 @@ use serde_json::json;
 
 use crate::root;
 
-struct Opts {
-    iterations: usize,
-    concurrent: usize,
-}
-
-fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts {
-        iterations: 5,
-        concurrent: 20,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v = || -> anyhow::Result<usize> {
-            Ok(it.clone().next().context("missing value")?.parse()?)
-        };
-        match a.as_str() {
-            "--iterations" => o.iterations = v()?,
-            "--concurrent" => o.concurrent = v()?,
-            other => bail!("unknown bench option {other}"),
-        }
-        it.next();
-    }
-    Ok(o)
-}
-
 pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
@@ -51,6 +26,9 @@ pub(crate) fn sh(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 pub(crate) fn stats(mut v: Vec<f64>) -> serde_json::Value {
+    if v.is_empty() {
+        return json!({ "n": 0 });
+    }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len().max(1);
     let mean = v.iter().sum::<f64>() / n as f64;
@@ -76,6 +54,10 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kraal(&self, kraal: &Path) -> Command {
         let mut c = Command::new(kraal);
         c.env("KRAAL_SOCKET", &self.socket).stdin(Stdio::null());
@@ -94,10 +76,19 @@ pub(crate) struct Setup {
 
 pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let root = root();
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if BUILT.get().is_none() {
+        build(&root)?;
+        let _ = BUILT.set(());
+    }
+    setup_built(&root, env)
+}
+
+fn build(root: &Path) -> anyhow::Result<()> {
     println!("building release binaries…");
     sh(Command::new(env!("CARGO"))
         .args(["build", "--release", "-q", "-p", "kraal"])
-        .current_dir(&root))?;
+        .current_dir(root))?;
     sh(Command::new(env!("CARGO"))
         .args([
             "build",
@@ -108,7 +99,11 @@ pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
             "--target",
             "x86_64-unknown-linux-musl",
         ])
-        .current_dir(&root))?;
+        .current_dir(root))?;
+    Ok(())
+}
+
+fn setup_built(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let kraal = root.join("target/release/kraal");
     let guest = root.join("target/x86_64-unknown-linux-musl/release/kraal-guest");
     let images =
@@ -173,230 +168,188 @@ pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     })
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let o = parse(args)?;
-    let root = root();
-    let Setup {
-        d,
-        kraal,
-        images,
-        tmp,
-        repo,
-    } = setup(&[])?;
-    let socket = d.socket.clone();
-    // Warm-up: builds the base image when the cache is empty, warms page caches.
-    println!("warming up (builds the base image on first use)…");
-    sh(d.kraal(&kraal)
-        .args(["up", repo.to_str().unwrap(), "--name", "warmup"]))?;
-    sh(d.kraal(&kraal).args(["exec", "warmup", "--", "true"]))?;
-    sh(d.kraal(&kraal).args(["rm", "--yes", "warmup"]))?;
-    let rootfs = std::fs::read_dir(&images)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.join("complete").is_file()
-                && p.join("image.json").is_file()
-                && p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("base-"))
-        })
-        .context("base image not found")?
-        .join("rootfs");
-
-    // Baseline bundle: the same root file system, read-only, running /bin/true.
-    let bundle = tmp.path().join("raw-bundle");
-    std::fs::create_dir_all(&bundle)?;
-    std::fs::write(
-        bundle.join("config.json"),
-        serde_json::to_vec_pretty(&json!({
-            "ociVersion": "1.0.2",
-            "root": { "path": rootfs, "readonly": true },
-            "process": { "terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "env": ["PATH=/usr/bin:/bin"], "cwd": "/" },
-            "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
-            "linux": { "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}] }
-        }))?,
-    )?;
-    let raw_root = tmp.path().join("raw-runsc");
-    let raw_run = |id: &str| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        sh(Command::new("runsc")
-            .arg(format!("--root={}", raw_root.display()))
-            .args(["--network=none", "run", "--bundle"])
-            .arg(&bundle)
-            .arg(id))?;
-        let el = t.elapsed();
-        let _ = Command::new("runsc")
-            .arg(format!("--root={}", raw_root.display()))
-            .args(["delete", "-force", id])
-            .output();
-        Ok(el)
-    };
-
-    println!("sequential: {} iterations", o.iterations);
-    let (mut raw_seq, mut kraal_seq, mut kraal_up, mut kraal_exec) =
-        (vec![], vec![], vec![], vec![]);
-    for i in 0..o.iterations {
-        raw_seq.push(ms(raw_run(&format!("raw-{i}"))?));
-        let name = format!("seq-{i}");
-        let t = Instant::now();
-        sh(d.kraal(&kraal)
-            .args(["up", repo.to_str().unwrap(), "--name", &name]))?;
-        let up = t.elapsed();
-        sh(d.kraal(&kraal).args(["exec", &name, "--", "true"]))?;
-        let total = t.elapsed();
-        kraal_up.push(ms(up));
-        kraal_exec.push(ms(total - up));
-        kraal_seq.push(ms(total));
-    }
-    let mut warm_exec = vec![];
-    for _ in 0..20 {
-        let t = Instant::now();
-        sh(d.kraal(&kraal).args(["exec", "seq-0", "--", "true"]))?;
-        warm_exec.push(ms(t.elapsed()));
+impl Setup {
+    /// `kraal ARGS` against this daemon; its standard output, or the error with its output.
+    pub fn kraal(&self, args: &[&str]) -> anyhow::Result<String> {
+        sh(self.d.kraal(&self.kraal).args(args))
     }
 
-    println!("concurrent: {} creates at once", o.concurrent);
-    let t = Instant::now();
-    let raw_threads: Vec<_> = (0..o.concurrent)
-        .map(|i| {
-            let raw_root = raw_root.clone();
-            let bundle = bundle.clone();
-            std::thread::spawn(move || -> anyhow::Result<f64> {
-                let t = Instant::now();
-                let id = format!("rawc-{i}");
-                sh(Command::new("runsc")
-                    .arg(format!("--root={}", raw_root.display()))
-                    .args(["--network=none", "run", "--bundle"])
-                    .arg(&bundle)
-                    .arg(&id))?;
-                let el = ms(t.elapsed());
-                let _ = Command::new("runsc")
-                    .arg(format!("--root={}", raw_root.display()))
-                    .args(["delete", "-force", &id])
-                    .output();
-                Ok(el)
+    /// The first workspace on a new image builds the image: done once before measuring.
+    pub fn warm_up(&self) -> anyhow::Result<()> {
+        println!("  warming up (builds the base image on first use)…");
+        self.kraal(&["up", self.repo.to_str().unwrap(), "--name", "warmup"])?;
+        self.kraal(&["exec", "warmup", "--", "true"])?;
+        self.kraal(&["rm", "--yes", "warmup"])?;
+        Ok(())
+    }
+
+    /// Creates `names` from the benchmark repository, `at_once` at a time; each create is
+    /// followed by a first `exec true`. Returns each one's time (ms).
+    pub fn create_many(&self, names: &[String], at_once: usize) -> anyhow::Result<Vec<f64>> {
+        let repo = self.repo.to_str().unwrap().to_owned();
+        let mut times = Vec::with_capacity(names.len());
+        for chunk in names.chunks(at_once.max(1)) {
+            let r: Vec<anyhow::Result<f64>> = std::thread::scope(|s| {
+                let hs: Vec<_> = chunk
+                    .iter()
+                    .map(|name| {
+                        let repo = &repo;
+                        s.spawn(move || {
+                            let t = Instant::now();
+                            self.kraal(&["up", repo, "--name", name])?;
+                            self.kraal(&["exec", name, "--", "true"])?;
+                            Ok(ms(t.elapsed()))
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for x in r {
+                times.push(x?);
+            }
+        }
+        Ok(times)
+    }
+
+    /// Removes every workspace of this daemon, 16 at a time.
+    pub fn remove_all(&self) -> anyhow::Result<()> {
+        let v: serde_json::Value = serde_json::from_str(&self.kraal(&["ls", "--json"])?)?;
+        let names: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["name"].as_str().map(str::to_owned))
+            .collect();
+        for chunk in names.chunks(16) {
+            std::thread::scope(|s| {
+                for n in chunk {
+                    s.spawn(move || self.kraal(&["rm", "--yes", n]));
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The root file system of the built base image (for raw runsc baselines).
+    pub fn base_rootfs(&self) -> anyhow::Result<PathBuf> {
+        Ok(std::fs::read_dir(&self.images)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.join("complete").is_file()
+                    && p.join("image.json").is_file()
+                    && p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("base-"))
             })
-        })
-        .collect();
-    let raw_conc: Vec<f64> = raw_threads
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect::<Result<_, _>>()?;
-    let raw_wall = ms(t.elapsed());
-
-    let t = Instant::now();
-    let threads: Vec<_> = (0..o.concurrent)
-        .map(|i| {
-            let kraal = kraal.clone();
-            let socket = socket.clone();
-            let repo = repo.clone();
-            std::thread::spawn(move || -> anyhow::Result<f64> {
-                let t = Instant::now();
-                let name = format!("conc-{i}");
-                sh(Command::new(&kraal).env("KRAAL_SOCKET", &socket).args([
-                    "up",
-                    repo.to_str().unwrap(),
-                    "--name",
-                    &name,
-                ]))?;
-                sh(Command::new(&kraal)
-                    .env("KRAAL_SOCKET", &socket)
-                    .args(["exec", &name, "--", "true"]))?;
-                Ok(ms(t.elapsed()))
-            })
-        })
-        .collect();
-    let kraal_conc: Vec<f64> = threads
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect::<Result<_, _>>()?;
-    let kraal_wall = ms(t.elapsed());
-
-    // Idle memory per workspace: resident memory of each sandbox's runsc processes.
-    let idle_rss_kib = sandbox_rss_kib(&d.data.join("runsc"));
-
-    let results = json!({
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "kernel": sh(Command::new("uname").arg("-r")).unwrap_or_default().trim() },
-        "runsc": sh(Command::new("runsc").arg("--version")).unwrap_or_default().lines().next().unwrap_or_default(),
-        "sequential": {
-            "raw_runsc_run_true": stats(raw_seq.clone()),
-            "kraal_create_to_first_exec": stats(kraal_seq.clone()),
-            "kraal_up": stats(kraal_up),
-            "kraal_first_exec": stats(kraal_exec),
-            "kraal_warm_exec": stats(warm_exec.clone()),
-        },
-        "concurrent": {
-            "n": o.concurrent,
-            "raw_wall_ms": raw_wall,
-            "raw_each": stats(raw_conc.clone()),
-            "kraal_wall_ms": kraal_wall,
-            "kraal_each": stats(kraal_conc.clone()),
-        },
-        "idle_workspace_rss_kib": idle_rss_kib,
-    });
-    let out_dir = root.join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(
-        out_dir.join("create.json"),
-        serde_json::to_vec_pretty(&results)?,
-    )?;
-
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    println!();
-    println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "measurement (mean)", "kraal", "raw runsc", "ratio"
-    );
-    let row =
-        |name: &str, k: f64, r: f64| println!("{name:<44} {k:>10.0}ms {r:>10.0}ms {:>7.1}x", k / r);
-    row(
-        "create → first exec (sequential)",
-        mean(&kraal_seq),
-        mean(&raw_seq),
-    );
-    row(
-        &format!("{} concurrent creates, wall", o.concurrent),
-        kraal_wall,
-        raw_wall,
-    );
-    row(
-        &format!("{} concurrent creates, each", o.concurrent),
-        mean(&kraal_conc),
-        mean(&raw_conc),
-    );
-    println!(
-        "{:<44} {:>10.0}ms",
-        "warm exec (`kraal exec ws -- true`)",
-        mean(&warm_exec)
-    );
-    if let Some(kib) = idle_rss_kib {
-        println!(
-            "{:<44} {:>10.1}MiB",
-            "host memory per idle workspace (runsc RSS)",
-            kib / 1024.0
-        );
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .context("base image not found")?
+            .join("rootfs"))
     }
-    println!("\nresults: {}", out_dir.join("create.json").display());
-
-    // Clean up every workspace the benchmark made.
-    let list = sh(d.kraal(&kraal).args(["ls", "--json"]))?;
-    let v: serde_json::Value = serde_json::from_str(&list)?;
-    for w in v.as_array().into_iter().flatten() {
-        let _ = d
-            .kraal(&kraal)
-            .args(["rm", "--yes", w["name"].as_str().unwrap_or_default()])
-            .output();
-    }
-    Ok(())
 }
 
-/// Mean resident memory (KiB) of the runsc processes per running sandbox.
-fn sandbox_rss_kib(runsc_root: &Path) -> Option<f64> {
-    let root_arg = format!("--root={}", runsc_root.display());
-    let mut per_sandbox = vec![];
-    let ids = sh(Command::new("runsc")
-        .arg(&root_arg)
-        .args(["list", "-quiet"]))
-    .ok()?;
+/// Raw runsc, no kraal: bundles on the image's root file system under a private root.
+pub(crate) struct RawRunsc {
+    root: PathBuf,
+    bundle: PathBuf,
+}
+
+impl RawRunsc {
+    /// A bundle running `args` on `rootfs` (read-only, no network).
+    pub fn new(dir: &Path, rootfs: &Path, args: &[&str]) -> anyhow::Result<RawRunsc> {
+        let bundle = dir.join("raw-bundle");
+        std::fs::create_dir_all(&bundle)?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&json!({
+                "ociVersion": "1.0.2",
+                "root": { "path": rootfs, "readonly": true },
+                "process": { "terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/usr/bin:/bin"], "cwd": "/" },
+                "mounts": [{ "destination": "/proc", "type": "proc", "source": "proc" }],
+                "linux": { "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}] }
+            }))?,
+        )?;
+        Ok(RawRunsc {
+            root: dir.join("raw-runsc"),
+            bundle,
+        })
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("runsc");
+        c.arg(format!("--root={}", self.root.display()))
+            .arg("--network=none");
+        c
+    }
+
+    /// `runsc run` until the process exits; its time (ms). The container is deleted after.
+    pub fn run(&self, id: &str) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        sh(self
+            .cmd()
+            .args(["run", "--bundle"])
+            .arg(&self.bundle)
+            .arg(id))?;
+        let el = ms(t.elapsed());
+        self.delete(id);
+        Ok(el)
+    }
+
+    /// `n` runs at once; each one's time (ms).
+    pub fn run_concurrently(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..n)
+                .map(|i| s.spawn(move || self.run(&format!("{prefix}-{i}"))))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// Starts a sandbox that keeps running (`runsc run --detach`).
+    pub fn start_detached(&self, id: &str) -> anyhow::Result<()> {
+        // The container keeps its standard streams: no pipes, or reading them never ends.
+        let status = self
+            .cmd()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&self.bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("runsc run --detach {id} failed: {status}");
+        }
+        Ok(())
+    }
+
+    pub fn delete(&self, id: &str) {
+        let _ = self.cmd().args(["delete", "-force", id]).output();
+    }
+
+    pub fn root_arg(&self) -> String {
+        format!("--root={}", self.root.display())
+    }
+}
+
+/// The host's available memory (`MemAvailable`), KiB.
+pub(crate) fn mem_available_kib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Mean resident memory (KiB) of the runsc sandbox and gofer processes per sandbox under
+/// the runsc root given as `root_arg` (`--root=…`).
+pub(crate) fn sandbox_rss_kib(root_arg: &str) -> Option<f64> {
+    let ids = sh(Command::new("runsc").arg(root_arg).args(["list", "-quiet"])).ok()?;
     let procs: Vec<(u32, String)> = std::fs::read_dir("/proc")
         .ok()?
         .flatten()
@@ -408,10 +361,11 @@ fn sandbox_rss_kib(runsc_root: &Path) -> Option<f64> {
             Some((pid, cmd))
         })
         .collect();
+    let mut per_sandbox = vec![];
     for id in ids.lines().filter(|l| !l.is_empty()) {
         let mut kib = 0.0;
         for (pid, cmd) in &procs {
-            if cmd.contains(&root_arg)
+            if cmd.contains(root_arg)
                 && cmd.contains(id)
                 && (cmd.contains("runsc-sandbox")
                     || cmd.contains("runsc-gofer")
@@ -432,4 +386,203 @@ fn sandbox_rss_kib(runsc_root: &Path) -> Option<f64> {
         }
     }
     (!per_sandbox.is_empty()).then(|| per_sandbox.iter().sum::<f64>() / per_sandbox.len() as f64)
+}
+
+pub(crate) fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((q * (v.len() as f64 - 1.0)).round() as usize).min(v.len() - 1)]
+}
+
+/// The suite's sections, in the order they run.
+const SECTIONS: [&str; 6] = ["create", "memory", "vm", "events", "backup", "egress"];
+
+struct Opts {
+    only: Vec<String>,
+    iterations: usize,
+    concurrent: Vec<usize>,
+    max_idle: usize,
+    accel: String,
+    events: crate::bench_events::Opts,
+    egress_iterations: usize,
+    publish: bool,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        only: SECTIONS.map(str::to_owned).to_vec(),
+        iterations: 5,
+        concurrent: vec![20, 100],
+        max_idle: 1000,
+        accel: "tcg".into(),
+        events: crate::bench_events::Opts {
+            sessions: 100,
+            workspaces: 10,
+            subscribers: 500,
+            events: 200,
+            rate: 20,
+            burst: 2000,
+        },
+        egress_iterations: 50,
+        publish: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--publish" {
+            o.publish = true;
+            continue;
+        }
+        let v = it
+            .next()
+            .with_context(|| format!("{a} needs a value"))?
+            .as_str();
+        let num = || -> anyhow::Result<usize> {
+            v.parse()
+                .with_context(|| format!("{a} needs a number, not {v:?}"))
+        };
+        match a.as_str() {
+            "--only" => {
+                o.only = v.split(',').map(str::to_owned).collect();
+                if let Some(bad) = o.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                    bail!(
+                        "unknown section {bad:?}: the sections are {}",
+                        SECTIONS.join(", ")
+                    );
+                }
+            }
+            "--iterations" => o.iterations = num()?.max(1),
+            "--concurrent" => {
+                o.concurrent = v
+                    .split(',')
+                    .map(|n| n.parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--concurrent takes numbers like 20,100, not {v:?}"))?
+            }
+            "--max-idle" => o.max_idle = num()?,
+            "--accel" if v == "tcg" || v == "kvm" => o.accel = v.into(),
+            "--accel" => bail!("--accel is tcg or kvm, not {v:?}"),
+            "--sessions" => o.events.sessions = num()?,
+            "--workspaces" => o.events.workspaces = num()?,
+            "--subscribers" => o.events.subscribers = num()?,
+            "--events" => o.events.events = num()?,
+            "--rate" => o.events.rate = num()?,
+            "--burst" => o.events.burst = num()?,
+            "--egress-iterations" => o.egress_iterations = num()?.max(3),
+            other => bail!("unknown bench option {other} (see `cargo xtask help`)"),
+        }
+    }
+    Ok(o)
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    sh(cmd)
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn machine() -> serde_json::Value {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    json!({
+        "date": first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        "commit": first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root())),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or_default().trim(),
+        "mem_total": meminfo.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()).map(|k| format!("{:.1} GiB", k / 1048576.0)).unwrap_or_default(),
+        "kernel": first_line(Command::new("uname").arg("-r")),
+        "runsc": first_line(Command::new("runsc").arg("--version")),
+        "qemu": first_line(Command::new("qemu-system-x86_64").arg("--version")),
+    })
+}
+
+/// `cargo xtask bench`: every section, each measurement next to its raw baseline in the
+/// same run; one table, `target/bench/results.json` and `target/bench/results.svg`
+/// (`--publish` also writes them to `docs/benchmarks.json` and `docs/benchmarks.svg`).
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    let started = Instant::now();
+    let mut sections = vec![];
+    let mut errors: Vec<(String, String)> = vec![];
+    for name in &o.only {
+        println!("== {name} ==");
+        let t = Instant::now();
+        let r = match name.as_str() {
+            "create" => setup(&[])
+                .and_then(|s| crate::bench_create::section(&s, o.iterations, &o.concurrent)),
+            "memory" => setup(&[]).and_then(|s| crate::bench_memory::section(&s, o.max_idle)),
+            "vm" => setup(&[("KRAAL_BACKEND", "qemu"), ("KRAAL_QEMU_ACCEL", &o.accel)])
+                .and_then(|s| crate::bench_vm::section(&s, o.iterations, &o.accel)),
+            "events" => setup(&[]).and_then(|s| crate::bench_events::section(&s, &o.events)),
+            "backup" => setup(&[]).and_then(|s| crate::bench_backup::section(&s)),
+            "egress" => {
+                let env = crate::bench_egress::daemon_env();
+                let env: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                setup(&env).and_then(|s| crate::bench_egress::section(&s, o.egress_iterations))
+            }
+            _ => unreachable!("sections are validated when parsing"),
+        };
+        match r {
+            Ok(s) => {
+                println!("  done in {:.0} s", t.elapsed().as_secs_f64());
+                sections.push(s);
+            }
+            Err(e) => {
+                eprintln!("  section {name} failed: {e:#}");
+                errors.push((name.clone(), format!("{e:#}")));
+            }
+        }
+    }
+
+    let out = root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let mut doc = crate::report::to_json(machine(), &sections, &errors);
+    doc["suite_seconds"] = json!(started.elapsed().as_secs_f64());
+    let json_path = out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?)?;
+    let svg_path = out.join("results.svg");
+    let title = format!(
+        "kraal benchmarks — {} ({} CPUs, {}), commit {}",
+        doc["machine"]["date"].as_str().unwrap_or_default(),
+        doc["machine"]["cpus"],
+        doc["machine"]["mem_total"].as_str().unwrap_or_default(),
+        doc["machine"]["commit"].as_str().unwrap_or_default()
+    );
+    crate::report::chart(&svg_path, &title, &sections)?;
+    println!();
+    print!("{}", crate::report::table(&sections));
+    println!(
+        "\nresults: {} and {} ({:.0} s in all)",
+        json_path.display(),
+        svg_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if o.publish {
+        std::fs::copy(&json_path, root().join("docs/benchmarks.json"))?;
+        std::fs::copy(&svg_path, root().join("docs/benchmarks.svg"))?;
+        println!("published to docs/benchmarks.json and docs/benchmarks.svg");
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} section(s) failed: {}",
+            errors.len(),
+            errors
+                .iter()
+                .map(|(s, e)| format!("{s}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
 }

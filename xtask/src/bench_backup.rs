@@ -1,4 +1,4 @@
-//! `cargo xtask bench-backup`: a 1 GiB workspace (768 MiB of random data, 256 MiB of
+//! Section `backup`: a 1 GiB workspace (768 MiB of random data, 256 MiB of
 //! repetitive text, a git checkout) backed up to the local backup store twice — the
 //! second time unchanged, so every chunk is already stored — and restored as a new
 //! workspace, then exported to a file and imported; next to the raw baseline in the same
@@ -12,15 +12,15 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 
-use crate::bench::{ms, setup, sh};
-use crate::root;
+use crate::bench::{Setup, ms, sh};
+use crate::report::{Row, Section, Unit};
 
 fn mib_per_s(bytes: f64, millis: f64) -> f64 {
     bytes / 1048576.0 / (millis / 1000.0)
 }
 
-pub fn run(_args: &[String]) -> anyhow::Result<()> {
-    let s = setup(&[])?;
+pub(crate) fn section(s: &Setup) -> anyhow::Result<Section> {
+    println!("  writing 1 GiB into a workspace…");
     let kraal = |args: &[&str]| -> anyhow::Result<String> { sh(s.d.kraal(&s.kraal).args(args)) };
     kraal(&["up", s.repo.to_str().unwrap(), "--name", "bk"])?;
     kraal(&[
@@ -103,61 +103,67 @@ pub fn run(_args: &[String]) -> anyhow::Result<()> {
     kraal(&["rm", "--yes", "bk"])?;
 
     let b = size as f64;
-    let result = json!({
-        "volume_bytes": size,
-        "raw_cp_ms": cp_ms,
-        "first_backup_ms": first_ms,
-        "second_backup_ms": second_ms,
-        "restore_ms": restore_ms,
-        "store_bytes_after_first": after_first,
-        "store_bytes_added_by_second": after_second.saturating_sub(after_first),
-        "export_ms": export_ms,
-        "export_file_bytes": export_bytes,
-        "import_ms": import_ms,
-    });
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("backup.json"),
-        serde_json::to_string_pretty(&result)?,
-    )?;
-    println!(
-        "backup of a {:.0} MiB workspace (local store):",
-        b / 1048576.0
-    );
-    println!(
-        "  raw cp -a of the volume (baseline) {:>8.0} ms  {:>6.0} MiB/s",
-        cp_ms,
-        mib_per_s(b, cp_ms)
-    );
-    println!(
-        "  first backup                       {:>8.0} ms  {:>6.0} MiB/s  store {:.0} MiB",
-        first_ms,
-        mib_per_s(b, first_ms),
-        after_first as f64 / 1048576.0
-    );
-    println!(
-        "  second backup, unchanged           {:>8.0} ms  {:>6.0} MiB/s  +{} bytes stored",
-        second_ms,
-        mib_per_s(b, second_ms),
-        after_second.saturating_sub(after_first)
-    );
-    println!(
-        "  restore as a new workspace         {:>8.0} ms  {:>6.0} MiB/s",
-        restore_ms,
-        mib_per_s(b, restore_ms)
-    );
-    println!(
-        "  export to a .tar.zst file          {:>8.0} ms  {:>6.0} MiB/s  file {:.0} MiB",
-        export_ms,
-        mib_per_s(b, export_ms),
-        export_bytes as f64 / 1048576.0
-    );
-    println!(
-        "  import as a new workspace          {:>8.0} ms  {:>6.0} MiB/s",
-        import_ms,
-        mib_per_s(b, import_ms)
-    );
-    println!("written to target/bench/backup.json");
-    Ok(())
+    let cp = mib_per_s(b, cp_ms);
+    let rows = vec![
+        Row::vs(
+            "first backup",
+            Unit::MiBPerS,
+            mib_per_s(b, first_ms),
+            "cp -a",
+            cp,
+        ),
+        Row::vs(
+            "second backup, unchanged",
+            Unit::MiBPerS,
+            mib_per_s(b, second_ms),
+            "cp -a",
+            cp,
+        ),
+        Row::vs(
+            "restore as a new workspace",
+            Unit::MiBPerS,
+            mib_per_s(b, restore_ms),
+            "cp -a",
+            cp,
+        ),
+        Row::vs(
+            "export to .tar.zst",
+            Unit::MiBPerS,
+            mib_per_s(b, export_ms),
+            "cp -a",
+            cp,
+        ),
+        Row::vs(
+            "import as a new workspace",
+            Unit::MiBPerS,
+            mib_per_s(b, import_ms),
+            "cp -a",
+            cp,
+        ),
+        Row::alone(
+            "store growth of the unchanged backup",
+            Unit::MiB,
+            after_second.saturating_sub(after_first) as f64 / 1048576.0,
+        ),
+    ];
+    Ok(Section {
+        name: "backup",
+        title: format!(
+            "Backups of a {:.0} MiB workspace (local store)",
+            b / 1048576.0
+        ),
+        rows,
+        details: json!({
+            "volume_bytes": size,
+            "raw_cp_ms": cp_ms,
+            "first_backup_ms": first_ms,
+            "second_backup_ms": second_ms,
+            "restore_ms": restore_ms,
+            "store_bytes_after_first": after_first,
+            "store_bytes_added_by_second": after_second.saturating_sub(after_first),
+            "export_ms": export_ms,
+            "export_file_bytes": export_bytes,
+            "import_ms": import_ms,
+        }),
+    })
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask bench-egress`: what the egress proxy costs. A web server in a network
+//! Section `egress`: what the egress proxy costs. A web server in a network
 //! namespace (a stand-in for the internet) serves a small file and a 64 MiB one; the same
 //! bash client (`/dev/tcp`, no curl needed) fetches them from inside a workspace through
 //! its egress proxy (CONNECT tunnel, and plain HTTP) and, as the raw baseline in the same
@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::bench::{setup, sh, stats};
-use crate::root;
+use crate::bench::{Setup, sh, stats};
+use crate::report::{Row, Section, Unit};
 
 const NET: &str = "10.78.9";
 const NETNS: &str = "kraal-bench-egress";
@@ -126,23 +126,16 @@ fn measure(mut cmd: Command) -> anyhow::Result<(Vec<f64>, u64)> {
     Ok((v, bytes))
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let mut n = 50;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--iterations" => n = it.next().context("--iterations N")?.parse()?,
-            other => bail!("unknown bench-egress option {other}"),
-        }
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("kraal-bench-egress-")
-        .tempdir()?;
-    let _host = start_host(tmp.path())?;
-    let s = setup(&[
-        ("KRAAL_EGRESS_RESOLVE", &format!("bench.test={NET}.2")),
-        ("KRAAL_EGRESS_ALLOW_CIDRS", &format!("{NET}.0/24")),
-    ])?;
+/// What the daemon of this section needs: the test host's name and network allowed.
+pub(crate) fn daemon_env() -> Vec<(String, String)> {
+    vec![
+        ("KRAAL_EGRESS_RESOLVE".into(), format!("bench.test={NET}.2")),
+        ("KRAAL_EGRESS_ALLOW_CIDRS".into(), format!("{NET}.0/24")),
+    ]
+}
+
+pub(crate) fn section(s: &Setup, n: usize) -> anyhow::Result<Section> {
+    let _host = start_host(s.tmp.path())?;
     sh(s.d.kraal(&s.kraal).args([
         "up",
         s.repo.to_str().unwrap(),
@@ -190,10 +183,37 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             s.sort_by(|a, b| a.partial_cmp(b).unwrap());
             s[s.len() / 2]
         };
-        let mbps = |v: &Vec<f64>| db as f64 / 1048576.0 / (p50(v) / 1000.0);
-        rows.push(format!(
-            "{name:<15} p50: host direct {:>7.2} ms ({:>5.0} MiB/s) | host via proxy CONNECT {:>7.2} ms ({:>5.0} MiB/s) | workspace via CONNECT {:>7.2} ms ({:>5.0} MiB/s) | workspace via plain HTTP {:>7.2} ms ({:>5.0} MiB/s)",
-            p50(&direct), mbps(&direct), p50(&host_tunnel), mbps(&host_tunnel), p50(&tunnel), mbps(&tunnel), p50(&plain), mbps(&plain)
+        let small = path == "/small.txt";
+        let unit = if small { Unit::Ms } else { Unit::MiBPerS };
+        // Small files: the fetch's time; large ones: its throughput.
+        let val = |v: &Vec<f64>| {
+            if small {
+                p50(v)
+            } else {
+                db as f64 / 1048576.0 / (p50(v) / 1000.0)
+            }
+        };
+        let what = if small { "fetch" } else { "download" };
+        rows.push(Row::vs(
+            format!("{name} {what}, workspace via proxy (CONNECT)"),
+            unit,
+            val(&tunnel),
+            "host direct",
+            val(&direct),
+        ));
+        rows.push(Row::vs(
+            format!("{name} {what}, workspace via proxy (plain HTTP)"),
+            unit,
+            val(&plain),
+            "host direct",
+            val(&direct),
+        ));
+        rows.push(Row::vs(
+            format!("{name} {what}, host via proxy (CONNECT)"),
+            unit,
+            val(&host_tunnel),
+            "host direct",
+            val(&direct),
         ));
         results.insert(
             name.to_owned(),
@@ -207,16 +227,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     sh(s.d.kraal(&s.kraal).args(["rm", "--yes", "egress"]))?;
-    let out = root().join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("egress.json"),
-        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
-    )?;
-    println!("egress proxy, {n} small / {big_n} large fetches each (same bash client):");
-    for r in rows {
-        println!("  {r}");
-    }
-    println!("written to target/bench/egress.json");
-    Ok(())
+    Ok(Section {
+        name: "egress",
+        title: format!("Egress proxy, p50 of {n} small / {big_n} large fetches"),
+        rows,
+        details: serde_json::Value::Object(results),
+    })
 }

@@ -20,10 +20,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::bench::{Setup, setup, sh, stats};
+use crate::bench::{Setup, percentile, sh, stats};
+use crate::report::{Row, Section, Unit};
 use crate::root;
 
 /// Claude Code's stream-json, reduced to what the benchmark needs. Environment:
@@ -47,42 +48,13 @@ rl.on('line', async (l) => {
 });
 "#;
 
-struct Opts {
-    sessions: usize,
-    workspaces: usize,
-    events: usize,
-    rate: usize,
-    burst: usize,
-}
-
-fn parse(args: &[String]) -> anyhow::Result<Opts> {
-    let mut o = Opts {
-        sessions: 100,
-        workspaces: 10,
-        events: 200,
-        rate: 20,
-        burst: 2000,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let v: usize = it
-            .next()
-            .with_context(|| format!("{a} needs a value"))?
-            .parse()
-            .with_context(|| format!("{a} needs a number"))?;
-        match a.as_str() {
-            "--sessions" => o.sessions = v,
-            "--workspaces" => o.workspaces = v,
-            "--events" => o.events = v,
-            "--rate" => o.rate = v,
-            "--burst" => o.burst = v,
-            other => bail!("unknown option {other}"),
-        }
-    }
-    if o.workspaces == 0 || o.sessions < o.workspaces {
-        bail!("need at least one workspace and one session per workspace");
-    }
-    Ok(o)
+pub(crate) struct Opts {
+    pub sessions: usize,
+    pub workspaces: usize,
+    pub subscribers: usize,
+    pub events: usize,
+    pub rate: usize,
+    pub burst: usize,
 }
 
 fn now_ms() -> f64 {
@@ -224,15 +196,17 @@ fn exec_baseline(
     seen
 }
 
-/// One `kraal events --follow --json` per session; deltas go to `tx`.
+/// `per_session` × `kraal events --follow --json` for each session; deltas go to `tx`.
 fn subscribe(
     kraal: &Path,
     socket: &Path,
     sessions: &[String],
+    per_session: usize,
     tx: &mpsc::Sender<(f64, String)>,
 ) -> Vec<std::process::Child> {
     sessions
         .iter()
+        .flat_map(|sid| std::iter::repeat_n(sid, per_session))
         .map(|sid| {
             let mut c = Command::new(kraal)
                 .env("KRAAL_SOCKET", socket)
@@ -266,6 +240,7 @@ fn kraal_phase(
     s: &Setup,
     workspaces: &[String],
     per_ws: usize,
+    subscribers_per_session: usize,
     events: usize,
     rate: usize,
 ) -> anyhow::Result<(Seen, f64)> {
@@ -287,9 +262,16 @@ fn kraal_phase(
         }
     }
     let (tx, rx) = mpsc::channel();
-    let subs = subscribe(&s.kraal, &s.d.socket, &sessions, &tx);
+    let subs = subscribe(
+        &s.kraal,
+        &s.d.socket,
+        &sessions,
+        subscribers_per_session,
+        &tx,
+    );
     drop(tx);
-    std::thread::sleep(Duration::from_secs(2));
+    // Every subscriber connected and caught up before the agents start.
+    std::thread::sleep(Duration::from_secs(2 + subs.len() as u64 / 50));
     let senders: Vec<_> = sessions
         .iter()
         .map(|sid| {
@@ -304,7 +286,11 @@ fn kraal_phase(
         c.wait()?;
     }
     let t0 = Instant::now();
-    let seen = collect(rx, sessions.len() * events, Duration::from_secs(900));
+    let seen = collect(
+        rx,
+        sessions.len() * subscribers_per_session * events,
+        Duration::from_secs(900),
+    );
     let wall = t0.elapsed().as_secs_f64();
     for mut c in subs {
         let _ = c.kill();
@@ -327,23 +313,14 @@ fn summary(s: &Seen, expected: usize) -> Value {
     })
 }
 
-fn percentile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    if v.is_empty() {
-        return 0.0;
+pub(crate) fn section(s: &Setup, o: &Opts) -> anyhow::Result<Section> {
+    if o.workspaces == 0 || o.sessions < o.workspaces {
+        bail!("need at least one workspace and one session per workspace");
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((q * (v.len() as f64 - 1.0)).round() as usize).min(v.len() - 1)]
-}
-
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let o = parse(args)?;
-    let root = root();
-    let node = root.join("agent-clis/node_modules/.bin/node");
+    let node = root().join("agent-clis/node_modules/.bin/node");
     if !node.exists() {
         bail!("{} is missing: run scripts/setup.sh", node.display());
     }
-    let s = setup(&[])?;
     let script = s.repo.join("stand-in");
     std::fs::write(&script, STAND_IN)?;
     {
@@ -352,106 +329,103 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let per_ws = o.sessions / o.workspaces;
     let sessions = per_ws * o.workspaces;
+    let subs = (o.subscribers / sessions).max(1);
     println!(
-        "{sessions} sessions in {} workspaces; latency phase: {} events each at {}/s; throughput phase: {} each, unthrottled",
-        o.workspaces, o.events, o.rate, o.burst
+        "  {sessions} sessions in {} workspaces, {} subscribers ({subs} per session); latency phase: {} events each at {}/s; throughput phase: {} each, unthrottled",
+        o.workspaces,
+        subs * sessions,
+        o.events,
+        o.rate,
+        o.burst
     );
     let workspaces: Vec<String> = (0..o.workspaces).map(|i| format!("ev-{i}")).collect();
     for ws in &workspaces {
-        sh(s.d
-            .kraal(&s.kraal)
-            .args(["up", s.repo.to_str().unwrap(), "--name", ws]))?;
+        s.kraal(&["up", s.repo.to_str().unwrap(), "--name", ws])?;
     }
 
-    println!("latency phase…");
+    println!("  latency phase…");
     let raw_lat = raw_baseline(&node, &script, sessions, o.events, o.rate);
-    let ex_lat = exec_baseline(&s, &workspaces, per_ws, o.events, o.rate);
-    let (k_lat, _) = kraal_phase(&s, &workspaces, per_ws, o.events, o.rate)?;
-    println!("throughput phase…");
+    let ex_lat = exec_baseline(s, &workspaces, per_ws, o.events, o.rate);
+    let (k_lat, _) = kraal_phase(s, &workspaces, per_ws, subs, o.events, o.rate)?;
+    println!("  throughput phase…");
     let raw_tp = raw_baseline(&node, &script, sessions, o.burst, 0);
-    let ex_tp = exec_baseline(&s, &workspaces, per_ws, o.burst, 0);
-    let (k_tp, wall) = kraal_phase(&s, &workspaces, per_ws, o.burst, 0)?;
+    let ex_tp = exec_baseline(s, &workspaces, per_ws, o.burst, 0);
+    let (k_tp, wall) = kraal_phase(s, &workspaces, per_ws, subs, o.burst, 0)?;
+    s.remove_all()?;
 
-    let results = json!({
-        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
-        "sessions": sessions,
-        "workspaces": o.workspaces,
-        "latency_phase": {
-            "events_per_session": o.events, "rate_per_session": o.rate,
-            "kraal": summary(&k_lat, sessions * o.events),
-            "exec_in_sandbox": summary(&ex_lat, sessions * o.events),
-            "raw_pipe": summary(&raw_lat, sessions * o.events),
-        },
-        "throughput_phase": {
-            "events_per_session": o.burst,
-            "kraal": summary(&k_tp, sessions * o.burst),
-            "kraal_wall_s": wall,
-            "exec_in_sandbox": summary(&ex_tp, sessions * o.burst),
-            "raw_pipe": summary(&raw_tp, sessions * o.burst),
-        },
-    });
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("events.json"),
-        serde_json::to_vec_pretty(&results)?,
-    )?;
-
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    println!();
-    println!(
-        "{:<40} {:>14} {:>16} {:>12}",
-        "measurement", "kraal session", "exec in sandbox", "raw pipe"
-    );
-    let row = |name: &str, k: String, e: String, r: String| {
-        println!("{name:<40} {k:>14} {e:>16} {r:>12}")
-    };
-    let ms = |v: f64| format!("{v:.0} ms");
-    for (name, q) in [
-        ("latency p50 (agent stdout → reader)", 0.5),
-        ("latency p99", 0.99),
-    ] {
-        row(
-            name,
-            ms(percentile(&k_lat.latencies, q)),
-            ms(percentile(&ex_lat.latencies, q)),
-            ms(percentile(&raw_lat.latencies, q)),
-        );
-    }
-    row(
-        "latency mean",
-        ms(mean(&k_lat.latencies)),
-        ms(mean(&ex_lat.latencies)),
-        ms(mean(&raw_lat.latencies)),
-    );
-    let n = |x: &Seen, of: usize| format!("{}/{of}", x.count);
-    row(
-        "events delivered (latency phase)",
-        n(&k_lat, sessions * o.events),
-        n(&ex_lat, sessions * o.events),
-        n(&raw_lat, sessions * o.events),
-    );
-    let tp = |x: &Seen| {
-        format!(
-            "{:.0}",
-            x.count as f64 / ((x.last - x.first) / 1000.0).max(1e-9)
-        )
-    };
-    row(
-        "throughput, all sessions (events/s)",
-        tp(&k_tp),
-        tp(&ex_tp),
-        tp(&raw_tp),
-    );
-    row(
-        "events delivered (throughput phase)",
-        n(&k_tp, sessions * o.burst),
-        n(&ex_tp, sessions * o.burst),
-        n(&raw_tp, sessions * o.burst),
-    );
-    println!("\nresults: {}", out.join("events.json").display());
-    for ws in &workspaces {
-        let _ = s.d.kraal(&s.kraal).args(["rm", "--yes", ws]).output();
-    }
-    Ok(())
+    let deliveries = sessions * subs;
+    let tp = |x: &Seen| x.count as f64 / ((x.last - x.first) / 1000.0).max(1e-9);
+    let lost = |x: &Seen, of: usize| (of - x.count.min(of)) as f64;
+    let rows = vec![
+        Row::vs(
+            "event latency p50 (agent stdout → subscriber)",
+            Unit::Ms,
+            percentile(&k_lat.latencies, 0.5),
+            "raw pipe",
+            percentile(&raw_lat.latencies, 0.5),
+        ),
+        Row::vs(
+            "event latency p99",
+            Unit::Ms,
+            percentile(&k_lat.latencies, 0.99),
+            "raw pipe",
+            percentile(&raw_lat.latencies, 0.99),
+        ),
+        Row::vs(
+            "event latency p50",
+            Unit::Ms,
+            percentile(&k_lat.latencies, 0.5),
+            "exec in sandbox",
+            percentile(&ex_lat.latencies, 0.5),
+        ),
+        Row::vs(
+            "event latency p99",
+            Unit::Ms,
+            percentile(&k_lat.latencies, 0.99),
+            "exec in sandbox",
+            percentile(&ex_lat.latencies, 0.99),
+        ),
+        Row::vs(
+            format!("events delivered per second (all {deliveries} subscribers)"),
+            Unit::EventsPerS,
+            tp(&k_tp),
+            "raw pipe (1 reader each)",
+            tp(&raw_tp),
+        ),
+        Row::vs(
+            "events produced per second (all sessions)",
+            Unit::EventsPerS,
+            tp(&k_tp) / subs as f64,
+            "exec in sandbox",
+            tp(&ex_tp),
+        ),
+        Row::alone(
+            "events lost (both phases, all subscribers)",
+            Unit::Count,
+            lost(&k_lat, deliveries * o.events) + lost(&k_tp, deliveries * o.burst),
+        ),
+    ];
+    Ok(Section {
+        name: "events",
+        title: format!("Agent events: {sessions} sessions, {deliveries} subscribers"),
+        rows,
+        details: json!({
+            "sessions": sessions,
+            "workspaces": o.workspaces,
+            "subscribers": deliveries,
+            "latency_phase": {
+                "events_per_session": o.events, "rate_per_session": o.rate,
+                "kraal": summary(&k_lat, deliveries * o.events),
+                "exec_in_sandbox": summary(&ex_lat, sessions * o.events),
+                "raw_pipe": summary(&raw_lat, sessions * o.events),
+            },
+            "throughput_phase": {
+                "events_per_session": o.burst,
+                "kraal": summary(&k_tp, deliveries * o.burst),
+                "kraal_wall_s": wall,
+                "exec_in_sandbox": summary(&ex_tp, sessions * o.burst),
+                "raw_pipe": summary(&raw_tp, sessions * o.burst),
+            },
+        }),
+    })
 }

@@ -1,8 +1,7 @@
-//! `cargo xtask bench-vm`: microVM boot time with the QEMU backend, measured in the same
-//! run next to its raw baseline — a bare `qemu-system-x86_64` boot of the same kernel and
-//! initramfs to the guest's init (no disks, no network, no kraal). Reports `kraal up` of a
-//! stopped workspace (TAP setup, QEMU start, kernel, guest mounts, guest agent answering),
-//! the daemon's own "ready in" time, create→first exec, and warm exec.
+//! Section `vm`: the QEMU backend. Create → first exec and the start of a stopped
+//! workspace next to a bare `qemu-system-x86_64` boot of the same kernel and initramfs to
+//! the guest's init (no disks, no network, no kraal), and resuming a running workspace
+//! from a checkpoint (memory, processes, disks) next to a cold create, in the same run.
 
 #![allow(clippy::disallowed_methods)] // Automation: spawns qemu and kraal directly.
 
@@ -13,24 +12,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use crate::bench::{Setup, ms, setup, sh, stats};
-use crate::root;
+use crate::bench::{Setup, mean, ms, sh, stats};
+use crate::report::{Row, Section, Unit};
 
 /// What the guest prints when a probe boot reaches init (kraal-guest's `PROBE_OK`).
 const PROBE_OK: &str = "kraal-guest: probe boot reached init";
-
-fn parse(args: &[String]) -> anyhow::Result<(usize, String)> {
-    let (mut n, mut accel) = (5, "tcg".to_owned());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--iterations" => n = it.next().context("--iterations N")?.parse()?,
-            "--accel" => accel = it.next().context("--accel kvm|tcg")?.clone(),
-            other => bail!("unknown bench-vm option {other}"),
-        }
-    }
-    Ok((n, accel))
-}
 
 /// The newest built kernel + initramfs in the image store.
 fn kernel(images: &Path) -> anyhow::Result<PathBuf> {
@@ -43,8 +29,29 @@ fn kernel(images: &Path) -> anyhow::Result<PathBuf> {
     dirs.pop().context("no kernel built yet")
 }
 
-fn bare_boot(kernel: &Path, accel: &str) -> anyhow::Result<f64> {
-    let mut c = Command::new("qemu-system-x86_64");
+/// The `tsc_early_khz=…` parameter kraal gave its running guests, read from their QEMU
+/// command lines.
+fn kraal_tsc_param() -> Option<String> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a.starts_with("kraal-ws-")) {
+            return None;
+        }
+        args.iter()
+            .flat_map(|a| a.split(' '))
+            .find(|p| p.starts_with("tsc_early_khz="))
+            .map(str::to_owned)
+    })
+}
+
+fn bare_boot(kernel: &Path, accel: &str, tsc: Option<&str>) -> anyhow::Result<f64> {
+    // Bounded: a boot that never reaches init fails the section instead of hanging it.
+    let mut c = Command::new("timeout");
+    c.args(["120", "qemu-system-x86_64"]);
     c.args(["-machine", "microvm,isa-serial=on,rtc=on"]);
     if accel == "kvm" {
         c.args(["-accel", "kvm", "-cpu", "host"]);
@@ -60,10 +67,15 @@ fn bare_boot(kernel: &Path, accel: &str) -> anyhow::Result<f64> {
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
         .arg(kernel.join("initramfs.cpio"))
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.probe",
-        ]);
+        .arg("-append");
+    // The same kernel parameters as kraal's guests: under TCG kraal gives the host's TSC
+    // frequency, without which a loaded host can leave the guest calibrating for minutes.
+    let mut append = "console=ttyS0 quiet panic=-1 reboot=t 8250.nr_uarts=1 kraal.probe".to_owned();
+    if let Some(tsc) = tsc {
+        append.push(' ');
+        append.push_str(tsc);
+    }
+    c.arg(append);
     let t = Instant::now();
     let out = sh(&mut c)?;
     if !out.contains(PROBE_OK) {
@@ -79,82 +91,118 @@ fn ready_ms(logs: &str) -> Option<f64> {
         .find_map(|l| l.split("ready in ").nth(1)?.split(' ').next()?.parse().ok())
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let (n, accel) = parse(args)?;
-    let Setup {
-        d,
-        kraal,
-        images,
-        tmp: _tmp,
-        repo,
-    } = setup(&[("KRAAL_BACKEND", "qemu"), ("KRAAL_QEMU_ACCEL", &accel)])?;
-    println!("warming up (builds the ext4 image and the kernel on first use)…");
-    sh(d.kraal(&kraal)
-        .args(["up", repo.to_str().unwrap(), "--name", "vm"]))?;
-    let k = kernel(Path::new(&images))?;
+/// The QEMU section: boots next to a bare QEMU boot, and resuming from a snapshot next to
+/// a cold create.
+pub(crate) fn section(s: &Setup, n: usize, accel: &str) -> anyhow::Result<Section> {
+    let kraal = |args: &[&str]| s.kraal(args);
+    let repo = s.repo.to_str().unwrap();
+    println!("  warming up (builds the ext4 image and the kernel on first use)…");
+    kraal(&["up", repo, "--name", "vm"])?;
+    let k = kernel(Path::new(&s.images))?;
+    let tsc = kraal_tsc_param();
 
     let (mut bare, mut up, mut ready, mut create, mut warm) =
         (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..n {
-        bare.push(bare_boot(&k, &accel)?);
-        sh(d.kraal(&kraal).args(["down", "vm"]))?;
+        println!("  iteration {}/{n}", i + 1);
+        bare.push(bare_boot(&k, accel, tsc.as_deref())?);
+        kraal(&["down", "vm"])?;
         let t = Instant::now();
-        sh(d.kraal(&kraal).args(["up", "vm"]))?;
+        kraal(&["up", "vm"])?;
         up.push(ms(t.elapsed()));
-        let logs = sh(d.kraal(&kraal).args(["logs", "vm"]))?;
-        ready.extend(ready_ms(&logs));
+        ready.extend(ready_ms(&kraal(&["logs", "vm"])?));
         let name = format!("new-{i}");
         let t = Instant::now();
-        sh(d.kraal(&kraal)
-            .args(["up", repo.to_str().unwrap(), "--name", &name]))?;
-        sh(d.kraal(&kraal).args(["exec", &name, "--", "true"]))?;
+        kraal(&["up", repo, "--name", &name])?;
+        kraal(&["exec", &name, "--", "true"])?;
         create.push(ms(t.elapsed()));
-        sh(d.kraal(&kraal).args(["rm", "--yes", &name]))?;
+        kraal(&["rm", "--yes", &name])?;
     }
     for _ in 0..10 {
         let t = Instant::now();
-        sh(d.kraal(&kraal).args(["exec", "vm", "--", "true"]))?;
+        kraal(&["exec", "vm", "--", "true"])?;
         warm.push(ms(t.elapsed()));
     }
-    let _ = d.kraal(&kraal).args(["rm", "--yes", "vm"]).output();
 
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let results = json!({
-        "accel": accel,
-        "qemu": sh(Command::new("qemu-system-x86_64").arg("--version")).unwrap_or_default().lines().next().unwrap_or_default(),
-        "kernel": k.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "bare_qemu_boot_to_init": stats(bare.clone()),
-        "kraal_up_stopped_workspace": stats(up.clone()),
-        "kraal_start_to_guest_ready": stats(ready.clone()),
-        "kraal_create_to_first_exec": stats(create.clone()),
-        "kraal_warm_exec": stats(warm.clone()),
-    });
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(
-        out_dir.join("vm.json"),
-        serde_json::to_vec_pretty(&results)?,
-    )?;
-    println!();
-    println!(
-        "{:<46} {:>10}",
-        format!("measurement (mean of {n}, {accel})"),
-        ""
-    );
-    for (name, v) in [
-        ("bare qemu boot to init (baseline)", &bare),
-        ("kraal: start → guest agent answers (daemon)", &ready),
-        ("kraal up of a stopped workspace (CLI)", &up),
-        ("kraal: create → first exec", &create),
-        ("kraal exec ws -- true (warm)", &warm),
-    ] {
-        println!("{name:<46} {:>8.0}ms", mean(v));
+    // Checkpoint: a workspace with a process running, snapshotted; each restore brings
+    // memory, processes and disks back, then the first exec — next to the cold creates
+    // above. The process's counter proves it is the same process, resumed.
+    println!("  checkpoint: snapshot, then {n} restores");
+    kraal(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/ticks; sleep 0.2; done' >/dev/null 2>&1 &",
+    ])?;
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let t = Instant::now();
+    kraal(&["snapshot", "vm", "bench"])?;
+    let snapshot_ms = ms(t.elapsed());
+    let ticks_at_snapshot: u64 = kraal(&["exec", "vm", "--", "cat", "/tmp/ticks"])?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let mut resume = vec![];
+    for _ in 0..n {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let t = Instant::now();
+        kraal(&["restore", "vm", "bench"])?;
+        let ticks: u64 = kraal(&["exec", "vm", "--", "cat", "/tmp/ticks"])?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        resume.push(ms(t.elapsed()));
+        if ticks == 0 || ticks > ticks_at_snapshot + 20 {
+            bail!(
+                "the restored workspace's process did not resume from the snapshot: {ticks} ticks, {ticks_at_snapshot} at the snapshot"
+            );
+        }
     }
-    println!(
-        "{:<46} {:>9.1}x",
-        "start → guest ready / bare boot",
-        mean(&ready) / mean(&bare)
-    );
-    println!("\nresults: {}", out_dir.join("vm.json").display());
-    Ok(())
+    let _ = kraal(&["rm", "--yes", "vm"]);
+
+    let accel_name = accel.to_uppercase();
+    Ok(Section {
+        name: "vm",
+        title: format!("QEMU microVM ({accel_name})"),
+        rows: vec![
+            Row::vs(
+                "create → first exec",
+                Unit::Ms,
+                mean(&create),
+                "bare QEMU boot to init",
+                mean(&bare),
+            ),
+            Row::vs(
+                "start of a stopped workspace → guest agent ready",
+                Unit::Ms,
+                mean(&ready),
+                "bare QEMU boot to init",
+                mean(&bare),
+            ),
+            Row::vs(
+                "resume from checkpoint → first exec",
+                Unit::Ms,
+                mean(&resume),
+                "cold create → first exec",
+                mean(&create),
+            ),
+            Row::alone("snapshot of a running workspace", Unit::Ms, snapshot_ms),
+            Row::alone("warm exec (kraal exec ws -- true)", Unit::Ms, mean(&warm)),
+        ],
+        details: json!({
+            "accel": accel,
+            "qemu": sh(Command::new("qemu-system-x86_64").arg("--version")).unwrap_or_default().lines().next().unwrap_or_default(),
+            "kernel": k.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "bare_boot_tsc_param": tsc,
+            "bare_qemu_boot_to_init": stats(bare),
+            "kraal_up_stopped_workspace": stats(up),
+            "kraal_start_to_guest_ready": stats(ready),
+            "kraal_create_to_first_exec": stats(create),
+            "kraal_warm_exec": stats(warm),
+            "snapshot_ms": snapshot_ms,
+            "resume_from_snapshot_to_first_exec": stats(resume),
+        }),
+    })
 }

@@ -1,21 +1,21 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
 //! * `openapi` — regenerate `docs/openapi.json` from the server's route annotations;
-//! * `bench` — create→first-exec latency and concurrent creates, next to raw `runsc run`
-//!   of the same root file system, measured in one run (needs root and runsc);
-//! * `bench-events` — session event latency and throughput next to raw pipes;
-//! * `bench-vm` — QEMU microVM boot to the guest agent next to a bare QEMU boot of the
-//!   same kernel and initramfs;
-//! * `bench-egress` — fetches through a workspace's egress proxy next to the same fetches
-//!   from the host directly;
-//! * `bench-backup` — first and unchanged second backup of a 1 GiB workspace and its
-//!   restore, next to `cp -a` of the same volume.
+//! * `bench` — the benchmark suite (root, runsc, QEMU): every measurement next to its raw
+//!   baseline in the same run, sections `create` (gVisor create → first exec, 20 and 100
+//!   at once, vs raw `runsc run`), `memory` (idle workspaces: memory each, how many fit),
+//!   `vm` (QEMU boot vs a bare boot, resume from checkpoint vs cold create), `events`
+//!   (100 sessions, 500 subscribers, vs raw pipes), `backup` (vs `cp -a`), `egress`
+//!   (proxy vs direct); one table, JSON and an SVG chart.
 
 mod bench;
 mod bench_backup;
+mod bench_create;
 mod bench_egress;
 mod bench_events;
+mod bench_memory;
 mod bench_vm;
+mod report;
 
 use std::path::PathBuf;
 
@@ -36,13 +36,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("bench") => bench::run(&args[1..]),
-        Some("bench-events") => bench_events::run(&args[1..]),
-        Some("bench-vm") => bench_vm::run(&args[1..]),
-        Some("bench-egress") => bench_egress::run(&args[1..]),
-        Some("bench-backup") => bench_backup::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--iterations N] [--concurrent N] | bench-events [--sessions N] [--workspaces N] [--events N] [--rate N] [--burst N] | bench-vm [--iterations N] [--accel tcg|kvm] | bench-egress [--iterations N] | bench-backup>"
+                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--egress-iterations N]>"
             );
             std::process::exit(2);
         }

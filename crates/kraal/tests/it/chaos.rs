@@ -1,8 +1,9 @@
 //! Faults inside one workspace stay inside it: a memory hog and a fork bomb hit that
 //! workspace's own limits, a neighbour and the daemon keep answering, and the workspace
 //! says what happened and comes back; a link outage and a daemon killed under 20 live
-//! sessions lose nothing. (A full disk and a killed hypervisor are in `qemu.rs`, a dead
-//! gVisor sandbox in `restart.rs`.)
+//! sessions lose nothing; a killed sandbox runtime (gVisor's sentry or its gofer) is
+//! noticed and restarted with the volume intact, its neighbour untouched. (A full disk
+//! and a killed hypervisor are in `qemu.rs`, a dead container process in `restart.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,86 @@ fn latency(d: &Daemon, ws: &str) -> Duration {
     let o = d.exec(ws, "echo ok");
     assert_eq!(o.stdout, "ok\n", "{o:?}");
     t0.elapsed()
+}
+
+/// Host processes of a workspace's gVisor sandbox whose command line names `kind`
+/// (`runsc-sandbox`: the sentry, the sandbox's kernel; `runsc-gofer`: its file proxy).
+fn runtime_pids(d: &Daemon, id: &str, kind: &str) -> Vec<i32> {
+    let root = format!("--root={}", d.data().join("runsc").display());
+    let mine = format!("/workspaces/{id}/");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmd
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            // Both name the workspace's runsc log, under its state directory.
+            (args.first().is_some_and(|a| a == kind)
+                && args.contains(&root)
+                && args.iter().any(|a| a.contains(&mine)))
+            .then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILL to a sandbox runtime process of one workspace, twice (the sentry, then the
+/// gofer): each time the workspace shows why it restarted and comes back with its volume,
+/// while a command in the neighbouring workspace runs to completion and the daemon answers.
+#[test]
+fn a_killed_sandbox_runtime_restarts_its_workspace_and_spares_the_neighbour() {
+    let d = Daemon::start();
+    let struck = git_repo(d.dir.path(), "struck");
+    d.ok(&["up", struck.to_str().unwrap()]);
+    d.ok(&["exec", "struck", "--", "sh", "-c", "echo kept > kept.txt"]);
+    let bystander = git_repo(d.dir.path(), "bystander");
+    d.ok(&["up", bystander.to_str().unwrap()]);
+    let id = d.workspace("struck")["id"].as_str().unwrap().to_owned();
+
+    std::thread::scope(|s| {
+        // The neighbour counts to 40, one line a second, through both kills.
+        let counting =
+            s.spawn(|| d.exec("bystander", "for i in $(seq 40); do echo $i; sleep 1; done"));
+        for (round, kind) in ["runsc-sandbox", "runsc-gofer"].into_iter().enumerate() {
+            let pids = runtime_pids(&d, &id, kind);
+            assert!(!pids.is_empty(), "no {kind} process for {id}");
+            for pid in pids {
+                #[allow(clippy::disallowed_methods)]
+                let k = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .output()
+                    .unwrap();
+                assert!(k.status.success(), "{k:?}");
+            }
+            wait_until(
+                Duration::from_secs(90),
+                &format!("the reconciler to restart the workspace after {kind} died"),
+                || {
+                    d.ok(&["logs", "struck", "--events-only"])
+                        .matches("sandbox is not running; starting it again")
+                        .count()
+                        > round
+                        && d.workspace("struck")["state"] == "running"
+                },
+            );
+            let o = d.exec("struck", "cat kept.txt");
+            assert_eq!(o.stdout, "kept\n", "after {kind} died: {o:?}");
+            let (code, _) = d.http("GET", "/v1/workspaces", b"");
+            assert_eq!(code, 200);
+        }
+        let c = counting.join().unwrap();
+        let expected: String = (1..=40).map(|i| format!("{i}\n")).collect();
+        assert_eq!(c.stdout, expected, "the neighbour's command: {c:?}");
+        assert_eq!(c.code, Some(0), "{c:?}");
+    });
+    let logs = d.ok(&["logs", "struck", "--events-only"]);
+    assert_eq!(logs.matches("running on gvisor").count(), 3, "{logs}");
+    assert_eq!(d.workspace("bystander")["state"], "running");
+    let logs = d.ok(&["logs", "bystander", "--events-only"]);
+    assert_eq!(logs.matches("running on gvisor").count(), 1, "{logs}");
 }
 
 #[test]
