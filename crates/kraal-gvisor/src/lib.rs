@@ -3,7 +3,9 @@
 //! * root: a host overlayfs of the shared read-only image (lower) and a per-workspace
 //!   writable layer (upper), so package installs survive `down`/`up` while the image is
 //!   shared; runsc runs with `--overlay2=none` so writes reach that layer;
-//! * `/workspace`: a bind mount of the workspace volume holding the checkout;
+//! * `/workspace`: a bind mount of the workspace volume holding the checkout — a sparse
+//!   ext4 file of `volume_mib` loop-mounted on the host, so a workspace that fills its
+//!   disk fills only its own (0: a plain host directory without a limit);
 //! * the guest agent and its config bind-mounted read-only under `/.kraal`;
 //! * network: a per-workspace namespace (see `kraal-net`). In `host` mode runsc is
 //!   started inside it with `--network=host`; in `sandbox` mode runsc's own netstack
@@ -21,6 +23,7 @@ use async_trait::async_trait;
 use kraal_core::{BackendKind, Capabilities, WorkspaceId};
 use kraal_image::{ImageStore, Output};
 use kraal_net::{Link, Pool};
+use kraal_sandbox::disk::is_mountpoint;
 use kraal_sandbox::process::{Cmd, ProcessError, which};
 use kraal_sandbox::{Backend, BackendError, GuestEndpoint, HostCheck, SandboxSpec, SandboxStatus};
 
@@ -50,7 +53,13 @@ pub struct GvisorConfig {
     /// TCP ports of host services (the model gateway) a sandbox may reach at the host's
     /// address on its own link.
     pub host_ports: Vec<u16>,
+    /// Size of each new workspace's volume (a sparse ext4 file); 0: a host directory
+    /// without a size limit.
+    pub volume_mib: u64,
 }
+
+/// A size-limited volume's file system image, next to its mount point `volume`.
+const VOLUME_IMAGE: &str = "volume.ext4";
 
 pub struct GvisorBackend {
     cfg: GvisorConfig,
@@ -199,20 +208,27 @@ impl GvisorBackend {
         // Slot numbers do not matter for teardown: names derive from the id.
         kraal_net::teardown(id, &self.link(id, 0)).await;
         self.unmount_root(id).await;
+        let volume = self.ws_dir(id).join("volume");
+        if self.ws_dir(id).join(VOLUME_IMAGE).is_file()
+            && let Err(e) = kraal_sandbox::disk::unmount(&volume).await
+        {
+            tracing::warn!(workspace = %id, "unmount volume: {e}");
+        }
         Ok(())
     }
-}
 
-fn is_mountpoint(p: &Path) -> bool {
-    let Ok(canon) = p.canonicalize() else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = canon.to_string_lossy();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+    /// Mounts a size-limited volume on its mount point (a no-op for a volume that is a
+    /// plain directory, or one already mounted).
+    async fn mount_volume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        let dir = self.ws_dir(id);
+        let image = dir.join(VOLUME_IMAGE);
+        if !image.is_file() {
+            return Ok(());
+        }
+        kraal_sandbox::disk::mount_ext4(&image, &dir.join("volume"))
+            .await
+            .map_err(BackendError::runtime(id, "mount volume"))
+    }
 }
 
 #[async_trait]
@@ -297,6 +313,11 @@ impl Backend for GvisorBackend {
             std::fs::create_dir_all(&p).map_err(BackendError::io(id, "create", &p))?;
         }
         let volume = dir.join("volume");
+        if !volume.is_dir() && dir.join(VOLUME_IMAGE).is_file() {
+            // Interrupted after the volume's image was complete: only its mount point is
+            // missing.
+            std::fs::create_dir(&volume).map_err(BackendError::io(id, "create", &volume))?;
+        }
         if !volume.is_dir() {
             // Fill a scratch directory and rename it: a failed or interrupted checkout
             // never leaves a half-filled volume that later looks complete.
@@ -309,8 +330,32 @@ impl Backend for GvisorBackend {
                     source: e,
                 });
             }
-            std::fs::rename(&partial, &volume).map_err(BackendError::io(id, "create", &volume))?;
+            if self.cfg.volume_mib > 0 {
+                // The checkout becomes the content of a size-limited file system; the
+                // image appears under its name only when complete, then its mount point.
+                let image = dir.join(VOLUME_IMAGE);
+                let image_partial = dir.join("volume.ext4.partial");
+                let made = kraal_sandbox::disk::make_ext4(
+                    &image_partial,
+                    self.cfg.volume_mib,
+                    "workspace",
+                    Some(&partial),
+                )
+                .await;
+                let _ = std::fs::remove_dir_all(&partial);
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(&image_partial);
+                    return Err(BackendError::runtime(id, "make volume")(e));
+                }
+                std::fs::rename(&image_partial, &image)
+                    .map_err(BackendError::io(id, "create", &image))?;
+                std::fs::create_dir(&volume).map_err(BackendError::io(id, "create", &volume))?;
+            } else {
+                std::fs::rename(&partial, &volume)
+                    .map_err(BackendError::io(id, "create", &volume))?;
+            }
         }
+        self.mount_volume(id).await?;
         // A persistent workspace keeps its network address even while stopped.
         let marker = dir.join("persistent");
         if spec.persistent {
@@ -379,6 +424,7 @@ impl Backend for GvisorBackend {
                 message: format!("guest agent {} is missing", self.cfg.guest_bin.display()),
             });
         }
+        self.mount_volume(id).await?;
         self.mount_root(id).await?;
 
         let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
@@ -515,15 +561,17 @@ impl Backend for GvisorBackend {
     async fn destroy(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         self.halt(id).await?;
         let dir = self.ws_dir(id);
-        if self.rootfs_mounted(id) {
-            return Err(BackendError::Failed {
-                workspace: id.to_string(),
-                op: "destroy",
-                message: format!(
-                    "{} is still mounted; refusing to delete under it",
-                    dir.join("rootfs").display()
-                ),
-            });
+        for mounted in [dir.join("rootfs"), dir.join("volume")] {
+            if is_mountpoint(&mounted) {
+                return Err(BackendError::Failed {
+                    workspace: id.to_string(),
+                    op: "destroy",
+                    message: format!(
+                        "{} is still mounted; refusing to delete under it",
+                        mounted.display()
+                    ),
+                });
+            }
         }
         if let Ok(rootfs) = std::fs::read_to_string(dir.join("image")) {
             ImageStore::remove_user(Path::new(rootfs.trim()), id.as_str());

@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod checkout;
+pub mod disk;
 pub mod guest;
 pub mod process;
 

@@ -842,26 +842,6 @@ async fn lock_file(path: &Path) -> std::io::Result<nix::fcntl::Flock<std::fs::Fi
     .expect("lock task does not panic")
 }
 
-/// An empty ext4 file system of `mib` MiB in a sparse file, or one holding `from`.
-async fn make_ext4(
-    path: &Path,
-    mib: u64,
-    label: &str,
-    from: Option<&Path>,
-) -> Result<(), ProcessError> {
-    let mut c =
-        Cmd::new("mkfs.ext4").args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0", "-L", label]);
-    if let Some(d) = from {
-        c = c.arg("-d").arg(d);
-    }
-    c.arg(path)
-        .arg(format!("{mib}M"))
-        .timeout(Duration::from_secs(1800))
-        .run()
-        .await
-        .map(|_| ())
-}
-
 #[async_trait]
 impl Backend for QemuBackend {
     fn kind(&self) -> BackendKind {
@@ -951,9 +931,14 @@ impl Backend for QemuBackend {
                         .map_err(BackendError::io(id, "create", &f))?;
                 }
                 let partial = dir.join("volume.partial");
-                make_ext4(&partial, self.cfg.volume_mib, "workspace", Some(&scratch))
-                    .await
-                    .map_err(BackendError::runtime(id, "make volume"))?;
+                kraal_sandbox::disk::make_ext4(
+                    &partial,
+                    self.cfg.volume_mib,
+                    "workspace",
+                    Some(&scratch),
+                )
+                .await
+                .map_err(BackendError::runtime(id, "make volume"))?;
                 std::fs::rename(&partial, &volume).map_err(BackendError::io(id, "create", &volume))
             }
             .await;
@@ -965,7 +950,7 @@ impl Backend for QemuBackend {
         let root = dir.join("root.ext4");
         if !root.is_file() {
             let partial = dir.join("root.partial");
-            make_ext4(&partial, self.cfg.root_mib, "kraal-root", None)
+            kraal_sandbox::disk::make_ext4(&partial, self.cfg.root_mib, "kraal-root", None)
                 .await
                 .map_err(BackendError::runtime(id, "make root layer"))?;
             std::fs::rename(&partial, &root).map_err(BackendError::io(id, "create", &root))?;

@@ -497,9 +497,16 @@ pub struct ServeArgs {
     /// QEMU accelerator: `auto` uses KVM when the bounded probe finds it working.
     #[arg(long, env = "KRAAL_QEMU_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
     pub qemu_accel: String,
-    /// Size of each microVM workspace's volume in MiB (a sparse file).
-    #[arg(long, env = "KRAAL_VM_VOLUME_MIB", default_value_t = 32768)]
-    pub vm_volume_mib: u64,
+    /// Size limit of each new workspace's volume in MiB: a sparse ext4 file, so a
+    /// workspace that fills its disk fills only its own (gVisor and microVMs; 0 on gVisor:
+    /// a plain host directory without a limit; microVMs always have one).
+    #[arg(
+        long = "volume-mib",
+        visible_alias = "vm-volume-mib",
+        env = "KRAAL_VOLUME_MIB",
+        default_value_t = 32768
+    )]
+    pub volume_mib: u64,
     /// How gVisor sandboxes get their network: `host` (runsc inside the workspace netns)
     /// or `sandbox` (runsc's own netstack).
     #[arg(long, default_value = "host", value_parser = ["host", "sandbox"])]

@@ -23,7 +23,8 @@ pub struct BackendOptions {
     pub qemu: PathBuf,
     /// `auto`, `kvm` or `tcg`.
     pub qemu_accel: String,
-    pub vm_volume_mib: u64,
+    /// Size limit of new volumes (MiB); 0: gVisor volumes are plain directories.
+    pub volume_mib: u64,
 }
 
 fn guest_bin(o: &BackendOptions) -> PathBuf {
@@ -71,6 +72,7 @@ pub fn gvisor(o: &BackendOptions) -> GvisorBackend {
             .clone()
             .or_else(kraal_sandbox::locate_agents_dir),
         host_ports: vec![kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT],
+        volume_mib: o.volume_mib,
     })
 }
 
@@ -132,7 +134,11 @@ pub fn qemu(o: &BackendOptions, accel: Accel) -> kraal_vm::QemuBackend {
             .clone()
             .or_else(kraal_sandbox::locate_agents_dir),
         host_ports: vec![kraal_core::GATEWAY_PORT, kraal_core::EGRESS_PORT],
-        volume_mib: o.vm_volume_mib,
+        volume_mib: if o.volume_mib == 0 {
+            kraal_vm::VmConfig::DEFAULT_VOLUME_MIB
+        } else {
+            o.volume_mib
+        },
         root_mib: kraal_vm::VmConfig::DEFAULT_ROOT_MIB,
         virtiofsd: kraal_vm::locate_virtiofsd(),
     })

@@ -427,7 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(PathBuf::from)
                     .unwrap_or_else(|| "qemu-system-x86_64".into()),
                 qemu_accel: std::env::var("KRAAL_QEMU_ACCEL").unwrap_or_else(|_| "auto".into()),
-                vm_volume_mib: kraal_vm::VmConfig::DEFAULT_VOLUME_MIB,
+                volume_mib: kraal_vm::VmConfig::DEFAULT_VOLUME_MIB,
             };
             let (report, _) = host::inspect(&opts).await;
             if json {

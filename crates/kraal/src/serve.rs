@@ -29,7 +29,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         backend: args.backend.clone(),
         qemu: args.qemu.clone(),
         qemu_accel: args.qemu_accel.clone(),
-        vm_volume_mib: args.vm_volume_mib,
+        volume_mib: args.volume_mib,
     };
     let (mut report, mut backend) = inspect(&opts).await;
     if args.backend == "kubernetes" {

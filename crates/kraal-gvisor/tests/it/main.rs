@@ -27,6 +27,7 @@ fn backend(tmp: &std::path::Path) -> GvisorBackend {
                 .expect("agent CLIs (scripts/setup.sh installs them)"),
         ),
         host_ports: vec![7072],
+        volume_mib: 256,
     })
 }
 

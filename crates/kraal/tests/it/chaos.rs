@@ -2,8 +2,9 @@
 //! workspace's own limits, a neighbour and the daemon keep answering, and the workspace
 //! says what happened and comes back; a link outage and a daemon killed under 20 live
 //! sessions lose nothing; a killed sandbox runtime (gVisor's sentry or its gofer) is
-//! noticed and restarted with the volume intact, its neighbour untouched. (A full disk
-//! and a killed hypervisor are in `qemu.rs`, a dead container process in `restart.rs`.)
+//! noticed and restarted with the volume intact, its neighbour untouched; a workspace that
+//! fills its disk fills only its own volume. (A full microVM volume and a killed
+//! hypervisor are in `qemu.rs`, a dead container process in `restart.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,89 @@ fn a_killed_sandbox_runtime_restarts_its_workspace_and_spares_the_neighbour() {
     assert_eq!(d.workspace("bystander")["state"], "running");
     let logs = d.ok(&["logs", "bystander", "--events-only"]);
     assert_eq!(logs.matches("running on gvisor").count(), 1, "{logs}");
+}
+
+/// Free bytes of the file system holding `p`.
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() as u64 * s.fragment_size() as u64
+}
+
+/// A gVisor workspace writing without end fills its own 64 MiB volume, not the host's
+/// disk: the writer gets ENOSPC, the neighbour and the daemon go on, the host lost at most
+/// the volume's size, and the workspace recovers once space is freed — across down/up.
+#[test]
+fn a_workspace_filling_its_disk_fills_only_its_own_volume() {
+    let d = Daemon::start_with_env(&[("KRAAL_VOLUME_MIB", "64")]);
+    let greedy = git_repo(d.dir.path(), "greedy");
+    d.ok(&["up", greedy.to_str().unwrap()]);
+    d.ok(&[
+        "exec",
+        "greedy",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > kept.txt && sync",
+    ]);
+    let modest = git_repo(d.dir.path(), "modest");
+    d.ok(&["up", modest.to_str().unwrap()]);
+    let host_free = free_bytes(&d.data());
+
+    let o = d.exec(
+        "greedy",
+        "dd if=/dev/zero of=fill bs=1M count=400 2>&1; echo status $?",
+    );
+    assert!(
+        o.stdout.contains("No space left on device") && !o.stdout.contains("status 0"),
+        "{o:?}"
+    );
+    let o = d.exec("greedy", "df -m /workspace | tail -1");
+    let size_mib: u64 = o
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("df: {o:?}"));
+    assert!(size_mib <= 64, "the volume is {size_mib} MiB: {o:?}");
+    let lost = host_free.saturating_sub(free_bytes(&d.data()));
+    assert!(
+        lost < 80 << 20,
+        "the host lost {} MiB to a 64 MiB volume",
+        lost >> 20
+    );
+    // Further writes fail clearly; the neighbour writes and the daemon answers.
+    let o = d.exec("greedy", "dd if=/dev/zero of=more bs=1M count=4");
+    assert_ne!(o.code, Some(0), "{o:?}");
+    assert!(o.stderr.contains("No space left on device"), "{o:?}");
+    let o = d.exec(
+        "modest",
+        "dd if=/dev/zero of=ten bs=1M count=10 2>/dev/null && wc -c < ten",
+    );
+    assert_eq!(o.stdout, "10485760\n", "{o:?}");
+    assert_eq!(d.http("GET", "/v1/status", b"").0, 200);
+    assert_eq!(d.workspace("greedy")["state"], "running");
+
+    // Freed space is usable again, and the volume (a file system of its own) keeps its
+    // files across down/up.
+    let o = d.exec("greedy", "rm fill more && echo more > more.txt && sync");
+    assert_eq!(o.code, Some(0), "{o:?}");
+    d.ok(&["down", "greedy"]);
+    let id = d.workspace("greedy")["id"].as_str().unwrap().to_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("/workspaces/{id}/volume")),
+        "a stopped workspace's volume stays mounted"
+    );
+    d.ok(&["up", "greedy"]);
+    let o = d.exec("greedy", "cat kept.txt more.txt");
+    assert_eq!(o.stdout, "kept\nmore\n", "{o:?}");
+    d.ok(&["rm", "--yes", "greedy"]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&id),
+        "removed, yet still mounted: {mounts}"
+    );
+    assert!(!d.state_dir().join(&id).exists());
 }
 
 #[test]

@@ -119,7 +119,7 @@ fn the_accelerator_probe_is_bounded_and_picks_tcg_when_kvm_cannot_boot_the_kerne
 #[test]
 fn a_full_volume_a_killed_qemu_and_a_silent_guest_are_clear_and_recoverable() {
     let d = Daemon::start_qemu(&[
-        ("KRAAL_VM_VOLUME_MIB", "64"),
+        ("KRAAL_VOLUME_MIB", "64"),
         ("KRAAL_BOOT_TIMEOUT_SECS", "20"),
     ]);
     d.ok(&["up", git_repo(d.dir.path(), "faults").to_str().unwrap()]);
