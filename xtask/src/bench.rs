@@ -349,6 +349,17 @@ pub(crate) fn mem_available_kib() -> f64 {
 /// Mean resident memory (KiB) of the runsc sandbox and gofer processes per sandbox under
 /// the runsc root given as `root_arg` (`--root=…`).
 pub(crate) fn sandbox_rss_kib(root_arg: &str) -> Option<f64> {
+    sandbox_mem_kib(root_arg, "status", "VmRSS:")
+}
+
+/// Mean proportional set size (KiB) per sandbox: resident memory with every shared page
+/// (the runsc binary, shared libraries) divided among the processes sharing it — what one
+/// more sandbox costs.
+pub(crate) fn sandbox_pss_kib(root_arg: &str) -> Option<f64> {
+    sandbox_mem_kib(root_arg, "smaps_rollup", "Pss:")
+}
+
+fn sandbox_mem_kib(root_arg: &str, file: &str, field: &str) -> Option<f64> {
     let ids = sh(Command::new("runsc").arg(root_arg).args(["list", "-quiet"])).ok()?;
     let procs: Vec<(u32, String)> = std::fs::read_dir("/proc")
         .ok()?
@@ -371,8 +382,8 @@ pub(crate) fn sandbox_rss_kib(root_arg: &str) -> Option<f64> {
                     || cmd.contains("runsc-gofer")
                     || cmd.contains(" boot ")
                     || cmd.contains(" gofer "))
-                && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                && let Some(l) = status.lines().find(|l| l.starts_with("VmRSS:"))
+                && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                && let Some(l) = status.lines().find(|l| l.starts_with(field))
             {
                 kib += l
                     .split_whitespace()
@@ -409,6 +420,7 @@ struct Opts {
     iterations: usize,
     concurrent: Vec<usize>,
     max_idle: usize,
+    max_create_s: f64,
     accel: String,
     events: crate::bench_events::Opts,
     egress_iterations: usize,
@@ -421,6 +433,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         iterations: 5,
         concurrent: vec![20, 100],
         max_idle: 1000,
+        max_create_s: 20.0,
         accel: "tcg".into(),
         events: crate::bench_events::Opts {
             sessions: 100,
@@ -466,6 +479,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
                     .with_context(|| format!("--concurrent takes numbers like 20,100, not {v:?}"))?
             }
             "--max-idle" => o.max_idle = num()?,
+            "--max-create-secs" => o.max_create_s = num()? as f64,
             "--accel" if v == "tcg" || v == "kvm" => o.accel = v.into(),
             "--accel" => bail!("--accel is tcg or kvm, not {v:?}"),
             "--sessions" => o.events.sessions = num()?,
@@ -520,7 +534,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let r = match name.as_str() {
             "create" => setup(&[])
                 .and_then(|s| crate::bench_create::section(&s, o.iterations, &o.concurrent)),
-            "memory" => setup(&[]).and_then(|s| crate::bench_memory::section(&s, o.max_idle)),
+            "memory" => setup(&[])
+                .and_then(|s| crate::bench_memory::section(&s, o.max_idle, o.max_create_s)),
             "vm" => setup(&[("KRAAL_BACKEND", "qemu"), ("KRAAL_QEMU_ACCEL", &o.accel)])
                 .and_then(|s| crate::bench_vm::section(&s, o.iterations, &o.accel)),
             "events" => setup(&[]).and_then(|s| crate::bench_events::section(&s, &o.events)),

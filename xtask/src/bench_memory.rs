@@ -1,6 +1,8 @@
-//! Section `memory`: host memory per idle gVisor workspace and the largest number of idle
-//! workspaces that fit, measured by filling the host until only a reserve of memory is
-//! left, next to raw runsc sandboxes idling (`sleep infinity`) on the same root file system.
+//! Section `memory`: what an idle gVisor workspace costs the host — memory and CPU — next
+//! to raw runsc sandboxes idling (`sleep infinity`) on the same root file system, and how
+//! many idle workspaces the host carries: filled 10 at a time until only a reserve of
+//! memory is left, or a new workspace takes longer than `max_create_s` to its first exec
+//! (the CPUs, not the memory, are then the limit), or `max_idle`.
 
 #![allow(clippy::disallowed_methods)] // Automation: spawns runsc and kraal directly.
 
@@ -8,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::bench::{RawRunsc, Setup, mem_available_kib, ms, percentile, sandbox_rss_kib, stats};
+use crate::bench::{
+    RawRunsc, Setup, mem_available_kib, ms, percentile, sandbox_pss_kib, sandbox_rss_kib, stats,
+};
 use crate::report::{Row, Section, Unit};
 
 /// Workspaces measured closely before filling.
@@ -28,6 +32,45 @@ fn rss_kib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// CPU time (clock ticks) used so far by the runsc processes under the runsc root
+/// `root_arg` (`--root=…`), and how many sandboxes they belong to.
+fn runsc_ticks(root_arg: &str) -> (u64, usize) {
+    let mut ticks = 0;
+    let mut sandboxes = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !cmd.contains(root_arg)
+            || !(cmd.starts_with("runsc-sandbox") || cmd.starts_with("runsc-gofer"))
+        {
+            continue;
+        }
+        if cmd.starts_with("runsc-sandbox") {
+            sandboxes += 1;
+        }
+        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat"))
+            && let Some(rest) = stat.rsplit(')').next()
+        {
+            // Fields after the command: state is 3rd, utime 14th, stime 15th overall.
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    (ticks, sandboxes)
+}
+
+/// Percent of one CPU each idle sandbox under `root_arg` uses, over 10 s.
+fn idle_cpu_percent(root_arg: &str) -> f64 {
+    let (a, n) = runsc_ticks(root_arg);
+    std::thread::sleep(Duration::from_secs(10));
+    let (b, _) = runsc_ticks(root_arg);
+    let hz = 100.0; // USER_HZ on Linux
+    (b.saturating_sub(a)) as f64 / hz / 10.0 * 100.0 / n.max(1) as f64
+}
+
 fn settle() {
     std::thread::sleep(Duration::from_secs(8));
 }
@@ -42,7 +85,7 @@ fn warm_exec(s: &Setup, ws: &str) -> anyhow::Result<Vec<f64>> {
         .collect()
 }
 
-pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
+pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::Result<Section> {
     s.warm_up()?;
     let total_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -54,13 +97,14 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
     // Baseline: raw sandboxes that just sleep.
     println!("  raw baseline: {SAMPLE} idle runsc sandboxes");
     let raw = RawRunsc::new(s.tmp.path(), &s.base_rootfs()?, &["/bin/sleep", "infinity"])?;
-    let before = mem_available_kib();
+    settle();
     for i in 0..SAMPLE {
         raw.start_detached(&format!("idle-{i}"))?;
     }
     settle();
     let raw_rss = sandbox_rss_kib(&raw.root_arg()).unwrap_or(0.0);
-    let raw_per = (before - mem_available_kib()) / SAMPLE as f64;
+    let raw_pss = sandbox_pss_kib(&raw.root_arg()).unwrap_or(0.0);
+    let raw_cpu = idle_cpu_percent(&raw.root_arg());
     for i in 0..SAMPLE {
         raw.delete(&format!("idle-{i}"));
     }
@@ -74,7 +118,9 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
     settle();
     let runsc_root = format!("--root={}", s.d.data.join("runsc").display());
     let kraal_rss = sandbox_rss_kib(&runsc_root).unwrap_or(0.0);
+    let kraal_pss = sandbox_pss_kib(&runsc_root).unwrap_or(0.0);
     let kraal_per = (start_avail - mem_available_kib()) / SAMPLE as f64;
+    let kraal_cpu = idle_cpu_percent(&runsc_root);
     let exec_few = warm_exec(s, "idle-0")?;
 
     println!(
@@ -99,7 +145,15 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
             .map(|i| format!("idle-{i}"))
             .collect();
         match s.create_many(&batch, batch.len()) {
-            Ok(_) => count += batch.len(),
+            Ok(times) => {
+                count += batch.len();
+                let slowest = times.iter().cloned().fold(0.0, f64::max) / 1000.0;
+                if slowest > max_create_s {
+                    break format!(
+                        "a new workspace took {slowest:.1} s to its first exec (limit {max_create_s} s): the CPUs are the limit"
+                    );
+                }
+            }
             Err(e) => break format!("a create failed: {e:#}"),
         }
         if count.is_multiple_of(50) {
@@ -110,14 +164,26 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
         }
     };
     let fill_s = t.elapsed().as_secs_f64();
+    let stop_short = if stop.contains("CPUs") {
+        "CPU-bound"
+    } else if stop.contains("reserve") {
+        "memory-bound"
+    } else if stop.contains("max-idle") {
+        "capped"
+    } else {
+        "a create failed"
+    };
     settle();
     let end_avail = mem_available_kib();
     let per_filled = (start_avail - end_avail) / count as f64;
-    // If a cap stopped the fill early, how many more the remaining memory would hold.
-    let fits = count as f64 + ((end_avail - reserve_kib) / per_filled).max(0.0).floor();
-    let raw_fits = ((start_avail - reserve_kib) / raw_per.max(1.0)).floor();
     let exec_many = warm_exec(s, "idle-0")?;
     let daemon_after = rss_kib(s.d.pid());
+    // What one more idle workspace costs: its sandbox's share of memory plus the daemon's
+    // growth per workspace; the raw sandbox has no daemon.
+    let daemon_per = ((daemon_after - daemon_before) / count as f64).max(0.0);
+    let kraal_cost = kraal_pss + daemon_per;
+    let fits = ((start_avail - reserve_kib) / kraal_cost.max(1.0)).floor();
+    let raw_fits = ((start_avail - reserve_kib) / raw_pss.max(1.0)).floor();
     println!("  {count} idle workspaces ({stop}); removing them");
     s.remove_all()?;
 
@@ -127,11 +193,16 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
         title: "gVisor: idle workspaces".into(),
         rows: vec![
             Row::vs(
-                "host memory per idle workspace (MemAvailable drop)",
+                "memory per idle workspace (runsc PSS + daemon share)",
                 Unit::MiB,
-                mib(kraal_per),
+                mib(kraal_cost),
                 "raw runsc sandbox (sleep)",
-                mib(raw_per),
+                mib(raw_pss),
+            ),
+            Row::alone(
+                format!("host MemAvailable drop per workspace over {count}"),
+                Unit::MiB,
+                mib(per_filled),
             ),
             Row::vs(
                 "sandbox RSS per idle workspace (runsc processes)",
@@ -141,11 +212,23 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
                 mib(raw_rss),
             ),
             Row::vs(
-                format!("idle workspaces that fit (filled to {count})"),
+                "CPU per idle workspace (% of one core)",
+                Unit::Percent,
+                kraal_cpu,
+                "raw runsc sandbox (sleep)",
+                raw_cpu,
+            ),
+            Row::vs(
+                "idle workspaces that fit in memory (projected from PSS)",
                 Unit::Count,
                 fits,
-                "raw sandboxes (estimated)",
+                "raw sandboxes (projected)",
                 raw_fits,
+            ),
+            Row::alone(
+                format!("idle workspaces running at once (measured; {stop_short})"),
+                Unit::Count,
+                count as f64,
             ),
             Row::vs(
                 format!("warm exec p50 with {count} idle workspaces"),
@@ -158,10 +241,15 @@ pub(crate) fn section(s: &Setup, max_idle: usize) -> anyhow::Result<Section> {
         details: json!({
             "mem_total_kib": total_kib,
             "reserve_kib": reserve_kib,
-            "raw_per_sandbox_kib": raw_per,
+            "raw_pss_per_sandbox_kib": raw_pss,
+            "kraal_pss_per_workspace_kib": kraal_pss,
+            "daemon_kib_per_workspace": daemon_per,
             "raw_rss_per_sandbox_kib": raw_rss,
-            "kraal_per_workspace_kib": kraal_per,
+            "kraal_memavailable_drop_first_sample_kib": kraal_per,
             "kraal_rss_per_workspace_kib": kraal_rss,
+            "raw_idle_cpu_percent": raw_cpu,
+            "kraal_idle_cpu_percent": kraal_cpu,
+            "max_create_s": max_create_s,
             "kraal_per_workspace_filled_kib": per_filled,
             "filled": count,
             "fill_seconds": fill_s,

@@ -20,6 +20,8 @@ pub enum Unit {
     MiBPerS,
     /// A count (workspaces); higher is better.
     Count,
+    /// Percent of one CPU; lower is better.
+    Percent,
 }
 
 impl Unit {
@@ -30,6 +32,7 @@ impl Unit {
             Unit::MiB => "MiB",
             Unit::MiBPerS => "MiB/s",
             Unit::Count => "count",
+            Unit::Percent => "% of a CPU",
         }
     }
 
@@ -47,6 +50,7 @@ impl Unit {
             Unit::MiB => format!("{v:.1} MiB"),
             Unit::MiBPerS => format!("{v:.0} MiB/s"),
             Unit::Count => format!("{v:.0}"),
+            Unit::Percent => format!("{v:.1} %"),
         }
     }
 }

@@ -322,11 +322,13 @@ pub fn cleanup_host_resources(data: &Path) {
                     .args(["netns", "del", &format!("kraal-{short}")])
                     .output();
             }
-            #[allow(clippy::disallowed_methods)]
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(e.path().join("rootfs"))
-                .output();
+            for mounted in ["rootfs", "volume"] {
+                #[allow(clippy::disallowed_methods)]
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(e.path().join(mounted))
+                    .output();
+            }
         }
     }
 }
