@@ -1,5 +1,6 @@
-//! `cargo xtask bench-events`: agent events from the agent's standard output to CLI
-//! subscribers (`kraal events --follow`), with many concurrent sessions. The agent is a
+//! Section `events`: agent events from the agent's standard output to many subscribers of
+//! the daemon's SSE stream (what the web UI and `kraal chat` follow), with many concurrent
+//! sessions. The agent is a
 //! small stand-in speaking Claude Code's stream-json that stamps every text delta with the
 //! wall-clock time it printed it; each subscriber stamps its arrival. Measured next to the
 //! raw baseline in the same run: the same stand-in on the host, read through a plain pipe.
@@ -196,42 +197,45 @@ fn exec_baseline(
     seen
 }
 
-/// `per_session` × `kraal events --follow --json` for each session; deltas go to `tx`.
+/// `per_session` subscribers for each session: each one the daemon's SSE stream
+/// (`GET /v1/sessions/{id}/stream`, what the web UI and `kraal chat` follow) on its own
+/// connection over the daemon's socket, read by a thread; deltas go to `tx`. Plain
+/// connections rather than 500 CLI processes, so the two cores measure the daemon's
+/// fan-out and not 500 clients' start-up and JSON printing.
 fn subscribe(
-    kraal: &Path,
     socket: &Path,
     sessions: &[String],
     per_session: usize,
     tx: &mpsc::Sender<(f64, String)>,
-) -> Vec<std::process::Child> {
-    sessions
+) -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
+    let mut conns = vec![];
+    for sid in sessions
         .iter()
         .flat_map(|sid| std::iter::repeat_n(sid, per_session))
-        .map(|sid| {
-            let mut c = Command::new(kraal)
-                .env("KRAAL_SOCKET", socket)
-                .args(["events", sid, "--follow", "--json"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("kraal runs");
-            let out = c.stdout.take().unwrap();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let arrived = now_ms();
-                    if let Ok(v) = serde_json::from_str::<Value>(&l)
-                        && v["type"] == "assistant_delta"
-                        && let Some(t) = v["text"].as_str()
-                    {
-                        let _ = tx.send((arrived, t.to_owned()));
-                    }
+    {
+        let mut c = std::os::unix::net::UnixStream::connect(socket)?;
+        // HTTP/1.0: the stream is delimited by the connection's end, not chunked.
+        write!(
+            c,
+            "GET /v1/sessions/{sid}/stream HTTP/1.0\r\nHost: kraal\r\nAccept: text/event-stream\r\n\r\n"
+        )?;
+        let reader = c.try_clone()?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(reader).lines().map_while(Result::ok) {
+                let arrived = now_ms();
+                if let Some(data) = l.strip_prefix("data:")
+                    && let Ok(v) = serde_json::from_str::<Value>(data.trim_start())
+                    && v["type"] == "assistant_delta"
+                    && let Some(t) = v["text"].as_str()
+                {
+                    let _ = tx.send((arrived, t.to_owned()));
                 }
-            });
-            c
-        })
-        .collect()
+            }
+        });
+        conns.push(c);
+    }
+    Ok(conns)
 }
 
 /// Runs one phase through kraal: fresh sessions, subscribers, then every session is told
@@ -262,13 +266,7 @@ fn kraal_phase(
         }
     }
     let (tx, rx) = mpsc::channel();
-    let subs = subscribe(
-        &s.kraal,
-        &s.d.socket,
-        &sessions,
-        subscribers_per_session,
-        &tx,
-    );
+    let subs = subscribe(&s.d.socket, &sessions, subscribers_per_session, &tx)?;
     drop(tx);
     // Every subscriber connected and caught up before the agents start.
     std::thread::sleep(Duration::from_secs(2 + subs.len() as u64 / 50));
@@ -292,9 +290,8 @@ fn kraal_phase(
         Duration::from_secs(900),
     );
     let wall = t0.elapsed().as_secs_f64();
-    for mut c in subs {
-        let _ = c.kill();
-        let _ = c.wait();
+    for c in subs {
+        let _ = c.shutdown(std::net::Shutdown::Both);
     }
     for sid in &sessions {
         let _ = s.d.kraal(&s.kraal).args(["end-chat", sid]).output();
@@ -413,6 +410,7 @@ pub(crate) fn section(s: &Setup, o: &Opts) -> anyhow::Result<Section> {
             "sessions": sessions,
             "workspaces": o.workspaces,
             "subscribers": deliveries,
+            "subscriber": "an SSE connection to /v1/sessions/{id}/stream over the daemon's socket",
             "latency_phase": {
                 "events_per_session": o.events, "rate_per_session": o.rate,
                 "kraal": summary(&k_lat, deliveries * o.events),
