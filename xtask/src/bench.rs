@@ -292,7 +292,8 @@ impl RawRunsc {
     }
 
     /// `n` of [`RawRunsc::start_and_exec`] at once: each one's time and the time until the
-    /// last was done (ms). All of them are deleted afterwards (not timed).
+    /// last was done (ms). All of them are deleted afterwards (not timed). Ids have a fixed
+    /// width: runsc takes an id that is a prefix of another's as ambiguous.
     pub fn start_and_exec_concurrently(
         &self,
         prefix: &str,
@@ -301,14 +302,14 @@ impl RawRunsc {
         let t = Instant::now();
         let r: anyhow::Result<Vec<f64>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..n)
-                .map(|i| s.spawn(move || self.start_and_exec(&format!("{prefix}-{i}"))))
+                .map(|i| s.spawn(move || self.start_and_exec(&format!("{prefix}-{i:04}"))))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let wall = ms(t.elapsed());
         std::thread::scope(|s| {
             for i in 0..n {
-                s.spawn(move || self.delete(&format!("{prefix}-{i}")));
+                s.spawn(move || self.delete(&format!("{prefix}-{i:04}")));
             }
         });
         Ok((r?, wall))

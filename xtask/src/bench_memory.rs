@@ -99,14 +99,14 @@ pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::
     let raw = RawRunsc::new(s.tmp.path(), &s.base_rootfs()?, &["/bin/sleep", "infinity"])?;
     settle();
     for i in 0..SAMPLE {
-        raw.start_detached(&format!("idle-{i}"))?;
+        raw.start_detached(&format!("idle-{i:04}"))?;
     }
     settle();
     let raw_rss = sandbox_rss_kib(&raw.root_arg()).unwrap_or(0.0);
     let raw_pss = sandbox_pss_kib(&raw.root_arg()).unwrap_or(0.0);
     let raw_cpu = idle_cpu_percent(&raw.root_arg());
     for i in 0..SAMPLE {
-        raw.delete(&format!("idle-{i}"));
+        raw.delete(&format!("idle-{i:04}"));
     }
     settle();
 
