@@ -342,19 +342,49 @@ impl RawRunsc {
     }
 }
 
+/// The number of a `Key:   N kB` line in a `/proc` file (`/proc/meminfo`,
+/// `/proc/PID/status`, `/proc/PID/smaps_rollup`), KiB.
+pub(crate) fn proc_kib(path: &str, key: &str) -> Option<f64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// The host's available memory (`MemAvailable`), KiB.
 pub(crate) fn mem_available_kib() -> f64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemAvailable:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
+    proc_kib("/proc/meminfo", "MemAvailable:").unwrap_or(0.0)
+}
+
+/// The sandbox (sentry) and gofer processes of the runsc root `root_arg` (`--root=…`):
+/// pid and command line (arguments joined by spaces).
+pub(crate) fn runsc_processes(root_arg: &str) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .ok()?
+                .replace('\0', " ");
+            (cmd.contains(root_arg)
+                && (cmd.contains("runsc-sandbox")
+                    || cmd.contains("runsc-gofer")
+                    || cmd.contains(" boot ")
+                    || cmd.contains(" gofer ")))
+            .then_some((pid, cmd))
         })
-        .unwrap_or(0.0)
+        .collect()
+}
+
+/// Whether a command line from [`runsc_processes`] is a sandbox's sentry.
+pub(crate) fn is_sentry(cmd: &str) -> bool {
+    cmd.contains("runsc-sandbox") || cmd.contains(" boot ")
 }
 
 /// Mean resident memory (KiB) of the runsc sandbox and gofer processes per sandbox under
@@ -372,37 +402,14 @@ pub(crate) fn sandbox_pss_kib(root_arg: &str) -> Option<f64> {
 
 fn sandbox_mem_kib(root_arg: &str, file: &str, field: &str) -> Option<f64> {
     let ids = sh(Command::new("runsc").arg(root_arg).args(["list", "-quiet"])).ok()?;
-    let procs: Vec<(u32, String)> = std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .ok()?
-                .replace('\0', " ");
-            Some((pid, cmd))
-        })
-        .collect();
+    let procs = runsc_processes(root_arg);
     let mut per_sandbox = vec![];
     for id in ids.lines().filter(|l| !l.is_empty()) {
-        let mut kib = 0.0;
-        for (pid, cmd) in &procs {
-            if cmd.contains(root_arg)
-                && cmd.contains(id)
-                && (cmd.contains("runsc-sandbox")
-                    || cmd.contains("runsc-gofer")
-                    || cmd.contains(" boot ")
-                    || cmd.contains(" gofer "))
-                && let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-                && let Some(l) = status.lines().find(|l| l.starts_with(field))
-            {
-                kib += l
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|x| x.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-            }
-        }
+        let kib: f64 = procs
+            .iter()
+            .filter(|(_, cmd)| cmd.contains(id))
+            .filter_map(|(pid, _)| proc_kib(&format!("/proc/{pid}/{file}"), field))
+            .sum();
         if kib > 0.0 {
             per_sandbox.push(kib);
         }
@@ -517,14 +524,13 @@ fn first_line(cmd: &mut Command) -> String {
 }
 
 fn machine() -> serde_json::Value {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     json!({
         "date": first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         "commit": first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(root())),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or_default().trim(),
-        "mem_total": meminfo.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()).map(|k| format!("{:.1} GiB", k / 1048576.0)).unwrap_or_default(),
+        "mem_total": proc_kib("/proc/meminfo", "MemTotal:").map(|k| format!("{:.1} GiB", k / 1048576.0)).unwrap_or_default(),
         "kernel": first_line(Command::new("uname").arg("-r")),
         "runsc": first_line(Command::new("runsc").arg("--version")),
         "qemu": first_line(Command::new("qemu-system-x86_64").arg("--version")),

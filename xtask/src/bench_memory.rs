@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::bench::{
-    RawRunsc, Setup, mem_available_kib, ms, percentile, sandbox_pss_kib, sandbox_rss_kib, stats,
+    RawRunsc, Setup, is_sentry, mem_available_kib, ms, percentile, proc_kib, runsc_processes,
+    sandbox_pss_kib, sandbox_rss_kib, stats,
 };
 use crate::report::{Row, Section, Unit};
 
@@ -19,46 +20,27 @@ use crate::report::{Row, Section, Unit};
 const SAMPLE: usize = 10;
 
 fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0.0)
 }
 
 /// CPU time (clock ticks) used so far by the runsc processes under the runsc root
 /// `root_arg` (`--root=…`), and how many sandboxes they belong to.
 fn runsc_ticks(root_arg: &str) -> (u64, usize) {
-    let mut ticks = 0;
-    let mut sandboxes = 0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if !cmd.contains(root_arg)
-            || !(cmd.starts_with("runsc-sandbox") || cmd.starts_with("runsc-gofer"))
-        {
-            continue;
-        }
-        if cmd.starts_with("runsc-sandbox") {
-            sandboxes += 1;
-        }
-        if let Ok(stat) = std::fs::read_to_string(e.path().join("stat"))
-            && let Some(rest) = stat.rsplit(')').next()
-        {
+    let procs = runsc_processes(root_arg);
+    let ticks = procs
+        .iter()
+        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
             // Fields after the command: state is 3rd, utime 14th, stime 15th overall.
+            let rest = stat.rsplit(')').next()?;
             let f: Vec<&str> = rest.split_whitespace().collect();
-            ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
+            Some(
+                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            )
+        })
+        .sum();
+    let sandboxes = procs.iter().filter(|(_, cmd)| is_sentry(cmd)).count();
     (ticks, sandboxes)
 }
 
@@ -87,10 +69,7 @@ fn warm_exec(s: &Setup, ws: &str) -> anyhow::Result<Vec<f64>> {
 
 pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::Result<Section> {
     s.warm_up()?;
-    let total_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let total_kib = proc_kib("/proc/meminfo", "MemTotal:").unwrap_or(0.0);
     // Stop filling while this much is still available: the host must stay usable.
     let reserve_kib = (2.0 * 1048576.0f64).max(total_kib * 0.1);
 
