@@ -147,11 +147,8 @@ impl GvisorBackend {
 
     async fn unmount_root(&self, id: &WorkspaceId) {
         let target = self.ws_dir(id).join("rootfs");
-        if self.rootfs_mounted(id)
-            && let Err(e) = Cmd::new("umount").arg(&target).run().await
-        {
-            tracing::warn!(workspace = %id, "unmount root: {e}; detaching lazily");
-            let _ = Cmd::new("umount").arg("-l").arg(&target).run().await;
+        if let Err(e) = kraal_sandbox::disk::unmount(&target).await {
+            tracing::warn!(workspace = %id, "unmount root: {e}");
         }
     }
 
@@ -208,10 +205,9 @@ impl GvisorBackend {
         // Slot numbers do not matter for teardown: names derive from the id.
         kraal_net::teardown(id, &self.link(id, 0)).await;
         self.unmount_root(id).await;
+        // A size-limited volume (a plain directory is no mount point: nothing to do).
         let volume = self.ws_dir(id).join("volume");
-        if self.ws_dir(id).join(VOLUME_IMAGE).is_file()
-            && let Err(e) = kraal_sandbox::disk::unmount(&volume).await
-        {
+        if let Err(e) = kraal_sandbox::disk::unmount(&volume).await {
             tracing::warn!(workspace = %id, "unmount volume: {e}");
         }
         Ok(())
