@@ -10,8 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use kraal_core::{
-    AgentEvent, AgentKind, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput,
-    SessionState,
+    AgentEvent, AgentKind, AgentSpec, Attachment, FileChangeKind, ModelGateway, PermissionMode,
+    SessionInput, SessionState,
 };
 use serde_json::{Value, json};
 
@@ -46,7 +46,9 @@ pub struct AcpAdapter {
     /// `session/load` replays history as updates; those are already in the log.
     loading: bool,
     busy: bool,
-    queued: VecDeque<String>,
+    queued: VecDeque<(String, Vec<Attachment>)>,
+    /// Whether the agent takes images in prompts (`promptCapabilities.image`).
+    images: bool,
     text: String,
     thought: String,
     permissions: HashMap<String, Permission>,
@@ -209,6 +211,7 @@ impl AcpAdapter {
             loading: false,
             busy: false,
             queued: VecDeque::new(),
+            images: false,
             text: String::new(),
             thought: String::new(),
             permissions: HashMap::new(),
@@ -231,14 +234,33 @@ impl AcpAdapter {
         self.spec.cwd.clone().unwrap_or_else(|| "/workspace".into())
     }
 
-    fn prompt(&mut self, text: &str) -> String {
+    fn prompt(&mut self, text: &str, attachments: &[Attachment]) -> String {
         self.busy = true;
         let sid = self.session.clone().unwrap_or_default();
+        let prompt = self.prompt_blocks(text, attachments);
         self.request(
             "session/prompt",
-            json!({"sessionId": sid, "prompt": [{"type": "text", "text": text}]}),
+            json!({"sessionId": sid, "prompt": prompt}),
             Pending::Prompt,
         )
+    }
+
+    /// The prompt's content blocks: the text, then each attachment as an image block when
+    /// the agent takes images and its bytes are at hand, as a resource link (which every
+    /// ACP agent accepts) otherwise.
+    fn prompt_blocks(&self, text: &str, attachments: &[Attachment]) -> Value {
+        let mut blocks = vec![json!({"type": "text", "text": text})];
+        for a in attachments {
+            if self.images
+                && a.is_image()
+                && let Some(data) = &a.data
+            {
+                blocks.push(json!({"type": "image", "mimeType": a.media_type, "data": crate::base64_of(data)}));
+            } else {
+                blocks.push(json!({"type": "resource_link", "uri": format!("file://{}", crate::attachment_path(a)), "name": a.name, "mimeType": a.media_type, "size": a.size}));
+            }
+        }
+        Value::Array(blocks)
     }
 
     /// Turns buffered chunks into complete text and thinking events.
@@ -260,8 +282,9 @@ impl AcpAdapter {
         if self.queued.is_empty() || self.session.is_none() {
             return false;
         }
-        let text = self.queued.drain(..).collect::<Vec<_>>().join("\n\n");
-        let line = self.prompt(&text);
+        let (texts, files): (Vec<String>, Vec<Vec<Attachment>>) = self.queued.drain(..).unzip();
+        let files: Vec<Attachment> = files.into_iter().flatten().collect();
+        let line = self.prompt(&texts.join("\n\n"), &files);
         step.writes.push(line);
         true
     }
@@ -336,6 +359,9 @@ impl AcpAdapter {
         match what {
             Pending::Initialize => {
                 self.can_load = result["agentCapabilities"]["loadSession"]
+                    .as_bool()
+                    .unwrap_or(false);
+                self.images = result["agentCapabilities"]["promptCapabilities"]["image"]
                     .as_bool()
                     .unwrap_or(false);
                 let offered: Vec<&str> = result["authMethods"]
@@ -694,11 +720,13 @@ impl Adapter for AcpAdapter {
 
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
-            SessionInput::Message { text } => {
-                let mut step =
-                    Step::default().event(AgentEvent::UserMessage { text: text.clone() });
+            SessionInput::Message { text, attachments } => {
+                let mut step = Step::default().event(AgentEvent::UserMessage {
+                    text: text.clone(),
+                    attachments: crate::logged(&attachments),
+                });
                 if self.busy || self.session.is_none() {
-                    self.queued.push_back(text);
+                    self.queued.push_back((text, attachments));
                     if self.session.is_none() && !self.busy {
                         self.busy = true;
                         step.events.push(AgentEvent::State {
@@ -708,7 +736,7 @@ impl Adapter for AcpAdapter {
                     }
                     return step;
                 }
-                let line = self.prompt(&text);
+                let line = self.prompt(&text, &attachments);
                 step.write(line).event(AgentEvent::State {
                     state: SessionState::Working,
                     reason: None,

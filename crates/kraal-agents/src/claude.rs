@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use kraal_core::{
-    AgentEvent, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput, SessionState,
+    AgentEvent, AgentSpec, Attachment, FileChangeKind, ModelGateway, PermissionMode, SessionInput,
+    SessionState,
 };
 use serde_json::{Value, json};
 
@@ -104,6 +105,24 @@ pub fn encode_user_message(text: &str) -> String {
     line(
         json!({"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": null}),
     )
+}
+
+/// A user turn with attachments: images whose bytes are at hand as base64 image content
+/// blocks after the text (which names every other attachment by path).
+pub fn encode_user_content(text: &str, attachments: &[Attachment]) -> String {
+    let mut content = vec![json!({"type": "text", "text": text})];
+    for a in attachments.iter().filter(|a| inline_image(a)) {
+        let data = crate::base64_of(a.data.as_deref().unwrap_or_default());
+        content.push(json!({"type": "image", "source": {"type": "base64", "media_type": a.media_type, "data": data}}));
+    }
+    line(
+        json!({"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": null}),
+    )
+}
+
+/// Claude takes PNG, JPEG, GIF and WebP images inline.
+fn inline_image(a: &Attachment) -> bool {
+    a.is_image() && a.data.is_some()
 }
 
 /// Stops the current turn.
@@ -221,9 +240,7 @@ impl ClaudeParser {
             "user" => {
                 let content = &v["message"]["content"];
                 if let Some(text) = content.as_str() {
-                    out.push(AgentEvent::UserMessage {
-                        text: text.to_owned(),
-                    });
+                    out.push(AgentEvent::user(text.to_owned()));
                 }
                 for block in content.as_array().into_iter().flatten() {
                     match block["type"].as_str() {
@@ -255,9 +272,7 @@ impl ClaudeParser {
                                     reason: Some("interrupted by the user".into()),
                                 });
                             } else {
-                                out.push(AgentEvent::UserMessage {
-                                    text: text.to_owned(),
-                                });
+                                out.push(AgentEvent::user(text.to_owned()));
                             }
                         }
                         _ => {}
@@ -394,7 +409,7 @@ impl ClaudeAdapter {
     fn consume_echoes(&mut self, events: Vec<AgentEvent>) -> Vec<AgentEvent> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            if let AgentEvent::UserMessage { text } = &e {
+            if let AgentEvent::UserMessage { text, .. } = &e {
                 let mut rest = text.as_str();
                 let mut matched = 0;
                 while let Some(front) = self.unconsumed.front() {
@@ -491,11 +506,20 @@ impl Adapter for ClaudeAdapter {
 
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
-            SessionInput::Message { text } => {
-                self.unconsumed.push_back(text.clone());
+            SessionInput::Message { text, attachments } => {
+                let full = crate::with_attachment_notes(&text, &attachments, inline_image);
+                self.unconsumed.push_back(full.clone());
+                let line = if attachments.iter().any(inline_image) {
+                    encode_user_content(&full, &attachments)
+                } else {
+                    encode_user_message(&full)
+                };
                 let mut step = Step::default()
-                    .event(AgentEvent::UserMessage { text: text.clone() })
-                    .write(encode_user_message(&text));
+                    .event(AgentEvent::UserMessage {
+                        text,
+                        attachments: crate::logged(&attachments),
+                    })
+                    .write(line);
                 if !self.busy {
                     self.busy = true;
                     step = step.event(AgentEvent::State {

@@ -10,7 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use kraal_core::{
-    AgentEvent, AgentSpec, FileChangeKind, ModelGateway, PermissionMode, SessionInput, SessionState,
+    AgentEvent, AgentSpec, Attachment, FileChangeKind, ModelGateway, PermissionMode, SessionInput,
+    SessionState,
 };
 use serde_json::{Value, json};
 
@@ -23,7 +24,7 @@ enum Pending {
     Thread,
     TurnStart,
     /// A steer carries its text: if the turn ended meanwhile, it becomes a new turn.
-    Steer(String),
+    Steer(String, Vec<Attachment>),
     Interrupt,
 }
 
@@ -41,8 +42,8 @@ pub struct CodexAdapter {
     thread: Option<String>,
     turn: Option<String>,
     busy: bool,
-    /// Messages sent before the thread existed, in order.
-    queued: VecDeque<String>,
+    /// Messages sent before the thread existed, in order, with their attachments.
+    queued: VecDeque<(String, Vec<Attachment>)>,
     approvals: HashMap<String, Approval>,
 }
 
@@ -72,12 +73,12 @@ impl CodexAdapter {
         self.spec.cwd.clone().unwrap_or_else(|| "/workspace".into())
     }
 
-    fn turn_start(&mut self, text: &str) -> String {
+    fn turn_start(&mut self, text: &str, attachments: &[Attachment]) -> String {
         let thread = self.thread.clone().unwrap_or_default();
         self.busy = true;
         self.request(
             "turn/start",
-            json!({"threadId": thread, "input": [{"type": "text", "text": text}]}),
+            json!({"threadId": thread, "input": user_input(text, attachments)}),
             Pending::TurnStart,
         )
     }
@@ -94,9 +95,9 @@ impl CodexAdapter {
                 .to_owned();
             match what {
                 // The turn finished before the steer arrived: start a new one instead.
-                Pending::Steer(text) => {
+                Pending::Steer(text, attachments) => {
                     self.turn = None;
-                    let line = self.turn_start(&text);
+                    let line = self.turn_start(&text, &attachments);
                     return step.write(line);
                 }
                 Pending::Interrupt => return step,
@@ -133,8 +134,10 @@ impl CodexAdapter {
                     }
                     // Everything sent before the thread existed becomes one turn.
                     if !self.queued.is_empty() {
-                        let text = self.queued.drain(..).collect::<Vec<_>>().join("\n\n");
-                        let line = self.turn_start(&text);
+                        let (texts, files): (Vec<String>, Vec<Vec<Attachment>>) =
+                            self.queued.drain(..).unzip();
+                        let files: Vec<Attachment> = files.into_iter().flatten().collect();
+                        let line = self.turn_start(&texts.join("\n\n"), &files);
                         step = step.write(line);
                     }
                 }
@@ -461,11 +464,13 @@ impl Adapter for CodexAdapter {
 
     fn on_input(&mut self, input: SessionInput) -> Step {
         match input {
-            SessionInput::Message { text } => {
-                let mut step =
-                    Step::default().event(AgentEvent::UserMessage { text: text.clone() });
+            SessionInput::Message { text, attachments } => {
+                let mut step = Step::default().event(AgentEvent::UserMessage {
+                    text: text.clone(),
+                    attachments: crate::logged(&attachments),
+                });
                 if self.thread.is_none() {
-                    self.queued.push_back(text);
+                    self.queued.push_back((text, attachments));
                     return step.event(AgentEvent::State {
                         state: SessionState::Working,
                         reason: None,
@@ -476,14 +481,14 @@ impl Adapter for CodexAdapter {
                         let thread = self.thread.clone().unwrap_or_default();
                         let line = self.request(
                             "turn/steer",
-                            json!({"threadId": thread, "expectedTurnId": turn, "input": [{"type": "text", "text": text}]}),
-                            Pending::Steer(text),
+                            json!({"threadId": thread, "expectedTurnId": turn, "input": user_input(&text, &attachments)}),
+                            Pending::Steer(text, attachments),
                         );
                         step.write(line)
                     }
                     None => {
                         let was_busy = self.busy;
-                        let line = self.turn_start(&text);
+                        let line = self.turn_start(&text, &attachments);
                         step = step.write(line);
                         if !was_busy {
                             step = step.event(AgentEvent::State {
@@ -556,4 +561,16 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// A user turn's input items: the text (naming attachments that are not images), then
+/// each image as a `localImage` the CLI reads from the workspace itself.
+fn user_input(text: &str, attachments: &[Attachment]) -> Value {
+    let mut items = vec![
+        json!({"type": "text", "text": crate::with_attachment_notes(text, attachments, Attachment::is_image)}),
+    ];
+    for a in attachments.iter().filter(|a| a.is_image()) {
+        items.push(json!({"type": "localImage", "path": crate::attachment_path(a)}));
+    }
+    Value::Array(items)
 }

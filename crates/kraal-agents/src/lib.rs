@@ -7,7 +7,7 @@ pub mod acp;
 pub mod claude;
 pub mod codex;
 
-use kraal_core::{AgentEvent, AgentProtocol, AgentSpec, ModelGateway, SessionInput};
+use kraal_core::{AgentEvent, AgentProtocol, AgentSpec, Attachment, ModelGateway, SessionInput};
 
 /// A command to start an agent: program, arguments and extra environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,4 +110,40 @@ fn json_line(v: serde_json::Value) -> String {
     let mut s = v.to_string();
     s.push('\n');
     s
+}
+
+/// Where an attachment is for the agent (its path under `/workspace`).
+pub fn attachment_path(a: &Attachment) -> String {
+    format!("/workspace/{}", a.path)
+}
+
+/// `text` followed by a line naming each attachment the agent does not get inline
+/// (`inline` says which it does), so it can open them with its own tools.
+pub fn with_attachment_notes(
+    text: &str,
+    attachments: &[Attachment],
+    inline: impl Fn(&Attachment) -> bool,
+) -> String {
+    let mut out = text.to_owned();
+    for a in attachments.iter().filter(|a| !inline(a)) {
+        out.push_str(&format!(
+            "\n\n[Attached file: {} ({}, {}, {} bytes)]",
+            attachment_path(a),
+            a.name,
+            a.media_type,
+            a.size
+        ));
+    }
+    out
+}
+
+/// The attachment's bytes as base64 (for protocols that take images inline).
+fn base64_of(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+/// Attachments as event logs keep them: without their bytes.
+fn logged(attachments: &[Attachment]) -> Vec<Attachment> {
+    attachments.iter().map(Attachment::without_data).collect()
 }

@@ -66,6 +66,16 @@ pub enum FileChangeKind {
     Deleted,
 }
 
+impl AgentEvent {
+    /// A user message without attachments.
+    pub fn user(text: impl Into<String>) -> Self {
+        AgentEvent::UserMessage {
+            text: text.into(),
+            attachments: Vec::new(),
+        }
+    }
+}
+
 /// One thing that happened in an agent conversation, independent of which agent it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -73,6 +83,9 @@ pub enum AgentEvent {
     /// A message from the user (as sent, or as echoed by the agent).
     UserMessage {
         text: String,
+        /// Files sent with it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<crate::Attachment>,
     },
     /// A streamed fragment of assistant text; the full text follows as `AssistantText`.
     AssistantDelta {

@@ -257,12 +257,77 @@ impl ModelGateway {
     }
 }
 
+/// A file sent with a message (a photo from the phone, a log, a PDF). It is stored in the
+/// workspace under `.kraal/attachments/` first; agents get it in their own protocol
+/// (an image content block where they take one, its path otherwise).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attachment {
+    /// Where it is in the workspace, relative to `/workspace` (under `.kraal/attachments/`).
+    pub path: String,
+    /// Its media type, e.g. `image/png`.
+    pub media_type: String,
+    /// The name it was uploaded with.
+    pub name: String,
+    pub size: u64,
+    /// The bytes, filled in by the guest agent next to the agent for adapters that send
+    /// content inline; never serialized.
+    #[serde(skip)]
+    pub data: Option<Vec<u8>>,
+}
+
+/// Where attachments are kept in a workspace.
+pub const ATTACHMENT_DIR: &str = ".kraal/attachments";
+
+impl Attachment {
+    /// Whether agents that take images get it as one.
+    pub fn is_image(&self) -> bool {
+        matches!(
+            self.media_type.as_str(),
+            "image/png" | "image/jpeg" | "image/gif" | "image/webp"
+        )
+    }
+
+    /// The path must be a plain relative path inside the attachment directory.
+    pub fn validate(&self) -> Result<(), String> {
+        let rest = self
+            .path
+            .strip_prefix(ATTACHMENT_DIR)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(|| format!("attachment {:?} is not under {ATTACHMENT_DIR}/", self.path))?;
+        if rest.is_empty() || rest.contains('/') || rest.starts_with('.') || rest.contains('\0') {
+            return Err(format!(
+                "attachment path {:?} is not a plain file name",
+                self.path
+            ));
+        }
+        if self.media_type.is_empty() || self.media_type.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "attachment {:?} has no valid media type",
+                self.path
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same attachment without its bytes (what event logs keep).
+    pub fn without_data(&self) -> Attachment {
+        Attachment {
+            data: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Something a user sends to a running session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SessionInput {
     /// A message; queued or steered into the current turn if the agent is busy.
-    Message { text: String },
+    Message {
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
+    },
     /// Stop the current turn.
     Interrupt,
     /// Answer an approval request.
@@ -272,4 +337,14 @@ pub enum SessionInput {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
     },
+}
+
+impl SessionInput {
+    /// A message without attachments.
+    pub fn message(text: impl Into<String>) -> Self {
+        SessionInput::Message {
+            text: text.into(),
+            attachments: Vec::new(),
+        }
+    }
 }

@@ -105,10 +105,10 @@ fn check_spec(spec: &AgentSpec) -> Result<(), EngineError> {
 
 fn check_input(input: &SessionInput) -> Result<(), EngineError> {
     match input {
-        SessionInput::Message { text } if text.trim().is_empty() => {
+        SessionInput::Message { text, .. } if text.trim().is_empty() => {
             Err(EngineError::Invalid("message is empty".into()))
         }
-        SessionInput::Message { text } if text.len() > MAX_MESSAGE => {
+        SessionInput::Message { text, .. } if text.len() > MAX_MESSAGE => {
             Err(EngineError::Invalid(format!(
                 "message is {} bytes; the limit is {MAX_MESSAGE}",
                 text.len()
@@ -159,7 +159,7 @@ impl Engine {
     ) -> Result<SessionRecord, EngineError> {
         check_spec(&req.spec)?;
         if let Some(m) = &req.message {
-            check_input(&SessionInput::Message { text: m.clone() })?;
+            check_input(&SessionInput::message(m.clone()))?;
         }
         let (ws, client) = self.guest(workspace).await?;
         let launch = self.launch(&ws).await?;
@@ -484,13 +484,8 @@ mod tests {
                 .to_string()
                 .contains("watchdog")
         );
-        assert!(check_input(&SessionInput::Message { text: "  ".into() }).is_err());
-        assert!(
-            check_input(&SessionInput::Message {
-                text: "x".repeat(MAX_MESSAGE + 1)
-            })
-            .is_err()
-        );
+        assert!(check_input(&SessionInput::message("  ")).is_err());
+        assert!(check_input(&SessionInput::message("x".repeat(MAX_MESSAGE + 1))).is_err());
         assert!(check_input(&SessionInput::Interrupt).is_ok());
     }
 }

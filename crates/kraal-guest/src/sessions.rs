@@ -254,7 +254,7 @@ impl Sessions {
             .insert(id.to_owned(), session.clone());
         self.launch(&session, launch);
         if let Some(text) = message {
-            self.send(&session, SessionInput::Message { text })?;
+            self.send(&session, SessionInput::message(text))?;
         }
         Ok(session.info())
     }

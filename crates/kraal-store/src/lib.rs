@@ -13,12 +13,14 @@ use rusqlite_migration::{M, Migrations};
 
 mod security;
 mod sessions;
+mod supervision;
 mod web;
 pub use security::{
     ANTHROPIC_KEY_SECRET, AuditRecord, CLAUDE_LOGIN_SECRET, CLAUDE_TOKEN_SECRET, ClaudeLogin,
     EgressLogRecord, GEMINI_KEY_SECRET, OPENAI_KEY_SECRET, SecretInfo, SecretKey,
 };
 pub use sessions::SessionRecord;
+pub use supervision::{ActionUse, CommentRecord, PushSubscriptionRecord};
 pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0006_security.sql")),
         M::up(include_str!("../migrations/0007_restoring.sql")),
         M::up(include_str!("../migrations/0008_policy.sql")),
+        M::up(include_str!("../migrations/0009_supervision.sql")),
     ])
 }
 

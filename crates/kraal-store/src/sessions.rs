@@ -457,11 +457,8 @@ mod tests {
             s.get_session(&sb.id).unwrap().unwrap().state,
             SessionState::Failed
         );
-        s.append_session_events(
-            &sa.id,
-            &[ev(1, AgentEvent::UserMessage { text: "hi".into() })],
-        )
-        .unwrap();
+        s.append_session_events(&sa.id, &[ev(1, AgentEvent::user("hi"))])
+            .unwrap();
         s.delete(&a.id).unwrap();
         assert!(s.get_session(&sa.id).unwrap().is_none(), "sessions cascade");
         assert!(s.session_events(&sa.id, 0, 10).unwrap().is_empty());

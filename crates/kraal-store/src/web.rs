@@ -40,7 +40,7 @@ pub struct TemplateRecord {
     pub updated_at: String,
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -106,6 +106,9 @@ impl Store {
                 params![id, now()],
             )?;
             c.execute("DELETE FROM web_sessions WHERE token_id = ?1", [&id])?;
+            // Its devices stop getting notifications and its preview logins end.
+            c.execute("DELETE FROM push_subscriptions WHERE token_id = ?1", [&id])?;
+            c.execute("DELETE FROM preview_logins WHERE token_id = ?1", [&id])?;
             Ok(true)
         })
     }

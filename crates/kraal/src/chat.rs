@@ -214,7 +214,7 @@ pub async fn send(c: &Client, session: &str, text: String, wait: bool) -> anyhow
         .send(
             Method::POST,
             &format!("/v1/sessions/{}/input", enc(&before.id)),
-            Some(&SessionInput::Message { text }),
+            Some(&SessionInput::message(text)),
         )
         .await?;
     if wait {
@@ -516,9 +516,7 @@ enum ChatCommand {
 
 fn chat_command(line: &str, pending: Option<&str>) -> ChatCommand {
     if !line.starts_with('/') {
-        return ChatCommand::Input(SessionInput::Message {
-            text: line.to_owned(),
-        });
+        return ChatCommand::Input(SessionInput::message(line.to_owned()));
     }
     let mut words = line.splitn(3, char::is_whitespace);
     let cmd = words.next().unwrap_or_default();
@@ -540,9 +538,9 @@ fn chat_command(line: &str, pending: Option<&str>) -> ChatCommand {
         "/quit" | "/q" | "/exit" => ChatCommand::Quit,
         "/help" | "/h" | "/?" => ChatCommand::Help,
         // `//text` sends a message that starts with a slash.
-        _ if line.starts_with("//") => ChatCommand::Input(SessionInput::Message {
-            text: line[1..].to_owned(),
-        }),
+        _ if line.starts_with("//") => {
+            ChatCommand::Input(SessionInput::message(line[1..].to_owned()))
+        }
         other => ChatCommand::Problem(format!("unknown command {other}; /help lists them")),
     }
 }
@@ -570,9 +568,7 @@ mod tests {
         use ChatCommand::*;
         assert_eq!(
             chat_command("fix it", None),
-            Input(SessionInput::Message {
-                text: "fix it".into()
-            })
+            Input(SessionInput::message("fix it"))
         );
         assert_eq!(
             chat_command("/approve", Some("r1")),
@@ -593,9 +589,7 @@ mod tests {
         assert!(matches!(chat_command("/approve", None), Problem(_)));
         assert_eq!(
             chat_command("//etc is a dir", None),
-            Input(SessionInput::Message {
-                text: "/etc is a dir".into()
-            })
+            Input(SessionInput::message("/etc is a dir"))
         );
         assert!(matches!(chat_command("/nope", None), Problem(_)));
         assert_eq!(

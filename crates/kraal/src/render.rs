@@ -88,7 +88,10 @@ impl Renderer {
                 AgentEvent::AssistantText { text } => {
                     AgentEvent::AssistantText { text: clean(text) }
                 }
-                AgentEvent::UserMessage { text } => AgentEvent::UserMessage { text: clean(text) },
+                AgentEvent::UserMessage { text, attachments } => AgentEvent::UserMessage {
+                    text: clean(text),
+                    attachments: attachments.clone(),
+                },
                 AgentEvent::Thinking { text } => AgentEvent::Thinking { text: clean(text) },
                 AgentEvent::ToolResult {
                     id,
@@ -137,7 +140,7 @@ impl Renderer {
                 self.streamed.clear();
                 self.printed.clear();
             }
-            AgentEvent::UserMessage { text } => {
+            AgentEvent::UserMessage { text, .. } => {
                 let s = format!("{} {}", self.paint("1;36", "›"), text.trim_end());
                 line(self, &mut out, s);
             }
@@ -289,7 +292,7 @@ mod tests {
     #[test]
     fn streamed_text_is_printed_once_live_and_whole_in_replay() {
         let events = [
-            ev(1, AgentEvent::UserMessage { text: "hi".into() }),
+            ev(1, AgentEvent::user("hi")),
             ev(2, AgentEvent::AssistantDelta { text: "Hel".into() }),
             ev(3, AgentEvent::AssistantDelta { text: "lo!".into() }),
             ev(

@@ -349,3 +349,56 @@ fn interrupt_stops_the_turn_and_the_next_message_is_answered() {
         "{events:#?}"
     );
 }
+
+/// Regression guard for attachments: the real CLI forwards an image content block of a
+/// stream-json user message to the model as an image block, bytes intact.
+#[test]
+fn an_image_sent_with_a_message_reaches_the_model_as_an_image_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario =
+        Scenario::from_json(r#"{"turns": [{"respond": [{"text": "I see a tiny picture."}]}]}"#)
+            .unwrap();
+    let model = ScriptedModel::start(scenario).unwrap();
+    let mut a = Agent::start(&model, dir.path());
+    // A valid 1×1 PNG.
+    let png: Vec<u8> = [
+        0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, 0x49, 0x48, 0x44, 0x52, 0,
+        0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1f, 0x15, 0xc4, 0x89, 0, 0, 0, 0x0d, 0x49, 0x44,
+        0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0, 0x1f, 0, 0x05, 0, 0x01, 0xff, 0x89,
+        0x99, 0x3d, 0x1d, 0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    ]
+    .to_vec();
+    let att = kraal_core::Attachment {
+        path: ".kraal/attachments/a-dot.png".into(),
+        media_type: "image/png".into(),
+        name: "dot.png".into(),
+        size: png.len() as u64,
+        data: Some(png.clone()),
+    };
+    a.send(&kraal_agents::claude::encode_user_content(
+        "what is in this picture?",
+        &[att],
+    ));
+    a.until_results(1);
+    let (_lines, _) = a.finish();
+    let reqs = model.requests();
+    let user = reqs[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .unwrap()
+        .clone();
+    let blocks = user["content"].as_array().unwrap();
+    let image = blocks
+        .iter()
+        .find(|b| b["type"] == "image")
+        .unwrap_or_else(|| panic!("no image block in {user}"));
+    use base64::Engine as _;
+    let sent = base64::engine::general_purpose::STANDARD
+        .decode(image["source"]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(sent, png);
+    assert!(user.to_string().contains("what is in this picture?"));
+}

@@ -4,5 +4,6 @@
 //! the `kraal` end-to-end tests with `KRAAL_CAPTURE_FIXTURES=1`). `KRAAL_UPDATE_GOLDEN=1`
 //! rewrites the expected events.
 
+mod attachments;
 mod fixtures;
 mod live;

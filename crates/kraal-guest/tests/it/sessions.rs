@@ -196,7 +196,7 @@ async fn the_log_survives_a_guest_restart_and_subscriptions_start_anywhere() {
     .await;
     c.session_input(
         "se-000000000004",
-        SessionInput::Message { text: "two".into() },
+        SessionInput::message("two"),
         Launch::default(),
     )
     .await
@@ -242,9 +242,7 @@ async fn the_log_survives_a_guest_restart_and_subscriptions_start_anywhere() {
     // A message relaunches the agent with its own resume id.
     c.session_input(
         "se-000000000004",
-        SessionInput::Message {
-            text: "three".into(),
-        },
+        SessionInput::message("three"),
         Launch::default(),
     )
     .await

@@ -198,7 +198,7 @@ pub async fn send(
     Path(id): Path<String>,
     Form(f): Form<SendForm>,
 ) -> Response {
-    let r = to_session(&w, &id, SessionInput::Message { text: f.text }).await;
+    let r = to_session(&w, &id, SessionInput::message(f.text)).await;
     done(&headers, &auth, r)
 }
 

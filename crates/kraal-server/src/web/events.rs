@@ -82,7 +82,7 @@ fn tool_summary(name: &str, input: &serde_json::Value) -> String {
 /// One event; `None` for events with nothing to show.
 pub fn render(e: &SessionEvent, session: &str, csrf: &str) -> Option<Markup> {
     let m = match &e.event {
-        AgentEvent::UserMessage { text } => html! {
+        AgentEvent::UserMessage { text, .. } => html! {
             div.ev.user data-seq=(e.seq) { div.who { "You" } div.text { (text) } }
         },
         AgentEvent::AssistantDelta { text } => html! { span.delta { (text) } },
@@ -326,7 +326,7 @@ mod tests {
         let evil = "<script>alert(1)</script><img src=x onerror=alert(2)>";
         for e in [
             AgentEvent::AssistantText { text: evil.into() },
-            AgentEvent::UserMessage { text: evil.into() },
+            AgentEvent::user(evil),
             AgentEvent::ToolResult {
                 id: evil.into(),
                 output: evil.into(),
