@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+mod supervision;
+pub use supervision::*;
+
 use kraal_core::{
     AgentKind, BackendKind, DesiredState, PermissionMode, Resources, SessionEvent, SessionState,
     Source, Watchdog, WorkspaceState,

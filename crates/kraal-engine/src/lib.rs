@@ -10,9 +10,12 @@
 // cold paths, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+mod attachments;
 mod backups;
 mod housekeeping;
+mod notices;
 mod ports;
+mod review;
 mod sessions;
 mod templates;
 pub use kraal_store::SessionRecord;
@@ -39,6 +42,8 @@ pub enum EngineError {
     NotFound { reference: String },
     #[error("no session {reference}")]
     NoSession { reference: String },
+    #[error("workspace {workspace} has no review comment {id}")]
+    NoComment { id: String, workspace: String },
     #[error("a workspace named {name} already exists")]
     NameTaken { name: String },
     #[error(transparent)]
@@ -80,6 +85,10 @@ pub enum EngineError {
         #[source]
         source: GuestClientError,
     },
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("nothing listens on port {port} in workspace {workspace}")]
+    NotListening { workspace: String, port: u16 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -98,11 +107,15 @@ impl EngineError {
     /// Stable code for the HTTP layer.
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::NotFound { .. } | EngineError::NoSession { .. } => "not_found",
+            EngineError::NotFound { .. }
+            | EngineError::NoSession { .. }
+            | EngineError::NoComment { .. } => "not_found",
             EngineError::NameTaken { .. } => "already_exists",
             EngineError::InvalidName(_) | EngineError::Invalid(_) => "invalid_argument",
             EngineError::Conflict { .. } | EngineError::Persistent { .. } => "conflict",
             EngineError::NotRunning { .. } => "not_running",
+            EngineError::NotListening { .. } => "not_listening",
+            EngineError::TooLarge(_) => "too_large",
             EngineError::Backend(BackendError::Unavailable { .. }) => "backend_unavailable",
             // What the backend cannot do at all is the request's problem, not the server's.
             EngineError::Backend(BackendError::Unsupported { .. }) => "unsupported",
@@ -137,11 +150,14 @@ impl EngineError {
     }
 }
 
+pub use attachments::{MAX_ATTACHMENT, MAX_ATTACHMENTS_TOTAL, Upload};
 pub use backups::{BackupMeta, TransferProgress};
 pub use housekeeping::{ActivityHold, Housekeeping};
 /// The whole chain of an error on one line.
 pub use kraal_sandbox::error_chain as chain;
-pub use ports::Forward;
+pub use notices::Notice;
+pub use ports::{Forward, LivePort, PortStream};
+pub use review::{DiffFile, DiffLine, Hunk, LineKind, NewComment, ReviewTarget, Side};
 
 /// What a client asks for when creating a workspace.
 #[derive(Debug, Clone)]
@@ -186,6 +202,8 @@ pub struct Engine {
     watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
     /// Session state changes of every session, for notifications.
     changes: tokio::sync::broadcast::Sender<SessionChange>,
+    /// Everything worth notifying someone about ([`Notice`]).
+    notices: tokio::sync::broadcast::Sender<Notice>,
     /// Workspaces this process is restoring from a backup right now.
     restores: Mutex<std::collections::HashSet<WorkspaceId>>,
     /// Ports of running workspaces forwarded to the host.
@@ -206,6 +224,8 @@ pub struct SessionChange {
     pub workspace: WorkspaceId,
     pub state: kraal_core::SessionState,
     pub reason: Option<String>,
+    /// A turn ended with this change (it was working, and now waits or is done).
+    pub turn_ended: bool,
 }
 
 /// What a command run to completion printed.
@@ -237,6 +257,7 @@ impl Engine {
             followers: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             changes: tokio::sync::broadcast::channel(256).0,
+            notices: tokio::sync::broadcast::channel(1024).0,
             forwards: Mutex::new(HashMap::new()),
             tunnels: Mutex::new(HashMap::new()),
             restores: Mutex::new(std::collections::HashSet::new()),

@@ -10,12 +10,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kraal_core::WorkspaceId;
-use kraal_sandbox::GuestEndpoint;
+use kraal_protocol::ErrorCode;
+use kraal_sandbox::{GuestClientError, GuestEndpoint};
 use kraal_store::WorkspaceRecord;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::either::Either;
 
 use crate::Engine;
+
+/// A connection to a port inside a workspace: direct TCP over its private link, or a
+/// stream relayed by the guest agent.
+pub type PortStream = Either<TcpStream, tokio::io::DuplexStream>;
+
+/// A port of a running workspace, for previews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePort {
+    pub port: u16,
+    /// Where it listens inside the sandbox (empty when nothing does yet).
+    pub addresses: Vec<String>,
+    /// The listening process, when the guest can tell.
+    pub process: Option<String>,
+    /// The image declares it (`forwardPorts`, `EXPOSE`, a recipe's `ports`).
+    pub declared: bool,
+    pub listening: bool,
+}
 
 /// A port of a workspace reachable on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,38 +165,86 @@ impl Engine {
         self.forwards.lock().unwrap().remove(id);
     }
 
-    /// Opens a TCP connection to `port` inside a running workspace, over its private link
-    /// (for `kraal forward`).
+    /// Opens a TCP connection to `port` inside a running workspace (for `kraal forward`
+    /// and dev-server previews): straight over its private link when something listens on
+    /// the sandbox's address, otherwise through the guest to the sandbox's own loopback
+    /// (servers bound to `localhost`, and pods, which have no private link).
     pub async fn connect_port(
         &self,
         reference: &str,
         port: u16,
-    ) -> Result<(WorkspaceRecord, TcpStream), crate::EngineError> {
-        let (rec, _client) = self.guest(reference).await?;
-        if self.backend.kind() == kraal_core::BackendKind::Kubernetes {
-            // Its endpoint is a local relay to the guest port only; an arbitrary port
-            // would mean the daemon host's own loopback.
+    ) -> Result<(WorkspaceRecord, PortStream), crate::EngineError> {
+        let (rec, client) = self.guest(reference).await?;
+        if port == 0 {
+            return Err(crate::EngineError::Invalid("port 0 is not a port".into()));
+        }
+        let ep = self.backend.endpoint(&rec.id).await?;
+        if port == ep.addr.port() && !ep.tunnel {
             return Err(crate::EngineError::Invalid(format!(
-                "forwarding ports of {} is not available on the Kubernetes backend yet",
+                "port {port} in {} is kraal's guest agent, not one of the workspace's",
                 rec.name
             )));
         }
-        let ep = self.backend.endpoint(&rec.id).await?;
-        let target = SocketAddr::new(ep.addr.ip(), port);
-        let refused = |why: String| {
-            crate::EngineError::Invalid(format!(
-                "cannot connect to port {port} in {}: {why}",
-                rec.name
-            ))
-        };
-        let s =
-            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(refused(e.to_string())),
-                Err(_) => return Err(refused("timed out".into())),
-            };
-        let _ = s.set_nodelay(true);
-        Ok((rec, s))
+        if self.backend.kind() != kraal_core::BackendKind::Kubernetes {
+            let target = SocketAddr::new(ep.addr.ip(), port);
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(target)).await
+            {
+                let _ = s.set_nodelay(true);
+                return Ok((rec, Either::Left(s)));
+            }
+        }
+        let relayed = client.connect_tcp(port).await.map_err(|e| match e {
+            GuestClientError::Guest(g) if g.code == ErrorCode::NotFound => {
+                crate::EngineError::NotListening {
+                    workspace: rec.name.to_string(),
+                    port,
+                }
+            }
+            e => crate::EngineError::guest(rec.name.as_str())(e),
+        })?;
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(relayed.relay(theirs));
+        Ok((rec, Either::Right(ours)))
+    }
+
+    /// What listens in a running workspace, with the ports its image declares
+    /// (`forwardPorts`, `EXPOSE`) that nothing listens on yet.
+    pub async fn live_ports(&self, reference: &str) -> Result<Vec<LivePort>, crate::EngineError> {
+        let (rec, client) = self.guest(reference).await?;
+        let listening = client
+            .ports()
+            .await
+            .map_err(crate::EngineError::guest(rec.name.as_str()))?;
+        let declared = self
+            .backend
+            .endpoint(&rec.id)
+            .await
+            .map(|ep| ep.ports)
+            .unwrap_or_default();
+        let mut out: Vec<LivePort> = listening
+            .into_iter()
+            .map(|p| LivePort {
+                declared: declared.contains(&p.port),
+                listening: true,
+                port: p.port,
+                addresses: p.addresses,
+                process: p.process,
+            })
+            .collect();
+        for port in declared {
+            if !out.iter().any(|p| p.port == port) {
+                out.push(LivePort {
+                    port,
+                    addresses: Vec::new(),
+                    process: None,
+                    declared: true,
+                    listening: false,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.port);
+        Ok(out)
     }
 
     /// The ports of a workspace forwarded to the host right now.

@@ -105,7 +105,7 @@ fn check_spec(spec: &AgentSpec) -> Result<(), EngineError> {
 
 fn check_input(input: &SessionInput) -> Result<(), EngineError> {
     match input {
-        SessionInput::Message { text, .. } if text.trim().is_empty() => {
+        SessionInput::Message { text, attachments } if text.trim().is_empty() && attachments.is_empty() => {
             Err(EngineError::Invalid("message is empty".into()))
         }
         SessionInput::Message { text, .. } if text.len() > MAX_MESSAGE => {
@@ -113,6 +113,12 @@ fn check_input(input: &SessionInput) -> Result<(), EngineError> {
                 "message is {} bytes; the limit is {MAX_MESSAGE}",
                 text.len()
             )))
+        }
+        SessionInput::Message { attachments, .. } if !attachments.is_empty() => {
+            for a in attachments {
+                a.validate().map_err(EngineError::Invalid)?;
+            }
+            Ok(())
         }
         SessionInput::Approval { request_id, .. } if request_id.trim().is_empty() => {
             Err(EngineError::Invalid("approval request id is empty".into()))
@@ -390,13 +396,19 @@ impl Engine {
                     _ => break,
                 }
             }
+            // The state before the batch tells whether a turn ends in it.
+            let before = batch
+                .iter()
+                .any(|e| matches!(e.event, kraal_core::AgentEvent::State { .. }))
+                .then(|| self.store.get_session(&id).ok().flatten().map(|s| s.state))
+                .flatten();
             loop {
                 match self.store.append_session_events(&id, &batch) {
                     Ok(last) => {
                         if let Some(tx) = self.watchers.lock().unwrap().get(&id) {
                             tx.send_replace(last);
                         }
-                        self.announce(&id, &batch);
+                        self.announce(&id, &batch, before);
                         break;
                     }
                     Err(e @ StoreError::Gap { .. }) => {
@@ -417,20 +429,43 @@ impl Engine {
 
 impl Engine {
     /// Tells subscribers the last state a batch of events reached, if it has one.
-    fn announce(&self, id: &SessionId, batch: &[SessionEvent]) {
-        let Some((state, reason)) = batch.iter().rev().find_map(|e| match &e.event {
+    fn announce(&self, id: &SessionId, batch: &[SessionEvent], before: Option<SessionState>) {
+        let last_state = batch.iter().rev().find_map(|e| match &e.event {
             kraal_core::AgentEvent::State { state, reason } => Some((*state, reason.clone())),
             _ => None,
-        }) else {
+        });
+        let approvals = batch.iter().any(|e| {
+            matches!(
+                e.event,
+                kraal_core::AgentEvent::ApprovalRequest { .. }
+                    | kraal_core::AgentEvent::ApprovalDecision { .. }
+            )
+        });
+        if last_state.is_none() && !approvals {
+            return;
+        }
+        let Ok(Some(s)) = self.store.get_session(id) else {
             return;
         };
-        if let Ok(Some(s)) = self.store.get_session(id) {
-            let _ = self.changes.send(crate::SessionChange {
+        self.announce_approvals(id, &s.workspace_id, batch);
+        if let Some((state, reason)) = last_state {
+            let busy = |st: SessionState| {
+                matches!(st, SessionState::Working | SessionState::NeedsApproval)
+            };
+            let worked = before.is_some_and(busy)
+                || batch.iter().any(|e| {
+                    matches!(&e.event, kraal_core::AgentEvent::State { state, .. } if busy(*state))
+                });
+            let change = crate::SessionChange {
                 session: id.clone(),
                 workspace: s.workspace_id,
                 state,
                 reason,
-            });
+                turn_ended: worked
+                    && matches!(state, SessionState::WaitingForInput | SessionState::Done),
+            };
+            let _ = self.notices.send(crate::Notice::State(change.clone()));
+            let _ = self.changes.send(change);
         }
     }
 }

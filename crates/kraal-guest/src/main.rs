@@ -5,6 +5,7 @@
 mod config;
 mod files;
 mod procs;
+mod ports;
 mod pty;
 mod server;
 mod sessions;

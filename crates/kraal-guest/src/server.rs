@@ -580,6 +580,19 @@ impl Guest {
                 .await;
                 relay(id, sock, input, out).await;
             }
+            Request::Ports => {
+                // The guest's own port and the host-service relays are not the user's.
+                let mut own = vec![self.config.listen.port()];
+                own.extend(self.listeners.lock().await.keys().map(|a| a.port()));
+                let ports = crate::ports::listening(&own);
+                send(out, done(Response::Ports { ports })).await;
+            }
+            Request::Connect { port } => {
+                let sock = crate::ports::connect_local(port).await?;
+                let addr = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                send(out, done(Response::Connected { addr })).await;
+                relay(id, sock, input, out).await;
+            }
             Request::Shutdown { grace_ms } => {
                 procs::shutdown(&self.procs, Duration::from_millis(grace_ms.min(60_000))).await;
                 send(out, done(Response::Ok)).await;

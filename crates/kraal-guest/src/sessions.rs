@@ -10,7 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use kraal_core::{AgentEvent, AgentKind, AgentSpec, SessionEvent, SessionInput, SessionState};
+use kraal_core::{
+    AgentEvent, AgentKind, AgentSpec, Attachment, SessionEvent, SessionInput, SessionState,
+};
+
+/// Largest image handed to an agent inline (the model APIs refuse bigger ones); larger
+/// images are named by path instead.
+const MAX_INLINE_IMAGE: u64 = 5 * 1024 * 1024;
 use kraal_protocol::{ErrorCode, ExecRequest, FrameKind, GuestError, Launch, SessionInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -260,8 +266,16 @@ impl Sessions {
     }
 
     /// Delivers input; a message to a stopped agent relaunches it to resume.
-    pub fn input(&self, id: &str, input: SessionInput, launch: Launch) -> Result<(), GuestError> {
+    pub fn input(
+        &self,
+        id: &str,
+        mut input: SessionInput,
+        launch: Launch,
+    ) -> Result<(), GuestError> {
         let s = self.get(id)?;
+        if let SessionInput::Message { attachments, .. } = &mut input {
+            self.load_attachments(attachments)?;
+        }
         let running = s.ctl.lock().unwrap().is_some();
         if !running {
             match input {
@@ -278,6 +292,29 @@ impl Sessions {
             }
         }
         self.send(&s, input)
+    }
+
+    /// Reads the images among `attachments` so adapters can send them inline; every
+    /// attachment must be a regular file in the attachment directory.
+    fn load_attachments(&self, attachments: &mut [Attachment]) -> Result<(), GuestError> {
+        for a in attachments {
+            a.validate()
+                .map_err(|e| GuestError::new(ErrorCode::InvalidRequest, e))?;
+            let p = crate::files::resolve(&self.workdir, &a.path, false)?;
+            let md = std::fs::symlink_metadata(&p).map_err(|e| GuestError::io(&e, &a.path))?;
+            if !md.is_file() {
+                return Err(GuestError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("attachment {} is not a regular file", a.path),
+                ));
+            }
+            a.size = md.len();
+            a.data = None;
+            if a.is_image() && md.len() <= MAX_INLINE_IMAGE {
+                a.data = Some(std::fs::read(&p).map_err(|e| GuestError::io(&e, &a.path))?);
+            }
+        }
+        Ok(())
     }
 
     pub fn stop(&self, id: &str) -> Result<(), GuestError> {

@@ -104,6 +104,13 @@ pub enum Request {
     Accept {
         addr: String,
     },
+    /// The TCP ports something listens on inside the sandbox (the guest's own excluded).
+    Ports,
+    /// Open a TCP connection to `port` on the sandbox's loopback (where dev servers bound
+    /// to `localhost` listen), answer `Done(Connected)`, then relay it like `Accept`.
+    Connect {
+        port: u16,
+    },
     /// Terminate every process (SIGTERM, then SIGKILL after `grace_ms`) and flush disks.
     Shutdown {
         grace_ms: u64,
@@ -196,6 +203,13 @@ pub enum Response {
     Accepted {
         peer: String,
     },
+    /// The connection of a `Connect` is open (to `addr`).
+    Connected {
+        addr: String,
+    },
+    Ports {
+        ports: Vec<PortInfo>,
+    },
     Processes {
         processes: Vec<ProcInfo>,
     },
@@ -251,6 +265,17 @@ pub struct FileInfo {
     pub modified: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
+}
+
+/// A TCP port something listens on inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    pub port: u16,
+    /// The addresses it listens on (`0.0.0.0`, `::`, `127.0.0.1`…).
+    pub addresses: Vec<String>,
+    /// The listening process's name, when the guest can tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

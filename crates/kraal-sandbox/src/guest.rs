@@ -373,7 +373,7 @@ impl GuestClient {
 
     /// Waits for a TCP connection to `addr` inside the sandbox (a loopback address the
     /// guest listens on) and returns it, ready to be relayed to a host-side connection.
-    pub async fn accept(&self, addr: &str) -> Result<Accepted, GuestClientError> {
+    pub async fn accept(&self, addr: &str) -> Result<Relayed, GuestClientError> {
         let mut s = self
             .open(&Request::Accept {
                 addr: addr.to_owned(),
@@ -384,13 +384,43 @@ impl GuestClient {
                 None => return Err(GuestClientError::Closed),
                 Some(f) if f.kind == FrameKind::Control => match f.parse::<StreamMsg>() {
                     Ok(StreamMsg::Done(Response::Accepted { peer })) => {
-                        return Ok(Accepted { stream: s, peer });
+                        return Ok(Relayed { stream: s, peer });
                     }
                     Ok(StreamMsg::Error(e)) => return Err(e.into()),
                     _ => {}
                 },
                 Some(_) => {}
             }
+        }
+    }
+
+    /// Opens a TCP connection to `port` on the sandbox's own loopback (a dev server bound
+    /// to `localhost`); `NotFound` when nothing listens there.
+    pub async fn connect_tcp(&self, port: u16) -> Result<Relayed, GuestClientError> {
+        let mut s = self.open(&Request::Connect { port }).await?;
+        loop {
+            match s.rx.recv().await {
+                None => return Err(GuestClientError::Closed),
+                Some(f) if f.kind == FrameKind::Control => match f.parse::<StreamMsg>() {
+                    Ok(StreamMsg::Done(Response::Connected { addr })) => {
+                        return Ok(Relayed {
+                            stream: s,
+                            peer: addr,
+                        });
+                    }
+                    Ok(StreamMsg::Error(e)) => return Err(e.into()),
+                    _ => {}
+                },
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The TCP ports something listens on in the sandbox.
+    pub async fn ports(&self) -> Result<Vec<kraal_protocol::PortInfo>, GuestClientError> {
+        match self.call(Request::Ports).await? {
+            Response::Ports { ports } => Ok(ports),
+            r => Err(unexpected(&r)),
         }
     }
 
@@ -518,20 +548,25 @@ fn unexpected(r: &Response) -> GuestClientError {
     GuestClientError::Protocol(format!("unexpected response {r:?}"))
 }
 
-/// A connection accepted inside the sandbox ([`GuestClient::accept`]).
-pub struct Accepted {
+/// A TCP connection inside the sandbox, carried over the guest channel: one accepted on
+/// a sandbox loopback address ([`GuestClient::accept`]) or opened to a port of the
+/// sandbox's loopback ([`GuestClient::connect_tcp`]).
+pub struct Relayed {
     stream: GuestStream,
-    /// Who connected, inside the sandbox.
+    /// The other end inside the sandbox.
     pub peer: String,
 }
 
-impl Accepted {
+impl Relayed {
     /// Relays the connection to `sock` until both directions are finished; returns the
     /// bytes sent into the sandbox and received from it.
-    pub async fn relay(mut self, sock: TcpStream) -> (u64, u64) {
+    pub async fn relay<S>(mut self, sock: S) -> (u64, u64)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let id = self.stream.id;
-        let (mut rd, mut wr) = sock.into_split();
+        let (mut rd, mut wr) = tokio::io::split(sock);
         let mut buf = vec![0u8; 64 * 1024];
         let (mut read_done, mut write_done) = (false, false);
         let (mut sent, mut received) = (0u64, 0u64);

@@ -39,10 +39,11 @@ impl HttpError {
 
 pub fn status_for(code: &str) -> StatusCode {
     match code {
-        "not_found" => StatusCode::NOT_FOUND,
+        "not_found" | "not_listening" => StatusCode::NOT_FOUND,
         "already_exists" | "conflict" | "not_running" | "unsupported" => StatusCode::CONFLICT,
         "permission_denied" => StatusCode::FORBIDDEN,
         "no_space" => StatusCode::INSUFFICIENT_STORAGE,
+        "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "invalid_argument" | "path_escape" => StatusCode::BAD_REQUEST,
         "unauthorized" => StatusCode::UNAUTHORIZED,
         "backend_unavailable" => StatusCode::SERVICE_UNAVAILABLE,

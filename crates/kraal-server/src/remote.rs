@@ -217,9 +217,9 @@ pub async fn port_ws(
 }
 
 /// Copies between the WebSocket (binary messages) and the TCP stream until either ends.
-async fn pipe(socket: WebSocket, stream: tokio::net::TcpStream) {
+async fn pipe(socket: WebSocket, stream: kraal_engine::PortStream) {
     let (mut wtx, mut wrx) = socket.split();
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = tokio::io::split(stream);
     let up = async {
         while let Some(Ok(m)) = wrx.next().await {
             match m {

@@ -154,7 +154,10 @@ fn openssh_scp_and_port_forwarding_go_through_the_daemon() {
     // A port nothing listens on is an error at once.
     let o = d.run(&["forward", "sshws", "9", "--local", "127.0.0.1:0"]);
     assert_ne!(o.code, Some(0));
-    assert!(o.stderr.contains("cannot connect to port 9"), "{o:?}");
+    assert!(
+        o.stderr.contains("nothing listens on port 9 in workspace sshws"),
+        "{o:?}"
+    );
 
     // Audited.
     let audit: Vec<serde_json::Value> =

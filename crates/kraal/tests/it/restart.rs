@@ -16,7 +16,7 @@ fn kill9_during_exec_keeps_sandbox_and_command_alive() {
         "--",
         "sh",
         "-c",
-        "for i in $(seq 1 8); do echo tick $i; sleep 1; done; echo finished",
+        "for i in $(seq 1 20); do echo tick $i; sleep 1; done; echo finished",
     ]);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -51,7 +51,7 @@ fn kill9_during_exec_keeps_sandbox_and_command_alive() {
     let out = rx.recv_timeout(Duration::from_secs(120)).unwrap();
     assert_eq!(out.code, Some(0), "{out:?}");
     let expected: String =
-        (1..=8).map(|i| format!("tick {i}\n")).collect::<String>() + "finished\n";
+        (1..=20).map(|i| format!("tick {i}\n")).collect::<String>() + "finished\n";
     assert_eq!(
         out.stdout, expected,
         "no line lost or repeated across the restart"
