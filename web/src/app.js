@@ -119,13 +119,39 @@
     window.scrollTo(0, document.body.scrollHeight);
   }
 
-  // ----- The composer: clear after sending; Ctrl/Cmd+Enter sends -----
+  // ----- The composer: clear after sending; Ctrl/Cmd+Enter sends; attachments -----
   const composer = document.getElementById('composer');
   if (composer) {
     const box = composer.querySelector('textarea');
+    const files = document.getElementById('attach');
+    const attached = document.getElementById('attached');
+    const MAX_FILE = 20 * 1024 * 1024;
+    const MAX_ALL = 50 * 1024 * 1024;
+    const showFiles = () => {
+      if (!files || !attached) return;
+      const list = Array.from(files.files || []);
+      attached.hidden = list.length === 0;
+      attached.textContent = list.map((f) => `📎 ${f.name} (${Math.ceil(f.size / 1024)} KiB)`).join('  ');
+    };
+    if (files) files.addEventListener('change', showFiles);
+    composer.addEventListener('htmx:confirm', (e) => {
+      if (e.detail.elt !== composer || !files) return;
+      const list = Array.from(files.files || []);
+      const big = list.find((f) => f.size > MAX_FILE);
+      const total = list.reduce((n, f) => n + f.size, 0);
+      if (big || total > MAX_ALL) {
+        e.preventDefault();
+        toast(big ? `${big.name} is larger than 20 MiB` : 'The attachments are larger than 50 MiB together');
+      } else if (!box.value.trim() && list.length === 0) {
+        e.preventDefault();
+        toast('Write a message or attach a file');
+      }
+    });
     composer.addEventListener('htmx:afterRequest', (e) => {
       if (e.detail.successful && e.detail.elt === composer) {
         box.value = '';
+        if (files) files.value = '';
+        showFiles();
         toast('Sent', 'ok');
       }
     });
@@ -133,6 +159,128 @@
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
         e.preventDefault();
         composer.requestSubmit();
+      }
+    });
+  }
+
+  // ----- Review: tap a diff line to comment on it -----
+  document.addEventListener('click', (e) => {
+    const cancel = e.target.closest('tr.comment-form button.cancel');
+    if (cancel) { cancel.closest('tr.comment-form').remove(); return; }
+    const row = e.target.closest('#diff tr.line');
+    if (!row || e.target.closest('a, button, textarea, input')) return;
+    const next = row.nextElementSibling;
+    if (next && next.classList.contains('comment-form')) { next.querySelector('textarea').focus(); return; }
+    const diff = document.getElementById('diff');
+    const tr = document.createElement('tr');
+    tr.className = 'comment-form';
+    const td = document.createElement('td');
+    td.colSpan = 3;
+    const form = document.createElement('form');
+    form.setAttribute('hx-post', `/w/${diff.dataset.ws}/comments`);
+    form.setAttribute('hx-target', '#diff');
+    form.setAttribute('hx-swap', 'outerHTML');
+    for (const [k, v] of [['path', row.dataset.path], ['line', row.dataset.line], ['side', row.dataset.side]]) {
+      const i = document.createElement('input');
+      i.type = 'hidden'; i.name = k; i.value = v;
+      form.appendChild(i);
+    }
+    const label = document.createElement('div');
+    label.className = 'muted';
+    label.textContent = `Comment on ${row.dataset.path} line ${row.dataset.line}${row.dataset.side === 'old' ? ' (removed)' : ''}`;
+    const text = document.createElement('textarea');
+    text.name = 'body'; text.rows = 3; text.required = true;
+    text.placeholder = 'What should the agent change here?';
+    const actions = document.createElement('div');
+    actions.className = 'actions';
+    const save = document.createElement('button');
+    save.type = 'submit'; save.className = 'small'; save.textContent = 'Add comment';
+    const no = document.createElement('button');
+    no.type = 'button'; no.className = 'secondary outline small cancel'; no.textContent = 'Cancel';
+    actions.append(save, no);
+    form.append(label, text, actions);
+    td.appendChild(form);
+    tr.appendChild(td);
+    row.after(tr);
+    if (window.htmx) window.htmx.process(form);
+    text.focus();
+  });
+  document.addEventListener('keydown', (e) => {
+    const row = e.target.closest && e.target.closest('#diff tr.line');
+    if (row && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); row.click(); }
+  });
+
+  // ----- Web Push: "notify this device" -----
+  const b64ToBytes = (s) => {
+    const pad = '='.repeat((4 - (s.length % 4)) % 4);
+    const raw = atob((s + pad).replace(/-/g, '+').replace(/_/g, '/'));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  };
+  const csrf = () => (document.querySelector('meta[name=csrf-token]') || {}).content || '';
+  const pushToggle = document.getElementById('push-toggle');
+  const pushStatus = document.getElementById('push-status');
+  const deviceLabel = () => {
+    const ua = navigator.userAgent;
+    const os = /iPhone|iPad/.test(ua) ? 'iOS' : /Android/.test(ua) ? 'Android' : /Mac/.test(ua) ? 'macOS' : /Linux/.test(ua) ? 'Linux' : /Windows/.test(ua) ? 'Windows' : 'device';
+    const browser = /Edg\//.test(ua) ? 'Edge' : /Chrome\//.test(ua) ? 'Chrome' : /Firefox\//.test(ua) ? 'Firefox' : /Safari\//.test(ua) ? 'Safari' : 'browser';
+    return `${browser} on ${os}`;
+  };
+  const pushSupported = () => 'serviceWorker' in navigator && navigator.serviceWorker && 'PushManager' in window;
+  const currentSub = async () => {
+    if (!pushSupported()) return null;
+    const reg = await navigator.serviceWorker.ready;
+    return reg.pushManager.getSubscription();
+  };
+  window.kraalPushSubscription = currentSub;
+  const markThisDevice = (sub) => {
+    const id = localStorage.getItem('kraal-push-id');
+    for (const el of document.querySelectorAll('article.device')) {
+      const mine = !!sub && el.dataset.subscription === id;
+      const badge = el.querySelector('.this-device');
+      if (badge) badge.hidden = !mine;
+    }
+  };
+  const refreshToggle = async () => {
+    if (!pushToggle) return;
+    if (!pushSupported()) {
+      pushStatus.textContent = window.isSecureContext
+        ? 'This browser cannot receive push notifications (on iPhone: add kraal to the home screen first).'
+        : 'Push notifications need HTTPS (e.g. tailscale serve) or localhost.';
+      return;
+    }
+    const sub = await currentSub();
+    pushToggle.disabled = false;
+    pushToggle.textContent = sub ? 'Stop notifying this device' : 'Notify this device';
+    pushToggle.dataset.on = sub ? '1' : '0';
+    pushStatus.textContent = sub ? 'This device gets notifications.' : 'This device gets no notifications.';
+    markThisDevice(sub);
+  };
+  if (pushToggle) {
+    refreshToggle().catch((err) => { pushStatus.textContent = `Push unavailable: ${err.message || err}`; });
+    pushToggle.addEventListener('click', async () => {
+      pushToggle.disabled = true;
+      try {
+        const reg = await navigator.serviceWorker.ready;
+        const existing = await reg.pushManager.getSubscription();
+        if (existing) {
+          await fetch('/push/unsubscribe', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() }, body: JSON.stringify({ endpoint: existing.endpoint }) });
+          await existing.unsubscribe();
+          localStorage.removeItem('kraal-push-id');
+        } else {
+          if ('Notification' in window && Notification.permission !== 'granted') {
+            const p = await Notification.requestPermission();
+            if (p !== 'granted') throw new Error('notifications are blocked for this site');
+          }
+          const sub = await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64ToBytes(pushToggle.dataset.key) });
+          const body = { ...sub.toJSON(), label: deviceLabel() };
+          const r = await fetch('/push/subscribe', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf() }, body: JSON.stringify(body) });
+          if (!r.ok) throw new Error((await r.json().catch(() => ({}))).message || `HTTP ${r.status}`);
+          localStorage.setItem('kraal-push-id', (await r.json()).id);
+        }
+        window.location.reload();
+      } catch (err) {
+        toast(`Could not change notifications: ${err.message || err}`);
+        pushToggle.disabled = false;
       }
     });
   }
@@ -151,6 +299,8 @@
   const notify = async (c) => {
     if (!('Notification' in window) || Notification.permission !== 'granted') return;
     if (onScreen(c)) return;
+    // A device with push gets these from the daemon already.
+    if (await currentSub().catch(() => null)) return;
     const title = `${c.workspace}: ${labels[c.state]}`;
     const options = { body: c.title, tag: c.session, data: { url: `/s/${c.session}` } };
     const reg = navigator.serviceWorker && (await navigator.serviceWorker.getRegistration());

@@ -22,8 +22,9 @@ pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_nam
 pub use policy::{MIN_BACKUP_EVERY_SECS, MIN_IDLE_SECS, Policy, PolicyError, parse_duration_secs};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{
-    ATTACHMENT_DIR, AgentKind, AgentProtocol, AgentSpec, Attachment, ModelGateway, PermissionMode,
-    SessionError, SessionId, SessionInput, Watchdog, parse_env_entry,
+    ATTACHMENT_DIR, AgentKind, AgentProtocol, AgentSpec, Attachment, MAX_ATTACHMENT,
+    MAX_ATTACHMENT_COUNT, MAX_ATTACHMENTS_TOTAL, ModelGateway, PermissionMode, SessionError,
+    SessionId, SessionInput, Watchdog, parse_env_entry,
 };
 pub use source::{Source, SourceError};
 pub use state::{BackendKind, Capabilities, DesiredState, WorkspaceState};

@@ -277,6 +277,12 @@ pub struct Attachment {
 
 /// Where attachments are kept in a workspace.
 pub const ATTACHMENT_DIR: &str = ".kraal/attachments";
+/// Largest single attachment.
+pub const MAX_ATTACHMENT: usize = 20 * 1024 * 1024;
+/// Largest total of one message's attachments.
+pub const MAX_ATTACHMENTS_TOTAL: usize = 50 * 1024 * 1024;
+/// Most attachments on one message.
+pub const MAX_ATTACHMENT_COUNT: usize = 10;
 
 impl Attachment {
     /// Whether agents that take images get it as one.

@@ -8,12 +8,7 @@ use rand::RngCore;
 
 use crate::{Engine, EngineError};
 
-/// Largest single attachment.
-pub const MAX_ATTACHMENT: usize = 20 * 1024 * 1024;
-/// Largest total of one message's attachments.
-pub const MAX_ATTACHMENTS_TOTAL: usize = 50 * 1024 * 1024;
-/// Most attachments on one message.
-pub const MAX_ATTACHMENT_COUNT: usize = 10;
+pub use kraal_core::{MAX_ATTACHMENT, MAX_ATTACHMENT_COUNT, MAX_ATTACHMENTS_TOTAL};
 
 /// An uploaded file before it is stored.
 #[derive(Debug, Clone)]
@@ -77,7 +72,14 @@ pub fn safe_name(name: &str) -> String {
     while s.starts_with('.') {
         s.remove(0);
     }
-    let s: String = s.chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+    let s: String = s
+        .chars()
+        .rev()
+        .take(80)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     if s.is_empty() { "file".to_owned() } else { s }
 }
 
@@ -164,12 +166,24 @@ mod tests {
 
     #[test]
     fn images_are_known_by_their_bytes_not_by_what_the_client_says() {
-        assert_eq!(media_type(b"\x89PNG\r\n\x1a\nrest", Some("text/plain")), "image/png");
+        assert_eq!(
+            media_type(b"\x89PNG\r\n\x1a\nrest", Some("text/plain")),
+            "image/png"
+        );
         assert_eq!(media_type(&[0xff, 0xd8, 0xff, 0xe0], None), "image/jpeg");
         assert_eq!(media_type(b"not a png", Some("image/png")), "text/plain");
-        assert_eq!(media_type(&[0, 159, 146, 150], Some("image/png")), "application/octet-stream");
-        assert_eq!(media_type(b"%PDF-1.7", Some("application/pdf")), "application/pdf");
-        assert_eq!(media_type(b"x", Some("text/html\r\nX-Evil: 1")), "text/plain");
+        assert_eq!(
+            media_type(&[0, 159, 146, 150], Some("image/png")),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            media_type(b"%PDF-1.7", Some("application/pdf")),
+            "application/pdf"
+        );
+        assert_eq!(
+            media_type(b"x", Some("text/html\r\nX-Evil: 1")),
+            "text/plain"
+        );
     }
 
     #[test]
@@ -185,10 +199,19 @@ mod tests {
             data: vec![1; n],
         };
         assert!(check_uploads(&[up(10), up(10)]).is_ok());
-        assert!(matches!(check_uploads(&[up(MAX_ATTACHMENT + 1)]), Err(EngineError::TooLarge(_))));
-        assert!(matches!(check_uploads(&[up(0)]), Err(EngineError::Invalid(_))));
+        assert!(matches!(
+            check_uploads(&[up(MAX_ATTACHMENT + 1)]),
+            Err(EngineError::TooLarge(_))
+        ));
+        assert!(matches!(
+            check_uploads(&[up(0)]),
+            Err(EngineError::Invalid(_))
+        ));
         let many: Vec<Upload> = (0..3).map(|_| up(MAX_ATTACHMENT)).collect();
-        assert!(matches!(check_uploads(&many), Err(EngineError::TooLarge(_))));
+        assert!(matches!(
+            check_uploads(&many),
+            Err(EngineError::TooLarge(_))
+        ));
         let lots: Vec<Upload> = (0..11).map(|_| up(1)).collect();
         assert!(check_uploads(&lots).is_err());
     }

@@ -150,7 +150,7 @@ impl EngineError {
     }
 }
 
-pub use attachments::{MAX_ATTACHMENT, MAX_ATTACHMENTS_TOTAL, Upload};
+pub use attachments::{MAX_ATTACHMENT, MAX_ATTACHMENTS_TOTAL, Upload, check_uploads, media_type};
 pub use backups::{BackupMeta, TransferProgress};
 pub use housekeeping::{ActivityHold, Housekeeping};
 /// The whole chain of an error on one line.

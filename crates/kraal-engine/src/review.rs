@@ -122,7 +122,9 @@ pub fn parse_diff(diff: &str) -> Vec<DiffFile> {
             continue;
         }
         let Some(f) = files.last_mut() else { continue };
-        if f.hunks.is_empty() || !matches!(line.as_bytes().first(), Some(b' ' | b'+' | b'-' | b'\\')) {
+        if f.hunks.is_empty()
+            || !matches!(line.as_bytes().first(), Some(b' ' | b'+' | b'-' | b'\\'))
+        {
             if line.starts_with("new file mode") {
                 f.status = "added";
             } else if line.starts_with("deleted file mode") {
@@ -142,7 +144,9 @@ pub fn parse_diff(diff: &str) -> Vec<DiffFile> {
             }
             continue;
         }
-        let Some(h) = f.hunks.last_mut() else { continue };
+        let Some(h) = f.hunks.last_mut() else {
+            continue;
+        };
         let (kind, text) = match line.as_bytes()[0] {
             b'+' => (LineKind::Added, &line[1..]),
             b'-' => (LineKind::Removed, &line[1..]),
@@ -245,10 +249,7 @@ pub fn excerpt(content: &str, line: u32) -> Option<String> {
     let mut out = String::new();
     for n in from..=to {
         let mark = if n == line { '>' } else { ' ' };
-        out.push_str(&format!(
-            "{mark} {n:>width$} | {}\n",
-            lines[n as usize - 1]
-        ));
+        out.push_str(&format!("{mark} {n:>width$} | {}\n", lines[n as usize - 1]));
     }
     Some(out)
 }
@@ -340,7 +341,8 @@ impl Engine {
         path: &str,
         side: Side,
     ) -> Result<String, EngineError> {
-        let missing = |why: String| EngineError::Invalid(format!("cannot comment on {path}: {why}"));
+        let missing =
+            |why: String| EngineError::Invalid(format!("cannot comment on {path}: {why}"));
         let bytes = match side {
             Side::New => {
                 let (_, client) = self.guest(rec.id.as_str()).await?;
@@ -394,7 +396,11 @@ impl Engine {
             EngineError::Invalid(format!(
                 "{path} has no line {} ({} has {lines} line{})",
                 c.line,
-                if c.side == Side::Old { "its HEAD version" } else { "it" },
+                if c.side == Side::Old {
+                    "its HEAD version"
+                } else {
+                    "it"
+                },
                 if lines == 1 { "" } else { "s" }
             ))
         })?;
@@ -557,12 +563,24 @@ rename to new name.txt
     fn diffs_are_parsed_into_numbered_lines() {
         let f = parse_diff(DIFF);
         assert_eq!(f.len(), 4);
-        assert_eq!((f[0].path.as_str(), f[0].status), ("src/main.rs", "modified"));
+        assert_eq!(
+            (f[0].path.as_str(), f[0].status),
+            ("src/main.rs", "modified")
+        );
         let l = &f[0].hunks[0].lines;
         assert_eq!(l.len(), 5);
-        assert_eq!((l[0].old, l[0].new, l[0].kind), (Some(1), Some(1), LineKind::Context));
-        assert_eq!((l[1].old, l[1].new, l[1].kind), (Some(2), None, LineKind::Removed));
-        assert_eq!((l[2].old, l[2].new, l[2].text.as_str()), (None, Some(2), "    new();"));
+        assert_eq!(
+            (l[0].old, l[0].new, l[0].kind),
+            (Some(1), Some(1), LineKind::Context)
+        );
+        assert_eq!(
+            (l[1].old, l[1].new, l[1].kind),
+            (Some(2), None, LineKind::Removed)
+        );
+        assert_eq!(
+            (l[2].old, l[2].new, l[2].text.as_str()),
+            (None, Some(2), "    new();")
+        );
         assert_eq!((l[3].new, l[4].old, l[4].new), (Some(3), Some(3), Some(4)));
         assert_eq!(f[1].status, "deleted");
         assert_eq!(f[1].hunks[0].lines[0].old, Some(1));
@@ -578,7 +596,10 @@ rename to new name.txt
     fn excerpts_mark_the_line_and_refuse_lines_that_do_not_exist() {
         let text = "a\nb\nc\nd\ne\nf\ng\nh\n";
         let e = excerpt(text, 5).unwrap();
-        assert_eq!(e, "  2 | b\n  3 | c\n  4 | d\n> 5 | e\n  6 | f\n  7 | g\n  8 | h\n");
+        assert_eq!(
+            e,
+            "  2 | b\n  3 | c\n  4 | d\n> 5 | e\n  6 | f\n  7 | g\n  8 | h\n"
+        );
         assert!(excerpt(text, 1).unwrap().starts_with("> 1 | a\n"));
         assert!(excerpt(text, 0).is_none());
         assert!(excerpt(text, 9).is_none());
@@ -604,7 +625,10 @@ rename to new name.txt
         let m = review_message(std::slice::from_ref(&c));
         assert!(m.contains("1 comment)"), "{m}");
         assert!(m.contains("1. `src/main.rs` line 2:\n```\n  1 | fn main() {\n> 2 |     new();\n```\nuse a constant\n"), "{m}");
-        let old = CommentRecord { side: "old".into(), ..c };
+        let old = CommentRecord {
+            side: "old".into(),
+            ..c
+        };
         assert!(review_message(&[old]).contains("a line you removed"));
     }
 }

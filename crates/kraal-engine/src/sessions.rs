@@ -105,7 +105,9 @@ fn check_spec(spec: &AgentSpec) -> Result<(), EngineError> {
 
 fn check_input(input: &SessionInput) -> Result<(), EngineError> {
     match input {
-        SessionInput::Message { text, attachments } if text.trim().is_empty() && attachments.is_empty() => {
+        SessionInput::Message { text, attachments }
+            if text.trim().is_empty() && attachments.is_empty() =>
+        {
             Err(EngineError::Invalid("message is empty".into()))
         }
         SessionInput::Message { text, .. } if text.len() > MAX_MESSAGE => {

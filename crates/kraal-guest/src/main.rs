@@ -4,8 +4,8 @@
 
 mod config;
 mod files;
-mod procs;
 mod ports;
+mod procs;
 mod pty;
 mod server;
 mod sessions;

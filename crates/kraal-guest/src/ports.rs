@@ -54,7 +54,10 @@ fn socket_owners() -> HashMap<u64, String> {
     };
     for e in rd.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -117,7 +120,10 @@ pub fn listening(exclude: &[u16]) -> Vec<PortInfo> {
 /// A connection to `port` on the sandbox's loopback (IPv4, then IPv6).
 pub async fn connect_local(port: u16) -> Result<tokio::net::TcpStream, GuestError> {
     let mut last = None;
-    for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+    for ip in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
         let addr = SocketAddr::new(ip, port);
         match tokio::time::timeout(
             std::time::Duration::from_secs(5),

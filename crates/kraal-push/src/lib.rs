@@ -9,7 +9,7 @@ mod deliver;
 mod ece;
 mod vapid;
 
-pub use deliver::{Delivery, Dispatcher, DispatcherConfig, Job, Outcome, Sender, Urgency};
+pub use deliver::{Delivery, Dispatcher, DispatcherConfig, Job, Outcome, Sender, Stats, Urgency};
 pub use ece::{MAX_PLAINTEXT, SubscriptionKeys, encrypt, encrypt_with};
 pub use vapid::VapidKey;
 

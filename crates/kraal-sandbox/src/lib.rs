@@ -11,7 +11,7 @@ pub mod process;
 pub use backend::{
     Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
 };
-pub use guest::{Relayed, ExecEvent, ExecHandle, GuestClient, GuestClientError, SessionEvents};
+pub use guest::{ExecEvent, ExecHandle, GuestClient, GuestClientError, Relayed, SessionEvents};
 
 /// Finds the static guest agent binary: `$KRAAL_GUEST_BIN`, then next to the running
 /// executable, then a development build in the cargo target directory above the

@@ -170,6 +170,28 @@ impl Cmd {
         s
     }
 
+    /// Runs in the foreground on this terminal (an editor the user works in): standard
+    /// input and output are inherited, no timeout; returns how it exited.
+    pub fn interactive(self) -> Result<std::process::ExitStatus, ProcessError> {
+        let program = self.program.to_string_lossy().into_owned();
+        #[allow(clippy::disallowed_methods)]
+        let mut cmd = std::process::Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        cmd.status().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ProcessError::NotFound { program }
+            } else {
+                ProcessError::Spawn { program, source }
+            }
+        })
+    }
+
     /// Runs to completion; a non-zero exit is an error carrying stderr.
     pub async fn run(self) -> Result<Output, ProcessError> {
         let command = self.display();

@@ -20,7 +20,8 @@ fn subject(path: &str) -> Option<(bool, &str)> {
         .map(|r| (true, r))
         .or_else(|| path.strip_prefix("/w/").map(|r| (true, r)))
         .or_else(|| path.strip_prefix("/v1/sessions/").map(|r| (false, r)))
-        .or_else(|| path.strip_prefix("/s/").map(|r| (false, r)))?;
+        .or_else(|| path.strip_prefix("/s/").map(|r| (false, r)))
+        .or_else(|| path.strip_prefix("/p/").map(|r| (true, r)))?;
     let first = rest.1.split('/').next().filter(|s| !s.is_empty())?;
     Some((rest.0, first))
 }
@@ -63,13 +64,18 @@ pub async fn track(
     let res = next.run(req).await;
     match hold {
         None => res,
-        Some(hold) => res.map(|body| {
-            Body::new(Held {
-                inner: body,
-                _hold: hold,
-            })
-        }),
+        Some(hold) => held(res, hold),
     }
+}
+
+/// `res` with `hold` kept until its body is finished.
+pub(crate) fn held(res: Response, hold: ActivityHold) -> Response {
+    res.map(|body| {
+        Body::new(Held {
+            inner: body,
+            _hold: hold,
+        })
+    })
 }
 
 /// A response body that keeps a hold until it is dropped.

@@ -6,7 +6,11 @@ mod backups;
 mod error;
 mod exec;
 mod images;
+pub mod notifier;
+pub mod preview;
+pub mod push;
 mod remote;
+mod review;
 mod routes;
 pub mod security;
 mod sessions;
@@ -44,6 +48,11 @@ pub struct AppState {
     /// Files a daemon state backup holds besides the database (name, path): the key
     /// secrets are encrypted with, the API token.
     pub state_files: Vec<(String, std::path::PathBuf)>,
+    /// Web Push (VAPID key, dispatcher), when the daemon sends notifications.
+    pub push: Option<Arc<push::Push>>,
+    /// With `serve --preview-domain D`, every workspace port also gets its own origin,
+    /// `<port>--<workspace>.D`.
+    pub preview_domain: Option<String>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

@@ -77,6 +77,20 @@ use crate::error::HttpError;
         crate::security::login_claude,
         crate::security::login_codex,
         crate::security::logins,
+        crate::review::review,
+        crate::review::list_comments,
+        crate::review::add_comment,
+        crate::review::update_comment,
+        crate::review::delete_comment,
+        crate::review::send_review,
+        crate::review::ports,
+        crate::review::attach,
+        crate::push::key,
+        crate::push::list,
+        crate::push::create,
+        crate::push::update,
+        crate::push::remove,
+        crate::push::test,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -203,6 +217,39 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/tokens/{token}",
             axum::routing::delete(crate::tokens::revoke_token),
+        )
+        .route("/v1/workspaces/{ws}/review", get(crate::review::review))
+        .route(
+            "/v1/workspaces/{ws}/review/send",
+            axum::routing::post(crate::review::send_review),
+        )
+        .route(
+            "/v1/workspaces/{ws}/comments",
+            get(crate::review::list_comments).post(crate::review::add_comment),
+        )
+        .route(
+            "/v1/workspaces/{ws}/comments/{id}",
+            axum::routing::patch(crate::review::update_comment)
+                .delete(crate::review::delete_comment),
+        )
+        .route("/v1/workspaces/{ws}/ports", get(crate::review::ports))
+        .route(
+            "/v1/sessions/{id}/attachments",
+            axum::routing::post(crate::review::attach)
+                .layer(DefaultBodyLimit::max(kraal_engine::MAX_ATTACHMENT + 1024)),
+        )
+        .route("/v1/push/key", get(crate::push::key))
+        .route(
+            "/v1/push/subscriptions",
+            get(crate::push::list).post(crate::push::create),
+        )
+        .route(
+            "/v1/push/subscriptions/{id}",
+            axum::routing::put(crate::push::update).delete(crate::push::remove),
+        )
+        .route(
+            "/v1/push/subscriptions/{id}/test",
+            axum::routing::post(crate::push::test),
         )
         .route("/v1/images", get(crate::images::list_images))
         .route(

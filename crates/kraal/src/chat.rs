@@ -208,13 +208,102 @@ pub async fn new_chat(c: &Client, a: NewChat) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn send(c: &Client, session: &str, text: String, wait: bool) -> anyhow::Result<i32> {
+/// A media type for an attached file, from its name (the daemon recognises images by
+/// their bytes whatever this says).
+fn media_type_of(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "json" => "application/json",
+        "md" => "text/markdown",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "txt" | "log" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+pub async fn send(
+    c: &Client,
+    session: &str,
+    text: String,
+    attach: &[std::path::PathBuf],
+    wait: bool,
+) -> anyhow::Result<i32> {
     let before: Session = c.get(&format!("/v1/sessions/{}", enc(session))).await?;
+    // Every file is checked and read first, so a missing or oversized one sends nothing.
+    if attach.len() > kraal_core::MAX_ATTACHMENT_COUNT {
+        bail!(
+            "{} attachments; a message takes at most {}",
+            attach.len(),
+            kraal_core::MAX_ATTACHMENT_COUNT
+        );
+    }
+    let mut total = 0u64;
+    for p in attach {
+        let len = std::fs::metadata(p)
+            .with_context(|| format!("cannot read the attachment {}", p.display()))?
+            .len();
+        if len > kraal_core::MAX_ATTACHMENT as u64 {
+            bail!(
+                "attachment {} is {len} bytes, larger than {} MiB (the limit per file)",
+                p.display(),
+                kraal_core::MAX_ATTACHMENT >> 20
+            );
+        }
+        total += len;
+    }
+    if total > kraal_core::MAX_ATTACHMENTS_TOTAL as u64 {
+        bail!(
+            "the attachments are {total} bytes together, more than {} MiB (the limit per message)",
+            kraal_core::MAX_ATTACHMENTS_TOTAL >> 20
+        );
+    }
+    let mut files = Vec::new();
+    for p in attach {
+        let data = std::fs::read(p)
+            .with_context(|| format!("cannot read the attachment {}", p.display()))?;
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        files.push((name, media_type_of(p), data));
+    }
+    let mut attachments = Vec::new();
+    for (name, kind, data) in files {
+        let (_, body) = c
+            .raw(
+                Method::POST,
+                &format!(
+                    "/v1/sessions/{}/attachments?name={}",
+                    enc(&before.id),
+                    enc(&name)
+                ),
+                Some((data, kind)),
+            )
+            .await?;
+        let a: kraal_core::Attachment = serde_json::from_slice(&body)
+            .context("the daemon's answer to an attachment upload is not an attachment")?;
+        attachments.push(a);
+    }
+    let text = if text.trim().is_empty() && !attachments.is_empty() {
+        "(see the attached files)".to_owned()
+    } else {
+        text
+    };
     let s: Session = c
         .send(
             Method::POST,
             &format!("/v1/sessions/{}/input", enc(&before.id)),
-            Some(&SessionInput::message(text)),
+            Some(&SessionInput::Message { text, attachments }),
         )
         .await?;
     if wait {

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::cli_serve::{KubeArgs, ServeArgs};
+pub(crate) use crate::cli_serve::{backup_secs, idle_secs};
+
 #[derive(Debug, Parser)]
 #[command(name = "kraal", version, about = "Run coding agents in isolated sandboxes on your own machines", long_about = None)]
 pub struct Cli {
@@ -153,7 +156,23 @@ pub enum Command {
         /// Print the agent's work until the turn that handles the message ends.
         #[arg(long)]
         wait: bool,
+        /// Attach a file (repeatable): stored in the workspace under .kraal/attachments and
+        /// given to the agent (images inline where the agent takes them).
+        #[arg(long, short = 'a', value_name = "FILE")]
+        attach: Vec<PathBuf>,
     },
+    /// Review a workspace's uncommitted changes: the diff with `path:line:` on every line
+    /// (for editors' quickfix lists), line comments, and sending them to an agent.
+    Review(ReviewArgs),
+    /// Ports something listens on in a workspace, with their preview links.
+    Ports {
+        workspace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Devices that get push notifications (turned on in the web UI).
+    #[command(subcommand)]
+    Push(PushCommand),
     /// List agent sessions.
     Sessions {
         /// Only this workspace's sessions.
@@ -278,6 +297,56 @@ pub enum Command {
     /// Internal: run the KVM test guest in this process.
     #[command(name = "__kvm-probe", hide = true)]
     KvmProbe,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    pub workspace: String,
+    /// Comment on a line: FILE:LINE=TEXT (repeatable; LINE as in the working tree).
+    #[arg(long, short = 'c', value_name = "FILE:LINE=TEXT", value_parser = crate::review::parse_comment)]
+    pub comment: Vec<crate::review::CommentArg>,
+    /// The --comment lines are removed lines, numbered as in HEAD.
+    #[arg(long)]
+    pub removed: bool,
+    /// Write comments in $EDITOR: the diff opens, and lines starting with `>>` under a
+    /// line become comments on it.
+    #[arg(long, short = 'e')]
+    pub edit: bool,
+    /// Send the comments (those just added, or every open one) to this session, or to a
+    /// new session with `new`.
+    #[arg(long, value_name = "SESSION|new")]
+    pub send: Option<String>,
+    /// The agent of a new session (with --send new).
+    #[arg(long, value_parser = agent_kind)]
+    pub agent: Option<kraal_core::AgentKind>,
+    /// Mark a comment resolved (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub resolve: Vec<String>,
+    /// Mark a comment open again (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub reopen: Vec<String>,
+    /// Delete a comment (repeatable).
+    #[arg(long, value_name = "ID")]
+    pub delete: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn agent_kind(s: &str) -> Result<kraal_core::AgentKind, String> {
+    kraal_core::AgentKind::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Devices, what they get and when they last got something.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop notifying a device.
+    Rm { id: String },
+    /// Send a device a test notification.
+    Test { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -466,213 +535,6 @@ pub enum HostCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Unix socket to listen on.
-    #[arg(long, env = "KRAAL_SOCKET")]
-    pub socket: Option<PathBuf>,
-    /// Address of the web UI: loopback by default; a tailnet address to reach it from a
-    /// phone; `none` to turn it off. Logins use tokens from `kraal token create`.
-    #[arg(long, default_value = "127.0.0.1:7080")]
-    pub listen: String,
-    /// Also listen on TCP (requires a bearer token on every request).
-    #[arg(long, value_name = "ADDR", env = "KRAAL_LISTEN_TCP")]
-    pub listen_tcp: Option<std::net::SocketAddr>,
-    /// File holding the TCP bearer token; created with a random token if missing.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// State directory (database, volumes, images).
-    #[arg(long, env = "KRAAL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Backend for workspaces: `auto` picks Firecracker (when KRAAL_FIRECRACKER_BIN is set)
-    /// or QEMU when KVM boots the guest kernel, gVisor otherwise; `qemu` runs microVMs
-    /// under KVM or, without it, TCG emulation; `kubernetes` runs them as pods in a
-    /// cluster (see the --kube-* options).
-    #[arg(long, env = "KRAAL_BACKEND", default_value = "auto", value_parser = ["auto", "gvisor", "qemu", "firecracker", "kubernetes"])]
-    pub backend: String,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-    /// Path of qemu-system-x86_64.
-    #[arg(long, env = "KRAAL_QEMU", default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
-    /// QEMU accelerator: `auto` uses KVM when the bounded probe finds it working.
-    #[arg(long, env = "KRAAL_QEMU_ACCEL", default_value = "auto", value_parser = ["auto", "kvm", "tcg"])]
-    pub qemu_accel: String,
-    /// Size limit of each new workspace's volume in MiB: a sparse ext4 file, so a
-    /// workspace that fills its disk fills only its own (gVisor and microVMs; 0 on gVisor:
-    /// a plain host directory without a limit; microVMs always have one).
-    #[arg(
-        long = "volume-mib",
-        visible_alias = "vm-volume-mib",
-        env = "KRAAL_VOLUME_MIB",
-        default_value_t = 32768
-    )]
-    pub volume_mib: u64,
-    /// How gVisor sandboxes get their network: `host` (runsc inside the workspace netns)
-    /// or `sandbox` (runsc's own netstack).
-    #[arg(long, default_value = "host", value_parser = ["host", "sandbox"])]
-    pub gvisor_network: String,
-    /// Image of workspaces created without `--image`: a built-in recipe (default, base,
-    /// desktop; built on first use) or an image from `kraal image build --file`.
-    #[arg(long, env = "KRAAL_IMAGE", default_value = "default")]
-    pub image: String,
-    /// Path of runsc.
-    #[arg(long, env = "KRAAL_RUNSC", default_value = "runsc")]
-    pub runsc: PathBuf,
-    /// Path of the static guest agent binary.
-    #[arg(long, env = "KRAAL_GUEST_BIN")]
-    pub guest_bin: Option<PathBuf>,
-    /// Agent CLIs to mount read-only at /opt/kraal/agents in every sandbox: a node_modules
-    /// tree with Node.js and the CLIs (default: installed by scripts/setup.sh).
-    #[arg(long, env = "KRAAL_AGENTS_DIR")]
-    pub agents_dir: Option<PathBuf>,
-    /// Anthropic API the model gateway forwards to (credentials: ANTHROPIC_API_KEY or
-    /// CLAUDE_CODE_OAUTH_TOKEN in the daemon's environment; they never enter a sandbox).
-    #[arg(
-        long,
-        env = "KRAAL_ANTHROPIC_URL",
-        default_value = "https://api.anthropic.com"
-    )]
-    pub anthropic_url: String,
-    /// Where a Claude subscription login (`kraal login claude`) is refreshed.
-    #[arg(
-        long,
-        env = "KRAAL_CLAUDE_OAUTH_URL",
-        default_value = "https://console.anthropic.com/v1/oauth/token"
-    )]
-    pub claude_oauth_url: String,
-    /// OpenAI API the model gateway forwards to (credential: OPENAI_API_KEY).
-    #[arg(
-        long,
-        env = "KRAAL_OPENAI_URL",
-        default_value = "https://api.openai.com"
-    )]
-    pub openai_url: String,
-    /// Gemini API the model gateway forwards to (credential: GEMINI_API_KEY).
-    #[arg(
-        long,
-        env = "KRAAL_GOOGLE_URL",
-        default_value = "https://generativelanguage.googleapis.com"
-    )]
-    pub google_url: String,
-    /// Seconds a started sandbox may take before its guest agent answers; after that the
-    /// start fails with the sandbox's console and the sandbox is stopped.
-    #[arg(long, env = "KRAAL_BOOT_TIMEOUT_SECS", default_value_t = 60)]
-    pub boot_timeout_secs: u64,
-    /// A private range the egress proxy may connect to when a workspace's allowlist leads
-    /// there, e.g. a LAN git server (repeatable). Loopback and link-local (cloud metadata)
-    /// addresses are refused regardless.
-    #[arg(
-        long,
-        value_name = "CIDR",
-        env = "KRAAL_EGRESS_ALLOW_CIDRS",
-        value_delimiter = ','
-    )]
-    pub egress_allow_cidr: Vec<ipnet::IpNet>,
-    /// A fixed address for a host name in the egress proxy, HOST=IP, like `curl
-    /// --resolve` (repeatable).
-    #[arg(
-        long,
-        value_name = "HOST=IP",
-        env = "KRAAL_EGRESS_RESOLVE",
-        value_delimiter = ','
-    )]
-    pub egress_resolve: Vec<String>,
-    /// Where the git gateway sends a git host's requests, HOST=URL (default
-    /// https://HOST), e.g. a mirror (repeatable).
-    #[arg(
-        long,
-        value_name = "HOST=URL",
-        env = "KRAAL_GIT_URLS",
-        value_delimiter = ','
-    )]
-    pub git_url: Vec<String>,
-    /// Where workspace backups go: a directory (default: backups in the data directory)
-    /// or s3://BUCKET[/PREFIX] (credentials and endpoint from the AWS_* variables).
-    #[arg(long, env = "KRAAL_BACKUP_URL")]
-    pub backup_url: Option<String>,
-    /// The key backups are encrypted with (default: backup.key in the data directory,
-    /// created on first use). Restoring on another machine needs a copy of it.
-    #[arg(long, env = "KRAAL_BACKUP_KEY_FILE")]
-    pub backup_key_file: Option<PathBuf>,
-    /// The key file secrets are encrypted with (default: secret.key in the data
-    /// directory, created on first use).
-    #[arg(long, env = "KRAAL_SECRET_KEY_FILE")]
-    pub secret_key_file: Option<PathBuf>,
-    /// Stop workspaces after this long with no agent turn, terminal or client, unless a
-    /// workspace says otherwise (`kraal up --idle-stop`); persistent ones never stop.
-    #[arg(long, value_name = "DURATION", env = "KRAAL_IDLE_STOP", default_value = "1h", value_parser = idle_secs)]
-    pub idle_stop: u64,
-    /// Back running workspaces up this often, unless a workspace says otherwise (0 = no
-    /// scheduled backups). An idle stop then backs up first.
-    #[arg(long, value_name = "DURATION", env = "KRAAL_BACKUP_EVERY", default_value = "0", value_parser = backup_secs)]
-    pub backup_every: u64,
-    /// Scheduled backups kept per workspace (manual `kraal backup`s are never removed by
-    /// the schedule).
-    #[arg(long, value_name = "N", env = "KRAAL_BACKUP_KEEP", default_value_t = 7)]
-    pub backup_keep: usize,
-    /// Take over from a dead daemon: fill this (empty) data directory from a daemon state
-    /// backup in the backup store (its id, or `latest`), then restore every workspace
-    /// from its newest backup. Needs the same --backup-url and backup key file.
-    #[arg(
-        long,
-        value_name = "BACKUP",
-        env = "KRAAL_TAKE_OVER",
-        num_args = 0..=1,
-        default_missing_value = "latest"
-    )]
-    pub take_over: Option<String>,
-    /// Seconds between reconciliation passes.
-    #[arg(long, default_value_t = 5)]
-    pub reconcile_secs: u64,
-    /// Seconds between housekeeping passes (idle stops, scheduled backups).
-    #[arg(long, env = "KRAAL_HOUSEKEEPING_SECS", default_value_t = 10)]
-    pub housekeeping_secs: u64,
-}
-
-/// Where and how workspaces run with `--backend kubernetes`.
-#[derive(Debug, Args, Clone)]
-pub struct KubeArgs {
-    /// The kubeconfig context (default: the current one; KUBECONFIG or ~/.kube/config, or
-    /// the in-cluster service account).
-    #[arg(long, env = "KRAAL_KUBE_CONTEXT")]
-    pub kube_context: Option<String>,
-    #[arg(long, env = "KRAAL_KUBE_NAMESPACE", default_value = "kraal")]
-    pub kube_namespace: String,
-    /// The workspace image in a registry: kraal's OCI output (`kraal image build -o oci`),
-    /// pushed.
-    #[arg(long, env = "KRAAL_KUBE_IMAGE", default_value = "")]
-    pub kube_image: String,
-    /// runtimeClassName of workspace pods: kata-fc, kata-qemu, gvisor… (`none`: the
-    /// cluster's default runtime).
-    #[arg(long, env = "KRAAL_KUBE_RUNTIME_CLASS", default_value = "gvisor")]
-    pub kube_runtime_class: String,
-    /// Storage class of workspace volumes (default: the cluster's).
-    #[arg(long, env = "KRAAL_KUBE_STORAGE_CLASS")]
-    pub kube_storage_class: Option<String>,
-    #[arg(long, env = "KRAAL_KUBE_VOLUME_SIZE", default_value = "32Gi")]
-    pub kube_volume_size: String,
-    /// KEY=VALUE a node must carry (repeatable).
-    #[arg(
-        long,
-        value_name = "KEY=VALUE",
-        env = "KRAAL_KUBE_NODE_SELECTOR",
-        value_delimiter = ','
-    )]
-    pub kube_node_selector: Vec<String>,
-    /// KEY[=VALUE]:EFFECT taint workspace pods tolerate (repeatable).
-    #[arg(
-        long,
-        value_name = "TOLERATION",
-        env = "KRAAL_KUBE_TOLERATIONS",
-        value_delimiter = ','
-    )]
-    pub kube_toleration: Vec<String>,
-    /// A docker-registry Secret in the namespace for pulling the image.
-    #[arg(long, env = "KRAAL_KUBE_PULL_SECRET")]
-    pub kube_pull_secret: Option<String>,
-}
-
-#[derive(Debug, Args)]
 pub struct UpArgs {
     /// A workspace name or id, a local directory, or a git URL.
     pub target: String,
@@ -741,14 +603,6 @@ impl PolicyArgs {
             backup_every_secs: self.backup_every,
         }
     }
-}
-
-fn idle_secs(s: &str) -> Result<u64, String> {
-    kraal_core::parse_duration_secs("idle stop", s).map_err(|e| e.to_string())
-}
-
-fn backup_secs(s: &str) -> Result<u64, String> {
-    kraal_core::parse_duration_secs("backup interval", s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

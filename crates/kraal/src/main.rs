@@ -6,6 +6,7 @@
 mod backups;
 mod chat;
 mod cli;
+mod cli_serve;
 mod client;
 mod commands;
 mod contexts;
@@ -15,6 +16,7 @@ mod kvm;
 mod login;
 mod paths;
 mod render;
+mod review;
 mod secure;
 mod serve;
 mod services;
@@ -381,6 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             session,
             message,
             wait,
+            attach,
         } => {
             let text = if message == ["-"] {
                 let mut t = String::new();
@@ -389,8 +392,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 message.join(" ")
             };
-            chat::send(&c, &session, text, wait).await
+            chat::send(&c, &session, text, &attach, wait).await
         }
+        Command::Review(a) => review::run(&c, a).await,
+        Command::Ports { workspace, json } => review::ports(&c, &workspace, json).await,
+        Command::Push(cmd) => review::push(&c, cmd).await,
         Command::Sessions { workspace, json } => chat::list(&c, workspace.as_deref(), json).await,
         Command::Interrupt { session } => {
             chat::input(&c, &session, kraal_core::SessionInput::Interrupt).await

@@ -151,7 +151,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         egress,
         store.clone(),
     )?;
-    let engine = Engine::new(store.clone(), backend, Some(services));
+    let engine = Engine::new(store.clone(), backend, Some(services.clone()));
     engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
     let web = match args.listen.as_str() {
@@ -170,6 +170,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map(|a| format!("http://{a}"));
+    let vapid = kraal_push::VapidKey::load_or_create(&data_dir.join("vapid.key"))
+        .context("cannot load the Web Push (VAPID) key")?;
+    let push = kraal_server::push::Push::start(
+        store.clone(),
+        kraal_server::push::PushConfig {
+            vapid,
+            subject: args.push_contact.clone(),
+            action_ttl: Duration::from_secs(args.push_action_ttl),
+        },
+    )
+    .context("cannot start push notifications")?;
+    services.set_notices(engine.notice_sender());
     let state = AppState {
         engine: engine.clone(),
         images: crate::host::image_store(&opts),
@@ -179,7 +191,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         secret_key,
         backups: Some(backups.clone()),
         state_files: state_files.clone(),
+        push: Some(push),
+        preview_domain: args.preview_domain.clone(),
     };
+    let notifier = kraal_server::notifier::spawn(state.clone());
     let defaults = kraal_core::Policy {
         idle_stop_secs: Some(args.idle_stop),
         backup_every_secs: Some(args.backup_every),
@@ -296,6 +311,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
     housekeeper.abort();
+    if let Some(n) = notifier {
+        n.abort();
+    }
     if let Some(t) = state_schedule {
         t.abort();
     }

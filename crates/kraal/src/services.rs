@@ -116,10 +116,10 @@ impl CredentialSource for HostCredentials {
 
 /// Egress decisions go to the database, written in batches off the request path (a
 /// connection never waits for SQLite).
-struct StoreSink(tokio::sync::mpsc::UnboundedSender<EgressRecord>);
+struct StoreSink(tokio::sync::mpsc::UnboundedSender<EgressRecord>, NoticeSlot);
 
 impl StoreSink {
-    fn new(store: Store) -> StoreSink {
+    fn new(store: Store, notices: NoticeSlot) -> StoreSink {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EgressRecord>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -154,19 +154,34 @@ impl StoreSink {
                 }
             }
         });
-        StoreSink(tx)
+        StoreSink(tx, notices)
     }
 }
 
 impl EgressSink for StoreSink {
     fn record(&self, r: EgressRecord) {
+        if !r.allowed
+            && let Some(tx) = self.1.get()
+            && let Ok(ws) = kraal_core::WorkspaceId::parse(&r.workspace)
+        {
+            let _ = tx.send(kraal_engine::Notice::EgressRefused {
+                workspace: ws,
+                host: r.host.clone(),
+                port: r.port,
+                reason: r.reason.clone().unwrap_or_else(|| "refused".into()),
+            });
+        }
         let _ = self.0.send(r);
     }
 }
 
+/// Where egress refusals are announced (set once the engine exists).
+type NoticeSlot = Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<kraal_engine::Notice>>>;
+
 pub struct HostServices {
     gateways: Gateways,
     egress: EgressProxies,
+    notices: NoticeSlot,
 }
 
 fn git_routes(ws: &WorkspaceRecord) -> Vec<GitRoute> {
@@ -187,10 +202,17 @@ impl HostServices {
         egress: EgressSettings,
         store: Store,
     ) -> anyhow::Result<Arc<Self>> {
+        let notices: NoticeSlot = Arc::default();
         Ok(Arc::new(HostServices {
             gateways: Gateways::new(upstreams, credentials)?,
-            egress: EgressProxies::new(egress, Arc::new(StoreSink::new(store))),
+            egress: EgressProxies::new(egress, Arc::new(StoreSink::new(store, notices.clone()))),
+            notices,
         }))
+    }
+
+    /// Announces egress refusals on the engine's notice channel from now on.
+    pub fn set_notices(&self, tx: tokio::sync::broadcast::Sender<kraal_engine::Notice>) {
+        let _ = self.notices.set(tx);
     }
 }
 

@@ -22,7 +22,7 @@ fn htmx(headers: &HeaderMap) -> bool {
 }
 
 /// The answer to an action: back to `to` (or 204 for htmx), or the error.
-fn done(headers: &HeaderMap, auth: &Auth, r: Result<String, HttpError>) -> Response {
+pub(crate) fn done(headers: &HeaderMap, auth: &Auth, r: Result<String, HttpError>) -> Response {
     match (r, htmx(headers)) {
         (Ok(_), true) => StatusCode::NO_CONTENT.into_response(),
         (Ok(to), false) => Redirect::to(&to).into_response(),
@@ -184,22 +184,6 @@ pub async fn new_session(
         Ok(to) => Redirect::to(&to).into_response(),
         Err(e) => error_page(&auth, e).into_response(),
     }
-}
-
-#[derive(Deserialize)]
-pub struct SendForm {
-    text: String,
-}
-
-pub async fn send(
-    State(w): State<WebState>,
-    Extension(auth): Extension<Auth>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(f): Form<SendForm>,
-) -> Response {
-    let r = to_session(&w, &id, SessionInput::message(f.text)).await;
-    done(&headers, &auth, r)
 }
 
 /// Hands `input` to session `id`; answers with the session page to go back to.

@@ -27,6 +27,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub struct Auth {
     pub csrf: String,
     pub token_name: String,
+    /// The login token's id (what push subscriptions and preview logins belong to).
+    pub token_id: String,
 }
 
 /// Failed-login limits: per address, and for everyone together (slows a distributed
@@ -189,17 +191,25 @@ fn csrf_ok(expected: &str, given: Option<&str>) -> bool {
     })
 }
 
-/// Everything but the login page and static assets: a valid session; state changes also
-/// need the CSRF token and a same-site origin.
+/// The live web login a request's cookie names, if any.
+pub fn session_of(app: &crate::AppState, headers: &HeaderMap) -> Option<kraal_store::WebSession> {
+    let c = cookie_value(headers)?;
+    app.engine.store().web_session(&c).ok().flatten()
+}
+
+/// Everything but the login page, static assets, notification actions (which carry
+/// their own capability) and path previews (which check the login or their own cookie):
+/// a valid session; state changes also need the CSRF token and a same-site origin.
 pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/login" || path.starts_with("/static/") {
+    if path == "/login"
+        || path.starts_with("/static/")
+        || (path.starts_with("/act/") && req.method() == Method::POST)
+        || path.starts_with("/p/")
+    {
         return next.run(req).await;
     }
-    let session = match cookie_value(req.headers()) {
-        Some(c) => w.app.engine.store().web_session(&c).ok().flatten(),
-        None => None,
-    };
+    let session = session_of(&w.app, req.headers());
     let Some(session) = session else {
         return unauthorized(&req);
     };
@@ -208,13 +218,19 @@ pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) ->
     if (changes_state || upgrade) && cross_site(req.headers()) {
         return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
     }
-    if changes_state {
-        // The token comes in a header (htmx, fetch) or as the `csrf` form field.
-        let header_token = req
-            .headers()
-            .get("x-csrf-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+    let header_token = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if changes_state && header_token.is_some() {
+        // A script's request (htmx, fetch; uploads among them): the header is enough and
+        // the body streams on untouched.
+        if !csrf_ok(&session.csrf, header_token.as_deref()) {
+            return (StatusCode::FORBIDDEN, "missing or wrong CSRF token\n").into_response();
+        }
+    } else if changes_state {
+        // A plain form: the token is its `csrf` field.
         let (parts, body) = req.into_parts();
         let bytes = match axum::body::to_bytes(body, super::MAX_FORM).await {
             Ok(b) => b,
@@ -223,10 +239,7 @@ pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) ->
             }
         };
         let form_token = form_field(&bytes, "csrf");
-        if !csrf_ok(
-            &session.csrf,
-            header_token.as_deref().or(form_token.as_deref()),
-        ) {
+        if !csrf_ok(&session.csrf, form_token.as_deref()) {
             return (StatusCode::FORBIDDEN, "missing or wrong CSRF token\n").into_response();
         }
         req = Request::from_parts(parts, axum::body::Body::from(bytes));
@@ -238,6 +251,7 @@ pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) ->
     req.extensions_mut().insert(Auth {
         csrf: session.csrf,
         token_name: session.token_name,
+        token_id: session.token_id,
     });
     next.run(req).await
 }

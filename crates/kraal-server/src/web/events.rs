@@ -20,24 +20,6 @@ use super::WebState;
 use super::pages::state_badge;
 use crate::error::HttpError;
 
-/// A unified diff cut into files: (path, the file's hunks).
-pub fn split_diff(diff: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in diff.lines() {
-        if let Some(rest) = line.strip_prefix("diff --git ") {
-            let path = rest
-                .rsplit_once(" b/")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_else(|| rest.to_owned());
-            out.push((path, String::new()));
-        } else if let Some((_, body)) = out.last_mut() {
-            body.push_str(line);
-            body.push('\n');
-        }
-    }
-    out
-}
-
 /// Diff text with added and removed lines marked.
 pub fn diff_block(diff: &str) -> Markup {
     html! {
@@ -58,7 +40,7 @@ fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn tool_summary(name: &str, input: &serde_json::Value) -> String {
+pub(crate) fn tool_summary(name: &str, input: &serde_json::Value) -> String {
     let detail = [
         "command",
         "file_path",
@@ -82,8 +64,23 @@ fn tool_summary(name: &str, input: &serde_json::Value) -> String {
 /// One event; `None` for events with nothing to show.
 pub fn render(e: &SessionEvent, session: &str, csrf: &str) -> Option<Markup> {
     let m = match &e.event {
-        AgentEvent::UserMessage { text, .. } => html! {
-            div.ev.user data-seq=(e.seq) { div.who { "You" } div.text { (text) } }
+        AgentEvent::UserMessage { text, attachments } => html! {
+            div.ev.user data-seq=(e.seq) {
+                div.who { "You" }
+                div.text { (text) }
+                @if !attachments.is_empty() {
+                    div.attachments {
+                        @for a in attachments {
+                            @let href = format!("/s/{session}/attachment?path={}", super::auth::urlencode(&a.path));
+                            @if a.is_image() {
+                                a href=(href) target="_blank" rel="noopener" { img.thumb src=(href) alt=(a.name) loading="lazy"; }
+                            } @else {
+                                a.file href=(href) { "📄 " (a.name) }
+                            }
+                        }
+                    }
+                }
+            }
         },
         AgentEvent::AssistantDelta { text } => html! { span.delta { (text) } },
         AgentEvent::AssistantText { text } => html! {
@@ -364,13 +361,10 @@ mod tests {
     }
 
     #[test]
-    fn diffs_split_by_file_and_mark_lines() {
-        let d = "diff --git a/x.txt b/x.txt\nindex 1..2\n--- a/x.txt\n+++ b/x.txt\n@@ -1 +1 @@\n-old\n+new\ndiff --git a/y b/y\n+y\n";
-        let files = split_diff(d);
-        assert_eq!(files.len(), 2);
-        assert_eq!(files[0].0, "x.txt");
-        let html = diff_block(&files[0].1).into_string();
+    fn diff_lines_are_marked() {
+        let html = diff_block("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+new\n").into_string();
         assert!(html.contains(r#"<span class="add">+new"#), "{html}");
         assert!(html.contains(r#"<span class="del">-old"#), "{html}");
+        assert!(html.contains(r#"<span class="hunk">@@"#), "{html}");
     }
 }

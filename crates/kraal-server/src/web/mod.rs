@@ -5,8 +5,12 @@
 mod actions;
 mod assets;
 mod auth;
+mod composer;
 mod events;
+mod notifications;
 mod pages;
+mod ports;
+mod review;
 mod terminal;
 
 use std::sync::Arc;
@@ -17,6 +21,8 @@ use axum::middleware;
 use axum::routing::{get, post};
 
 pub use auth::Limiter;
+pub(crate) use auth::{Auth, random_token, session_of, urlencode};
+pub(crate) use events::tool_summary;
 
 use crate::AppState;
 
@@ -50,7 +56,35 @@ pub fn router(app: AppState) -> Router {
         .route("/dashboard/workspaces", get(pages::dashboard_table))
         .route("/w/{ws}", get(pages::workspace))
         .route("/w/{ws}/files", get(pages::files))
-        .route("/w/{ws}/diff", get(pages::diff))
+        .route("/w/{ws}/diff", get(review::diff))
+        .route("/w/{ws}/comments", post(review::add))
+        .route("/w/{ws}/comments/{id}/resolve", post(review::resolve))
+        .route("/w/{ws}/comments/{id}/delete", post(review::delete))
+        .route("/w/{ws}/review/send", post(review::send))
+        .route("/w/{ws}/ports", get(ports::fragment))
+        .route("/w/{ws}/open/{port}", get(crate::preview::open))
+        .route(
+            "/p/{ws}/{port}",
+            axum::routing::any(crate::preview::by_path),
+        )
+        .route(
+            "/p/{ws}/{port}/",
+            axum::routing::any(crate::preview::by_path),
+        )
+        .route(
+            "/p/{ws}/{port}/{*rest}",
+            axum::routing::any(crate::preview::by_path),
+        )
+        .route(
+            "/act/{session}/{request}/{decision}",
+            post(crate::push::act),
+        )
+        .route("/settings/notifications", get(notifications::page))
+        .route("/push/subscribe", post(notifications::subscribe))
+        .route("/push/unsubscribe", post(notifications::unsubscribe))
+        .route("/push/{id}/rules", post(notifications::rules))
+        .route("/push/{id}/test", post(notifications::test))
+        .route("/push/{id}/delete", post(notifications::delete))
         .route("/w/{ws}/terminal", get(terminal::page))
         .route("/w/{ws}/exec", get(crate::exec::exec_ws))
         .route("/w/{ws}/up", post(actions::up))
@@ -60,7 +94,11 @@ pub fn router(app: AppState) -> Router {
         .route("/w/{ws}/sessions", post(actions::new_session))
         .route("/s/{id}", get(pages::session))
         .route("/s/{id}/live", get(events::live))
-        .route("/s/{id}/send", post(actions::send))
+        .route("/s/{id}/attachment", get(composer::attachment))
+        .route(
+            "/s/{id}/send",
+            post(composer::send).layer(axum::extract::DefaultBodyLimit::max(composer::MAX_UPLOAD)),
+        )
         .route("/s/{id}/interrupt", post(actions::interrupt))
         .route("/s/{id}/decide", post(actions::decide))
         .route("/s/{id}/end", post(actions::end))
@@ -84,5 +122,9 @@ pub fn router(app: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(state.clone(), auth::require))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::preview::by_host,
+        ))
         .with_state(state)
 }

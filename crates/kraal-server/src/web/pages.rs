@@ -2,7 +2,6 @@
 //! output and file contents can never become markup).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
@@ -82,6 +81,7 @@ pub fn layout(title: &str, auth: &Auth, body: Markup) -> Page {
                             li { a href="/" { "Dashboard" } }
                             li { a href="/templates" { "Templates" } }
                             li { a href="/logs" { "Logs" } }
+                            li { a href="/settings/notifications" { "Notifications" } }
                             li {
                                 form.inline method="post" action="/logout" {
                                     input type="hidden" name="csrf" value=(auth.csrf);
@@ -351,8 +351,10 @@ pub async fn workspace(
                         button type="submit" { "Start" }
                     }
                 }
+                h3 { "Ports" }
+                div #ports hx-get={ "/w/" (name) "/ports" } hx-trigger="load" hx-swap="outerHTML" { p.muted { "Looking for listening ports…" } }
                 h3 { "Changes" }
-                div #diff hx-get={ "/w/" (name) "/diff" } hx-trigger="load" { p.muted { "Loading the diff…" } }
+                div #diff hx-get={ "/w/" (name) "/diff" } hx-trigger="load" hx-swap="outerHTML" { p.muted { "Loading the diff…" } }
                 form.commit method="post" action={ "/w/" (name) "/commit" } {
                     input type="hidden" name="csrf" value=(auth.csrf);
                     div role="group" {
@@ -375,85 +377,6 @@ pub fn post_button(auth: &Auth, action: &str, label: &str, class: &str) -> Marku
             button type="submit" class=(class) { (label) }
         }
     }
-}
-
-/// `git diff HEAD` and the untracked files of the workspace checkout.
-pub async fn diff(
-    State(w): State<WebState>,
-    Extension(auth): Extension<Auth>,
-    Path(ws): Path<String>,
-) -> Response {
-    let e = &w.app.engine;
-    let t = Duration::from_secs(30);
-    let max = 4 * 1024 * 1024;
-    let tracked = e
-        .capture(
-            &ws,
-            &[
-                "git",
-                "-C",
-                "/workspace",
-                "diff",
-                "HEAD",
-                "--no-color",
-                "--no-ext-diff",
-            ],
-            t,
-            max,
-        )
-        .await;
-    let tracked = match tracked {
-        Ok(c) if c.code == 0 => c.stdout,
-        Ok(c) => {
-            return Page(
-                StatusCode::OK,
-                html! { p.muted { "No git history to compare with: " (c.stderr.trim()) } },
-            )
-            .into_response();
-        }
-        Err(x) => return error_fragment(&auth, x.into()),
-    };
-    let untracked = e
-        .capture(
-            &ws,
-            &[
-                "git",
-                "-C",
-                "/workspace",
-                "ls-files",
-                "--others",
-                "--exclude-standard",
-                "-z",
-            ],
-            t,
-            256 * 1024,
-        )
-        .await
-        .map(|c| c.stdout)
-        .unwrap_or_default();
-    let untracked: Vec<&str> = untracked.split('\0').filter(|s| !s.is_empty()).collect();
-    let files = events::split_diff(&tracked);
-    Page(
-        StatusCode::OK,
-        html! {
-            @if files.is_empty() && untracked.is_empty() { p.muted { "No uncommitted changes." } }
-            @for (path, body) in &files {
-                details.diff-file open {
-                    summary { code { (path) } }
-                    (events::diff_block(body))
-                }
-            }
-            @if !untracked.is_empty() {
-                h4 { "New files" }
-                ul { @for f in &untracked { li { a href={ "/w/" (ws) "/files?path=" (super::auth::urlencode(f)) } { code { (f) } } } } }
-            }
-        },
-    )
-    .into_response()
-}
-
-fn error_fragment(_auth: &Auth, e: HttpError) -> Response {
-    Page(e.status, html! { p.error { (e.body.message) } }).into_response()
 }
 
 #[derive(Deserialize)]
@@ -569,11 +492,16 @@ pub async fn session(
             }
             div #log.log-view data-session=(sid) data-last-seq=(last) aria-live="polite" { (rendered) }
             div #connection.muted hidden { "Reconnecting…" }
-            form #composer method="post" action={ "/s/" (sid) "/send" } hx-post={ "/s/" (sid) "/send" } hx-swap="none" {
+            form #composer method="post" action={ "/s/" (sid) "/send" } hx-post={ "/s/" (sid) "/send" } hx-swap="none" hx-encoding="multipart/form-data" {
                 input type="hidden" name="csrf" value=(auth.csrf);
-                textarea name="text" rows="2" placeholder="Message the agent (also while it works)" required {}
+                textarea name="text" rows="2" placeholder="Message the agent (also while it works)" {}
+                div #attached.muted hidden {}
                 div.composer-actions {
                     button type="submit" { "Send" }
+                    label.attach role="button" .secondary.outline title="Attach photos or files" {
+                        "📎"
+                        input #attach type="file" name="files" multiple accept="image/*,*/*" hidden;
+                    }
                     button.secondary.outline type="button" hx-post={ "/s/" (sid) "/interrupt" } hx-swap="none" { "Interrupt" }
                     button.secondary.outline type="button" hx-post={ "/s/" (sid) "/end" } hx-swap="none" hx-confirm="End this session? Its log is kept." { "End" }
                 }

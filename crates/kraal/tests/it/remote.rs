@@ -155,7 +155,8 @@ fn openssh_scp_and_port_forwarding_go_through_the_daemon() {
     let o = d.run(&["forward", "sshws", "9", "--local", "127.0.0.1:0"]);
     assert_ne!(o.code, Some(0));
     assert!(
-        o.stderr.contains("nothing listens on port 9 in workspace sshws"),
+        o.stderr
+            .contains("nothing listens on port 9 in workspace sshws"),
         "{o:?}"
     );
 

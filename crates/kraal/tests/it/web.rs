@@ -16,7 +16,7 @@ use kraal_testkit::{Scenario, ScriptedModel};
 use crate::harness::*;
 
 /// A raw HTTP/1.1 request; returns status, headers (lowercase names) and body.
-fn http(
+pub(crate) fn http(
     base: &str,
     method: &str,
     path: &str,
@@ -53,11 +53,11 @@ fn http(
     (status, hs, body.to_owned())
 }
 
-fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-fn web_url(d: &Daemon) -> String {
+pub(crate) fn web_url(d: &Daemon) -> String {
     let s: serde_json::Value = serde_json::from_str(&d.ok(&["status", "--json"])).unwrap();
     s["web_url"]
         .as_str()
@@ -66,7 +66,7 @@ fn web_url(d: &Daemon) -> String {
 }
 
 /// Logs in with `token`; returns the session cookie and its CSRF token.
-fn login(base: &str, token: &str) -> (String, String) {
+pub(crate) fn login(base: &str, token: &str) -> (String, String) {
     let (status, hs, _) = http(
         base,
         "POST",
