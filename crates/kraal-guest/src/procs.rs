@@ -461,8 +461,13 @@ impl Procs {
 
     /// Collects every exited child; statuses of registered processes are recorded, others
     /// (orphans reparented to PID 1) are just reaped.
+    ///
+    /// The table lock is taken before `waitpid`: `spawn_as` holds it across `Command::spawn`,
+    /// whose failure path (exec failed) waits for its own child, so the reaper must never
+    /// collect a child whose spawn is still in progress (std panics on the lost status).
     pub fn reap(&self) {
         loop {
+            let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(s) => s,
@@ -472,7 +477,6 @@ impl Procs {
                 WaitStatus::Signaled(pid, sig, _) => (pid.as_raw(), Exit::Signal(sig as i32)),
                 _ => continue,
             };
-            let mut t = self.table.lock().unwrap();
             match t
                 .by_pid
                 .remove(&pid)

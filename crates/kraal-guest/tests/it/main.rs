@@ -239,6 +239,46 @@ async fn unknown_command_is_a_clear_error() {
     assert!(c.health().await.is_ok());
 }
 
+/// A failed exec is waited for by `Command::spawn` itself; the reaper (woken by the same
+/// SIGCHLD) must not collect that child first. Many failures at once, while other children
+/// exit, made the race show before the reaper took the table lock first.
+#[tokio::test]
+async fn many_failed_spawns_race_the_reaper_and_every_one_is_a_clear_error() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    let rounds = async {
+        for _round in 0..150 {
+            let mut tasks = Vec::new();
+            for i in 0..40 {
+                let c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        c.exec(exec(&["no-such-cmd-kraal"]))
+                            .await
+                            .err()
+                            .map(|e| e.to_string())
+                    } else {
+                        c.exec(exec(&["true"])).await.err().map(|e| e.to_string())
+                    }
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                let r = t.await.unwrap();
+                if i % 2 == 0 {
+                    let msg = r.expect("an unknown command is refused");
+                    assert!(msg.contains("command not found"), "{msg}");
+                } else {
+                    assert_eq!(r, None, "true starts");
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), rounds)
+        .await
+        .expect("every exec answers (a lost exit status hung the guest)");
+    assert!(c.health().await.is_ok());
+}
+
 #[tokio::test]
 async fn files_round_trip_and_stay_confined() {
     let g = start().await;
