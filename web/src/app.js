@@ -210,6 +210,23 @@
     if (row && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); row.click(); }
   });
 
+  // ----- Ports: an open QR code stays open when the list refreshes -----
+  let openPorts = [];
+  document.addEventListener('htmx:beforeSwap', (e) => {
+    const t = e.detail.target;
+    if (t && t.id === 'ports') {
+      openPorts = Array.from(t.querySelectorAll('li[data-port] details[open]')).map((d) => d.closest('li').dataset.port);
+    }
+  });
+  document.addEventListener('htmx:afterSettle', () => {
+    const p = document.getElementById('ports');
+    if (!p) return;
+    for (const port of openPorts) {
+      const d = p.querySelector(`li[data-port="${port}"] details`);
+      if (d) d.open = true;
+    }
+  });
+
   // ----- Web Push: "notify this device" -----
   const b64ToBytes = (s) => {
     const pad = '='.repeat((4 - (s.length % 4)) % 4);

@@ -44,13 +44,19 @@ const openPage = (url) =>
     return self.clients.openWindow(url);
   });
 
+// Keeps the worker alive until `p` settles (an event a script made cannot be extended,
+// but what it started runs on).
+const extend = (e, p) => {
+  try { e.waitUntil(p); } catch (_) { /* not extendable */ }
+};
+
 self.addEventListener('notificationclick', (e) => {
   const d = e.notification.data || {};
   const act = (d.actions || []).find((a) => a.action === e.action);
   e.notification.close();
   if (act) {
     // From the lock screen: answer without opening a page.
-    e.waitUntil(
+    extend(e,
       fetch(act.url, { method: 'POST', credentials: 'omit', cache: 'no-store' })
         .then(async (r) => {
           if (r.ok) return undefined;
@@ -69,5 +75,5 @@ self.addEventListener('notificationclick', (e) => {
     );
     return;
   }
-  e.waitUntil(openPage(d.url || '/'));
+  extend(e, openPage(d.url || '/'));
 });

@@ -223,6 +223,7 @@ mod tests {
             "ssh.rs",
             "backups.rs",
             "contexts.rs",
+            "review.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
             for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor", "kraal_vm"] {

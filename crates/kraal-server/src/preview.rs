@@ -4,10 +4,11 @@
 //!
 //! * **Path**: `/p/<ws>/<port>/…` on the web UI's own origin. Every response carries a
 //!   `sandbox` content security policy, so what the dev server serves runs in an opaque
-//!   origin and can never read or drive the web UI (a dev server is the agent's code). Its
-//!   own requests authenticate with a preview cookie scoped to that path (set when the
-//!   logged-in user opens it); absolute paths (`/assets/x.js`) escape the prefix, which is
-//!   what the per-port origin is for.
+//!   origin and can never read or drive the web UI (a dev server is the agent's code).
+//!   Browsers send no cookies from an opaque origin, so a logged-in visit is redirected to
+//!   `/p/<ws>/<port>/~<token>/…`, a login for that one port carried by every relative URL
+//!   (and WebSocket) of the page; absolute paths (`/assets/x.js`) escape the prefix, which
+//!   is what the per-port origin is for.
 //! * **Per-port origin**: `<port>--<ws>.<preview domain>` (`serve --preview-domain`). The
 //!   web UI hands a one-time code to that origin, which trades it for its own host-only
 //!   cookie; the app runs at `/` as it would on localhost.
@@ -168,19 +169,14 @@ fn page(status: StatusCode, title: &str, text: &str) -> Response {
         .into_response()
 }
 
-fn preview_cookie(value: &str, path: &str, headers: &HeaderMap, cross_site: bool) -> HeaderValue {
-    // A path preview's requests come from a sandboxed (opaque-origin) document, so its
-    // cookie must be SameSite=None, which browsers accept only when Secure (allowed on
-    // https and on loopback). A per-port origin's own requests are same-site.
-    let attrs = if cross_site {
-        "; SameSite=None; Secure"
-    } else if scheme(headers) == "https" {
-        "; SameSite=Lax; Secure"
+fn preview_cookie(value: &str, headers: &HeaderMap) -> HeaderValue {
+    let secure = if scheme(headers) == "https" {
+        "; Secure"
     } else {
-        "; SameSite=Lax"
+        ""
     };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path={path}; HttpOnly; Max-Age={LOGIN_TTL}{attrs}"
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={LOGIN_TTL}{secure}"
     ))
     .expect("cookie is ASCII")
 }
@@ -238,40 +234,75 @@ pub async fn by_path(
         return Redirect::to(&format!("{prefix}/{q}")).into_response();
     }
     let key = path_key(rec.id.as_str(), port);
-    let mut set_cookie = None;
-    if preview_login(&w.app, req.headers(), &key).is_none() {
-        // A top-level visit from the logged-in web UI gets the preview cookie.
-        let login = crate::web::session_of(&w.app, req.headers());
-        match login {
-            Some(s) => {
-                let secret = crate::web::random_token();
-                if w.app
-                    .engine
-                    .store()
-                    .insert_preview_login(&secret, &s.token_id, &key, "cookie", LOGIN_TTL)
-                    .is_err()
-                {
-                    return page(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "Preview",
-                        "cannot record the preview login",
-                    );
-                }
-                set_cookie = Some(preview_cookie(
-                    &secret,
-                    &format!("{prefix}/"),
-                    req.headers(),
-                    true,
-                ));
+    let rest = req.uri().path()[prefix.len()..].to_owned();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    // `/p/<ws>/<port>/~<token>/…`: the token is the preview's login.
+    if let Some(t) = rest.strip_prefix("/~") {
+        let (token, after) = t.split_at(t.find('/').unwrap_or(t.len()));
+        let valid = w
+            .app
+            .engine
+            .store()
+            .preview_login(token, &key, "path")
+            .ok()
+            .flatten()
+            .is_some();
+        if valid {
+            if after.is_empty() {
+                return Redirect::to(&format!("{prefix}/~{token}/{query}")).into_response();
             }
-            None => return unauthorized(&req, &format!("{prefix}/")),
+            let mode = Mode::Path(format!("{prefix}/~{token}"));
+            return forward(&w.app, rec.name.as_str(), port, req, mode).await;
         }
+        tracing::info!(path = %prefix, "path preview with an unknown or expired token");
+        if crate::web::session_of(&w.app, req.headers()).is_none() {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "This preview link expired",
+                "Open the preview again from the workspace's page in the kraal web UI.",
+            );
+        }
+        // Logged in: a fresh link to the same place.
+        return mint_path_login(&w, &req, &key, &prefix, &format!("{after}{query}"));
     }
-    let mut res = forward(&w.app, rec.name.as_str(), port, req, Mode::Path(prefix)).await;
-    if let Some(c) = set_cookie {
-        res.headers_mut().append(header::SET_COOKIE, c);
+    // A visit from the logged-in web UI gets a preview link of its own: the dev server's
+    // page is sandboxed (an opaque origin), so cookies never reach its subresources or
+    // WebSockets; the token in the path does, through every relative URL.
+    if crate::web::session_of(&w.app, req.headers()).is_none() {
+        tracing::info!(path = %req.uri().path(), "path preview without a login");
+        return unauthorized(&req, &format!("{prefix}/"));
     }
-    res
+    mint_path_login(&w, &req, &key, &prefix, &format!("{rest}{query}"))
+}
+
+/// Redirects a logged-in visit to `prefix/~<new token>` + `rest`.
+fn mint_path_login(w: &WebState, req: &Request, key: &str, prefix: &str, rest: &str) -> Response {
+    let Some(s) = crate::web::session_of(&w.app, req.headers()) else {
+        return unauthorized(req, &format!("{prefix}/"));
+    };
+    let secret = crate::web::random_token();
+    if w.app
+        .engine
+        .store()
+        .insert_preview_login(&secret, &s.token_id, key, "path", LOGIN_TTL)
+        .is_err()
+    {
+        return page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Preview",
+            "cannot record the preview login",
+        );
+    }
+    let rest = if rest.starts_with('/') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    };
+    Redirect::to(&format!("{prefix}/~{secret}{rest}")).into_response()
 }
 
 fn unauthorized(req: &Request, back: &str) -> Response {
@@ -398,10 +429,8 @@ pub async fn by_host(State(w): State<WebState>, req: Request, next: Next) -> Res
             .filter(|n| n.starts_with('/') && !n.starts_with("//"))
             .unwrap_or_else(|| "/".into());
         let mut r = Redirect::to(&next).into_response();
-        r.headers_mut().insert(
-            header::SET_COOKIE,
-            preview_cookie(&secret, "/", req.headers(), false),
-        );
+        r.headers_mut()
+            .insert(header::SET_COOKIE, preview_cookie(&secret, req.headers()));
         return r;
     }
     if preview_login(&w.app, req.headers(), &host).is_none() {
@@ -643,6 +672,11 @@ fn filter_response(h: &mut HeaderMap, mode: &Mode, upgrade: bool) {
         h.insert(
             HeaderName::from_static("x-frame-options"),
             HeaderValue::from_static("SAMEORIGIN"),
+        );
+        // The preview's token is in its path: links out of it must not carry it along.
+        h.insert(
+            HeaderName::from_static("referrer-policy"),
+            HeaderValue::from_static("no-referrer"),
         );
     }
 }

@@ -63,6 +63,11 @@ pub(crate) fn tool_summary(name: &str, input: &serde_json::Value) -> String {
 
 /// One event; `None` for events with nothing to show.
 pub fn render(e: &SessionEvent, session: &str, csrf: &str) -> Option<Markup> {
+    render_with(e, session, csrf, false)
+}
+
+/// One event; an approval request that was `answered` already shows no buttons.
+fn render_with(e: &SessionEvent, session: &str, csrf: &str, answered: bool) -> Option<Markup> {
     let m = match &e.event {
         AgentEvent::UserMessage { text, attachments } => html! {
             div.ev.user data-seq=(e.seq) {
@@ -130,12 +135,12 @@ pub fn render(e: &SessionEvent, session: &str, csrf: &str) -> Option<Markup> {
                 div { strong { (tool) } " asks for approval" }
                 @if let Some(d) = description { div.text { (d) } }
                 pre { (pretty(input)) }
-                form.decide method="post" action={ "/s/" (session) "/decide" } hx-post={ "/s/" (session) "/decide" } hx-swap="none" {
+                @if !answered { form.decide method="post" action={ "/s/" (session) "/decide" } hx-post={ "/s/" (session) "/decide" } hx-swap="none" {
                     input type="hidden" name="csrf" value=(csrf);
                     input type="hidden" name="request" value=(request_id);
                     button type="submit" name="allow" value="1" { "Approve" }
                     button.secondary type="submit" name="allow" value="0" { "Deny" }
-                }
+                } }
             }
         },
         AgentEvent::ApprovalDecision {
@@ -180,10 +185,19 @@ pub fn render(e: &SessionEvent, session: &str, csrf: &str) -> Option<Markup> {
 /// The stored history, compactly: streamed fragments are left out in favour of the
 /// complete text that follows them.
 pub fn history(events: &[SessionEvent], session: &str, csrf: &str) -> Markup {
+    // Requests answered later in the log (from the page, the CLI or a notification).
+    let answered: std::collections::HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            AgentEvent::ApprovalDecision { request_id, .. } => Some(request_id.as_str()),
+            _ => None,
+        })
+        .collect();
     html! {
         @for e in events {
             @if !matches!(e.event, AgentEvent::AssistantDelta { .. }) {
-                @if let Some(m) = render(e, session, csrf) { (m) }
+                @let done = matches!(&e.event, AgentEvent::ApprovalRequest { request_id, .. } if answered.contains(request_id.as_str()));
+                @if let Some(m) = render_with(e, session, csrf, done) { (m) }
             }
         }
     }
@@ -358,6 +372,36 @@ mod tests {
             );
             assert!(html.contains("&lt;script&gt;"), "{html}");
         }
+    }
+
+    #[test]
+    fn answered_approvals_lose_their_buttons_in_the_history() {
+        let ask = SessionEvent {
+            seq: 1,
+            at_ms: 0,
+            event: AgentEvent::ApprovalRequest {
+                request_id: "r1".into(),
+                tool: "Bash".into(),
+                input: serde_json::json!({"command": "ls"}),
+                description: None,
+            },
+        };
+        let open = history(std::slice::from_ref(&ask), "se-000000000001", "c").into_string();
+        assert!(open.contains("Approve"), "{open}");
+        let answer = SessionEvent {
+            seq: 2,
+            at_ms: 0,
+            event: AgentEvent::ApprovalDecision {
+                request_id: "r1".into(),
+                allow: true,
+                message: None,
+            },
+        };
+        let done = history(&[ask, answer], "se-000000000001", "c").into_string();
+        assert!(
+            !done.contains("Approve") && done.contains("approved"),
+            "{done}"
+        );
     }
 
     #[test]

@@ -499,7 +499,7 @@ pub async fn session(
                 div.composer-actions {
                     button type="submit" { "Send" }
                     label.attach role="button" .secondary.outline title="Attach photos or files" {
-                        "📎"
+                        "Attach"
                         input #attach type="file" name="files" multiple accept="image/*,*/*" hidden;
                     }
                     button.secondary.outline type="button" hx-post={ "/s/" (sid) "/interrupt" } hx-swap="none" { "Interrupt" }

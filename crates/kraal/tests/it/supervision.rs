@@ -467,7 +467,13 @@ fn bad_review_preview_and_attachment_input_is_refused_and_nothing_is_half_stored
     let base = web_url(&d);
     let token = d.ok(&["token", "create", "--name", "t"]).trim().to_owned();
     let (cookie, _) = crate::web::login(&base, &token);
-    let (status, _, body) = http(&base, "GET", "/p/bad/9/", &[("Cookie", &cookie)], "");
+    // A logged-in visit gets a link of its own (the page is sandboxed, the token in the
+    // path is its login); following it names what is wrong.
+    let (status, hs, _) = http(&base, "GET", "/p/bad/9/", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 303);
+    let link = crate::web::header(&hs, "location").unwrap();
+    assert!(link.starts_with("/p/bad/9/~"), "{link}");
+    let (status, _, body) = http(&base, "GET", &link, &[], "");
     assert_eq!(status, 404, "{body}");
     assert!(
         body.contains("nothing listens on port 9 in workspace bad"),
@@ -579,4 +585,146 @@ fn raw_post(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, head.to_owned(), rest.to_owned())
+}
+
+#[test]
+fn the_phone_supervision_loop_in_a_real_browser() {
+    // The turns, in the order the model is asked: the approved command, its answer, the
+    // review comment's answer, the picture's answer.
+    let (model, d) = with_model(
+        r#"{"turns": [
+            {"respond": [{"tool_use": {"name": "Bash", "input": {"command": "echo approved > /workspace/approved.txt", "description": "Write approved.txt"}}}]},
+            {"respond": [{"text": "Approved and done."}]},
+            {"respond": [{"text": "Thanks, fixing the review comment."}]},
+            {"respond": [{"text": "I see the picture."}]}
+        ]}"#,
+        &[("KRAAL_PREVIEW_DOMAIN", "localhost")],
+    );
+    let peer = PushPeer::start();
+    let (endpoint, keys) = peer.subscription("phone");
+    let repo = git_repo(d.dir.path(), "web");
+    // The default image has Python for the dev servers.
+    d.ok(&["up", repo.to_str().unwrap(), "--image", "default"]);
+    let main_rs = "fn main() {\n    let answer = 42;\n    println!(\"{answer}\");\n}\n";
+    let o = d.run_with_stdin(
+        &["exec", "web", "--", "sh", "-c", "cat > src/main.rs"],
+        main_rs,
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    let echo = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/tests/ws_echo.py"),
+    )
+    .unwrap();
+    let o = d.run_with_stdin(
+        &["exec", "web", "--", "sh", "-c", "cat > /tmp/ws_echo.py"],
+        &echo,
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    // A static server on every address, and a WebSocket server on the sandbox's loopback
+    // only (reached through the guest, not the workspace's address).
+    let o = d.exec(
+        "web",
+        "setsid python3 -m http.server 8000 >/tmp/http.log 2>&1 < /dev/null & setsid python3 /tmp/ws_echo.py 127.0.0.1 8765 >/tmp/ws.log 2>&1 < /dev/null & sleep 1",
+    );
+    assert_eq!(o.code, Some(0), "{o:?}");
+    wait_until(
+        Duration::from_secs(30),
+        "both dev servers to listen",
+        || {
+            let (_, out) = d.http("GET", "/v1/workspaces/web/ports", b"");
+            out.contains("\"port\":8000") && out.contains("\"port\":8765")
+        },
+    );
+    let token = d
+        .ok(&["token", "create", "--name", "phone"])
+        .trim()
+        .to_owned();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shots = root.join("target/web-screenshots");
+    #[allow(clippy::disallowed_methods)]
+    let mut c = std::process::Command::new("node");
+    c.arg(root.join("web/tests/supervision.test.mjs"))
+        .current_dir(root.join("web"))
+        .env("KRAAL_URL", web_url(&d))
+        .env("KRAAL_TOKEN", &token)
+        .env("KRAAL_WS", "web")
+        .env("KRAAL_BIN", KRAAL)
+        .env("KRAAL_SOCKET", &d.socket)
+        .env("SCREENSHOTS", &shots)
+        .env("PUSH_ENDPOINT", &endpoint)
+        .env("PUSH_P256DH", keys.p256dh())
+        .env("PUSH_AUTH", keys.auth_b64())
+        .env(
+            "PUSH_MAILBOX",
+            format!("http://{}/mailbox/phone", peer.addr),
+        )
+        .env("PREVIEW_DOMAIN", "localhost");
+    let o = run_bounded(&mut c, Duration::from_secs(600));
+    assert!(
+        o.code == Some(0) && o.stdout.contains("ALL PASSED"),
+        "browser test failed ({:?}):\n{}\n{}\n{}",
+        o.code,
+        o.stdout,
+        o.stderr,
+        d.log_tail()
+    );
+    eprintln!("{}", o.stdout);
+    // What the real agent sent the model: the review comment quoting the line, then the
+    // picture as an image block with its bytes.
+    let reqs = model.requests();
+    let last_user = |r: &Value| -> Value {
+        r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .unwrap()
+            .clone()
+    };
+    let review = reqs
+        .iter()
+        .map(last_user)
+        .find(|m| m.to_string().contains("Review comments"))
+        .expect("a model request with the review comments");
+    let text = review.to_string();
+    assert!(
+        text.contains("src/main.rs")
+            && text.contains("let answer = 42;")
+            && text.contains("Please use a named constant here."),
+        "{text}"
+    );
+    let image = reqs
+        .iter()
+        .map(last_user)
+        .find_map(|m| {
+            m["content"]
+                .as_array()
+                .and_then(|c| c.iter().find(|b| b["type"] == "image").cloned())
+        })
+        .expect("a model request with an image block");
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(image["source"]["data"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "the picture's bytes");
+    assert_eq!(image["source"]["media_type"], "image/png");
+    let o = d.exec("web", "ls .kraal/attachments");
+    assert!(o.stdout.contains("-dot.png"), "{o:?}");
+    for name in [
+        "phone-notifications",
+        "phone-review-comment-form",
+        "phone-review-comment",
+        "phone-composer-attachment",
+        "phone-session-attachment",
+        "phone-workspace-ports",
+        "phone-preview-path",
+        "phone-preview-origin",
+    ] {
+        let p = shots.join(format!("{name}.png"));
+        assert!(
+            std::fs::metadata(&p).is_ok_and(|m| m.len() > 1000),
+            "screenshot {name}"
+        );
+    }
 }
