@@ -431,7 +431,9 @@ pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
 }
 
 /// The suite's sections, in the order they run.
-const SECTIONS: [&str; 6] = ["create", "memory", "vm", "events", "backup", "egress"];
+const SECTIONS: [&str; 7] = [
+    "create", "memory", "vm", "events", "backup", "egress", "tasks",
+];
 
 struct Opts {
     only: Vec<String>,
@@ -442,6 +444,7 @@ struct Opts {
     accel: String,
     events: crate::bench_events::Opts,
     egress_iterations: usize,
+    tasks: usize,
     publish: bool,
 }
 
@@ -462,6 +465,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             burst: 2000,
         },
         egress_iterations: 50,
+        tasks: 200,
         publish: false,
     };
     let mut it = args.iter();
@@ -507,6 +511,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
             "--rate" => o.events.rate = num()?,
             "--burst" => o.events.burst = num()?,
             "--egress-iterations" => o.egress_iterations = num()?.max(3),
+            "--tasks" => o.tasks = num()?.max(1),
             other => bail!("unknown bench option {other} (see `cargo xtask help`)"),
         }
     }
@@ -562,6 +567,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 let env: Vec<(&str, &str)> =
                     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 setup(&env).and_then(|s| crate::bench_egress::section(&s, o.egress_iterations))
+            }
+            "tasks" => {
+                let at_once = crate::bench_tasks::AT_ONCE.to_string();
+                setup(&[("KRAAL_MAX_RUNNING", &at_once)])
+                    .and_then(|s| crate::bench_tasks::section(&s, o.tasks))
             }
             _ => unreachable!("sections are validated when parsing"),
         };

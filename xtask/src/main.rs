@@ -14,6 +14,7 @@ mod bench_create;
 mod bench_egress;
 mod bench_events;
 mod bench_memory;
+mod bench_tasks;
 mod bench_vm;
 mod report;
 
@@ -38,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--egress-iterations N]>"
+                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress,tasks] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--egress-iterations N] [--tasks N]>"
             );
             std::process::exit(2);
         }
@@ -201,6 +202,13 @@ mod tests {
                 "{krate} depends on kraal-testkit outside dev-dependencies"
             );
         }
+        // Tasks sit on top of the engine; the engine and everything under it know nothing of them.
+        for krate in ["kraal-engine", "kraal-store", "kraal-core", "kraal-sandbox"] {
+            assert!(
+                !g[krate].contains("kraal-tasks"),
+                "{krate} must not depend on kraal-tasks"
+            );
+        }
         // The sandbox layer (trait, guest client) does not know the state store or the server.
         for f in ["kraal-store", "kraal-engine", "kraal-server"] {
             assert!(
@@ -224,6 +232,7 @@ mod tests {
             "backups.rs",
             "contexts.rs",
             "review.rs",
+            "tasks.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
             for forbidden in ["kraal_store", "kraal_engine", "kraal_gvisor", "kraal_vm"] {

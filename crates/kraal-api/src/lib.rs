@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 mod supervision;
+mod tasks;
 pub use supervision::*;
+pub use tasks::*;
 
 use kraal_core::{
     AgentKind, BackendKind, DesiredState, PermissionMode, Resources, SessionEvent, SessionState,

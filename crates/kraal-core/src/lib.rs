@@ -10,6 +10,7 @@ mod resources;
 mod session;
 mod source;
 mod state;
+mod task;
 mod template;
 
 pub use egress::{
@@ -28,6 +29,10 @@ pub use session::{
 };
 pub use source::{Source, SourceError};
 pub use state::{BackendKind, Capabilities, DesiredState, WorkspaceState};
+pub use task::{
+    MAX_ATTEMPTS, MAX_TASK_PROMPT, TaskError, TaskSpec, TaskState, new_task_id, task_title,
+    validate_task,
+};
 pub use template::{TemplateError, TemplateSpec};
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ mod review;
 mod sessions;
 mod templates;
 pub use kraal_store::SessionRecord;
-pub use sessions::{LinkServices, MAX_MESSAGE, NewSession};
+pub use sessions::{LinkServices, MAX_MESSAGE, NewSession, check_spec};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

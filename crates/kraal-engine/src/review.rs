@@ -193,6 +193,9 @@ fn hunk_starts(h: &str) -> (u32, u32) {
     (o.saturating_sub(1), n.saturating_sub(1))
 }
 
+/// A pathspec leaving out kraal's own files in the checkout.
+const KRAAL_FILES: &str = ":(exclude).kraal";
+
 /// Git quotes paths with unusual characters (`"a\tb"`); kraal asks it not to escape
 /// non-ASCII (`core.quotePath=false`), so only the quotes and simple escapes remain.
 fn unquote(p: &str) -> String {
@@ -293,7 +296,8 @@ impl Engine {
             .await
     }
 
-    /// The workspace's uncommitted changes against `HEAD`, untracked files as added ones.
+    /// The workspace's uncommitted changes against `HEAD`, untracked files as added ones
+    /// (kraal's own files under `.kraal/`, session logs and attachments, are not changes).
     /// `Ok(Err(why))` when the checkout has no git history to compare with.
     pub async fn review_diff(
         &self,
@@ -303,7 +307,16 @@ impl Engine {
         let tracked = self
             .git_out(
                 &rec,
-                &["diff", "HEAD", "--no-color", "--no-ext-diff", "-M"],
+                &[
+                    "diff",
+                    "HEAD",
+                    "--no-color",
+                    "--no-ext-diff",
+                    "-M",
+                    "--",
+                    ".",
+                    KRAAL_FILES,
+                ],
                 MAX_DIFF,
             )
             .await?;
@@ -314,7 +327,15 @@ impl Engine {
         let untracked = self
             .git_out(
                 &rec,
-                &["ls-files", "--others", "--exclude-standard", "-z"],
+                &[
+                    "ls-files",
+                    "--others",
+                    "--exclude-standard",
+                    "-z",
+                    "--",
+                    ".",
+                    KRAAL_FILES,
+                ],
                 256 * 1024,
             )
             .await?;

@@ -64,7 +64,8 @@ fn title_of(message: Option<&str>, spec: &AgentSpec) -> String {
     t
 }
 
-fn check_spec(spec: &AgentSpec) -> Result<(), EngineError> {
+/// Checks an agent spec before anything is started with it.
+pub fn check_spec(spec: &AgentSpec) -> Result<(), EngineError> {
     let bad = |m: String| Err(EngineError::Invalid(m));
     if let Some(b) = &spec.binary
         && (b.trim().is_empty() || b.contains('\0'))

@@ -15,6 +15,7 @@ mod routes;
 pub mod security;
 mod sessions;
 pub mod state;
+mod tasks;
 mod tokens;
 pub mod web;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     /// With `serve --preview-domain D`, every workspace port also gets its own origin,
     /// `<port>--<workspace>.D`.
     pub preview_domain: Option<String>,
+    /// The task queue, when the daemon runs one.
+    pub tasks: Option<Arc<kraal_tasks::Scheduler>>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

@@ -91,6 +91,14 @@ use crate::error::HttpError;
         crate::push::update,
         crate::push::remove,
         crate::push::test,
+        crate::tasks::list_tasks,
+        crate::tasks::create_task,
+        crate::tasks::get_task,
+        crate::tasks::attempts,
+        crate::tasks::cancel_task,
+        crate::tasks::retry_task,
+        crate::tasks::done_task,
+        crate::tasks::pick_task,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -250,6 +258,28 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/push/subscriptions/{id}/test",
             axum::routing::post(crate::push::test),
+        )
+        .route(
+            "/v1/tasks",
+            get(crate::tasks::list_tasks).post(crate::tasks::create_task),
+        )
+        .route("/v1/tasks/{id}", get(crate::tasks::get_task))
+        .route("/v1/tasks/{id}/attempts", get(crate::tasks::attempts))
+        .route(
+            "/v1/tasks/{id}/cancel",
+            axum::routing::post(crate::tasks::cancel_task),
+        )
+        .route(
+            "/v1/tasks/{id}/retry",
+            axum::routing::post(crate::tasks::retry_task),
+        )
+        .route(
+            "/v1/tasks/{id}/done",
+            axum::routing::post(crate::tasks::done_task),
+        )
+        .route(
+            "/v1/tasks/{id}/pick",
+            axum::routing::post(crate::tasks::pick_task),
         )
         .route("/v1/images", get(crate::images::list_images))
         .route(
@@ -411,6 +441,15 @@ async fn create_workspace(
     body: Result<Json<CreateWorkspace>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Workspace>), HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
+    let wait = req.wait;
+    let p = s.engine.create(workspace_request(req)?)?;
+    settle(&s.engine, p, wait, StatusCode::CREATED).await
+}
+
+/// Checks a workspace request and turns it into the engine's: the source's transport, and
+/// the allowlist (the one given or the default, plus `allow`, plus the source's own git
+/// host: a workspace can always fetch and push its repository).
+pub(crate) fn workspace_request(req: CreateWorkspace) -> Result<CreateRequest, HttpError> {
     let source = match req.source {
         Source::Git { url, branch } => {
             Source::git(&url, branch).map_err(|e| HttpError::bad_request(e.to_string()))?
@@ -420,8 +459,6 @@ async fn create_workspace(
         }
         Source::Empty => Source::Empty,
     };
-    // The allowlist: the one given or the default, plus `allow`, plus the source's own
-    // git host (a workspace can always fetch and push its repository).
     let mut rules = match &req.egress {
         Some(list) => list.clone(),
         None => kraal_core::DEFAULT_ALLOWLIST
@@ -437,7 +474,7 @@ async fn create_workspace(
     }
     let egress =
         Some(kraal_core::parse_rules(&rules).map_err(|e| HttpError::bad_request(e.to_string()))?);
-    let p = s.engine.create(CreateRequest {
+    Ok(CreateRequest {
         name: req.name,
         source,
         resources: req.resources,
@@ -448,8 +485,7 @@ async fn create_workspace(
         git: req.git,
         restoring: None,
         policy: req.policy,
-    })?;
-    settle(&s.engine, p, req.wait, StatusCode::CREATED).await
+    })
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}", params(("ws" = String, Path, description = "Workspace name or id")),

@@ -92,20 +92,7 @@ pub async fn create_session(
     body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Session>), HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    let mut spec = AgentSpec::new(req.agent.unwrap_or(AgentKind::Claude));
-    spec.model = req.model;
-    spec.system_prompt = req.system_prompt;
-    if let Some(p) = req.permissions {
-        spec.permissions = p;
-    }
-    spec.binary = req.binary;
-    spec.args = req.args;
-    spec.env = req.env.into_iter().collect();
-    spec.cwd = req.cwd;
-    if let Some(w) = req.watchdog {
-        spec.watchdog = w;
-    }
-    spec.transcript = req.transcript;
+    let spec = agent_spec(&req);
     let rec = s
         .engine
         .create_session(
@@ -117,6 +104,25 @@ pub async fn create_session(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(one(&s, &rec)?)))
+}
+
+/// The agent and how to run it, from a session request.
+pub(crate) fn agent_spec(req: &CreateSession) -> AgentSpec {
+    let mut spec = AgentSpec::new(req.agent.unwrap_or(AgentKind::Claude));
+    spec.model = req.model.clone();
+    spec.system_prompt = req.system_prompt.clone();
+    if let Some(p) = req.permissions {
+        spec.permissions = p;
+    }
+    spec.binary = req.binary.clone();
+    spec.args = req.args.clone();
+    spec.env = req.env.clone().into_iter().collect();
+    spec.cwd = req.cwd.clone();
+    if let Some(w) = req.watchdog {
+        spec.watchdog = w;
+    }
+    spec.transcript = req.transcript;
+    spec
 }
 
 #[utoipa::path(get, path = "/v1/sessions/{id}", params(("id" = String, Path, description = "Session id or a unique prefix")),

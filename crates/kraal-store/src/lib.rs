@@ -14,6 +14,7 @@ use rusqlite_migration::{M, Migrations};
 mod security;
 mod sessions;
 mod supervision;
+mod tasks;
 mod web;
 pub use security::{
     ANTHROPIC_KEY_SECRET, AuditRecord, CLAUDE_LOGIN_SECRET, CLAUDE_TOKEN_SECRET, ClaudeLogin,
@@ -21,6 +22,7 @@ pub use security::{
 };
 pub use sessions::SessionRecord;
 pub use supervision::{ActionUse, CommentRecord, PushSubscriptionRecord};
+pub use tasks::TaskRecord;
 pub use web::{TemplateRecord, TokenRecord, WebSession, hash_secret};
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0007_restoring.sql")),
         M::up(include_str!("../migrations/0008_policy.sql")),
         M::up(include_str!("../migrations/0009_supervision.sql")),
+        M::up(include_str!("../migrations/0010_tasks.sql")),
     ])
 }
 

@@ -164,6 +164,10 @@ pub enum Command {
     /// Review a workspace's uncommitted changes: the diff with `path:line:` on every line
     /// (for editors' quickfix lists), line comments, and sending them to an agent.
     Review(ReviewArgs),
+    /// Tasks: queue prompts to run in workspaces of their own (with limits), compare
+    /// best-of-N attempts and pick one.
+    #[command(subcommand)]
+    Task(crate::tasks::TaskCommand),
     /// Ports something listens on in a workspace, with their preview links.
     Ports {
         workspace: String,
@@ -332,7 +336,7 @@ pub struct ReviewArgs {
     pub json: bool,
 }
 
-fn agent_kind(s: &str) -> Result<kraal_core::AgentKind, String> {
+pub(crate) fn agent_kind(s: &str) -> Result<kraal_core::AgentKind, String> {
     kraal_core::AgentKind::parse(s).map_err(|e| e.to_string())
 }
 

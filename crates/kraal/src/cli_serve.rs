@@ -177,6 +177,17 @@ pub struct ServeArgs {
     /// absolute-path apps and WebSockets then work as on localhost.
     #[arg(long, value_name = "DOMAIN", env = "KRAAL_PREVIEW_DOMAIN", value_parser = preview_domain)]
     pub preview_domain: Option<String>,
+    /// Tasks (`kraal task add`) running at once in this daemon; the rest wait in the queue.
+    #[arg(long, value_name = "N", env = "KRAAL_MAX_RUNNING", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_running: u64,
+    /// Tasks running at once on one repository (0: only --max-running applies).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "KRAAL_MAX_RUNNING_PER_REPO",
+        default_value_t = 0
+    )]
+    pub max_running_per_repo: u64,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,

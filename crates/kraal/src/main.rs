@@ -21,6 +21,7 @@ mod secure;
 mod serve;
 mod services;
 mod ssh;
+mod tasks;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -395,6 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             chat::send(&c, &session, text, &attach, wait).await
         }
         Command::Review(a) => review::run(&c, a).await,
+        Command::Task(cmd) => tasks::run(&c, cmd).await,
         Command::Ports { workspace, json } => review::ports(&c, &workspace, json).await,
         Command::Push(cmd) => review::push(&c, cmd).await,
         Command::Sessions { workspace, json } => chat::list(&c, workspace.as_deref(), json).await,

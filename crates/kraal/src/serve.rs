@@ -193,6 +193,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state_files: state_files.clone(),
         push: Some(push),
         preview_domain: args.preview_domain.clone(),
+        tasks: Some(kraal_tasks::Scheduler::new(
+            engine.clone(),
+            kraal_tasks::Limits {
+                max_running: args.max_running as usize,
+                per_repo: args.max_running_per_repo as usize,
+            },
+        )),
     };
     let notifier = kraal_server::notifier::spawn(state.clone());
     let defaults = kraal_core::Policy {
@@ -242,6 +249,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let scheduler = state.tasks.as_ref().map(|t| t.spawn());
     let reconciler = engine.spawn_reconciler(Duration::from_secs(args.reconcile_secs.max(1)));
     let state_schedule = (args.backup_every > 0).then(|| {
         spawn_state_backups(
@@ -311,6 +319,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
     housekeeper.abort();
+    if let Some(t) = scheduler {
+        t.abort();
+    }
     if let Some(n) = notifier {
         n.abort();
     }

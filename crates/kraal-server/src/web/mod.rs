@@ -11,6 +11,7 @@ mod notifications;
 mod pages;
 mod ports;
 mod review;
+mod tasks;
 mod terminal;
 
 use std::sync::Arc;
@@ -113,6 +114,13 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/templates/{id}/delete", post(actions::delete_template))
         .route("/templates/{id}/launch", post(actions::launch_template))
+        .route("/tasks", get(tasks::page).post(tasks::add))
+        .route("/tasks/board", get(tasks::fragment))
+        .route("/tasks/{id}/compare", get(tasks::compare))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/tasks/{id}/done", post(tasks::mark_done))
+        .route("/tasks/{id}/pick", post(tasks::pick))
         .route("/logs", get(pages::logs))
         .route("/notify", get(events::notify))
         .fallback(pages::not_found)

@@ -79,6 +79,7 @@ pub fn layout(title: &str, auth: &Auth, body: Markup) -> Page {
                         ul { li { a.brand href="/" { img src="/static/icon.svg" alt="" width="24" height="24"; " kraal" } } }
                         ul {
                             li { a href="/" { "Dashboard" } }
+                            li { a href="/tasks" { "Tasks" } }
                             li { a href="/templates" { "Templates" } }
                             li { a href="/logs" { "Logs" } }
                             li { a href="/settings/notifications" { "Notifications" } }

@@ -25,5 +25,6 @@ mod security;
 mod sessions;
 mod supervision;
 mod takeover;
+mod tasks;
 mod validation;
 mod web;

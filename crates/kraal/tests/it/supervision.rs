@@ -473,7 +473,7 @@ fn bad_review_preview_and_attachment_input_is_refused_and_nothing_is_half_stored
     assert_eq!(status, 303);
     let link = crate::web::header(&hs, "location").unwrap();
     assert!(link.starts_with("/p/bad/9/~"), "{link}");
-    let (status, _, body) = http(&base, "GET", &link, &[], "");
+    let (status, _, body) = http(&base, "GET", link, &[], "");
     assert_eq!(status, 404, "{body}");
     assert!(
         body.contains("nothing listens on port 9 in workspace bad"),

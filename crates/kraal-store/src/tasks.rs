@@ -1,0 +1,273 @@
+//! Task records: the queue the task scheduler works from. Rows are written whole; the
+//! scheduler is their one writer, so a row is never half-updated by two parties.
+
+use kraal_core::{TaskSpec, TaskState};
+use rusqlite::{OptionalExtension, params};
+
+use crate::{Store, StoreError};
+
+/// One task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: String,
+    pub title: String,
+    pub prompt: String,
+    pub spec: TaskSpec,
+    pub repo: String,
+    pub origin: String,
+    pub state: TaskState,
+    pub reason: Option<String>,
+    pub group_id: Option<String>,
+    pub attempt: u32,
+    pub tries: u32,
+    pub workspace_id: Option<String>,
+    pub session_id: Option<String>,
+    pub check_code: Option<i32>,
+    pub check_output: Option<String>,
+    /// Files changed, lines added and removed (counted when the turn ended).
+    pub diff: Option<(u32, u32, u32)>,
+    pub picked: bool,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub updated_at: String,
+}
+
+const COLS: &str = "id, title, prompt, spec, repo, origin, state, reason, group_id, attempt, tries, workspace_id, session_id, check_code, check_output, diff_files, diff_added, diff_removed, picked, created_at, started_at, finished_at, updated_at";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
+    let id: String = r.get(0)?;
+    let spec: String = r.get(3)?;
+    let state: String = r.get(6)?;
+    let corrupt = |what: String| StoreError::Corrupt {
+        id: id.clone(),
+        what,
+    };
+    let spec = match serde_json::from_str(&spec) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(corrupt(format!("task spec: {e}")))),
+    };
+    let Some(state) = TaskState::parse(&state) else {
+        return Ok(Err(corrupt(format!("task state {state:?}"))));
+    };
+    Ok(Ok(TaskRecord {
+        title: r.get(1)?,
+        prompt: r.get(2)?,
+        spec,
+        repo: r.get(4)?,
+        origin: r.get(5)?,
+        state,
+        reason: r.get(7)?,
+        group_id: r.get(8)?,
+        attempt: r.get(9)?,
+        tries: r.get(10)?,
+        workspace_id: r.get(11)?,
+        session_id: r.get(12)?,
+        check_code: r.get(13)?,
+        check_output: r.get(14)?,
+        diff: match (r.get(15)?, r.get(16)?, r.get(17)?) {
+            (Some(f), Some(a), Some(d)) => Some((f, a, d)),
+            _ => None,
+        },
+        picked: r.get::<_, i64>(18)? != 0,
+        created_at: r.get(19)?,
+        started_at: r.get(20)?,
+        finished_at: r.get(21)?,
+        updated_at: r.get(22)?,
+        id,
+    }))
+}
+
+impl Store {
+    /// Writes tasks whole (insert or replace), all in one transaction.
+    pub fn save_tasks(&self, tasks: &[TaskRecord]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            for t in tasks {
+                let spec = serde_json::to_string(&t.spec).map_err(|e| StoreError::Corrupt {
+                    id: t.id.clone(),
+                    what: format!("task spec: {e}"),
+                })?;
+                tx.execute(
+                    &format!(
+                        "INSERT OR REPLACE INTO tasks ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+                    ),
+                    params![
+                        t.id,
+                        t.title,
+                        t.prompt,
+                        spec,
+                        t.repo,
+                        t.origin,
+                        t.state.as_str(),
+                        t.reason,
+                        t.group_id,
+                        t.attempt,
+                        t.tries,
+                        t.workspace_id,
+                        t.session_id,
+                        t.check_code,
+                        t.check_output,
+                        t.diff.map(|d| d.0),
+                        t.diff.map(|d| d.1),
+                        t.diff.map(|d| d.2),
+                        t.picked as i64,
+                        t.created_at,
+                        t.started_at,
+                        t.finished_at,
+                        t.updated_at,
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub fn get_task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {COLS} FROM tasks WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// Ids of tasks starting with `prefix` (at most `limit`).
+    pub fn task_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id FROM tasks WHERE substr(id, 1, length(?1)) = ?1 LIMIT ?2")?;
+            let ids = st
+                .query_map(params![prefix, limit as i64], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+    }
+
+    /// Tasks in any of `states` (all when empty), oldest first.
+    pub fn list_tasks(&self, states: &[TaskState]) -> Result<Vec<TaskRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLS} FROM tasks ORDER BY created_at, attempt, id"
+            ))?;
+            let all = st
+                .query_map([], row)?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(all
+                .into_iter()
+                .filter(|t| states.is_empty() || states.contains(&t.state))
+                .collect())
+        })
+    }
+
+    /// The attempts of one best-of-N task, in attempt order.
+    pub fn group_tasks(&self, group: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLS} FROM tasks WHERE group_id = ?1 ORDER BY attempt, id"
+            ))?;
+            let all = st
+                .query_map([group], row)?
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(all)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kraal_core::{AgentKind, AgentSpec, Source};
+
+    fn task(id: &str, state: TaskState, group: Option<&str>, attempt: u32) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            title: "t".into(),
+            prompt: "do it".into(),
+            spec: TaskSpec {
+                source: Source::Empty,
+                resources: None,
+                image: None,
+                egress: None,
+                git: vec![],
+                policy: Default::default(),
+                agent: AgentSpec::new(AgentKind::Claude),
+                check: Some("true".into()),
+            },
+            repo: "(empty)".into(),
+            origin: "cli".into(),
+            state,
+            reason: None,
+            group_id: group.map(Into::into),
+            attempt,
+            tries: 0,
+            workspace_id: None,
+            session_id: None,
+            check_code: None,
+            check_output: None,
+            diff: None,
+            picked: false,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn tasks_are_written_whole_and_read_back_by_state_group_and_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let a = task("tk-00000000000a", TaskState::Queued, None, 1);
+        let mut b = task("tk-00000000000b", TaskState::Running, Some("g1"), 2);
+        let c = task("tk-00000000000c", TaskState::Failed, Some("g1"), 1);
+        s.save_tasks(&[a.clone(), b.clone(), c.clone()]).unwrap();
+        assert_eq!(s.get_task(&a.id).unwrap().unwrap(), a);
+        assert_eq!(s.list_tasks(&[]).unwrap().len(), 3);
+        let live = s
+            .list_tasks(&[TaskState::Queued, TaskState::Running])
+            .unwrap();
+        assert_eq!(
+            live.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            [a.id.as_str(), b.id.as_str()]
+        );
+        let g = s.group_tasks("g1").unwrap();
+        assert_eq!(g[0].id, c.id);
+        assert_eq!(g[1].id, b.id);
+        b.state = TaskState::NeedsReview;
+        b.workspace_id = Some("ws-1".into());
+        b.check_code = Some(1);
+        b.diff = Some((2, 10, 3));
+        s.save_tasks(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(s.get_task(&b.id).unwrap().unwrap(), b);
+        assert_eq!(s.task_ids_with_prefix("tk-0000", 10).unwrap().len(), 3);
+        assert!(s.get_task("tk-missing").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_row_with_an_unknown_state_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let a = task("tk-00000000000a", TaskState::Queued, None, 1);
+        s.save_tasks(std::slice::from_ref(&a)).unwrap();
+        s.with(|c| {
+            c.execute("UPDATE tasks SET state = 'bogus'", [])?;
+            Ok(())
+        })
+        .unwrap();
+        let e = s.get_task(&a.id).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}
