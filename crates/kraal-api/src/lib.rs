@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+mod budget;
 mod supervision;
 mod tasks;
+pub use budget::*;
 pub use supervision::*;
 pub use tasks::*;
 

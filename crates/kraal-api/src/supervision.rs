@@ -17,14 +17,17 @@ pub enum NotificationKind {
     Approval,
     /// The egress proxy refused a connection of a workspace.
     Egress,
+    /// A budget cap is reached: the workspace's model requests wait.
+    Budget,
 }
 
 impl NotificationKind {
-    pub const ALL: [NotificationKind; 4] = [
+    pub const ALL: [NotificationKind; 5] = [
         NotificationKind::TurnDone,
         NotificationKind::Failed,
         NotificationKind::Approval,
         NotificationKind::Egress,
+        NotificationKind::Budget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl NotificationKind {
             NotificationKind::Failed => "failed",
             NotificationKind::Approval => "approval",
             NotificationKind::Egress => "egress",
+            NotificationKind::Budget => "budget",
         }
     }
 
@@ -46,6 +50,7 @@ impl NotificationKind {
             NotificationKind::Failed => "Session failed",
             NotificationKind::Approval => "Approval needed",
             NotificationKind::Egress => "Connection refused",
+            NotificationKind::Budget => "Budget reached",
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What a person supervising agents wants to hear about, as it happens: a session's
 //! state changes, an approval it waits for (with the tool and its input), an approval
-//! answered, and egress the proxy refused. Published on a broadcast channel that never
+//! answered, egress the proxy refused, and model requests held at a budget cap. Published on a broadcast channel that never
 //! blocks its senders; notifiers (browser pages, Web Push) subscribe.
 
 use kraal_core::{AgentEvent, SessionEvent, SessionId, WorkspaceId};
@@ -30,6 +30,11 @@ pub enum Notice {
         workspace: WorkspaceId,
         host: String,
         port: u16,
+        reason: String,
+    },
+    /// The model gateway holds a workspace's request: a budget cap is reached.
+    BudgetHeld {
+        workspace: WorkspaceId,
         reason: String,
     },
 }

@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 /// Port of the gateway on the host side of every workspace link (the guest agent is 7071).
 pub const GATEWAY_PORT: u16 = kraal_core::GATEWAY_PORT;
 
+/// How often a held request looks whether its cap was raised.
+const HOLD_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Largest request body forwarded to a model API.
 const MAX_REQUEST: usize = 32 * 1024 * 1024;
 
@@ -153,6 +156,8 @@ struct Shared {
     git_client: reqwest::Client,
     upstreams: Upstreams,
     credentials: Arc<dyn CredentialSource>,
+    /// Spend recording and budget caps, when the daemon keeps them.
+    spending: std::sync::OnceLock<Arc<dyn crate::meter::Spending>>,
 }
 
 /// One workspace's gateway.
@@ -198,6 +203,7 @@ impl Gateways {
                 git_client,
                 upstreams,
                 credentials,
+                spending: std::sync::OnceLock::new(),
             }),
             running: Mutex::new(HashMap::new()),
         })
@@ -205,6 +211,12 @@ impl Gateways {
 
     pub fn upstreams(&self) -> &Upstreams {
         &self.shared.upstreams
+    }
+
+    /// Meters every answer from now on and holds requests while a cap is reached (set
+    /// once; later calls are ignored).
+    pub fn set_spending(&self, s: Arc<dyn crate::meter::Spending>) {
+        let _ = self.shared.spending.set(s);
     }
 
     /// Makes sure `workspace`'s gateway listens on `addr` and accepts `key`; returns the
@@ -369,16 +381,30 @@ fn forwarded(from: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
     headers
 }
 
-/// The upstream answer, streamed back with all but the hop-by-hop headers and `drop`.
-fn streamed_back(resp: reqwest::Response, drop: &[HeaderName]) -> Response {
+/// The upstream answer, streamed back with all but the hop-by-hop headers and `drop`;
+/// with `meter`, its usage is read on the way and recorded when it ends.
+fn streamed_back(
+    resp: reqwest::Response,
+    drop: &[HeaderName],
+    meter: Option<(Arc<dyn crate::meter::Spending>, crate::meter::Metered)>,
+) -> Response {
     let mut out = Response::builder().status(resp.status());
     for (name, value) in resp.headers() {
         if !hop_by_hop(name) && !drop.contains(name) {
             out = out.header(name, value);
         }
     }
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    out.body(Body::from_stream(stream))
+    let body = match meter {
+        Some((sp, m)) => Body::from_stream(crate::meter::Tap::new(stream, sse, sp, m)),
+        None => Body::from_stream(stream),
+    };
+    out.body(body)
         .unwrap_or_else(|e| gateway_error(StatusCode::BAD_GATEWAY, e.to_string()))
 }
 
@@ -497,6 +523,24 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
             );
         }
     };
+    let spending = ws.shared.spending.get().cloned();
+    if let Some(sp) = &spending {
+        // Over a cap: the request waits here (the agent waits; nothing fails) until the
+        // cap is raised or removed.
+        let mut announced = false;
+        while let Some(reason) = sp.over_cap(&ws.workspace) {
+            if !announced {
+                tracing::info!(workspace = %ws.workspace, provider = provider.as_str(), %path, "model gateway: request held: {reason}");
+                sp.held(&ws.workspace, &reason);
+                announced = true;
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+        }
+        if announced {
+            tracing::info!(workspace = %ws.workspace, provider = provider.as_str(), %path, "model gateway: held request released");
+        }
+    }
+    let model = crate::meter::model_of(&body, rest);
     let upstream = ws
         .shared
         .client
@@ -525,7 +569,19 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         ms = t0.elapsed().as_millis() as u64,
         "model gateway"
     );
-    streamed_back(resp, &[])
+    let meter = spending.filter(|_| status.is_success()).map(|sp| {
+        (
+            sp,
+            crate::meter::Metered {
+                workspace: ws.workspace.clone(),
+                provider: provider.as_str(),
+                model,
+                usage: crate::meter::Usage::default(),
+                usd: 0.0,
+            },
+        )
+    });
+    streamed_back(resp, &[], meter)
 }
 
 /// Git over HTTPS: `/git/HOST/PATH` goes to `https://HOST/PATH` (or the configured URL of
@@ -614,5 +670,5 @@ async fn forward_git(
     let status = resp.status();
     tracing::info!(workspace = %ws.workspace, host = %host, %method, path = %path, status = status.as_u16(),
         ms = t0.elapsed().as_millis() as u64, "git gateway");
-    streamed_back(resp, &[header::SET_COOKIE])
+    streamed_back(resp, &[header::SET_COOKIE], None)
 }

@@ -6,6 +6,7 @@
 
 mod egress;
 mod gateway;
+mod meter;
 
 pub use egress::{
     EgressError, EgressProxies, EgressRecord, EgressSettings, EgressSink, NoSink, refused,
@@ -15,6 +16,7 @@ pub use gateway::{
     AnthropicAuth, CredentialSource, Credentials, GATEWAY_PORT, GatewayError, Gateways, GitRoute,
     StaticCredentials, Upstreams, placeholder_key,
 };
+pub use meter::{Metered, Spending, Usage, price_per_mtok, price_usd};
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ mod review;
 mod routes;
 pub mod security;
 mod sessions;
+mod spend;
 pub mod state;
 mod tasks;
 mod tokens;

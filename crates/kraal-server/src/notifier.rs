@@ -315,6 +315,21 @@ fn handle(
                 enqueue(push, &sub, payload, Urgency::Low, None);
             }
         }
+        Notice::BudgetHeld { workspace, reason } => {
+            let subs = wanting(state, NotificationKind::Budget, workspace.as_str());
+            let ws = workspace_name(state, &workspace);
+            for sub in subs {
+                let payload = json!({
+                    "kind": "budget",
+                    "title": format!("{ws}: budget reached, the agent waits"),
+                    "body": short(&reason, 500),
+                    "tag": format!("budget:{ws}"),
+                    "url": format!("{}/budget", sub.origin),
+                    "workspace": ws,
+                });
+                enqueue(push, &sub, payload, Urgency::High, None);
+            }
+        }
     }
 }
 

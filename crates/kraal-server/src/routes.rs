@@ -99,6 +99,9 @@ use crate::error::HttpError;
         crate::tasks::retry_task,
         crate::tasks::done_task,
         crate::tasks::pick_task,
+        crate::spend::get_budget,
+        crate::spend::set_budget,
+        crate::spend::remove_budget,
         openapi_doc,
     ),
     components(schemas(ExecClientMsg, ExecServerMsg))
@@ -280,6 +283,12 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/tasks/{id}/pick",
             axum::routing::post(crate::tasks::pick_task),
+        )
+        .route(
+            "/v1/budget",
+            get(crate::spend::get_budget)
+                .put(crate::spend::set_budget)
+                .delete(crate::spend::remove_budget),
         )
         .route("/v1/images", get(crate::images::list_images))
         .route(

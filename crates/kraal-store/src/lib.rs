@@ -11,11 +11,13 @@ use kraal_core::{
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
+mod budgets;
 mod security;
 mod sessions;
 mod supervision;
 mod tasks;
 mod web;
+pub use budgets::{BudgetRecord, SpendTotal, utc_day};
 pub use security::{
     ANTHROPIC_KEY_SECRET, AuditRecord, CLAUDE_LOGIN_SECRET, CLAUDE_TOKEN_SECRET, ClaudeLogin,
     EgressLogRecord, GEMINI_KEY_SECRET, OPENAI_KEY_SECRET, SecretInfo, SecretKey,
@@ -120,6 +122,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0008_policy.sql")),
         M::up(include_str!("../migrations/0009_supervision.sql")),
         M::up(include_str!("../migrations/0010_tasks.sql")),
+        M::up(include_str!("../migrations/0011_budgets.sql")),
     ])
 }
 

@@ -34,6 +34,7 @@ pub(crate) async fn messages(
         Err(response) => return *response,
     };
     let model = model_of(&body);
+    let input_tokens = inner.lock().unwrap().input_tokens;
     let has_tool = blocks
         .iter()
         .any(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }));
@@ -43,7 +44,7 @@ pub(crate) async fn messages(
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_scripted", "type": "message", "role": "assistant",
                 "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 100, "output_tokens": 1}}}),
+                "usage": {"input_tokens": input_tokens, "output_tokens": 1}}}),
         ),
     )];
     let mut output_tokens = 0u64;

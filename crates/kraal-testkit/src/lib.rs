@@ -33,6 +33,9 @@ pub struct Scenario {
     pub turns: Vec<Turn>,
     #[serde(default)]
     pub side: Vec<SideTurn>,
+    /// Input tokens every response reports (default 100), to make usage add up fast.
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
 }
 
 /// The answer to one model request.
@@ -127,6 +130,7 @@ pub(crate) struct Inner {
     requests: Vec<Value>,
     side: Vec<SideTurn>,
     side_requests: usize,
+    pub(crate) input_tokens: u64,
     headers: Vec<std::collections::HashMap<String, String>>,
     next_tool: u64,
 }
@@ -157,6 +161,7 @@ impl ScriptedModel {
         let inner = Arc::new(Mutex::new(Inner {
             turns: scenario.turns.into(),
             side: scenario.side,
+            input_tokens: scenario.input_tokens.unwrap_or(100),
             ..Default::default()
         }));
         let app = Router::new()

@@ -168,6 +168,12 @@ pub enum Command {
     /// best-of-N attempts and pick one.
     #[command(subcommand)]
     Task(crate::tasks::TaskCommand),
+    /// Model spend and budget caps: once a cap is reached the agent's requests wait (nothing
+    /// fails) until it is raised. Without a subcommand: show spend and caps.
+    Budget {
+        #[command(subcommand)]
+        cmd: Option<crate::budget::BudgetCommand>,
+    },
     /// Ports something listens on in a workspace, with their preview links.
     Ports {
         workspace: String,

@@ -4,6 +4,7 @@
 //! exit code (128+N when killed by signal N) and 125 when kraal itself failed.
 
 mod backups;
+mod budget;
 mod chat;
 mod cli;
 mod cli_serve;
@@ -20,6 +21,7 @@ mod review;
 mod secure;
 mod serve;
 mod services;
+mod spending;
 mod ssh;
 mod tasks;
 
@@ -397,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Review(a) => review::run(&c, a).await,
         Command::Task(cmd) => tasks::run(&c, cmd).await,
+        Command::Budget { cmd } => budget::run(&c, cmd).await,
         Command::Ports { workspace, json } => review::ports(&c, &workspace, json).await,
         Command::Push(cmd) => review::push(&c, cmd).await,
         Command::Sessions { workspace, json } => chat::list(&c, workspace.as_deref(), json).await,

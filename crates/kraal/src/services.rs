@@ -176,7 +176,8 @@ impl EgressSink for StoreSink {
 }
 
 /// Where egress refusals are announced (set once the engine exists).
-type NoticeSlot = Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<kraal_engine::Notice>>>;
+pub(crate) type NoticeSlot =
+    Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<kraal_engine::Notice>>>;
 
 pub struct HostServices {
     gateways: Gateways,
@@ -203,8 +204,13 @@ impl HostServices {
         store: Store,
     ) -> anyhow::Result<Arc<Self>> {
         let notices: NoticeSlot = Arc::default();
+        let gateways = Gateways::new(upstreams, credentials)?;
+        gateways.set_spending(Arc::new(crate::spending::StoreSpending {
+            store: store.clone(),
+            notices: notices.clone(),
+        }));
         Ok(Arc::new(HostServices {
-            gateways: Gateways::new(upstreams, credentials)?,
+            gateways,
             egress: EgressProxies::new(egress, Arc::new(StoreSink::new(store, notices.clone()))),
             notices,
         }))

@@ -5,6 +5,7 @@
 mod actions;
 mod assets;
 mod auth;
+mod budget;
 mod composer;
 mod events;
 mod notifications;
@@ -114,6 +115,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/templates/{id}/delete", post(actions::delete_template))
         .route("/templates/{id}/launch", post(actions::launch_template))
+        .route("/budget", get(budget::page).post(budget::set))
         .route("/tasks", get(tasks::page).post(tasks::add))
         .route("/tasks/board", get(tasks::fragment))
         .route("/tasks/{id}/compare", get(tasks::compare))

@@ -80,6 +80,7 @@ pub fn layout(title: &str, auth: &Auth, body: Markup) -> Page {
                         ul {
                             li { a href="/" { "Dashboard" } }
                             li { a href="/tasks" { "Tasks" } }
+                            li { a href="/budget" { "Spend" } }
                             li { a href="/templates" { "Templates" } }
                             li { a href="/logs" { "Logs" } }
                             li { a href="/settings/notifications" { "Notifications" } }

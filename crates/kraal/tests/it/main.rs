@@ -7,6 +7,7 @@
 
 mod agents;
 mod backups;
+mod budgets;
 mod chaos;
 mod devcontainers;
 mod firecracker;

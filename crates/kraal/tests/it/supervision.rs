@@ -17,7 +17,7 @@ use crate::harness::*;
 use crate::push_peer::PushPeer;
 use crate::web::{http, web_url};
 
-fn with_model(scenario: &str, env: &[(&str, &str)]) -> (ScriptedModel, Daemon) {
+pub(crate) fn with_model(scenario: &str, env: &[(&str, &str)]) -> (ScriptedModel, Daemon) {
     let model = ScriptedModel::start(Scenario::from_json(scenario).unwrap()).unwrap();
     let url = model.base_url();
     let mut all = vec![
@@ -29,7 +29,7 @@ fn with_model(scenario: &str, env: &[(&str, &str)]) -> (ScriptedModel, Daemon) {
 }
 
 /// Registers a subscription of the peer through the API; returns its id.
-fn subscribe(d: &Daemon, peer: &PushPeer, name: &str, rules: Value) -> String {
+pub(crate) fn subscribe(d: &Daemon, peer: &PushPeer, name: &str, rules: Value) -> String {
     let (endpoint, keys) = peer.subscription(name);
     let mut body = json!({
         "endpoint": endpoint,
