@@ -31,6 +31,9 @@ pub struct CreateTask {
     /// The project's check command, run in each workspace when the agent's turn ends.
     #[serde(default)]
     pub check: Option<String>,
+    /// A cap in USD on each attempt's model spend (its requests wait once reached).
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
     /// Who made it (shown on the board; default `api`).
     #[serde(default)]
     pub origin: Option<String>,

@@ -22,6 +22,8 @@ pub enum TaskError {
     Attempts { got: u32 },
     #[error("check command is empty or contains NUL")]
     Check,
+    #[error("a task budget cannot be below zero or not a number (got {got} USD)")]
+    Budget { got: String },
     #[error("task id {id:?} is not a task id (tk- and 12 hex digits, or a unique prefix)")]
     BadId { id: String },
 }
@@ -112,6 +114,10 @@ pub struct TaskSpec {
     /// (`sh -c`, in `/workspace`); its outcome is shown when attempts are compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<String>,
+    /// A cap in USD on what the task's workspace may spend on models (the gateway holds
+    /// its requests once reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
 }
 
 impl TaskSpec {

@@ -137,6 +137,7 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
             policy: req_ws.policy,
             agent,
             check: req.check,
+            budget_usd: req.budget_usd,
         },
         origin: req.origin.unwrap_or_else(|| actor.to_owned()),
         attempts,

@@ -205,6 +205,7 @@ mod tests {
                 policy: Default::default(),
                 agent: AgentSpec::new(AgentKind::Claude),
                 check: Some("true".into()),
+                budget_usd: None,
             },
             repo: "(empty)".into(),
             origin: "cli".into(),

@@ -132,6 +132,11 @@ impl Scheduler {
     /// Queues a task (N attempts of it for best-of-N); they start when slots free up.
     pub async fn add(&self, req: NewTask) -> Result<Vec<TaskRecord>, TaskError> {
         validate_task(&req.prompt, req.attempts, req.spec.check.as_deref())?;
+        if let Some(b) = req.spec.budget_usd
+            && (!b.is_finite() || b < 0.0)
+        {
+            return Err(kraal_core::TaskError::Budget { got: b.to_string() }.into());
+        }
         if req.origin.trim().is_empty() || req.origin.len() > 200 {
             return Err(TaskError::Invalid(
                 "task origin must be 1 to 200 bytes".into(),

@@ -151,6 +151,11 @@ impl Scheduler {
                     }
                     Err(e) => return Err(e.into()),
                 };
+                if let Some(usd) = s.budget_usd {
+                    // Before the agent starts, so its first request already counts.
+                    let scope = format!("workspace:{}", p.record.id);
+                    self.engine.store().set_budget(&scope, Some(usd), None)?;
+                }
                 let me = self.clone();
                 tokio::spawn(async move {
                     let _ = p.done.await;

@@ -97,6 +97,10 @@ pub struct AddArgs {
     /// Let the workspaces reach this host (repeatable).
     #[arg(long, value_name = "RULE")]
     pub allow: Vec<String>,
+    /// Cap each attempt's model spend at this many USD (its requests wait once reached;
+    /// `kraal budget set --task ID` raises it).
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
+    pub budget_usd: Option<f64>,
     /// Wait until every attempt has left the queue and finished its turn.
     #[arg(long)]
     pub wait: bool,
@@ -202,6 +206,11 @@ fn source_of(s: &str, branch: Option<String>) -> anyhow::Result<Source> {
 
 async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
     let prompt = prompt_of(&a)?;
+    if let Some(b) = a.budget_usd
+        && !b.is_finite()
+    {
+        bail!("--budget-usd {b} is not a number");
+    }
     let workspace = match (&a.source, &a.template) {
         (None, None) => bail!("give a source (a directory or a git URL) or --template NAME"),
         (Some(s), _) => {
@@ -253,6 +262,7 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
             vec![]
         },
         check: a.check.clone(),
+        budget_usd: a.budget_usd,
         origin: Some("cli".into()),
     };
     let l: TaskList = c.send(Method::POST, "/v1/tasks", Some(&body)).await?;

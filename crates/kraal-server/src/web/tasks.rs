@@ -213,6 +213,7 @@ pub async fn add(
             attempts,
             agents: vec![],
             check: f.check.filter(|c| !c.trim().is_empty()),
+            budget_usd: None,
             origin: Some("web".into()),
         };
         let new = new_task(&w.app, req, &actor(&auth))?;

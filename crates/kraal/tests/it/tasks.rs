@@ -194,6 +194,8 @@ fn best_of_three_compares_the_check_and_picking_one_removes_the_others() {
         "3",
         "--check",
         "test \"$(sh answer.sh)\" = 42",
+        "--budget-usd",
+        "5",
         "--wait",
     ]);
     assert_eq!(o.code, Some(0), "{o:?}\n{}", d.log_tail());
@@ -229,6 +231,19 @@ fn best_of_three_compares_the_check_and_picking_one_removes_the_others() {
         assert!(t["duration_secs"].as_f64().unwrap() > 0.0, "{t}");
         assert!(t["usage"]["output_tokens"].as_u64().is_some(), "{t}");
         assert_eq!(t["group"], cmp[0]["group"]);
+    }
+    // Each attempt's workspace got the task's cap, and spent under it.
+    let budget: Value = serde_json::from_str(&d.ok(&["budget", "show", "--json"])).unwrap();
+    let caps = budget["budgets"].as_array().unwrap();
+    assert_eq!(caps.len(), 3, "{budget}");
+    for t in &cmp {
+        let cap = caps
+            .iter()
+            .find(|c| c["workspace"] == t["workspace"])
+            .unwrap_or_else(|| panic!("no cap for {t}: {budget}"));
+        assert_eq!(cap["usd"], 5.0);
+        assert_eq!(cap["reached"], false);
+        assert!(cap["spent"]["requests"].as_u64().unwrap() >= 2, "{cap}");
     }
     let winner = cmp[1]["id"].as_str().unwrap();
     let loser_ws: Vec<String> = [0, 2]
@@ -358,6 +373,10 @@ fn bad_task_input_is_refused_and_nothing_is_queued() {
     refused(
         &["task", "add", r, "-m", "x", "--attempts", "9"],
         "attempts must be between 1 and 8",
+    );
+    refused(
+        &["task", "add", r, "-m", "x", "--budget-usd", "-1"],
+        "a task budget cannot be below zero",
     );
     refused(
         &["task", "add", r, "-m", "x", "--check", " "],
