@@ -31,6 +31,11 @@ pub struct CreateTask {
     /// The project's check command, run in each workspace when the agent's turn ends.
     #[serde(default)]
     pub check: Option<String>,
+    /// A markdown checklist in the (local) checkout, relative to it: one task per
+    /// unchecked item (`- [ ] …`), its box ticked by a commit in the task's checkout when
+    /// the agent is done; `prompt` then adds instructions to every item (it may be empty).
+    #[serde(default)]
+    pub checklist: Option<String>,
     /// A cap in USD on each attempt's model spend (its requests wait once reached).
     #[serde(default)]
     pub budget_usd: Option<f64>,

@@ -30,8 +30,8 @@ pub use session::{
 pub use source::{Source, SourceError};
 pub use state::{BackendKind, Capabilities, DesiredState, WorkspaceState};
 pub use task::{
-    MAX_ATTEMPTS, MAX_TASK_PROMPT, TaskError, TaskSpec, TaskState, new_task_id, task_title,
-    validate_task,
+    ChecklistItem, MAX_ATTEMPTS, MAX_TASK_PROMPT, TaskError, TaskSpec, TaskState, new_task_id,
+    task_title, unchecked_items, validate_task,
 };
 pub use template::{TemplateError, TemplateSpec};
 

@@ -118,6 +118,75 @@ pub struct TaskSpec {
     /// its requests once reached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_usd: Option<f64>,
+    /// The checklist item the task came from; its box is ticked (and committed) in the
+    /// task's checkout when the agent's turn ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checklist: Option<ChecklistItem>,
+}
+
+/// One unchecked item of a markdown checklist in a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecklistItem {
+    /// The file, relative to the checkout.
+    pub file: String,
+    /// The item's whole line as it is in the file (`- [ ] text`).
+    pub line: String,
+    /// The item's text.
+    pub text: String,
+}
+
+impl ChecklistItem {
+    /// The line with its box ticked.
+    pub fn ticked(&self) -> String {
+        self.line.replacen("[ ]", "[x]", 1)
+    }
+}
+
+/// The unchecked items (`- [ ] …`, `* [ ] …`, `+ [ ] …`, `1. [ ] …`, indented or not) of a
+/// markdown file, outside fenced code blocks, in order; duplicates of an earlier line are
+/// left out (ticking one could not tell them apart).
+pub fn unchecked_items(file: &str, markdown: &str) -> Vec<ChecklistItem> {
+    let mut out: Vec<ChecklistItem> = Vec::new();
+    let mut fence: Option<&str> = None;
+    for line in markdown.lines() {
+        let t = line.trim_start();
+        if let Some(f) = fence {
+            if t.starts_with(f) {
+                fence = None;
+            }
+            continue;
+        }
+        if t.starts_with("```") {
+            fence = Some("```");
+            continue;
+        }
+        if t.starts_with("~~~") {
+            fence = Some("~~~");
+            continue;
+        }
+        let rest = if let Some(r) = t.strip_prefix(['-', '*', '+']) {
+            r
+        } else {
+            let digits = t.chars().take_while(char::is_ascii_digit).count();
+            match t[digits..].strip_prefix(['.', ')']) {
+                Some(r) if digits > 0 => r,
+                _ => continue,
+            }
+        };
+        let Some(text) = rest.strip_prefix(" [ ] ") else {
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() || out.iter().any(|i| i.line == line) {
+            continue;
+        }
+        out.push(ChecklistItem {
+            file: file.to_owned(),
+            line: line.to_owned(),
+            text: text.to_owned(),
+        });
+    }
+    out
 }
 
 impl TaskSpec {
@@ -190,6 +259,22 @@ mod tests {
             .collect();
         assert_eq!(holding, [TaskState::Running]);
         assert!(TaskState::Done.is_final() && !TaskState::NeedsReview.is_final());
+    }
+
+    #[test]
+    fn unchecked_items_skip_ticked_ones_code_blocks_and_duplicates() {
+        let md = "# Todo\n- [ ] add a --json flag\n- [x] done already\n  * [ ] nested item \n\
+                  1. [ ] numbered\n```\n- [ ] in a code block\n```\n- [ ] add a --json flag\n\
+                  -[ ] no space\n- [ ]\n+ [ ] plus";
+        let items = unchecked_items("TODO.md", md);
+        let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["add a --json flag", "nested item", "numbered", "plus"]
+        );
+        assert_eq!(items[1].line, "  * [ ] nested item ");
+        assert_eq!(items[1].ticked(), "  * [x] nested item ");
+        assert_eq!(items[0].file, "TODO.md");
     }
 
     #[test]

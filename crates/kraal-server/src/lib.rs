@@ -3,6 +3,7 @@
 
 mod activity;
 mod backups;
+mod checklist;
 mod error;
 mod exec;
 mod images;

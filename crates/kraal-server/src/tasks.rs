@@ -138,6 +138,7 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
             agent,
             check: req.check,
             budget_usd: req.budget_usd,
+            checklist: None,
         },
         origin: req.origin.unwrap_or_else(|| actor.to_owned()),
         attempts,
@@ -266,8 +267,40 @@ pub async fn create_task(
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
     let sched = scheduler(&s)?;
     let actor = actor_of(actor);
+    let checklist = req.checklist.clone();
+    let mut req = req;
+    if checklist.is_some() && req.prompt.trim().is_empty() {
+        // Checked again per item below, once the item's text is in the prompt.
+        req.prompt = "(checklist)".into();
+    }
     let new = new_task(&s, req, &actor)?;
-    let tasks = sched.add(new).await?;
+    let tasks = match checklist {
+        None => sched.add(new).await?,
+        Some(file) => {
+            let items = crate::checklist::items(&new.spec.source, &file)?;
+            if new.attempts > 1 {
+                return Err(HttpError::bad_request(
+                    "a checklist makes one task per item; it does not combine with attempts",
+                ));
+            }
+            let extra = if new.prompt == "(checklist)" {
+                String::new()
+            } else {
+                format!("\n\n{}", new.prompt)
+            };
+            let mut all = Vec::new();
+            for item in items {
+                let mut one = new.clone();
+                one.prompt = format!(
+                    "Checklist item from {file} in this repository: {}{extra}\n\n(When you are done, kraal ticks its box in {file}.)",
+                    item.text
+                );
+                one.spec.checklist = Some(item);
+                all.extend(sched.add(one).await?);
+            }
+            all
+        }
+    };
     for t in &tasks {
         audit(&s, &actor, "task.add", &t.id, &t.title);
     }

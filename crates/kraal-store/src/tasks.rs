@@ -206,6 +206,7 @@ mod tests {
                 agent: AgentSpec::new(AgentKind::Claude),
                 check: Some("true".into()),
                 budget_usd: None,
+                checklist: None,
             },
             repo: "(empty)".into(),
             origin: "cli".into(),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kraal_core::ChecklistItem;
 use kraal_engine::{Engine, LineKind, chain};
 
 /// How long a check command may run.
@@ -21,7 +22,12 @@ pub(crate) struct Outcome {
     pub note: Option<String>,
 }
 
-pub(crate) async fn inspect(engine: &Engine, ws: &str, check: Option<&str>) -> Outcome {
+pub(crate) async fn inspect(
+    engine: &Engine,
+    ws: &str,
+    check: Option<&str>,
+    item: Option<&ChecklistItem>,
+) -> Outcome {
     let mut out = Outcome::default();
     match engine.review_diff(ws).await {
         Ok(Ok(files)) => {
@@ -55,7 +61,63 @@ pub(crate) async fn inspect(engine: &Engine, ws: &str, check: Option<&str>) -> O
             }
         }
     }
+    if let Some(item) = item
+        && let Err(e) = tick(engine, ws, item).await
+    {
+        out.note = Some(format!(
+            "ticking \"{}\" in {} failed: {e}",
+            item.text, item.file
+        ));
+    }
     out
+}
+
+/// Ticks a checklist item's box in the task's checkout and commits that one file (with
+/// kraal as the author where the checkout has no identity of its own).
+async fn tick(engine: &Engine, ws: &str, item: &ChecklistItem) -> Result<(), String> {
+    let (_, client) = engine.guest(ws).await.map_err(|e| chain(&e))?;
+    let data = client
+        .read_file(&item.file, 1024 * 1024)
+        .await
+        .map_err(|e| chain(&e))?;
+    let text = String::from_utf8(data).map_err(|_| "the file is not UTF-8".to_owned())?;
+    let mut found = false;
+    let ticked: String = text
+        .split_inclusive('\n')
+        .map(|l| {
+            if !found && l.trim_end_matches(['\n', '\r']) == item.line {
+                found = true;
+                l.replacen("[ ]", "[x]", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if !found {
+        return Err("the item is no longer in the file (changed or ticked already)".into());
+    }
+    client
+        .write_file(&item.file, ticked.as_bytes(), None, false)
+        .await
+        .map_err(|e| chain(&e))?;
+    let script = "cd /workspace && if ! git config user.email >/dev/null; then \
+        export GIT_AUTHOR_NAME=kraal GIT_AUTHOR_EMAIL=kraal@localhost \
+        GIT_COMMITTER_NAME=kraal GIT_COMMITTER_EMAIL=kraal@localhost; fi; \
+        exec git commit -q -m \"$1\" -- \"$2\"";
+    let msg = format!("Tick {}: {}", item.file, item.text);
+    let c = engine
+        .capture(
+            ws,
+            &["sh", "-c", script, "sh", &msg, &item.file],
+            Duration::from_secs(60),
+            16 * 1024,
+        )
+        .await
+        .map_err(|e| chain(&e))?;
+    if c.code != 0 {
+        return Err(format!("git commit: {}", c.stderr.trim()));
+    }
+    Ok(())
 }
 
 /// The last `max` bytes of `s`, cut at a character boundary.

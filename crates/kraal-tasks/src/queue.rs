@@ -315,7 +315,13 @@ impl Scheduler {
     fn review(self: &Arc<Self>, t: TaskRecord, ws: String, session: String) {
         let me = self.clone();
         self.off_lock(t.id.clone(), async move {
-            let outcome = crate::finish::inspect(&me.engine, &ws, t.spec.check.as_deref()).await;
+            let outcome = crate::finish::inspect(
+                &me.engine,
+                &ws,
+                t.spec.check.as_deref(),
+                t.spec.checklist.as_ref(),
+            )
+            .await;
             let _g = me.lock.lock().await;
             let Ok(Some(mut now)) = me.engine.store().get_task(&t.id) else {
                 return;

@@ -57,6 +57,11 @@ pub struct AddArgs {
     /// Read the prompt from a file.
     #[arg(long, value_name = "PATH", conflicts_with = "message")]
     pub file: Option<String>,
+    /// One task per unchecked item (`- [ ] …`) of this markdown file in the (local)
+    /// checkout; each box is ticked by a commit in its task's checkout when done. A prompt
+    /// (-m) is then optional and added to every item.
+    #[arg(long, value_name = "FILE")]
+    pub checklist: Option<String>,
     /// Take checkout, agent and resources from a template.
     #[arg(long)]
     pub template: Option<String>,
@@ -180,11 +185,12 @@ fn prompt_of(a: &AddArgs) -> anyhow::Result<String> {
         (None, Some(f)) => {
             std::fs::read_to_string(f).with_context(|| format!("reading the prompt from {f}"))?
         }
+        (None, None) if a.checklist.is_some() => String::new(),
         (None, None) => {
             bail!("a task needs a prompt: -m TEXT, -m - (standard input) or --file PATH")
         }
     };
-    if p.trim().is_empty() {
+    if p.trim().is_empty() && a.checklist.is_none() {
         bail!("the prompt is empty");
     }
     Ok(p)
@@ -263,6 +269,7 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
         },
         check: a.check.clone(),
         budget_usd: a.budget_usd,
+        checklist: a.checklist.clone(),
         origin: Some("cli".into()),
     };
     let l: TaskList = c.send(Method::POST, "/v1/tasks", Some(&body)).await?;

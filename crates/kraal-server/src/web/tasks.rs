@@ -214,6 +214,7 @@ pub async fn add(
             agents: vec![],
             check: f.check.filter(|c| !c.trim().is_empty()),
             budget_usd: None,
+            checklist: None,
             origin: Some("web".into()),
         };
         let new = new_task(&w.app, req, &actor(&auth))?;

@@ -450,3 +450,116 @@ fn bad_task_input_is_refused_and_nothing_is_queued() {
         "{o:?}"
     );
 }
+
+/// A markdown checklist in the checkout: one task per unchecked item (ticked and fenced
+/// ones left out), each agent told its item, and when its turn ends that item's box is
+/// ticked by a commit in the task's own checkout, the other items left as they were.
+#[test]
+fn a_checklist_makes_one_task_per_unchecked_item_and_ticks_each_when_done() {
+    let (model, d) = crate::sessions::with_model_on(
+        r##"{"turns": [], "side": [
+            {"contains": "Checklist item from TODO.md", "respond": [{"text": "Done with the item."}]}
+        ]}"##,
+        &[],
+    );
+    let repo = git_repo(d.dir.path(), "check");
+    std::fs::write(
+        repo.join("TODO.md"),
+        "# Plan\n- [ ] add a --json flag\n- [x] write the README\n```\n- [ ] not an item\n```\n  * [ ] fix the flaky test\n",
+    )
+    .unwrap();
+    for args in [
+        &["add", "TODO.md"][..],
+        &[
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "user.name=T",
+            "commit",
+            "-qm",
+            "plan",
+        ],
+    ] {
+        #[allow(clippy::disallowed_methods)]
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+    }
+    let r = repo.to_str().unwrap();
+    // Bad checklists first.
+    for (file, needle) in [
+        ("../etc/passwd", "must be a path inside the checkout"),
+        ("/etc/passwd", "must be a path inside the checkout"),
+        ("NOPE.md", "checklist NOPE.md"),
+        ("README.md", "no unchecked items"),
+    ] {
+        let o = d.run(&["task", "add", r, "--checklist", file]);
+        assert!(o.stderr.contains(needle), "{file}: {o:?}");
+    }
+    std::os::unix::fs::symlink("/etc/hostname", repo.join("LINK.md")).unwrap();
+    let o = d.run(&["task", "add", r, "--checklist", "LINK.md"]);
+    assert!(o.stderr.contains("leads out of the checkout"), "{o:?}");
+    std::fs::remove_file(repo.join("LINK.md")).unwrap();
+    let o = d.run(&[
+        "task",
+        "add",
+        r,
+        "--checklist",
+        "TODO.md",
+        "--attempts",
+        "2",
+    ]);
+    assert!(o.stderr.contains("does not combine with attempts"), "{o:?}");
+    assert!(tasks(&d).is_empty());
+
+    let o = d.run(&[
+        "task",
+        "add",
+        r,
+        "--checklist",
+        "TODO.md",
+        "-m",
+        "Keep it small.",
+        "--wait",
+    ]);
+    assert_eq!(o.code, Some(0), "{o:?}\n{}", d.log_tail());
+    let done = tasks(&d);
+    assert_eq!(done.len(), 2, "{done:#?}");
+    let prompts: Vec<String> = model.requests().iter().map(|r| r.to_string()).collect();
+    assert!(
+        prompts.is_empty(),
+        "side requests are not recorded: {prompts:?}"
+    );
+    for (t, item) in done.iter().zip(["add a --json flag", "fix the flaky test"]) {
+        assert_eq!(t["state"], "needs_review", "{t}");
+        let p = t["prompt"].as_str().unwrap();
+        assert!(p.contains(item) && p.contains("Keep it small."), "{p}");
+        let ws = t["workspace"].as_str().unwrap();
+        wait_until(Duration::from_secs(60), "the workspace to stop", || {
+            d.workspace(ws)["state"] == "stopped"
+        });
+        d.ok(&["up", ws]);
+        let log = d.exec(ws, "git -C /workspace log -1 --format=%s%n%an");
+        assert_eq!(
+            log.stdout.trim(),
+            format!("Tick TODO.md: {item}\nkraal"),
+            "{log:?}"
+        );
+        let todo = d.exec(ws, "cat /workspace/TODO.md").stdout;
+        for other in ["add a --json flag", "fix the flaky test"] {
+            let ticked = todo.contains(&format!("[x] {other}"));
+            assert_eq!(ticked, other == item, "{ws}: {todo}");
+        }
+        assert!(todo.contains("- [ ] not an item"), "{todo}");
+        let status = d.exec(ws, "git -C /workspace status --porcelain");
+        assert_eq!(
+            status.stdout.trim(),
+            "",
+            "the tick is committed: {status:?}"
+        );
+        d.ok(&["down", ws]);
+    }
+}
