@@ -113,8 +113,13 @@ try {
   cdp.on('ServiceWorker.workerRegistrationUpdated', (e) => regs.push(...e.registrations));
   await cdp.send('ServiceWorker.enable');
   const reg = await until('the worker registration', () => regs.find((r) => r.scopeURL === `${URL}/` && !r.isDeleted));
-  await cdp.send('ServiceWorker.deliverPushMessage', { origin: URL, registrationId: reg.registrationId, data: JSON.stringify(pushed) });
+  const deliver = () => cdp.send('ServiceWorker.deliverPushMessage', { origin: URL, registrationId: reg.registrationId, data: JSON.stringify(pushed) });
+  await deliver();
+  // A worker that is still starting can miss a message under load; a repeat is harmless
+  // (the tag makes it replace the first), so deliver again every few seconds until shown.
+  let tries = 0;
   const shown = await until('the notification', async () => {
+    if (++tries % 25 === 0) await deliver();
     const list = await sw.evaluate(async (tag) => (await self.registration.getNotifications({ tag }))
       .map((n) => ({ title: n.title, body: n.body, actions: n.actions.map((a) => a.action), interaction: n.requireInteraction })), pushed.tag);
     return list[0];
