@@ -144,6 +144,18 @@ fn setup_built(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let repo = tmp.path().join("repo");
     std::fs::create_dir_all(&repo)?;
     std::fs::write(repo.join("README.md"), "bench\n")?;
+    git_init(&repo)?;
+    Ok(Setup {
+        d,
+        kraal,
+        images,
+        tmp,
+        repo,
+    })
+}
+
+/// Makes `dir` a git repository with everything in it committed.
+pub(crate) fn git_init(dir: &Path) -> anyhow::Result<()> {
     for args in [
         vec!["init", "-q"],
         vec!["add", "."],
@@ -157,15 +169,9 @@ fn setup_built(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<Setup> {
             "x",
         ],
     ] {
-        sh(Command::new("git").args(&args).current_dir(&repo))?;
+        sh(Command::new("git").args(&args).current_dir(dir))?;
     }
-    Ok(Setup {
-        d,
-        kraal,
-        images,
-        tmp,
-        repo,
-    })
+    Ok(())
 }
 
 impl Setup {

@@ -4,15 +4,12 @@
 //! 4 at a time: `kraal up`, `kraal new-chat -m` (waits for the turn), `kraal down` per task.
 //! The difference per task is the scheduler's overhead.
 
-#![allow(clippy::disallowed_methods)] // Automation: spawns git and kraal directly.
-
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::json;
 
-use crate::bench::{Setup, sh};
+use crate::bench::Setup;
 use crate::report::{Row, Section, Unit};
 
 /// Tasks (and baseline runs) at once.
@@ -34,21 +31,7 @@ fn noop_repo(s: &Setup) -> anyhow::Result<std::path::PathBuf> {
     std::fs::write(&agent, NOOP_AGENT)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))?;
-    for args in [
-        vec!["init", "-q"],
-        vec!["add", "."],
-        vec![
-            "-c",
-            "user.email=b@x",
-            "-c",
-            "user.name=b",
-            "commit",
-            "-qm",
-            "x",
-        ],
-    ] {
-        sh(Command::new("git").args(&args).current_dir(&repo))?;
-    }
+    crate::bench::git_init(&repo)?;
     Ok(repo)
 }
 

@@ -121,6 +121,25 @@ pub struct CreateWorkspace {
     pub policy: kraal_core::Policy,
 }
 
+impl CreateWorkspace {
+    /// A workspace from `source` with the daemon's defaults for everything else.
+    pub fn of(source: Source) -> Self {
+        CreateWorkspace {
+            name: None,
+            source,
+            resources: None,
+            image: None,
+            wait: false,
+            persistent: false,
+            mounts: vec![],
+            egress: None,
+            allow: vec![],
+            git: vec![],
+            policy: Default::default(),
+        }
+    }
+}
+
 /// A workspace's egress allowlist (`GET`/`PUT /v1/workspaces/{ws}/egress`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EgressPolicy {

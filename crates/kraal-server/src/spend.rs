@@ -28,7 +28,7 @@ fn store_err(e: kraal_store::StoreError) -> HttpError {
 
 /// The store scope a request names: `day`, or `workspace:<id>` of a workspace or of a
 /// task's workspace.
-fn scope_of(
+pub(crate) fn scope_of(
     s: &AppState,
     scope: &str,
     workspace: Option<&str>,
@@ -72,8 +72,7 @@ fn to_api(s: &AppState, b: &BudgetRecord, names: &HashMap<String, String>) -> Bu
         None => store.day_spend(&kraal_store::utc_day()),
     }
     .unwrap_or_default();
-    let reached =
-        b.usd.is_some_and(|u| spent.usd >= u) || b.tokens.is_some_and(|t| spent.tokens() >= t);
+    let reached = b.reached(&spent);
     Budget {
         scope: if ws.is_some() { "workspace" } else { "day" }.into(),
         workspace: ws.map(|id| names.get(id).cloned().unwrap_or_else(|| id.to_owned())),
@@ -139,37 +138,54 @@ pub async fn set_budget(
     body: Result<Json<SetBudget>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Budget>, HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    if let Some(u) = req.usd
-        && (!u.is_finite() || u < 0.0)
-    {
-        return Err(HttpError::bad_request(format!(
-            "a budget cannot be below zero or not a number (got {u} USD)"
-        )));
-    }
-    if req.usd.is_none() && req.tokens.is_none() {
-        return Err(HttpError::bad_request(
-            "a budget needs a limit: `usd`, `tokens` or both",
-        ));
-    }
     let scope = scope_of(
         &s,
         &req.scope,
         req.workspace.as_deref(),
         req.task.as_deref(),
     )?;
+    Ok(Json(apply(
+        &s,
+        &actor_of(actor),
+        &scope,
+        req.usd,
+        req.tokens,
+    )?))
+}
+
+/// Checks and stores a cap on a store scope (the API's and the web UI's way in).
+pub(crate) fn apply(
+    s: &AppState,
+    actor: &str,
+    scope: &str,
+    usd: Option<f64>,
+    tokens: Option<u64>,
+) -> Result<Budget, HttpError> {
+    if let Some(u) = usd
+        && (!u.is_finite() || u < 0.0)
+    {
+        return Err(HttpError::bad_request(format!(
+            "a budget cannot be below zero or not a number (got {u} USD)"
+        )));
+    }
+    if usd.is_none() && tokens.is_none() {
+        return Err(HttpError::bad_request(
+            "a budget needs a limit: `usd`, `tokens` or both",
+        ));
+    }
     let rec = s
         .engine
         .store()
-        .set_budget(&scope, req.usd, req.tokens)
+        .set_budget(scope, usd, tokens)
         .map_err(store_err)?;
     audit(
-        &s,
-        &actor_of(actor),
+        s,
+        actor,
         "budget.set",
-        &scope,
-        &format!("usd={:?} tokens={:?}", req.usd, req.tokens),
+        scope,
+        &format!("usd={usd:?} tokens={tokens:?}"),
     );
-    Ok(Json(to_api(&s, &rec, &names(&s))))
+    Ok(to_api(s, &rec, &names(s)))
 }
 
 #[utoipa::path(delete, path = "/v1/budget", params(("scope" = String, Query), ("workspace" = Option<String>, Query), ("task" = Option<String>, Query)),

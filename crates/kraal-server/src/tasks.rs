@@ -74,19 +74,7 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
             .spec
             .source()
             .map_err(|e| HttpError::bad_request(format!("template {name}: {e}")))?;
-        let ws = workspace.get_or_insert_with(|| kraal_api::CreateWorkspace {
-            name: None,
-            source: Source::Empty,
-            resources: None,
-            image: None,
-            wait: false,
-            persistent: false,
-            mounts: vec![],
-            egress: None,
-            allow: vec![],
-            git: vec![],
-            policy: Default::default(),
-        });
+        let ws = workspace.get_or_insert_with(|| kraal_api::CreateWorkspace::of(Source::Empty));
         ws.source = source;
         ws.resources = ws.resources.or(Some(t.spec.resources));
         ws.image = ws
@@ -211,6 +199,9 @@ pub(crate) fn to_api(s: &AppState, tasks: &[TaskRecord]) -> Vec<Task> {
         .collect()
 }
 
+/// The states [`queue_info`] counts.
+pub(crate) const LIVE: &[TaskState] = &[TaskState::Queued, TaskState::Running];
+
 pub(crate) fn queue_info(sched: &Scheduler, all: &[TaskRecord]) -> QueueInfo {
     let l = sched.limits();
     QueueInfo {
@@ -268,11 +259,8 @@ pub async fn create_task(
     let sched = scheduler(&s)?;
     let actor = actor_of(actor);
     let checklist = req.checklist.clone();
-    let mut req = req;
-    if checklist.is_some() && req.prompt.trim().is_empty() {
-        // Checked again per item below, once the item's text is in the prompt.
-        req.prompt = "(checklist)".into();
-    }
+    // The prompt is checked when each task is queued (with a checklist: once the item's
+    // text is in it).
     let new = new_task(&s, req, &actor)?;
     let tasks = match checklist {
         None => sched.add(new).await?,
@@ -283,7 +271,7 @@ pub async fn create_task(
                     "a checklist makes one task per item; it does not combine with attempts",
                 ));
             }
-            let extra = if new.prompt == "(checklist)" {
+            let extra = if new.prompt.trim().is_empty() {
                 String::new()
             } else {
                 format!("\n\n{}", new.prompt)
@@ -304,7 +292,7 @@ pub async fn create_task(
     for t in &tasks {
         audit(&s, &actor, "task.add", &t.id, &t.title);
     }
-    let all = sched.list(&[])?;
+    let all = sched.list(LIVE)?;
     Ok((
         StatusCode::CREATED,
         Json(TaskList {
@@ -332,7 +320,7 @@ pub async fn attempts(
 ) -> Result<Json<TaskList>, HttpError> {
     let sched = scheduler(&s)?;
     let tasks = sched.attempts(&id)?;
-    let all = sched.list(&[])?;
+    let all = sched.list(LIVE)?;
     Ok(Json(TaskList {
         tasks: to_api(&s, &tasks),
         queue: queue_info(sched, &all),
@@ -385,7 +373,7 @@ async fn action(
 ) -> Result<Json<TaskList>, HttpError> {
     let changed = act(&s, &actor_of(actor), &id, op).await?;
     let sched = scheduler(&s)?;
-    let all = sched.list(&[])?;
+    let all = sched.list(LIVE)?;
     Ok(Json(TaskList {
         tasks: to_api(&s, &changed),
         queue: queue_info(sched, &all),

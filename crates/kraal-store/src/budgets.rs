@@ -15,6 +15,23 @@ pub struct BudgetRecord {
     pub updated_at: String,
 }
 
+impl BudgetRecord {
+    /// Its USD limit is spent.
+    pub fn usd_reached(&self, spent: &SpendTotal) -> bool {
+        self.usd.is_some_and(|u| spent.usd >= u)
+    }
+
+    /// Its token limit is spent.
+    pub fn tokens_reached(&self, spent: &SpendTotal) -> bool {
+        self.tokens.is_some_and(|t| spent.tokens() >= t)
+    }
+
+    /// One of its limits is spent: requests in its scope wait.
+    pub fn reached(&self, spent: &SpendTotal) -> bool {
+        self.usd_reached(spent) || self.tokens_reached(spent)
+    }
+}
+
 /// Spend added up.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SpendTotal {

@@ -154,19 +154,24 @@ impl Store {
 
     /// Tasks in any of `states` (all when empty), oldest first.
     pub fn list_tasks(&self, states: &[TaskState]) -> Result<Vec<TaskRecord>, StoreError> {
+        // Filtered in SQL: the scheduler asks for the live ones twice a second, and done
+        // tasks (with their prompts) pile up.
+        let filter = if states.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!("WHERE state IN ({})", list.join(", "))
+        };
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {COLS} FROM tasks ORDER BY created_at, attempt, id"
+                "SELECT {COLS} FROM tasks {filter} ORDER BY created_at, attempt, id"
             ))?;
             let all = st
                 .query_map([], row)?
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(all
-                .into_iter()
-                .filter(|t| states.is_empty() || states.contains(&t.state))
-                .collect())
+            Ok(all)
         })
     }
 

@@ -15,19 +15,17 @@ pub struct StoreSpending {
 
 /// Why `spent` is over `cap`, if it is.
 pub fn over(cap: &BudgetRecord, spent: &SpendTotal, what: &str, raise: &str) -> Option<String> {
-    if let Some(usd) = cap.usd
-        && spent.usd >= usd
-    {
+    if cap.usd_reached(spent) {
         return Some(format!(
-            "{what} budget of ${usd:.4} is spent (${:.4} so far); raise it with `{raise} --usd N`, or remove it with `kraal budget rm`",
+            "{what} budget of ${:.4} is spent (${:.4} so far); raise it with `{raise} --usd N`, or remove it with `kraal budget rm`",
+            cap.usd.unwrap_or_default(),
             spent.usd
         ));
     }
-    if let Some(t) = cap.tokens
-        && spent.tokens() >= t
-    {
+    if cap.tokens_reached(spent) {
         return Some(format!(
-            "{what} budget of {t} tokens is spent ({} so far); raise it with `{raise} --tokens N`",
+            "{what} budget of {} tokens is spent ({} so far); raise it with `{raise} --tokens N`",
+            cap.tokens.unwrap_or_default(),
             spent.tokens()
         ));
     }

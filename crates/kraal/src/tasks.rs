@@ -229,17 +229,10 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
             }
             res.validate()?;
             Some(CreateWorkspace {
-                name: None,
-                source: source_of(s, a.branch.clone())?,
                 resources: Some(res),
                 image: a.image.clone(),
-                wait: false,
-                persistent: false,
-                mounts: vec![],
-                egress: None,
                 allow: a.allow.clone(),
-                git: vec![],
-                policy: Default::default(),
+                ..CreateWorkspace::of(source_of(s, a.branch.clone())?)
             })
         }
         (None, Some(_)) => None,

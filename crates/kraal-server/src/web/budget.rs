@@ -85,25 +85,23 @@ pub async fn set(
             f.usd.trim().trim_start_matches('$').parse().map_err(|_| {
                 HttpError::bad_request(format!("{:?} is not an amount in USD", f.usd))
             })?;
-        if !usd.is_finite() || usd < 0.0 {
-            return Err(HttpError::bad_request("a budget cannot be below zero"));
-        }
-        let store = w.app.engine.store();
-        let scope = match f.workspace.trim() {
-            "" => "day".to_owned(),
-            ws => format!("workspace:{}", w.app.engine.resolve(ws)?.id),
+        let ws = f.workspace.trim();
+        let scope = if ws.is_empty() {
+            crate::spend::scope_of(&w.app, "day", None, None)?
+        } else {
+            crate::spend::scope_of(&w.app, "workspace", Some(ws), None)?
         };
-        let old_tokens = store.budget(&scope).ok().flatten().and_then(|b| b.tokens);
-        store
-            .set_budget(&scope, Some(usd), old_tokens)
-            .map_err(|e| HttpError::from(kraal_engine::EngineError::from(e)))?;
-        crate::security::audit(
-            &w.app,
-            &format!("web:{}", auth.token_name),
-            "budget.set",
-            &scope,
-            &format!("usd={usd}"),
-        );
+        // The form sets the USD limit; a token limit set elsewhere stays.
+        let tokens = w
+            .app
+            .engine
+            .store()
+            .budget(&scope)
+            .ok()
+            .flatten()
+            .and_then(|b| b.tokens);
+        let actor = format!("web:{}", auth.token_name);
+        crate::spend::apply(&w.app, &actor, &scope, Some(usd), tokens)?;
         Ok::<_, HttpError>("/budget".to_owned())
     })();
     done(&headers, &auth, r)

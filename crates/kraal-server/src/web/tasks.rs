@@ -193,19 +193,7 @@ pub async fn add(
         let req = CreateTask {
             prompt: f.prompt,
             template: None,
-            workspace: Some(CreateWorkspace {
-                name: None,
-                source,
-                resources: None,
-                image: None,
-                wait: false,
-                persistent: false,
-                mounts: vec![],
-                egress: None,
-                allow: vec![],
-                git: vec![],
-                policy: Default::default(),
-            }),
+            workspace: Some(CreateWorkspace::of(source)),
             session: Some(CreateSession {
                 agent,
                 ..Default::default()
