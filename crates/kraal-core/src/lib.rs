@@ -6,6 +6,7 @@ mod event;
 mod mounts;
 mod names;
 mod policy;
+mod pull;
 mod resources;
 mod session;
 mod source;
@@ -21,6 +22,7 @@ pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use mounts::{Mount, MountError};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};
 pub use policy::{MIN_BACKUP_EVERY_SECS, MIN_IDLE_SECS, Policy, PolicyError, parse_duration_secs};
+pub use pull::{DEFAULT_PR_ROUNDS, ForgeTarget, PullState, PullStatus};
 pub use resources::{Resources, ResourcesError, parse_memory_mib};
 pub use session::{
     ATTACHMENT_DIR, AgentKind, AgentProtocol, AgentSpec, Attachment, MAX_ATTACHMENT,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::{AgentSpec, EgressRule, GitCredential, Policy, Resources, Source};
+use crate::{AgentSpec, EgressRule, ForgeTarget, GitCredential, Policy, Resources, Source};
 
 /// Longest prompt a task may carry.
 pub const MAX_TASK_PROMPT: usize = 256 * 1024;
@@ -122,6 +122,10 @@ pub struct TaskSpec {
     /// task's checkout when the agent's turn ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checklist: Option<ChecklistItem>,
+    /// A repository on a git host kraal speaks the API of: fetched inside the sandbox,
+    /// and with a pull request opened and followed when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeTarget>,
 }
 
 /// One unchecked item of a markdown checklist in a repository.
@@ -192,6 +196,9 @@ pub fn unchecked_items(file: &str, markdown: &str) -> Vec<ChecklistItem> {
 impl TaskSpec {
     /// The key per-repository limits count by: the checkout's URL or path.
     pub fn repo_key(&self) -> String {
+        if let Some(f) = &self.forge {
+            return f.key();
+        }
         match &self.source {
             Source::Git { url, .. } => url.trim_end_matches('/').trim_end_matches(".git").into(),
             other => other.describe(),

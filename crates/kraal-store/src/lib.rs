@@ -123,6 +123,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/0009_supervision.sql")),
         M::up(include_str!("../migrations/0010_tasks.sql")),
         M::up(include_str!("../migrations/0011_budgets.sql")),
+        M::up(include_str!("../migrations/0012_task_sources.sql")),
     ])
 }
 

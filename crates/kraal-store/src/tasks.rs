@@ -27,13 +27,26 @@ pub struct TaskRecord {
     /// Files changed, lines added and removed (counted when the turn ended).
     pub diff: Option<(u32, u32, u32)>,
     pub picked: bool,
+    /// The pull request kraal opened for it.
+    pub pr: Option<kraal_core::PullState>,
+    /// What made it (`github.com/octo/app#12`): one task per key and attempt.
+    pub source_key: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub updated_at: String,
 }
 
-const COLS: &str = "id, title, prompt, spec, repo, origin, state, reason, group_id, attempt, tries, workspace_id, session_id, check_code, check_output, diff_files, diff_added, diff_removed, picked, created_at, started_at, finished_at, updated_at";
+const COLS: &str = "id, title, prompt, spec, repo, origin, state, reason, group_id, attempt, tries, workspace_id, session_id, check_code, check_output, diff_files, diff_added, diff_removed, picked, created_at, started_at, finished_at, updated_at, pr, source_key";
+
+/// `col = excluded.col` for every column but the id.
+fn update_set() -> String {
+    COLS.split(", ")
+        .skip(1)
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>> {
     let id: String = r.get(0)?;
@@ -49,6 +62,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>
     };
     let Some(state) = TaskState::parse(&state) else {
         return Ok(Err(corrupt(format!("task state {state:?}"))));
+    };
+    let pr = match r.get::<_, Option<String>>(23)? {
+        None => None,
+        Some(j) => match serde_json::from_str(&j) {
+            Ok(p) => Some(p),
+            Err(e) => return Ok(Err(corrupt(format!("task pull request: {e}")))),
+        },
     };
     Ok(Ok(TaskRecord {
         title: r.get(1)?,
@@ -74,6 +94,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<TaskRecord, StoreError>
         started_at: r.get(20)?,
         finished_at: r.get(21)?,
         updated_at: r.get(22)?,
+        pr,
+        source_key: r.get(24)?,
         id,
     }))
 }
@@ -88,9 +110,16 @@ impl Store {
                     id: t.id.clone(),
                     what: format!("task spec: {e}"),
                 })?;
+                let pr = t
+                    .pr
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).unwrap_or_default());
                 tx.execute(
                     &format!(
-                        "INSERT OR REPLACE INTO tasks ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+                        // An upsert on the id only: `OR REPLACE` would delete another task
+                        // whose source key collides instead of refusing the write.
+                        "INSERT INTO tasks ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25) ON CONFLICT(id) DO UPDATE SET {}",
+                        update_set()
                     ),
                     params![
                         t.id,
@@ -116,6 +145,8 @@ impl Store {
                         t.started_at,
                         t.finished_at,
                         t.updated_at,
+                        pr,
+                        t.source_key,
                     ],
                 )?;
             }
@@ -175,6 +206,47 @@ impl Store {
         })
     }
 
+    /// Whether a task was already made from `key` (an issue, …).
+    pub fn has_task_from(&self, key: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM tasks WHERE source_key = ?1 LIMIT 1",
+                [key],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// Writes a task source's body (insert or replace).
+    pub fn save_task_source(&self, id: &str, kind: &str, body: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO task_sources (id, kind, body, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                params![id, kind, body, crate::now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every task source: id, kind, body, oldest first.
+    pub fn task_sources(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id, kind, body FROM task_sources ORDER BY created_at, id")?;
+            let all = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(all)
+        })
+    }
+
+    pub fn delete_task_source(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute("DELETE FROM task_sources WHERE id = ?1", [id])? > 0))
+    }
+
     /// The attempts of one best-of-N task, in attempt order.
     pub fn group_tasks(&self, group: &str) -> Result<Vec<TaskRecord>, StoreError> {
         self.with(|c| {
@@ -212,6 +284,7 @@ mod tests {
                 check: Some("true".into()),
                 budget_usd: None,
                 checklist: None,
+                forge: None,
             },
             repo: "(empty)".into(),
             origin: "cli".into(),
@@ -226,6 +299,8 @@ mod tests {
             check_output: None,
             diff: None,
             picked: false,
+            pr: None,
+            source_key: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             started_at: None,
             finished_at: None,
@@ -261,6 +336,49 @@ mod tests {
         assert_eq!(s.get_task(&b.id).unwrap().unwrap(), b);
         assert_eq!(s.task_ids_with_prefix("tk-0000", 10).unwrap().len(), 3);
         assert!(s.get_task("tk-missing").unwrap().is_none());
+        // A pull request and where the task came from survive the round trip.
+        b.source_key = Some("github.com/o/r#4".into());
+        b.pr = Some(kraal_core::PullState {
+            number: 9,
+            url: "https://github.com/o/r/pull/9".into(),
+            branch: "kraal/x".into(),
+            head: "abc".into(),
+            status: kraal_core::PullStatus::Failing,
+            rounds: 1,
+            pushes: 2,
+            seen_comment: 77,
+            reported: vec!["abc".into()],
+            pending_message: None,
+            after_seq: 12,
+        });
+        s.save_tasks(std::slice::from_ref(&b)).unwrap();
+        assert_eq!(s.get_task(&b.id).unwrap().unwrap(), b);
+        assert!(s.has_task_from("github.com/o/r#4").unwrap());
+        assert!(!s.has_task_from("github.com/o/r#5").unwrap());
+        // The same key and attempt cannot be stored twice.
+        let mut dup = task("tk-00000000000d", TaskState::Queued, Some("g1"), 2);
+        dup.source_key = b.source_key.clone();
+        assert!(s.save_tasks(&[dup]).is_err());
+    }
+
+    #[test]
+    fn task_sources_are_kept_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.save_task_source("src-1", "schedule", "{\"a\":1}")
+            .unwrap();
+        s.save_task_source("src-1", "schedule", "{\"a\":2}")
+            .unwrap();
+        s.save_task_source("src-2", "trigger", "{}").unwrap();
+        let all = s.task_sources().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            all[0],
+            ("src-1".into(), "schedule".into(), "{\"a\":2}".into())
+        );
+        assert!(s.delete_task_source("src-1").unwrap());
+        assert!(!s.delete_task_source("src-1").unwrap());
+        assert_eq!(s.task_sources().unwrap().len(), 1);
     }
 
     #[test]
