@@ -127,10 +127,12 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
             check: req.check,
             budget_usd: req.budget_usd,
             checklist: None,
+            forge: None,
         },
         origin: req.origin.unwrap_or_else(|| actor.to_owned()),
         attempts,
         agents: req.agents,
+        source_key: None,
     })
 }
 

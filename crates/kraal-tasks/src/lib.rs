@@ -8,17 +8,24 @@
 //! instead of making it twice.
 
 mod finish;
+mod pull;
 mod queue;
+mod sources;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kraal_core::{AgentKind, TaskSpec, TaskState, validate_task};
 use kraal_engine::{Engine, EngineError};
 use kraal_store::{StoreError, TaskRecord};
 use tokio::sync::Notify;
 
+pub use pull::{Forges, Secrets, branch_of};
 pub use queue::workspace_name;
+pub use sources::{
+    MIN_EVERY_SECS, NewSource, NewSourceKind, SourceInfo, SourceKind, TriggerFired, parse_cron,
+    task_from_issue,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -34,6 +41,12 @@ pub enum TaskError {
         state: TaskState,
         op: &'static str,
     },
+    /// A trigger or webhook call without the right token (nothing says which part was
+    /// wrong).
+    #[error("unknown trigger or wrong token")]
+    Denied,
+    #[error("webhook delivery refused: {0}")]
+    BadSignature(String),
     #[error(transparent)]
     Engine(Box<EngineError>),
     #[error(transparent)]
@@ -47,6 +60,7 @@ impl TaskError {
             TaskError::NotFound { .. } => "not_found",
             TaskError::Ambiguous { .. } | TaskError::Invalid(_) => "invalid",
             TaskError::Conflict { .. } => "conflict",
+            TaskError::Denied | TaskError::BadSignature(_) => "unauthorized",
             TaskError::Engine(e) => e.code(),
             TaskError::Store(_) => "internal",
         }
@@ -84,7 +98,7 @@ impl Default for Limits {
 }
 
 /// A task to queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewTask {
     pub prompt: String,
     pub spec: TaskSpec,
@@ -93,7 +107,12 @@ pub struct NewTask {
     /// Best-of-N: this many attempts from the same source.
     pub attempts: u32,
     /// Agents the attempts cycle through (empty: the spec's agent for all).
+    #[serde(default)]
     pub agents: Vec<AgentKind>,
+    /// What made it (`github.com/octo/app#12`); a second task from the same key is not
+    /// made.
+    #[serde(default)]
+    pub source_key: Option<String>,
 }
 
 /// The queue, its limits and the loop that drives tasks.
@@ -105,6 +124,12 @@ pub struct Scheduler {
     wake: Notify,
     /// Tasks with a step in flight outside the lock (session start, check run).
     busy: Mutex<HashSet<String>>,
+    /// Git hosts' APIs (issues, pull requests), when the daemon has them.
+    forges: OnceLock<Arc<Forges>>,
+    /// Wakes the loop that follows pull requests and task sources (a webhook arrived).
+    pub(crate) nudge: Notify,
+    /// Source records are read, changed and written back under it.
+    pub(crate) sources_lock: Mutex<()>,
 }
 
 impl Scheduler {
@@ -118,7 +143,26 @@ impl Scheduler {
             lock: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             busy: Mutex::new(HashSet::new()),
+            forges: OnceLock::new(),
+            nudge: Notify::new(),
+            sources_lock: Mutex::new(()),
         })
+    }
+
+    /// Gives the scheduler the git hosts it may call (once, before [`Scheduler::spawn`]).
+    pub fn set_forges(&self, forges: Forges) {
+        let _ = self.forges.set(Arc::new(forges));
+    }
+
+    pub fn forges(&self) -> Result<&Arc<Forges>, TaskError> {
+        self.forges
+            .get()
+            .ok_or_else(|| TaskError::Invalid("this daemon has no git host APIs configured".into()))
+    }
+
+    /// Looks at pull requests and task sources now rather than at the next poll.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     pub fn limits(&self) -> Limits {
@@ -136,6 +180,13 @@ impl Scheduler {
             && (!b.is_finite() || b < 0.0)
         {
             return Err(kraal_core::TaskError::Budget { got: b.to_string() }.into());
+        }
+        if let Some(f) = &req.spec.forge {
+            self.forges()?.host(&f.host)?;
+            kraal_forge::check_repo(&f.repo).map_err(|e| TaskError::Invalid(e.to_string()))?;
+            if f.base.trim().is_empty() {
+                return Err(TaskError::Invalid("the task's base branch is empty".into()));
+            }
         }
         if req.origin.trim().is_empty() || req.origin.len() > 200 {
             return Err(TaskError::Invalid(
@@ -174,6 +225,8 @@ impl Scheduler {
                     check_output: None,
                     diff: None,
                     picked: false,
+                    pr: None,
+                    source_key: req.source_key.clone(),
                     created_at: now.clone(),
                     started_at: None,
                     finished_at: None,
@@ -182,6 +235,11 @@ impl Scheduler {
             })
             .collect();
         let _g = self.lock.lock().await;
+        if let Some(key) = &req.source_key
+            && self.engine.store().has_task_from(key)?
+        {
+            return Ok(Vec::new());
+        }
         self.engine.store().save_tasks(&tasks)?;
         drop(_g);
         self.wake.notify_one();

@@ -25,8 +25,27 @@ pub fn workspace_name(t: &TaskRecord) -> String {
 }
 
 impl Scheduler {
-    /// Runs the loop until the runtime stops.
+    /// Runs the loops until the runtime stops: the queue's, and the one for task sources
+    /// and pull requests (schedules every second, git hosts at their poll interval or when
+    /// a webhook nudges it).
     pub fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut last_forge: Option<tokio::time::Instant> = None;
+            loop {
+                let poll = me.forges.get().map_or(Duration::from_secs(60), |f| f.poll);
+                let forge_due = last_forge.is_none_or(|l| l.elapsed() >= poll);
+                me.poll_sources(forge_due).await;
+                if forge_due {
+                    me.watch_pulls().await;
+                    last_forge = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = me.nudge.notified() => last_forge = None,
+                    _ = tokio::time::sleep(Duration::from_secs(1).min(poll)) => {}
+                }
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let mut changes = Some(me.engine.subscribe_changes());
@@ -219,7 +238,14 @@ impl Scheduler {
                     Some(format!("session {} failed: {why}", session.id)),
                 )
             }
-            SessionState::WaitingForInput | SessionState::Done if self.worked(&session.id)? => {
+            // Feedback on its pull request waits for the agent.
+            _ if t.pr.as_ref().is_some_and(|p| p.pending_message.is_some()) => {
+                self.deliver(t.clone(), session.id.to_string());
+                Ok(())
+            }
+            SessionState::WaitingForInput | SessionState::Done
+                if self.worked(&session.id, t.pr.as_ref().map_or(0, |p| p.after_seq))? =>
+            {
                 self.review(t.clone(), ws.id.to_string(), session.id.to_string());
                 Ok(())
             }
@@ -227,9 +253,8 @@ impl Scheduler {
         }
     }
 
-    /// Whether a session has run a turn (its log holds a working state).
-    fn worked(&self, id: &kraal_core::SessionId) -> Result<bool, TaskError> {
-        let mut after = 0;
+    /// Whether a session has run a turn after event `after` (its log holds a working state).
+    fn worked(&self, id: &kraal_core::SessionId, mut after: u64) -> Result<bool, TaskError> {
         loop {
             let page = self.engine.session_events(id, after, 512)?;
             let Some(last) = page.last() else {
@@ -251,7 +276,7 @@ impl Scheduler {
     }
 
     /// Marks a task busy and runs `step` outside the lock; it is not driven meanwhile.
-    fn off_lock<F>(self: &Arc<Self>, id: String, step: F)
+    pub(crate) fn off_lock<F>(self: &Arc<Self>, id: String, step: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
@@ -270,6 +295,17 @@ impl Scheduler {
     fn start_session(self: &Arc<Self>, t: TaskRecord, ws: String) {
         let me = self.clone();
         self.off_lock(t.id.clone(), async move {
+            // A task on a git host fetches its checkout first, through the git gateway.
+            if let Err(e) = crate::pull::checkout(&me.engine, &ws, &t).await {
+                let _g = me.lock.lock().await;
+                if let Ok(Some(mut now)) = me.engine.store().get_task(&t.id)
+                    && now.state == TaskState::Running
+                    && now.tries == t.tries
+                {
+                    let _ = me.finish_as(&mut now, TaskState::Failed, Some(e));
+                }
+                return;
+            }
             let r = me
                 .engine
                 .create_session(
@@ -322,6 +358,16 @@ impl Scheduler {
                 t.spec.checklist.as_ref(),
             )
             .await;
+            // A pull request task pushes its branch and opens (or updates) its request.
+            let published = match (&t.spec.forge, me.forges.get()) {
+                (Some(f), Some(forges)) if f.pull_request => {
+                    Some(crate::pull::publish(&me.engine, forges, &ws, &t).await)
+                }
+                (Some(f), None) if f.pull_request => {
+                    Some(Err("this daemon has no git host APIs configured".to_owned()))
+                }
+                _ => None,
+            };
             let _g = me.lock.lock().await;
             let Ok(Some(mut now)) = me.engine.store().get_task(&t.id) else {
                 return;
@@ -332,9 +378,25 @@ impl Scheduler {
             now.diff = outcome.diff;
             now.check_code = outcome.check.as_ref().map(|c| c.0);
             now.check_output = outcome.check.map(|c| c.1);
-            let reason = outcome
+            let mut reason = outcome
                 .note
                 .unwrap_or_else(|| format!("session {session} finished its turn"));
+            match published {
+                Some(Ok(Some(pr))) => {
+                    reason = format!(
+                        "pushed {} ({}) to pull request #{}; watching its checks and comments",
+                        pr.branch,
+                        &pr.head[..pr.head.len().min(12)],
+                        pr.number
+                    );
+                    now.pr = Some(pr);
+                }
+                Some(Ok(None)) => {
+                    reason = "the agent changed nothing: no pull request".into();
+                }
+                Some(Err(e)) => reason = format!("the pull request could not be updated: {e}"),
+                None => {}
+            }
             if let Err(e) = me.finish_as(&mut now, TaskState::NeedsReview, Some(reason)) {
                 tracing::error!(task = %t.id, "handing to review: {}", chain(&e));
                 return;
