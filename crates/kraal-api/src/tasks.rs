@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::{CreateSession, CreateWorkspace, SessionUsage};
 
 /// `POST /v1/tasks`: what to do and where.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CreateTask {
     /// The agent's first message.
     pub prompt: String,
@@ -42,6 +42,26 @@ pub struct CreateTask {
     /// Who made it (shown on the board; default `api`).
     #[serde(default)]
     pub origin: Option<String>,
+    /// A repository on a git host, `OWNER/NAME` or `HOST/OWNER/NAME` (host `github.com`
+    /// unless named): the checkout is fetched inside the sandbox through the git gateway,
+    /// with the token kept on the host. Replaces the workspace's source.
+    #[serde(default)]
+    pub repo: Option<String>,
+    /// An issue to work on, `OWNER/NAME#N`, `HOST/OWNER/NAME#N` or its URL: its title and
+    /// text become the prompt (`prompt` adds instructions) and `repo` is its repository.
+    #[serde(default)]
+    pub from_issue: Option<String>,
+    /// Push the task's branch and open a pull request when the turn ends, then send
+    /// failed checks and review comments back to the agent until it is green (default:
+    /// on for `from_issue`).
+    #[serde(default)]
+    pub pull_request: Option<bool>,
+    /// The branch to start from and target (default: the repository's default branch).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Feedback rounds sent to the agent at most (default 5).
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
 }
 
 /// What an attempt changed.
@@ -92,6 +112,12 @@ pub struct Task {
     pub duration_secs: Option<f64>,
     /// The attempt picked from a best-of-N task.
     pub picked: bool,
+    /// The git host repository it works on.
+    #[serde(default)]
+    pub forge: Option<kraal_core::ForgeTarget>,
+    /// Its pull request, once opened.
+    #[serde(default)]
+    pub pull: Option<kraal_core::PullState>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -119,4 +145,65 @@ pub struct TaskQuery {
     /// Only tasks in these states (comma-separated: `queued,running`).
     #[serde(default)]
     pub state: Option<String>,
+}
+
+/// `POST /v1/task-sources`: where tasks come from on their own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreateTaskSource {
+    /// `issues` (open issues of `task.repo` with `label`), `schedule` (`every` or `cron`)
+    /// or `trigger` (`POST /v1/triggers/{id}` with the token returned once).
+    pub kind: String,
+    /// The task each firing queues (for issues: `repo` is required and `prompt` adds
+    /// instructions to each issue).
+    pub task: CreateTask,
+    /// Issues: the label that makes an issue a task.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Issues: the stored secret GitHub signs webhook deliveries with; deliveries go to
+    /// `POST /hooks/github/{id}` (polling runs either way).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Schedule: an interval, `90s`, `15m`, `6h`, `1d`, `1w`.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// Schedule: five cron fields (minute hour day-of-month month day-of-week), UTC.
+    #[serde(default)]
+    pub cron: Option<String>,
+}
+
+/// A task source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskSource {
+    pub id: String,
+    pub kind: String,
+    /// What it watches or when it fires, in words.
+    pub detail: String,
+    /// The prompt (or instructions) each task gets.
+    pub prompt: String,
+    /// Where its tasks run (`HOST/OWNER/NAME` or the checkout).
+    pub repo: String,
+    pub created_at: String,
+    pub last_run: Option<String>,
+    pub next_run: Option<String>,
+    /// Why its last run made nothing.
+    pub last_error: Option<String>,
+    pub tasks_made: u64,
+    /// Where GitHub delivers its webhooks (a path on the daemon's TCP listener).
+    #[serde(default)]
+    pub webhook_path: Option<String>,
+    /// A trigger's token: only in the answer to its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskSourceList {
+    pub sources: Vec<TaskSource>,
+}
+
+/// `POST /v1/triggers/{id}`: an optional text added to the trigger's prompt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FireTrigger {
+    #[serde(default)]
+    pub text: Option<String>,
 }

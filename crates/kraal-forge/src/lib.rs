@@ -294,9 +294,43 @@ pub fn parse_issue_ref(s: &str) -> Result<(Option<String>, String, u64), ForgeEr
     Ok((host, repo, n))
 }
 
+/// `OWNER/NAME`, `HOST/OWNER/NAME` or `https://HOST/OWNER/NAME(.git)` → (host, `OWNER/NAME`).
+pub fn parse_repo_ref(s: &str) -> Result<(Option<String>, String), ForgeError> {
+    let bad = || {
+        ForgeError::Invalid(format!(
+            "repository {s:?} is not OWNER/REPO (or HOST/OWNER/REPO)"
+        ))
+    };
+    let t = s.trim();
+    let t = t.strip_prefix("https://").unwrap_or(t);
+    let t = t.trim_end_matches('/');
+    let t = t.strip_suffix(".git").unwrap_or(t);
+    let parts: Vec<&str> = t.split('/').collect();
+    let (host, repo) = match parts.as_slice() {
+        [o, r] => (None, format!("{o}/{r}")),
+        [h, o, r] if h.contains('.') => (Some(h.to_ascii_lowercase()), format!("{o}/{r}")),
+        _ => return Err(bad()),
+    };
+    check_repo(&repo).map_err(|_| bad())?;
+    Ok((host, repo))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_references_parse_and_junk_is_named() {
+        assert_eq!(parse_repo_ref("o/r").unwrap(), (None, "o/r".to_owned()));
+        assert_eq!(
+            parse_repo_ref("https://GitHub.test/o/r.git").unwrap(),
+            (Some("github.test".to_owned()), "o/r".to_owned())
+        );
+        for bad in ["o", "a/b/c", "o/r#1", "../r", ""] {
+            let e = parse_repo_ref(bad).unwrap_err().to_string();
+            assert!(e.contains("is not OWNER/REPO"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn forge_specs_parse_with_defaults_and_refuse_junk() {

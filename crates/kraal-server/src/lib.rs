@@ -15,6 +15,7 @@ mod review;
 mod routes;
 pub mod security;
 mod sessions;
+mod sources;
 mod spend;
 pub mod state;
 mod tasks;
@@ -64,10 +65,11 @@ pub struct AppState {
 /// (used for TCP listeners; the Unix socket is protected by file permissions).
 pub fn router(state: AppState, token: Option<String>) -> Router {
     let engine = state.engine.clone();
+    let public = sources::public_routes().with_state(state.clone());
     let app = routes::routes()
         .with_state(state)
         .layer(middleware::from_fn_with_state(engine, activity::track));
-    match token {
+    let app = match token {
         Some(t) => {
             let t = Arc::new(t);
             app.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -81,7 +83,9 @@ pub fn router(state: AppState, token: Option<String>) -> Router {
                 next.run(req).await
             },
         )),
-    }
+    };
+    // Webhooks and triggers carry their own proof (a signature, the trigger's token).
+    public.merge(app)
 }
 
 async fn require_token(token: &str, mut req: Request, next: Next) -> Response {

@@ -99,6 +99,10 @@ use crate::error::HttpError;
         crate::tasks::retry_task,
         crate::tasks::done_task,
         crate::tasks::pick_task,
+        crate::sources::list_sources,
+        crate::sources::create_source,
+        crate::sources::remove_source,
+        crate::sources::fire_trigger,
         crate::spend::get_budget,
         crate::spend::set_budget,
         crate::spend::remove_budget,
@@ -283,6 +287,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/v1/tasks/{id}/pick",
             axum::routing::post(crate::tasks::pick_task),
+        )
+        .route(
+            "/v1/task-sources",
+            get(crate::sources::list_sources).post(crate::sources::create_source),
+        )
+        .route(
+            "/v1/task-sources/{id}",
+            axum::routing::delete(crate::sources::remove_source),
         )
         .route(
             "/v1/budget",

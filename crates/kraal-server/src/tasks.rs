@@ -51,9 +51,15 @@ pub(crate) fn scheduler(s: &AppState) -> Result<&Arc<Scheduler>, HttpError> {
     })
 }
 
-/// Turns a request into what the scheduler stores, checking everything first.
-pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<NewTask, HttpError> {
+/// Turns a request into what the scheduler stores, checking everything first (for a task
+/// on a git host: asking the host for the repository's default branch).
+pub(crate) async fn new_task(
+    s: &AppState,
+    req: CreateTask,
+    actor: &str,
+) -> Result<NewTask, HttpError> {
     let attempts = req.attempts.unwrap_or(1);
+    let forge_ref = forge_ref(&req)?;
     let (mut workspace, mut session) = (req.workspace, req.session.unwrap_or_default());
     if let Some(name) = &req.template {
         let t = s
@@ -86,9 +92,19 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
         session.model = session.model.or(t.spec.model.clone());
         session.system_prompt = session.system_prompt.or(t.spec.system_prompt.clone());
     }
+    if forge_ref.is_some() {
+        let ws = workspace.get_or_insert_with(|| kraal_api::CreateWorkspace::of(Source::Empty));
+        if ws.source != Source::Empty && req.template.is_none() {
+            return Err(HttpError::bad_request(
+                "a task on a repository takes its checkout from the git host; leave out the workspace's source",
+            ));
+        }
+        // The checkout is fetched in the sandbox, after the workspace starts.
+        ws.source = Source::Empty;
+    }
     let Some(mut workspace) = workspace else {
         return Err(HttpError::bad_request(
-            "a task needs a `workspace` (its source) or a `template`",
+            "a task needs a `workspace` (its source), a `repo` or a `template`",
         ));
     };
     if workspace.persistent {
@@ -111,6 +127,31 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
         )));
     }
     workspace.name = None;
+    let mut forge = None;
+    if let Some((host, repo, _)) = &forge_ref {
+        let sched = scheduler(s)?;
+        let creds = workspace.git.clone();
+        let target = sched
+            .forge_target(
+                host,
+                repo,
+                &creds,
+                req.base.clone(),
+                req.pull_request.unwrap_or(req.from_issue.is_some()),
+                req.max_rounds.unwrap_or(kraal_core::DEFAULT_PR_ROUNDS),
+            )
+            .await?;
+        // The git gateway adds the host's token to the sandbox's fetches and pushes.
+        if !creds.iter().any(|g| g.host == target.host) {
+            let h = sched.forges()?.host(&target.host)?;
+            workspace.git.push(kraal_core::GitCredential {
+                host: target.host.clone(),
+                secret: kraal_tasks::Forges::secret_name(&creds, h),
+                username: "x-access-token".to_owned(),
+            });
+        }
+        forge = Some(target);
+    }
     let req_ws = crate::routes::workspace_request(workspace)?;
     let agent = crate::sessions::agent_spec(&session);
     kraal_engine::check_spec(&agent)?;
@@ -127,13 +168,102 @@ pub(crate) fn new_task(s: &AppState, req: CreateTask, actor: &str) -> Result<New
             check: req.check,
             budget_usd: req.budget_usd,
             checklist: None,
-            forge: None,
+            forge,
         },
         origin: req.origin.unwrap_or_else(|| actor.to_owned()),
         attempts,
         agents: req.agents,
         source_key: None,
     })
+}
+
+/// The git host repository a request names (`from_issue` or `repo`): host, `OWNER/NAME`
+/// and the issue number.
+fn forge_ref(req: &CreateTask) -> Result<Option<(String, String, Option<u64>)>, HttpError> {
+    let bad = |e: kraal_forge::ForgeError| HttpError::bad_request(e.to_string());
+    let (host, repo, issue) = match (&req.from_issue, &req.repo) {
+        (Some(i), _) => {
+            let (h, r, n) = kraal_forge::parse_issue_ref(i).map_err(bad)?;
+            (h, r, Some(n))
+        }
+        (None, Some(r)) => {
+            let (h, r) = kraal_forge::parse_repo_ref(r).map_err(bad)?;
+            (h, r, None)
+        }
+        (None, None) => {
+            if req.pull_request == Some(true) || req.base.is_some() {
+                return Err(HttpError::bad_request(
+                    "`pull_request` and `base` need a repository on a git host (`repo` or `from_issue`)",
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    if req.max_rounds.is_some_and(|r| r > 50) {
+        return Err(HttpError::bad_request("max_rounds is at most 50"));
+    }
+    Ok(Some((
+        host.unwrap_or_else(|| "github.com".to_owned()),
+        repo,
+        issue,
+    )))
+}
+
+/// Queues what a request asks for: one task (per attempt), one per checklist item, or the
+/// task an issue becomes.
+pub(crate) async fn queue(
+    s: &AppState,
+    req: CreateTask,
+    actor: &str,
+) -> Result<Vec<TaskRecord>, HttpError> {
+    let sched = scheduler(s)?;
+    let checklist = req.checklist.clone();
+    let issue = forge_ref(&req)?.and_then(|(_, _, n)| n);
+    // The prompt is checked when each task is queued (with a checklist: once the item's
+    // text is in it).
+    let new = new_task(s, req, actor).await?;
+    let tasks = match (checklist, issue) {
+        (Some(_), Some(_)) => {
+            return Err(HttpError::bad_request(
+                "a task comes from a checklist or from an issue, not both",
+            ));
+        }
+        (None, Some(n)) => sched.add_from_issue(new, n).await?,
+        (None, None) => sched.add(new).await?,
+        (Some(file), None) => {
+            if new.spec.forge.is_some() {
+                return Err(HttpError::bad_request(
+                    "checklists are read from a local checkout, not a git host repository",
+                ));
+            }
+            let items = crate::checklist::items(&new.spec.source, &file)?;
+            if new.attempts > 1 {
+                return Err(HttpError::bad_request(
+                    "a checklist makes one task per item; it does not combine with attempts",
+                ));
+            }
+            let extra = if new.prompt.trim().is_empty() {
+                String::new()
+            } else {
+                format!("\n\n{}", new.prompt)
+            };
+            let mut all = Vec::new();
+            for item in items {
+                let mut one = new.clone();
+                one.prompt = format!(
+                    "Checklist item from {file} in this repository: {}{extra}\n\n(When you are done, kraal ticks its box in {file}.)",
+                    item.text
+                );
+                one.spec.checklist = Some(item);
+                all.extend(sched.add(one).await?);
+            }
+            all
+        }
+    };
+    for t in &tasks {
+        audit(s, actor, "task.add", &t.id, &t.title);
+    }
+    Ok(tasks)
 }
 
 /// The API view of tasks (workspace names and session usage looked up once).
@@ -193,6 +323,8 @@ pub(crate) fn to_api(s: &AppState, tasks: &[TaskRecord]) -> Vec<Task> {
                 usage,
                 duration_secs: kraal_tasks::duration_secs(t),
                 picked: t.picked,
+                forge: t.spec.forge.clone(),
+                pull: t.pr.clone(),
                 created_at: t.created_at.clone(),
                 started_at: t.started_at.clone(),
                 finished_at: t.finished_at.clone(),
@@ -258,42 +390,9 @@ pub async fn create_task(
     body: Result<Json<CreateTask>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<TaskList>), HttpError> {
     let Json(req) = body.map_err(|e| HttpError::bad_request(e.body_text()))?;
-    let sched = scheduler(&s)?;
     let actor = actor_of(actor);
-    let checklist = req.checklist.clone();
-    // The prompt is checked when each task is queued (with a checklist: once the item's
-    // text is in it).
-    let new = new_task(&s, req, &actor)?;
-    let tasks = match checklist {
-        None => sched.add(new).await?,
-        Some(file) => {
-            let items = crate::checklist::items(&new.spec.source, &file)?;
-            if new.attempts > 1 {
-                return Err(HttpError::bad_request(
-                    "a checklist makes one task per item; it does not combine with attempts",
-                ));
-            }
-            let extra = if new.prompt.trim().is_empty() {
-                String::new()
-            } else {
-                format!("\n\n{}", new.prompt)
-            };
-            let mut all = Vec::new();
-            for item in items {
-                let mut one = new.clone();
-                one.prompt = format!(
-                    "Checklist item from {file} in this repository: {}{extra}\n\n(When you are done, kraal ticks its box in {file}.)",
-                    item.text
-                );
-                one.spec.checklist = Some(item);
-                all.extend(sched.add(one).await?);
-            }
-            all
-        }
-    };
-    for t in &tasks {
-        audit(&s, &actor, "task.add", &t.id, &t.title);
-    }
+    let tasks = queue(&s, req, &actor).await?;
+    let sched = scheduler(&s)?;
     let all = sched.list(LIVE)?;
     Ok((
         StatusCode::CREATED,

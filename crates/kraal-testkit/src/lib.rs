@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     requests: Vec<Value>,
     side: Vec<SideTurn>,
     side_requests: usize,
+    /// The bodies of the side requests, in order.
+    side_bodies: Vec<Value>,
     pub(crate) input_tokens: u64,
     headers: Vec<std::collections::HashMap<String, String>>,
     next_tool: u64,
@@ -242,6 +244,11 @@ impl ScriptedModel {
         self.inner.lock().unwrap().side_requests
     }
 
+    /// The bodies of the side requests so far (what `side` answered), in order.
+    pub fn side_request_bodies(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().side_bodies.clone()
+    }
+
     /// Turns not yet consumed.
     pub fn remaining(&self) -> usize {
         self.inner.lock().unwrap().turns.len()
@@ -274,6 +281,7 @@ pub(crate) fn next_turn(
     let text = body.to_string();
     if let Some(side) = g.side.iter().find(|s| text.contains(&s.contains)).cloned() {
         g.side_requests += 1;
+        g.side_bodies.push(body.clone());
         return Ok((side.respond, 0));
     }
     g.requests.push(body.clone());

@@ -342,6 +342,11 @@ pub struct ReviewArgs {
     pub json: bool,
 }
 
+/// `HOST=SECRET` or `USER@HOST=SECRET`.
+pub(crate) fn git_credential(s: &str) -> Result<kraal_core::GitCredential, String> {
+    kraal_core::GitCredential::parse(s).map_err(|e| e.to_string())
+}
+
 pub(crate) fn agent_kind(s: &str) -> Result<kraal_core::AgentKind, String> {
     kraal_core::AgentKind::parse(s).map_err(|e| e.to_string())
 }

@@ -188,6 +188,22 @@ pub struct ServeArgs {
         default_value_t = 0
     )]
     pub max_running_per_repo: u64,
+    /// A git host whose API tasks use for issues and pull requests, KIND:HOST[=API_URL]
+    /// (repeatable; kind `github`; default API https://api.github.com for github.com,
+    /// https://HOST/api/v3 for GitHub Enterprise). The token is the secret `github-token`
+    /// unless a task names one with `--git HOST=SECRET`.
+    #[arg(
+        long,
+        value_name = "KIND:HOST[=URL]",
+        env = "KRAAL_FORGES",
+        value_delimiter = ',',
+        default_value = "github:github.com"
+    )]
+    pub forge: Vec<String>,
+    /// Seconds between looks at labelled issues and at tasks' pull requests (checks and
+    /// review comments); a signed webhook makes kraal look at once.
+    #[arg(long, value_name = "SECS", env = "KRAAL_FORGE_POLL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub forge_poll_secs: u64,
     /// Seconds between reconciliation passes.
     #[arg(long, default_value_t = 5)]
     pub reconcile_secs: u64,

@@ -23,6 +23,7 @@ mod serve;
 mod services;
 mod spending;
 mod ssh;
+mod task_sources;
 mod tasks;
 
 use std::io::IsTerminal;

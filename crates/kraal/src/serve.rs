@@ -141,16 +141,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         google_credential = creds.google.is_some(),
         "model gateway"
     );
-    let services = crate::services::HostServices::new(
-        upstreams,
-        Arc::new(crate::services::HostCredentials::new(
-            store.clone(),
-            secret_key.clone(),
-            creds,
-        )),
-        egress,
+    let forges = args
+        .forge
+        .iter()
+        .map(|f| kraal_forge::ForgeHost::parse(f).with_context(|| format!("--forge {f}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let host_creds = Arc::new(crate::services::HostCredentials::new(
         store.clone(),
-    )?;
+        secret_key.clone(),
+        creds,
+    ));
+    let services =
+        crate::services::HostServices::new(upstreams, host_creds.clone(), egress, store.clone())?;
     let engine = Engine::new(store.clone(), backend, Some(services.clone()));
     engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
@@ -201,6 +203,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
         )),
     };
+    if let Some(t) = &state.tasks {
+        t.set_forges(kraal_tasks::Forges::new(
+            forges,
+            host_creds,
+            Duration::from_secs(args.forge_poll_secs),
+        ));
+    }
     let notifier = kraal_server::notifier::spawn(state.clone());
     let defaults = kraal_core::Policy {
         idle_stop_secs: Some(args.idle_stop),

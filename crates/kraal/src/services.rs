@@ -90,24 +90,38 @@ impl CredentialSource for HostCredentials {
     }
 
     fn secret(&self, workspace: &str, name: &str) -> Option<String> {
+        self.audited_read(
+            &format!("gateway:{workspace}"),
+            name,
+            "used by the git gateway",
+        )
+    }
+}
+
+/// The task queue's calls to a git host's API (issues, pull requests, checks).
+impl kraal_tasks::Secrets for HostCredentials {
+    fn secret(&self, name: &str) -> Option<String> {
+        self.audited_read("tasks", name, "used for the git host's API")
+    }
+}
+
+impl HostCredentials {
+    /// Reads secret `name`, with one audit line per reader and secret per minute (not one
+    /// per request).
+    fn audited_read(&self, actor: &str, name: &str, why: &str) -> Option<String> {
         let v = self.get(name);
-        // One audit line per workspace and secret per minute, not one per request.
         let now = Instant::now();
         let mut a = self.audited.lock().unwrap();
-        let k = (workspace.to_owned(), name.to_owned());
+        let k = (actor.to_owned(), name.to_owned());
         if a.get(&k)
             .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(60))
         {
             a.insert(k, now);
             let _ = self.store.audit(
-                &format!("gateway:{workspace}"),
+                actor,
                 "secret.read",
                 name,
-                if v.is_some() {
-                    "used by the git gateway"
-                } else {
-                    "missing"
-                },
+                if v.is_some() { why } else { "missing" },
             );
         }
         v

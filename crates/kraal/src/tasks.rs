@@ -45,12 +45,49 @@ pub enum TaskCommand {
     },
     /// Keep one attempt of a best-of-N task; the others are cancelled and removed.
     Pick { id: String },
+    /// Where tasks come from on their own: labelled issues, schedules, HTTP triggers.
+    #[command(subcommand)]
+    Source(crate::task_sources::SourceCommand),
 }
 
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// A local directory or a git URL to check out (not needed with --template).
+    /// A local directory or a git URL to check out (not needed with --template, --repo
+    /// or --from-issue).
     pub source: Option<String>,
+    /// Work on an issue: OWNER/REPO#N, HOST/OWNER/REPO#N or the issue's URL. Its title
+    /// and text are the prompt (-m adds instructions); the branch is pushed and a pull
+    /// request opened and watched (--no-pr: not).
+    #[arg(long, value_name = "ISSUE", conflicts_with_all = ["source", "checklist"])]
+    pub from_issue: Option<String>,
+    /// A repository on a git host, OWNER/REPO or HOST/OWNER/REPO: fetched inside the
+    /// sandbox through the git gateway (the token stays on the host).
+    #[arg(long, value_name = "REPO", conflicts_with_all = ["source", "from_issue"])]
+    pub repo: Option<String>,
+    /// Push the task's branch and open a pull request when the agent is done, then send
+    /// failed checks and review comments back to it until the pull request is green.
+    #[arg(long, conflicts_with = "no_pr")]
+    pub pr: bool,
+    /// No pull request for --from-issue.
+    #[arg(long)]
+    pub no_pr: bool,
+    /// The branch to start from and to target (default: the repository's default).
+    #[arg(long, value_name = "BRANCH")]
+    pub base: Option<String>,
+    /// Feedback rounds (failed checks, review comments) sent to the agent at most.
+    #[arg(long, value_name = "N")]
+    pub max_rounds: Option<u32>,
+    /// The token for a git host, HOST=SECRET (repeatable; default for a --repo host:
+    /// the secret `github-token`).
+    #[arg(long, value_name = "HOST=SECRET", value_parser = crate::cli::git_credential)]
+    pub git: Vec<kraal_core::GitCredential>,
+    /// Queue the task again and again at this interval (90s, 6h, 1d): a schedule source.
+    #[arg(long, value_name = "INTERVAL", conflicts_with = "cron")]
+    pub every: Option<String>,
+    /// Queue the task at the times of this cron expression (five fields, UTC): a
+    /// schedule source.
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
     /// The prompt (`-` reads it from standard input).
     #[arg(short, long)]
     pub message: Option<String>,
@@ -148,6 +185,7 @@ pub async fn run(c: &Client, cmd: TaskCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        TaskCommand::Source(cmd) => crate::task_sources::run(c, cmd).await,
         TaskCommand::Pick { id } => {
             let l: TaskList = c
                 .send::<(), _>(Method::POST, &format!("/v1/tasks/{}/pick", enc(&id)), None)
@@ -172,7 +210,8 @@ pub async fn run(c: &Client, cmd: TaskCommand) -> anyhow::Result<i32> {
     }
 }
 
-fn prompt_of(a: &AddArgs) -> anyhow::Result<String> {
+fn prompt_of(a: &AddArgs, optional: bool) -> anyhow::Result<String> {
+    let optional = optional || a.checklist.is_some() || a.from_issue.is_some();
     let p = match (&a.message, &a.file) {
         (Some(m), _) if m == "-" => {
             let mut s = String::new();
@@ -185,12 +224,12 @@ fn prompt_of(a: &AddArgs) -> anyhow::Result<String> {
         (None, Some(f)) => {
             std::fs::read_to_string(f).with_context(|| format!("reading the prompt from {f}"))?
         }
-        (None, None) if a.checklist.is_some() => String::new(),
+        (None, None) if optional => String::new(),
         (None, None) => {
             bail!("a task needs a prompt: -m TEXT, -m - (standard input) or --file PATH")
         }
     };
-    if p.trim().is_empty() && a.checklist.is_none() {
+    if p.trim().is_empty() && !optional {
         bail!("the prompt is empty");
     }
     Ok(p)
@@ -210,31 +249,38 @@ fn source_of(s: &str, branch: Option<String>) -> anyhow::Result<Source> {
     )?)
 }
 
-async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
-    let prompt = prompt_of(&a)?;
+/// The request `kraal task add` (and `kraal task source add`) sends.
+pub(crate) fn request(a: &AddArgs) -> anyhow::Result<CreateTask> {
+    request_with(a, false)
+}
+
+/// [`request`], with the prompt optional when `optional_prompt`.
+pub(crate) fn request_with(a: &AddArgs, optional_prompt: bool) -> anyhow::Result<CreateTask> {
+    let prompt = prompt_of(a, optional_prompt)?;
     if let Some(b) = a.budget_usd
         && !b.is_finite()
     {
         bail!("--budget-usd {b} is not a number");
     }
+    let on_forge = a.repo.is_some() || a.from_issue.is_some();
     let workspace = match (&a.source, &a.template) {
-        (None, None) => bail!("give a source (a directory or a git URL) or --template NAME"),
-        (Some(s), _) => {
-            let mut res = Resources::default();
-            if let Some(c) = a.cpus {
-                res.cpus = c;
-            }
-            if let Some(m) = &a.memory {
-                res.memory_mib = parse_memory_mib(m)?;
-            }
-            res.validate()?;
-            Some(CreateWorkspace {
-                resources: Some(res),
-                image: a.image.clone(),
-                allow: a.allow.clone(),
-                ..CreateWorkspace::of(source_of(s, a.branch.clone())?)
-            })
-        }
+        (None, None) if !on_forge => bail!(
+            "give a source (a directory or a git URL), --repo OWNER/REPO, --from-issue OWNER/REPO#N or --template NAME"
+        ),
+        (None, None) => Some(CreateWorkspace {
+            resources: Some(resources(a)?),
+            image: a.image.clone(),
+            allow: a.allow.clone(),
+            git: a.git.clone(),
+            ..CreateWorkspace::of(Source::Empty)
+        }),
+        (Some(s), _) => Some(CreateWorkspace {
+            resources: Some(resources(a)?),
+            image: a.image.clone(),
+            allow: a.allow.clone(),
+            git: a.git.clone(),
+            ..CreateWorkspace::of(source_of(s, a.branch.clone())?)
+        }),
         (None, Some(_)) => None,
     };
     let env = a
@@ -264,7 +310,38 @@ async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
         budget_usd: a.budget_usd,
         checklist: a.checklist.clone(),
         origin: Some("cli".into()),
+        repo: a.repo.clone(),
+        from_issue: a.from_issue.clone(),
+        pull_request: if a.pr {
+            Some(true)
+        } else if a.no_pr {
+            Some(false)
+        } else {
+            None
+        },
+        base: a.base.clone(),
+        max_rounds: a.max_rounds,
     };
+    Ok(body)
+}
+
+fn resources(a: &AddArgs) -> anyhow::Result<Resources> {
+    let mut res = Resources::default();
+    if let Some(c) = a.cpus {
+        res.cpus = c;
+    }
+    if let Some(m) = &a.memory {
+        res.memory_mib = parse_memory_mib(m)?;
+    }
+    res.validate()?;
+    Ok(res)
+}
+
+async fn add(c: &Client, a: AddArgs) -> anyhow::Result<i32> {
+    if a.every.is_some() || a.cron.is_some() {
+        return crate::task_sources::add_schedule(c, &a).await;
+    }
+    let body = request(&a)?;
     let l: TaskList = c.send(Method::POST, "/v1/tasks", Some(&body)).await?;
     for t in &l.tasks {
         println!("{}", t.id);
@@ -370,7 +447,31 @@ fn show(t: &Task) {
     if let Some(r) = &t.reason {
         line("reason", crate::render::clean(r));
     }
-    line("source", t.source.describe());
+    match &t.forge {
+        Some(f) => line(
+            "repository",
+            format!(
+                "{}{} (from {})",
+                f.key(),
+                f.issue.map(|n| format!("#{n}")).unwrap_or_default(),
+                f.base
+            ),
+        ),
+        None => line("source", t.source.describe()),
+    }
+    if let Some(p) = &t.pull {
+        line(
+            "pull",
+            format!(
+                "#{} {} — {} ({} pushes, {} feedback rounds)",
+                p.number,
+                p.url,
+                p.status.as_str(),
+                p.pushes,
+                p.rounds
+            ),
+        );
+    }
     line("agent", t.agent.to_string());
     if let Some(g) = &t.group {
         line("attempt", format!("{} of group {g}", t.attempt));

@@ -7,7 +7,7 @@ use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kraal_api::{CreateSession, CreateTask, CreateWorkspace, Task};
-use kraal_core::{AgentKind, Source, TaskState};
+use kraal_core::{AgentKind, PullStatus, Source, TaskState};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -16,7 +16,7 @@ use super::actions::done;
 use super::auth::Auth;
 use super::pages::{Page, error_page, layout, post_button, state_badge};
 use crate::error::HttpError;
-use crate::tasks::{Op, act, new_task, queue_info, scheduler, to_api};
+use crate::tasks::{Op, act, queue, queue_info, scheduler, to_api};
 
 /// Columns of the board, in the order work moves through them.
 const COLUMNS: [(&str, &[TaskState]); 4] = [
@@ -79,6 +79,13 @@ fn card(auth: &Auth, t: &Task) -> Markup {
                 @if !d.is_empty() { " · " (d) }
                 @if let Some(u) = &t.usage { " · $" (format!("{:.4}", u.cost_usd.max(0.0))) }
             }
+            @if let Some(p) = &t.pull {
+                p.small.pull {
+                    a href=(p.url) rel="noopener" { "PR #" (p.number) }
+                    " · " span class=(match p.status { PullStatus::Green | PullStatus::Merged => "ok", PullStatus::Failing => "error", _ => "muted" }) { (p.status.as_str()) }
+                    @if p.rounds > 0 { " · " (p.rounds) " feedback round" @if p.rounds > 1 { "s" } }
+                }
+            } @else if let Some(f) = &t.forge { p.small.muted { (f.key()) @if let Some(n) = f.issue { "#" (n) } } }
             @if let Some(d) = &t.diff { p.small { (d.files) " files, " span.ok { "+" (d.added) } " " span.error { "−" (d.removed) } } }
             @if let Some(c) = &t.check {
                 p.small { "check " @if c.passed { span.ok { "passed" } } @else { span.error { "failed (" (c.code) ")" } } }
@@ -109,8 +116,8 @@ fn new_form(auth: &Auth) -> Markup {
             summary { "New task" }
             form method="post" action="/tasks" {
                 input type="hidden" name="csrf" value=(auth.csrf);
-                label { "Repository" input name="source" required placeholder="https://git.example.com/me/app.git or /srv/app"; }
-                label { "Prompt" textarea name="prompt" rows="4" required placeholder="What should the agent do?" {} }
+                label { "Repository or issue" input name="source" required placeholder="https://git.example.com/me/app.git, /srv/app or owner/repo#12"; }
+                label { "Prompt" textarea name="prompt" rows="4" placeholder="What should the agent do? (For an issue: extra instructions.)" {} }
                 div.grid {
                     label { "Agent" select name="agent" {
                         @for k in ["claude", "codex", "gemini", "qwen", "goose", "opencode"] { option value=(k) { (k) } }
@@ -167,7 +174,13 @@ pub async fn add(
 ) -> Response {
     let r = async {
         let src = f.source.trim();
-        let source = if Source::looks_like_git_url(src) {
+        // `OWNER/REPO#N` (or an issue's URL): the issue becomes the task, with a pull request.
+        let from_issue = (src.contains('#') || src.contains("/issues/"))
+            .then(|| src.to_owned())
+            .filter(|s| kraal_forge::parse_issue_ref(s).is_ok());
+        let source = if from_issue.is_some() {
+            Ok(Source::Empty)
+        } else if Source::looks_like_git_url(src) {
             Source::git(src, None)
         } else {
             Source::local(src.into())
@@ -193,6 +206,7 @@ pub async fn add(
         let req = CreateTask {
             prompt: f.prompt,
             template: None,
+            from_issue,
             workspace: Some(CreateWorkspace::of(source)),
             session: Some(CreateSession {
                 agent,
@@ -204,13 +218,9 @@ pub async fn add(
             budget_usd: None,
             checklist: None,
             origin: Some("web".into()),
+            ..Default::default()
         };
-        let new = new_task(&w.app, req, &actor(&auth))?;
-        let sched = scheduler(&w.app)?;
-        let made = sched.add(new).await?;
-        for t in &made {
-            crate::security::audit(&w.app, &actor(&auth), "task.add", &t.id, &t.title);
-        }
+        queue(&w.app, req, &actor(&auth)).await?;
         Ok("/tasks".to_owned())
     }
     .await;

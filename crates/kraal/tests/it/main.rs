@@ -11,6 +11,7 @@ mod budgets;
 mod chaos;
 mod devcontainers;
 mod firecracker;
+mod forge;
 mod fuzz;
 mod harness;
 mod housekeeping;

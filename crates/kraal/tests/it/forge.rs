@@ -1,0 +1,870 @@
+//! Tasks on a git host, against a GitHub-shaped server written here (the REST endpoints
+//! kraal calls, every request recorded with whether it carried the token) and a real
+//! smart-HTTP git remote (`git http-backend`) behind it: a labelled issue becomes a task,
+//! the real Claude Code CLI on gVisor does it, kraal pushes the branch and opens the pull
+//! request, a failing check run and a review comment go back to the agent as its next
+//! message, and a second push follows; the token never reaches the sandbox. Also: the
+//! signed webhook, triggers, schedules and the bad input around them.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::harness::{Daemon, git_repo, sandbox_memory_hits, wait_until};
+
+const TOKEN: &str = "ghp_FORGEtestTOKENneverInTheSandbox4242";
+const REPO: &str = "acme/widget";
+
+/// What the fake host knows and saw.
+#[derive(Default)]
+struct Hub {
+    /// `METHOD PATH?QUERY token|no-token` per request.
+    seen: Vec<String>,
+    /// Bodies of the pull requests opened.
+    pulls: Vec<Value>,
+    /// Heads that the check run fails for.
+    failing: Vec<String>,
+    /// The review comment on the pull request is there.
+    comment: bool,
+}
+
+struct GitHub {
+    addr: std::net::SocketAddr,
+    hub: Arc<Mutex<Hub>>,
+    bare: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn issue(n: u64, title: &str, body: &str, labels: &[&str]) -> Value {
+    json!({
+        "number": n, "title": title, "body": body, "state": "open",
+        "html_url": format!("https://github.test/{REPO}/issues/{n}"),
+        "labels": labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+    })
+}
+
+fn issues() -> Vec<Value> {
+    vec![
+        issue(
+            7,
+            "Add a greeting file",
+            "Create GREETING.txt saying hello. ISSUE-7-MARKER",
+            &["kraal", "good first issue"],
+        ),
+        issue(8, "Not for kraal", "no label", &["bug"]),
+    ]
+}
+
+/// The tip of `branch` in the bare remote.
+fn tip(bare: &Path, branch: &str) -> Option<String> {
+    #[allow(clippy::disallowed_methods)] // test harness: the fake host reads its repository
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(bare)
+        .args([
+            "rev-parse",
+            "-q",
+            "--verify",
+            &format!("refs/heads/{branch}"),
+        ])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+fn branches(bare: &Path) -> Vec<String> {
+    #[allow(clippy::disallowed_methods)] // test harness: the fake host reads its repository
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(bare)
+        .args(["for-each-ref", "--format=%(refname:short)", "refs/heads"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// One REST call, answered the way GitHub answers it.
+fn api(hub: &Mutex<Hub>, bare: &Path, method: &Method, path: &str, body: &[u8]) -> Response {
+    let base = format!("/repos/{REPO}");
+    let Some(rest) = path.strip_prefix(&base) else {
+        return json_response(StatusCode::NOT_FOUND, json!({"message": "Not Found"}));
+    };
+    let rest = rest.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let pull = |n: u64, head: &str| {
+        json!({
+            "number": n, "state": "open", "merged": false,
+            "html_url": format!("https://github.test/{REPO}/pull/{n}"),
+            "head": {"sha": tip(bare, head).unwrap_or_default(), "ref": head},
+        })
+    };
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", []) => json_response(
+            StatusCode::OK,
+            json!({"full_name": REPO, "default_branch": "main"}),
+        ),
+        ("GET", ["issues"]) => {
+            let want = path
+                .split(['?', '&'])
+                .find_map(|kv| kv.strip_prefix("labels="))
+                .unwrap_or("")
+                .to_owned();
+            let list: Vec<Value> = issues()
+                .into_iter()
+                .filter(|i| {
+                    want.is_empty() || i["labels"].to_string().contains(&format!("\"{want}\""))
+                })
+                .collect();
+            json_response(StatusCode::OK, Value::Array(list))
+        }
+        ("GET", ["issues", n]) => {
+            match issues().into_iter().find(|i| i["number"].to_string() == *n) {
+                Some(i) => json_response(StatusCode::OK, i),
+                None => json_response(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+            }
+        }
+        ("GET", ["pulls"]) => {
+            let h = hub.lock().unwrap();
+            let list: Vec<Value> = h
+                .pulls
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    path.contains(&format!("head=acme:{}", p["head"].as_str().unwrap()))
+                })
+                .map(|(i, p)| pull(42 + i as u64, p["head"].as_str().unwrap()))
+                .collect();
+            json_response(StatusCode::OK, Value::Array(list))
+        }
+        ("POST", ["pulls"]) => {
+            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+            let head = v["head"].as_str().unwrap_or("").to_owned();
+            if tip(bare, &head).is_none() || v["base"] != "main" {
+                return json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"message": "Validation Failed"}),
+                );
+            }
+            let mut h = hub.lock().unwrap();
+            h.pulls.push(v);
+            let n = 42 + h.pulls.len() as u64 - 1;
+            json_response(StatusCode::CREATED, pull(n, &head))
+        }
+        ("GET", ["pulls", n]) => {
+            let h = hub.lock().unwrap();
+            let i = n.parse::<usize>().unwrap_or(0).wrapping_sub(42);
+            match h.pulls.get(i) {
+                Some(p) => json_response(
+                    StatusCode::OK,
+                    pull(42 + i as u64, p["head"].as_str().unwrap()),
+                ),
+                None => json_response(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+            }
+        }
+        ("GET", ["commits", sha, "check-runs"]) => {
+            let mut h = hub.lock().unwrap();
+            // The first head kraal pushes fails lint; every later one passes.
+            if h.failing.is_empty() {
+                h.failing.push((*sha).to_owned());
+            }
+            let failed = h.failing.iter().any(|f| f == sha);
+            json_response(
+                StatusCode::OK,
+                json!({"total_count": 1, "check_runs": [{
+                    "name": "lint", "status": "completed",
+                    "conclusion": if failed { "failure" } else { "success" },
+                    "html_url": format!("https://github.test/{REPO}/runs/1"),
+                    "output": {"title": "lint", "summary": if failed { "LINT-FAILED-7: GREETING.txt must end with an exclamation mark" } else { "all good" }},
+                }]}),
+            )
+        }
+        ("GET", ["commits", _, "status"]) => {
+            json_response(StatusCode::OK, json!({"state": "success", "statuses": []}))
+        }
+        ("GET", ["pulls", _, "comments"]) => {
+            let h = hub.lock().unwrap();
+            let list = if h.comment {
+                json!([{"id": 1001, "user": {"login": "reviewer"}, "path": "GREETING.txt", "line": 1,
+                        "body": "REVIEW-ASK-7: please also add NOTES.md"}])
+            } else {
+                json!([])
+            };
+            json_response(StatusCode::OK, list)
+        }
+        ("GET", ["issues", _, "comments"]) => json_response(StatusCode::OK, json!([])),
+        _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+    }
+}
+
+/// Smart-HTTP git through `git http-backend` (CGI), for the one repository.
+fn git_cgi(root: &Path, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+    let path = uri.path().strip_prefix("/git").unwrap_or("");
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    #[allow(clippy::disallowed_methods)] // test harness: the git remote's CGI
+    let mut child = Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REMOTE_USER", "x-access-token")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("REQUEST_METHOD", method.as_str())
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", uri.query().unwrap_or(""))
+        .env("CONTENT_TYPE", h("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", h("content-encoding"))
+        .env("GIT_PROTOCOL", h("git-protocol"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let raw = out.stdout;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
+        .unwrap_or((raw.len(), 0));
+    let head = String::from_utf8_lossy(&raw[..split.0]).into_owned();
+    let mut resp = Response::builder().status(200);
+    for line in head.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("status") {
+                let code: u16 = v.split(' ').next().unwrap_or("200").parse().unwrap_or(200);
+                resp = resp.status(code);
+            } else {
+                resp = resp.header(k.trim(), v);
+            }
+        }
+    }
+    resp.body(Body::from(raw[split.0 + split.1..].to_vec()))
+        .unwrap()
+}
+
+impl GitHub {
+    fn start(root: &Path) -> GitHub {
+        // The remote: `main` with one commit.
+        let src = git_repo(root, "widget-src");
+        let bare = root.join("repos").join(format!("{REPO}.git"));
+        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+        #[allow(clippy::disallowed_methods)] // test harness: the remote's repository
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "git clone -q --bare {} {} && git -C {} symbolic-ref HEAD refs/heads/main && \
+                 git -C {} push -q {} HEAD:refs/heads/main && git -C {} config http.receivepack true",
+                src.display(),
+                bare.display(),
+                bare.display(),
+                src.display(),
+                bare.display(),
+                bare.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let hub = Arc::new(Mutex::new(Hub {
+            comment: true,
+            ..Hub::default()
+        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (h2, repos) = (hub.clone(), root.join("repos"));
+        let bare2 = bare.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().fallback(
+                    move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                        let (hub, repos, bare) = (h2.clone(), repos.clone(), bare2.clone());
+                        async move {
+                            let path = uri
+                                .path_and_query()
+                                .map(|p| p.as_str().to_owned())
+                                .unwrap_or_default();
+                            let auth = headers
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            if let Some(api_path) = path.strip_prefix("/api").map(str::to_owned) {
+                                let ok = auth == format!("Bearer {TOKEN}");
+                                hub.lock().unwrap().seen.push(format!(
+                                    "{method} {api_path} {}",
+                                    if ok { "token" } else { "no-token" }
+                                ));
+                                if !ok {
+                                    return json_response(
+                                        StatusCode::UNAUTHORIZED,
+                                        json!({"message": "Bad credentials"}),
+                                    );
+                                }
+                                let r = tokio::task::spawn_blocking(move || {
+                                    api(&hub, &bare, &method, &api_path, &body)
+                                });
+                                return r.await.unwrap();
+                            }
+                            use base64::Engine;
+                            let want = format!(
+                                "Basic {}",
+                                base64::engine::general_purpose::STANDARD
+                                    .encode(format!("x-access-token:{TOKEN}"))
+                            );
+                            hub.lock().unwrap().seen.push(format!(
+                                "GIT {method} {path} {}",
+                                if auth == want { "token" } else { "no-token" }
+                            ));
+                            if auth != want {
+                                return (
+                                    StatusCode::UNAUTHORIZED,
+                                    [("www-authenticate", "Basic realm=\"git\"")],
+                                    "",
+                                )
+                                    .into_response();
+                            }
+                            tokio::task::spawn_blocking(move || {
+                                git_cgi(&repos, &method, &uri, &headers, &body)
+                            })
+                            .await
+                            .unwrap()
+                        }
+                    },
+                );
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(l, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        GitHub {
+            addr,
+            hub,
+            bare,
+            _stop: stop,
+        }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.hub.lock().unwrap().seen.clone()
+    }
+}
+
+/// `POST path` on the daemon's TCP listener with these headers; status and body.
+fn post_tcp(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((len, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn task(d: &Daemon, id: &str) -> Value {
+    serde_json::from_str(&d.ok(&["task", "show", id, "--json"])).unwrap()
+}
+
+fn tasks(d: &Daemon) -> Vec<Value> {
+    let l: Value = serde_json::from_str(&d.ok(&["task", "ls", "--json"])).unwrap();
+    l["tasks"].as_array().unwrap().clone()
+}
+
+/// A daemon that knows the fake host's API and git remote, with its token stored.
+fn daemon_for(
+    gh: &GitHub,
+    scenario: &str,
+    extra: &[(&str, &str)],
+) -> (kraal_testkit::ScriptedModel, Daemon) {
+    let forges = format!("github:github.test=http://{}/api", gh.addr);
+    let git = format!("github.test=http://{}/git", gh.addr);
+    let mut env = vec![
+        ("KRAAL_FORGES", forges.as_str()),
+        ("KRAAL_GIT_URLS", git.as_str()),
+        ("KRAAL_FORGE_POLL_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    let (model, d) = crate::sessions::with_model_on(scenario, &env);
+    d.run_with_stdin(&["secret", "set", "github-token"], TOKEN);
+    let ls = d.ok(&["secret", "ls", "--json"]);
+    assert!(ls.contains("github-token") && !ls.contains(TOKEN), "{ls}");
+    (model, d)
+}
+
+/// The scripted agent: the issue makes it write GREETING.txt; the feedback on its pull
+/// request (the failed check and the review comment, both in one message) makes it fix the
+/// file and add NOTES.md. The rules are tried in order, on the whole request.
+const SCENARIO: &str = r##"{"turns": [], "side": [
+    {"contains": "STEP2-OK", "respond": [{"text": "Fixed the greeting and added the notes."}]},
+    {"contains": "REVIEW-ASK-7", "respond": [{"tool_use": {"name": "Bash", "input": {"command": "cd /workspace && echo 'hello!' > GREETING.txt && echo notes > NOTES.md && echo STEP2-OK", "description": "Address the review"}}}]},
+    {"contains": "STEP1-OK", "respond": [{"text": "Added GREETING.txt."}]},
+    {"contains": "ISSUE-7-MARKER", "respond": [{"tool_use": {"name": "Bash", "input": {"command": "cd /workspace && echo hello > GREETING.txt && echo STEP1-OK", "description": "Write the greeting"}}}]}
+]}"##;
+
+#[test]
+fn a_labelled_issue_becomes_a_pull_request_and_its_feedback_goes_back_to_the_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gh = GitHub::start(tmp.path());
+    let (model, d) = daemon_for(&gh, SCENARIO, &[]);
+
+    // The source: open issues of acme/widget labelled `kraal` (issue 8 has no label).
+    let id = d.ok(&[
+        "task",
+        "source",
+        "add",
+        "issues",
+        "--repo",
+        &format!("github.test/{REPO}"),
+        "--label",
+        "kraal",
+    ]);
+    let source = id.trim().to_owned();
+    assert!(source.starts_with("src-"), "{id}");
+    let ls = d.ok(&["task", "source", "ls"]);
+    assert!(ls.contains("labelled \"kraal\""), "{ls}");
+
+    // Polled: one task, for issue 7 only, even after several polls.
+    let mut t = Value::Null;
+    wait_until(Duration::from_secs(60), "the issue's task", || {
+        let ts = tasks(&d);
+        if let Some(x) = ts.first() {
+            t = x.clone();
+        }
+        !ts.is_empty()
+    });
+    let tid = t["id"].as_str().unwrap().to_owned();
+    assert_eq!(t["forge"]["issue"], 7, "{t:#}");
+    assert_eq!(t["forge"]["base"], "main");
+    assert!(
+        t["prompt"].as_str().unwrap().contains("ISSUE-7-MARKER"),
+        "{t:#}"
+    );
+
+    // The branch is pushed and the pull request opened, closing the issue.
+    let branch = format!("kraal/{tid}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let t = task(&d, &tid);
+        if t["pull"]["number"] == 42 {
+            break;
+        }
+        assert!(
+            !matches!(t["state"].as_str(), Some("failed" | "cancelled")),
+            "{t:#}\n{}",
+            d.log_tail()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no pull request: {t:#}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let first = tip(&gh.bare, &branch).expect("the branch was pushed");
+    {
+        let h = gh.hub.lock().unwrap();
+        assert_eq!(h.pulls.len(), 1, "{:#?}", h.pulls);
+        let p = &h.pulls[0];
+        assert_eq!(p["head"], branch.as_str());
+        assert_eq!(p["base"], "main");
+        assert!(p["body"].as_str().unwrap().contains("Closes #7"), "{p:#}");
+    }
+    #[allow(clippy::disallowed_methods)] // test harness: what the push holds
+    let shown = Command::new("git")
+        .arg("-C")
+        .arg(&gh.bare)
+        .args(["show", &format!("{first}:GREETING.txt")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout), "hello\n");
+
+    // The failed check and the review comment become the agent's next message.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let second = loop {
+        if let Some(tip) = tip(&gh.bare, &branch).filter(|t| *t != first) {
+            break tip;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second push: {:#}\n{}",
+            task(&d, &tid),
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    // The model saw both in one request.
+    let bodies: Vec<String> = model
+        .side_request_bodies()
+        .iter()
+        .map(|b| b.to_string())
+        .collect();
+    assert!(
+        bodies.iter().any(|b| b.contains("LINT-FAILED-7")
+            && b.contains("REVIEW-ASK-7")
+            && b.contains("GREETING.txt:1")),
+        "no model request carried the check and the comment"
+    );
+    #[allow(clippy::disallowed_methods)] // test harness: what the second push holds
+    let shown = Command::new("git")
+        .arg("-C")
+        .arg(&gh.bare)
+        .args([
+            "show",
+            &format!("{second}:NOTES.md"),
+            &format!("{second}:GREETING.txt"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout), "notes\nhello!\n");
+    // Green now: the task waits for review with its pull request green, after one round.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let t = loop {
+        let t = task(&d, &tid);
+        if t["pull"]["status"] == "green" && t["state"] == "needs_review" {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never green: {t:#}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(t["pull"]["rounds"], 1, "{t:#}");
+    assert_eq!(t["pull"]["pushes"], 2, "{t:#}");
+    assert_eq!(
+        gh.hub.lock().unwrap().pulls.len(),
+        1,
+        "one pull request, pushed twice"
+    );
+    assert_eq!(tasks(&d).len(), 1, "issue 7 made one task; issue 8 none");
+    let show = d.ok(&["task", "show", &tid]);
+    assert!(show.contains("#42") && show.contains("green"), "{show}");
+
+    // Every API call and git request carried the token, added on the host.
+    let seen = gh.seen();
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("GIT POST") && s.contains("git-receive-pack")),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().any(|s| s.contains("/check-runs")), "{seen:#?}");
+    let untokened: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.ends_with("no-token") && !s.starts_with("GIT"))
+        .collect();
+    assert!(
+        untokened.is_empty(),
+        "API calls without the token: {untokened:#?}"
+    );
+    assert!(branches(&gh.bare).contains(&branch));
+
+    // The token is nowhere in the sandbox: not in its files, environments, or memory.
+    let ws = t["workspace"].as_str().unwrap().to_owned();
+    let o = d.exec(
+        &ws,
+        "echo planted-in-file-9 > /tmp/planted; for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; echo; done; \
+         tar -cf - /workspace /root /tmp /etc /home /run 2>/dev/null",
+    );
+    assert!(
+        o.stdout.contains("planted-in-file-9"),
+        "the scan sees files"
+    );
+    assert!(
+        !o.stdout.contains(TOKEN),
+        "the token is visible inside the sandbox"
+    );
+    let o = d.exec(
+        &ws,
+        "KRAAL_PLANTED=planted-in-memory-9931 sleep 60 >/dev/null 2>&1 & echo ok",
+    );
+    assert_eq!(o.stdout.trim(), "ok");
+    let wid = d.workspace(&ws)["id"].as_str().unwrap().to_owned();
+    let (hits, bytes) = sandbox_memory_hits(&wid, &["planted-in-memory-9931", TOKEN]);
+    assert!(
+        hits[0] > 0,
+        "the memory scan sees a planted value: {hits:?} in {bytes} bytes"
+    );
+    assert_eq!(
+        hits[1], 0,
+        "the token is in the sandbox's memory ({bytes} bytes read)"
+    );
+}
+
+/// The doors and the bad input: a webhook with a wrong signature is refused and makes
+/// nothing, a signed one makes its task at once; a trigger fires only with its token;
+/// a schedule fires; an unknown repository, a malformed cron, a pull request given as an
+/// issue and a missing token are refused with clear errors.
+#[test]
+fn webhooks_triggers_schedules_and_bad_input_around_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gh = GitHub::start(tmp.path());
+    let port = crate::harness::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (_model, d) = daemon_for(
+        &gh,
+        r#"{"turns": [], "side": [{"contains": "", "respond": [{"text": "ok"}]}]}"#,
+        &[("KRAAL_LISTEN_TCP", &listen), ("KRAAL_MAX_RUNNING", "1")],
+    );
+
+    // Bad input first.
+    let bad = d.run(&[
+        "task",
+        "add",
+        "--repo",
+        "github.test/acme/nothing",
+        "-m",
+        "x",
+    ]);
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr
+            .contains("no repository github.test/acme/nothing"),
+        "{bad:?}"
+    );
+    let bad = d.run(&["task", "add", "--repo", "acme", "-m", "x"]);
+    assert!(bad.stderr.contains("is not OWNER/REPO"), "{bad:?}");
+    let bad = d.run(&["task", "add", "--repo", "elsewhere.test/a/b", "-m", "x"]);
+    assert!(
+        bad.stderr
+            .contains("knows no git host API for elsewhere.test"),
+        "{bad:?}"
+    );
+    let bad = d.run(&["task", "add", "--from-issue", "github.test/acme/widget#99"]);
+    assert!(
+        bad.stderr.contains("no issue github.test/acme/widget#99"),
+        "{bad:?}"
+    );
+    let repo = git_repo(tmp.path(), "local");
+    let r = repo.to_str().unwrap();
+    for (cron, want) in [
+        ("61 * * * *", "cron expression \"61 * * * *\" is not valid"),
+        ("0 0 3 * * *", "has a seconds or year field"),
+        ("every day", "is not valid"),
+    ] {
+        let bad = d.run(&["task", "add", r, "-m", "x", "--cron", cron]);
+        assert_ne!(bad.code, Some(0));
+        assert!(bad.stderr.contains(want), "{cron}: {bad:?}");
+    }
+    let bad = d.run(&["task", "add", r, "-m", "x", "--every", "2s"]);
+    assert!(bad.stderr.contains("at most every 5 s"), "{bad:?}");
+    let bad = d.run(&["task", "add", r, "-m", "x", "--every", "soon"]);
+    assert!(bad.stderr.contains("soon"), "{bad:?}");
+    let bad = d.run(&[
+        "task",
+        "source",
+        "add",
+        "issues",
+        "--repo",
+        "github.test/acme/widget",
+    ]);
+    assert!(bad.stderr.contains("needs a `label`"), "{bad:?}");
+    assert!(tasks(&d).is_empty(), "bad input queued a task");
+
+    // The webhook: signed with the stored secret, delivered to the TCP listener.
+    d.run_with_stdin(&["secret", "set", "hook-key"], "s3cret-hook-key");
+    let src = d.ok(&[
+        "task",
+        "source",
+        "add",
+        "issues",
+        "--repo",
+        "github.test/acme/widget",
+        "--label",
+        "urgent",
+        "--webhook-secret",
+        "hook-key",
+    ]);
+    let src = src.trim().to_owned();
+    let delivery = json!({
+        "action": "labeled",
+        "issue": issue(11, "Fix the urgent thing", "WEBHOOK-ISSUE-11", &["urgent"]),
+        "repository": {"full_name": REPO},
+    })
+    .to_string();
+    let post =
+        |path: &str, headers: &[(&str, &str)], body: &str| post_tcp(&listen, path, headers, body);
+    let hook = format!("/hooks/github/{src}");
+    let wrong = kraal_forge::sign_github(b"not-the-key", delivery.as_bytes());
+    let (code, body) = post(
+        &hook,
+        &[
+            ("x-github-event", "issues"),
+            ("x-hub-signature-256", &wrong),
+        ],
+        &delivery,
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("signature"), "{body}");
+    let (code, body) = post(&hook, &[("x-github-event", "issues")], &delivery);
+    assert_eq!(code, 401, "unsigned: {body}");
+    assert!(tasks(&d).is_empty(), "a refused delivery made a task");
+    let audit = d.ok(&["audit"]);
+    assert!(audit.contains("webhook.refused"), "{audit}");
+    let good = kraal_forge::sign_github(b"s3cret-hook-key", delivery.as_bytes());
+    let (code, body) = post(
+        &hook,
+        &[("x-github-event", "issues"), ("x-hub-signature-256", &good)],
+        &delivery,
+    );
+    assert_eq!(code, 201, "{body}");
+    let made: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(made["tasks"][0]["forge"]["issue"], 11, "{made:#}");
+    assert_eq!(made["tasks"][0]["forge"]["pull_request"], true, "{made:#}");
+    // The same delivery again makes no second task.
+    let (code, body) = post(
+        &hook,
+        &[("x-github-event", "issues"), ("x-hub-signature-256", &good)],
+        &delivery,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(tasks(&d).len(), 1);
+    d.ok(&["task", "cancel", made["tasks"][0]["id"].as_str().unwrap()]);
+
+    // A trigger: its token is printed once and is the only way in.
+    let out = d.ok(&[
+        "task",
+        "source",
+        "add",
+        "trigger",
+        r,
+        "-m",
+        "TRIGGERED-TASK",
+    ]);
+    let mut lines = out.lines();
+    let trig = lines.next().unwrap().trim().to_owned();
+    let token = lines.next().unwrap().trim().to_owned();
+    assert!(token.len() >= 32, "{out}");
+    let path = format!("/v1/triggers/{trig}");
+    let (code, _) = post(&path, &[("authorization", "Bearer wrong")], "");
+    assert_eq!(code, 401);
+    let (code, _) = post(
+        &format!("/v1/triggers/{src}"),
+        &[("authorization", &format!("Bearer {token}"))],
+        "",
+    );
+    assert_eq!(code, 401, "another source's id with this token");
+    let bearer = format!("Bearer {token}");
+    let (code, body) = post(
+        &path,
+        &[("authorization", &bearer)],
+        r#"{"text": "deploy 1.2.3"}"#,
+    );
+    assert_eq!(code, 201, "{body}");
+    let fired: Value = serde_json::from_str(&body).unwrap();
+    let p = fired["tasks"][0]["prompt"].as_str().unwrap();
+    assert!(
+        p.contains("TRIGGERED-TASK") && p.contains("deploy 1.2.3"),
+        "{p}"
+    );
+    d.ok(&["task", "cancel", fired["tasks"][0]["id"].as_str().unwrap()]);
+    let ls = d.ok(&["task", "source", "ls", "--json"]);
+    assert!(!ls.contains(&token), "the trigger's token is listed: {ls}");
+
+    // A schedule fires on its own, then stops when removed.
+    let sched = d.ok(&["task", "add", r, "-m", "SCHEDULED-TASK", "--every", "5s"]);
+    let sched = sched.trim().to_owned();
+    let scheduled = || {
+        tasks(&d)
+            .into_iter()
+            .filter(|t| {
+                t["prompt"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("SCHEDULED-TASK")
+            })
+            .count()
+    };
+    wait_until(Duration::from_secs(30), "the schedule to fire", || {
+        scheduled() >= 1
+    });
+    d.ok(&["task", "source", "rm", &sched]);
+    let n = scheduled();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(scheduled(), n, "a removed schedule fired");
+    let sources: Value = serde_json::from_str(&d.ok(&["task", "source", "ls", "--json"])).unwrap();
+    let kinds: HashMap<String, u64> = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap().to_owned(),
+                s["tasks_made"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds.get("trigger"), Some(&1), "{sources:#}");
+    assert_eq!(kinds.get("issues"), Some(&1), "{sources:#}");
+    assert!(!kinds.contains_key("schedule"), "{sources:#}");
+    let bad = d.run(&["task", "source", "rm", &sched]);
+    assert!(bad.stderr.contains(&sched), "{bad:?}");
+}
