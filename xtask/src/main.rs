@@ -233,6 +233,7 @@ mod tests {
             "contexts.rs",
             "review.rs",
             "tasks.rs",
+            "task_sources.rs",
             "budget.rs",
         ] {
             let src = std::fs::read_to_string(root().join("crates/kraal/src").join(f)).unwrap();
