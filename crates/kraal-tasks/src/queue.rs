@@ -16,6 +16,8 @@ use crate::{Scheduler, TaskError};
 /// How often the loop looks even when nothing woke it (workspace state changes are not
 /// announced).
 const TICK: Duration = Duration::from_millis(500);
+/// How long an agent whose input was closed gets to exit before its workspace stops.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// The workspace a task's `try` runs in: derived from the task, so a restarted daemon
 /// finds the one the last process made.
@@ -230,6 +232,12 @@ impl Scheduler {
             }
         };
         match session.state {
+            // Feedback on its pull request waits for the agent (whose process ended when
+            // the workspace stopped for review: the message relaunches it).
+            _ if t.pr.as_ref().is_some_and(|p| p.pending_message.is_some()) => {
+                self.deliver(t.clone(), session.id.to_string());
+                Ok(())
+            }
             SessionState::Failed => {
                 let why = session.reason.as_deref().unwrap_or("no reason given");
                 self.finish_as(
@@ -237,11 +245,6 @@ impl Scheduler {
                     TaskState::Failed,
                     Some(format!("session {} failed: {why}", session.id)),
                 )
-            }
-            // Feedback on its pull request waits for the agent.
-            _ if t.pr.as_ref().is_some_and(|p| p.pending_message.is_some()) => {
-                self.deliver(t.clone(), session.id.to_string());
-                Ok(())
             }
             SessionState::WaitingForInput | SessionState::Done
                 if self.worked(&session.id, t.pr.as_ref().map_or(0, |p| p.after_seq))? =>
@@ -402,6 +405,18 @@ impl Scheduler {
                 return;
             }
             drop(_g);
+            // The agent's input is closed first so it exits on its own (its session ends
+            // done, not killed), then the workspace stops; a message relaunches it.
+            if me.engine.stop_session(&session).await.is_ok() {
+                let deadline = tokio::time::Instant::now() + STOP_GRACE;
+                while tokio::time::Instant::now() < deadline {
+                    match me.engine.session(&session) {
+                        Ok(s) if s.state.is_final() => break,
+                        Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(_) => break,
+                    }
+                }
+            }
             if let Err(e) = me.engine.down(&ws) {
                 tracing::warn!(task = %t.id, "stopping workspace {ws}: {}", chain(&e));
             }

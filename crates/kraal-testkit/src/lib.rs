@@ -282,7 +282,10 @@ pub(crate) fn next_turn(
     if let Some(side) = g.side.iter().find(|s| text.contains(&s.contains)).cloned() {
         g.side_requests += 1;
         g.side_bodies.push(body.clone());
-        return Ok((side.respond, 0));
+        // Tool ids stay unique across the conversation (an agent keys results by id).
+        let first = g.next_tool;
+        g.next_tool += tool_count(&side.respond);
+        return Ok((side.respond, first));
     }
     g.requests.push(body.clone());
     g.headers.push(
@@ -304,13 +307,16 @@ pub(crate) fn next_turn(
         }
         Some(Turn::Respond { respond }) => respond,
     };
-    let tools = blocks
+    let first = g.next_tool;
+    g.next_tool += tool_count(&blocks);
+    Ok((blocks, first))
+}
+
+fn tool_count(blocks: &[Block]) -> u64 {
+    blocks
         .iter()
         .filter(|b| matches!(b, Block::ToolUse { .. } | Block::CustomTool { .. }))
-        .count() as u64;
-    let first = g.next_tool;
-    g.next_tool += tools;
-    Ok((blocks, first))
+        .count() as u64
 }
 
 pub(crate) fn delayed_sse(events: Vec<(u64, Event)>) -> Response {

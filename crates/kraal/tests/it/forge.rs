@@ -628,7 +628,9 @@ fn a_labelled_issue_becomes_a_pull_request_and_its_feedback_goes_back_to_the_age
     assert!(branches(&gh.bare).contains(&branch));
 
     // The token is nowhere in the sandbox: not in its files, environments, or memory.
+    // (The workspace stopped for review; started again to look inside.)
     let ws = t["workspace"].as_str().unwrap().to_owned();
+    d.ok(&["up", &ws]);
     let o = d.exec(
         &ws,
         "echo planted-in-file-9 > /tmp/planted; for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; echo; done; \
