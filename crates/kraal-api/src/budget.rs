@@ -73,4 +73,42 @@ pub struct BudgetReport {
     pub today: Spend,
     pub budgets: Vec<Budget>,
     pub workspaces: Vec<WorkspaceSpend>,
+    /// The providers' rate-limit windows per credential, as their answers report them
+    /// (what the gateway paces parallel sessions by).
+    #[serde(default)]
+    pub limits: Vec<RateLimitWindow>,
+}
+
+/// One credential's rate-limit windows (an API key, or the shared subscription login).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RateLimitWindow {
+    pub provider: String,
+    /// `api key …abcd` or `subscription`.
+    pub credential: String,
+    pub requests_limit: Option<u64>,
+    pub requests_remaining: Option<u64>,
+    /// RFC 3339.
+    pub requests_reset: Option<String>,
+    pub tokens_limit: Option<u64>,
+    pub tokens_remaining: Option<u64>,
+    pub tokens_reset: Option<String>,
+    /// The subscription's state: `allowed`, `allowed_warning` or `rejected`.
+    pub subscription_status: Option<String>,
+    pub subscription_reset: Option<String>,
+    /// Utilization of each subscription window (`5h`, `7d`), 0 to 1.
+    #[serde(default)]
+    pub subscription_windows: Vec<SubscriptionWindow>,
+    /// Requests sent since the daemon started, those held first, and answers that were 429.
+    pub requests: u64,
+    pub paced: u64,
+    pub limited: u64,
+    /// Held now, and on their way now.
+    pub waiting: u64,
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionWindow {
+    pub name: String,
+    pub utilization: f64,
 }

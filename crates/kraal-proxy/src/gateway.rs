@@ -158,6 +158,8 @@ struct Shared {
     credentials: Arc<dyn CredentialSource>,
     /// Spend recording and budget caps, when the daemon keeps them.
     spending: std::sync::OnceLock<Arc<dyn crate::meter::Spending>>,
+    /// Rate-limit windows per credential, shared by every workspace.
+    pacer: Arc<crate::pacing::Pacer>,
 }
 
 /// One workspace's gateway.
@@ -204,6 +206,7 @@ impl Gateways {
                 upstreams,
                 credentials,
                 spending: std::sync::OnceLock::new(),
+                pacer: crate::pacing::Pacer::new(),
             }),
             running: Mutex::new(HashMap::new()),
         })
@@ -211,6 +214,11 @@ impl Gateways {
 
     pub fn upstreams(&self) -> &Upstreams {
         &self.shared.upstreams
+    }
+
+    /// The rate-limit windows of the credentials in use (what pacing goes by).
+    pub fn pacer(&self) -> Arc<crate::pacing::Pacer> {
+        self.shared.pacer.clone()
     }
 
     /// Meters every answer from now on and holds requests while a cap is reached (set
@@ -476,6 +484,35 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
             header::AUTHORIZATION,
         ],
     );
+    let (pace_key, pace_label) = match (provider, &creds) {
+        (
+            Provider::Anthropic,
+            Credentials {
+                anthropic: Some(AnthropicAuth::ApiKey(k)),
+                ..
+            },
+        ) => crate::pacing::credential_key("anthropic", k, false),
+        (
+            Provider::Anthropic,
+            Credentials {
+                anthropic: Some(AnthropicAuth::OauthToken(t)),
+                ..
+            },
+        ) => crate::pacing::credential_key("anthropic", t, true),
+        (
+            Provider::OpenAi,
+            Credentials {
+                openai: Some(k), ..
+            },
+        ) => crate::pacing::credential_key("openai", k, false),
+        (
+            Provider::Google,
+            Credentials {
+                google: Some(k), ..
+            },
+        ) => crate::pacing::credential_key("google", k, false),
+        _ => (format!("{}:none", provider.as_str()), "none".to_owned()),
+    };
     match provider {
         Provider::Anthropic => match &creds.anthropic {
             Some(AnthropicAuth::ApiKey(k)) => {
@@ -540,6 +577,15 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
             tracing::info!(workspace = %ws.workspace, provider = provider.as_str(), %path, "model gateway: held request released");
         }
     }
+    // Sessions sharing a credential take turns once its window runs out.
+    let (permit, paced) = ws
+        .shared
+        .pacer
+        .admit(&pace_key, provider.as_str(), &pace_label)
+        .await;
+    if paced >= std::time::Duration::from_millis(100) {
+        tracing::info!(workspace = %ws.workspace, provider = provider.as_str(), %path, ms = paced.as_millis() as u64, "model gateway: paced by the rate limit of {pace_label}");
+    }
     let model = crate::meter::model_of(&body, rest);
     let upstream = ws
         .shared
@@ -560,6 +606,8 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         }
     };
     let status = resp.status();
+    ws.shared.pacer.observe(&pace_key, status, resp.headers());
+    drop(permit);
     tracing::info!(
         workspace = %ws.workspace,
         provider = provider.as_str(),

@@ -7,6 +7,7 @@
 mod egress;
 mod gateway;
 mod meter;
+mod pacing;
 
 pub use egress::{
     EgressError, EgressProxies, EgressRecord, EgressSettings, EgressSink, NoSink, refused,
@@ -17,6 +18,7 @@ pub use gateway::{
     StaticCredentials, Upstreams, placeholder_key,
 };
 pub use meter::{Metered, Spending, Usage, price_per_mtok, price_usd};
+pub use pacing::{Pacer, RateWindow, credential_key};
 
 #[cfg(test)]
 mod tests;

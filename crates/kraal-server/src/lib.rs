@@ -59,6 +59,8 @@ pub struct AppState {
     pub preview_domain: Option<String>,
     /// The task queue, when the daemon runs one.
     pub tasks: Option<Arc<kraal_tasks::Scheduler>>,
+    /// The model providers' rate-limit windows the gateway paces by, when it does.
+    pub rate_limits: Option<Arc<dyn Fn() -> Vec<kraal_api::RateLimitWindow> + Send + Sync>>,
 }
 
 /// The API router. With `token`, every request must carry `Authorization: Bearer <token>`

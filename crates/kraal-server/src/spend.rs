@@ -122,6 +122,7 @@ pub(crate) fn report(s: &AppState) -> Result<BudgetReport, HttpError> {
         day,
         budgets,
         workspaces,
+        limits: s.rate_limits.as_ref().map(|f| f()).unwrap_or_default(),
     })
 }
 

@@ -19,6 +19,8 @@ use axum::routing::post;
 mod anthropic;
 mod gemini;
 mod openai;
+mod ratelimit;
+pub use ratelimit::RateLimitSpec;
 pub mod s3;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
@@ -36,6 +38,9 @@ pub struct Scenario {
     /// Input tokens every response reports (default 100), to make usage add up fast.
     #[serde(default)]
     pub input_tokens: Option<u64>,
+    /// A request limit per window, enforced with 429s and announced in headers.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// The answer to one model request.
@@ -135,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) input_tokens: u64,
     headers: Vec<std::collections::HashMap<String, String>>,
     next_tool: u64,
+    rate_limit: Option<RateLimitSpec>,
+    window: ratelimit::Window,
 }
 
 /// A running scripted server. It runs on its own thread and runtime, so tests may block
@@ -164,6 +171,7 @@ impl ScriptedModel {
             turns: scenario.turns.into(),
             side: scenario.side,
             input_tokens: scenario.input_tokens.unwrap_or(100),
+            rate_limit: scenario.rate_limit,
             ..Default::default()
         }));
         let app = Router::new()
@@ -188,6 +196,10 @@ impl ScriptedModel {
                 "/google/v1beta/models/{model_action}",
                 post(gemini::generate),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                ratelimit::limit,
+            ))
             .with_state(inner.clone());
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
@@ -247,6 +259,11 @@ impl ScriptedModel {
     /// The bodies of the side requests so far (what `side` answered), in order.
     pub fn side_request_bodies(&self) -> Vec<Value> {
         self.inner.lock().unwrap().side_bodies.clone()
+    }
+
+    /// Requests refused with a 429 by the scenario's `rate_limit`.
+    pub fn rate_limited(&self) -> u64 {
+        self.inner.lock().unwrap().window.limited
     }
 
     /// Turns not yet consumed.

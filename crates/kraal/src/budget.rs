@@ -107,6 +107,35 @@ pub async fn run(c: &Client, cmd: Option<BudgetCommand>) -> anyhow::Result<i32> 
                     w.workspace, w.spent.usd, w.spent.requests
                 );
             }
+            for l in &r.limits {
+                let mut parts = Vec::new();
+                if let Some(st) = &l.subscription_status {
+                    let mut p = format!("subscription {st}");
+                    for w in &l.subscription_windows {
+                        p.push_str(&format!(", {} {:.0} %", w.name, w.utilization * 100.0));
+                    }
+                    if let Some(at) = &l.subscription_reset {
+                        p.push_str(&format!(", resets {at}"));
+                    }
+                    parts.push(p);
+                }
+                if let (Some(rem), Some(lim)) = (l.requests_remaining, l.requests_limit) {
+                    parts.push(format!("{rem}/{lim} requests left"));
+                }
+                if let (Some(rem), Some(lim)) = (l.tokens_remaining, l.tokens_limit) {
+                    parts.push(format!("{rem}/{lim} tokens left"));
+                }
+                parts.push(format!(
+                    "{} requests, {} paced, {} hit the limit, {} waiting",
+                    l.requests, l.paced, l.limited, l.waiting
+                ));
+                println!(
+                    "limit {} {}: {}",
+                    l.provider,
+                    l.credential,
+                    parts.join("; ")
+                );
+            }
             Ok(0)
         }
         BudgetCommand::Set { scope, usd, tokens } => {

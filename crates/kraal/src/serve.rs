@@ -195,6 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state_files: state_files.clone(),
         push: Some(push),
         preview_domain: args.preview_domain.clone(),
+        rate_limits: Some(crate::services::rate_limits(&services)),
         tasks: Some(kraal_tasks::Scheduler::new(
             engine.clone(),
             kraal_tasks::Limits {

@@ -287,3 +287,45 @@ pub fn pairs(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String
         })
         .collect()
 }
+
+/// The gateway's rate-limit windows, as the API shows them.
+pub fn rate_limits(
+    services: &Arc<HostServices>,
+) -> Arc<dyn Fn() -> Vec<kraal_api::RateLimitWindow> + Send + Sync> {
+    let pacer = services.gateways.pacer();
+    let at = |t: Option<std::time::SystemTime>| {
+        t.map(|t| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        })
+    };
+    Arc::new(move || {
+        pacer
+            .windows()
+            .into_iter()
+            .map(|w| kraal_api::RateLimitWindow {
+                provider: w.provider,
+                credential: w.credential,
+                requests_limit: w.requests_limit,
+                requests_remaining: w.requests_remaining,
+                requests_reset: at(w.requests_reset),
+                tokens_limit: w.tokens_limit,
+                tokens_remaining: w.tokens_remaining,
+                tokens_reset: at(w.tokens_reset),
+                subscription_status: w.unified_status,
+                subscription_reset: at(w.unified_reset),
+                subscription_windows: w
+                    .unified_utilization
+                    .into_iter()
+                    .map(|(name, utilization)| kraal_api::SubscriptionWindow { name, utilization })
+                    .collect(),
+                requests: w.requests,
+                paced: w.paced,
+                limited: w.limited,
+                waiting: w.waiting,
+                in_flight: w.in_flight,
+            })
+            .collect()
+    })
+}

@@ -95,8 +95,12 @@ pub async fn run(c: &Client, cmd: SourceCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
         SourceCommand::Rm { id } => {
-            c.raw(Method::DELETE, &format!("/v1/task-sources/{}", enc(&id)), None)
-                .await?;
+            c.raw(
+                Method::DELETE,
+                &format!("/v1/task-sources/{}", enc(&id)),
+                None,
+            )
+            .await?;
             eprintln!("removed task source {id}");
             Ok(0)
         }

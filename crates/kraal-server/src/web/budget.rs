@@ -54,6 +54,28 @@ pub async fn page(
                     button type="submit" { "Save" }
                 }
             }
+            h3 { "Rate limits" }
+            @if r.limits.is_empty() { p.muted { "No model answer yet: the providers' limits show up with the first one." } }
+            @for l in &r.limits {
+                article.limit data-provider=(l.provider) {
+                    header { strong { (l.provider) } " · " (l.credential) }
+                    @if let Some(st) = &l.subscription_status {
+                        p { "Subscription window: " span class=(if st == "allowed" { "ok" } else { "error" }) { (st) }
+                            @if let Some(at) = &l.subscription_reset { " · resets " (at) } }
+                        @for sw in &l.subscription_windows {
+                            p.small { (sw.name) " window " progress value=(format!("{:.2}", sw.utilization.clamp(0.0, 1.0))) max="1" {} " " (format!("{:.0} %", sw.utilization * 100.0)) }
+                        }
+                    }
+                    @if let (Some(rem), Some(lim)) = (l.requests_remaining, l.requests_limit) {
+                        p.small { (rem) " of " (lim) " requests left" @if let Some(at) = &l.requests_reset { " · resets " (at) } }
+                    }
+                    @if let (Some(rem), Some(lim)) = (l.tokens_remaining, l.tokens_limit) {
+                        p.small { (rem) " of " (lim) " tokens left" }
+                    }
+                    p.small.muted { (l.requests) " requests · " (l.paced) " paced · " (l.limited) " hit the limit"
+                        @if l.waiting > 0 { " · " span.error { (l.waiting) " waiting now" } } }
+                }
+            }
             h3 { "By workspace" }
             @if r.workspaces.is_empty() { p.muted { "Nothing spent yet." } }
             table {

@@ -140,3 +140,77 @@ fn a_reached_budget_holds_the_next_model_request_until_it_is_raised() {
     d.ok(&["budget", "rm", "--workspace", "budget"]);
     assert!(report(&d)["budgets"].as_array().unwrap().is_empty());
 }
+
+/// Three sessions share one API key whose window allows two requests every 3 s (the
+/// scripted model enforces it with 429s and announces it in Anthropic's headers): the
+/// gateway reads the headers and holds requests until the window resets, so the model
+/// never answers 429, every turn finishes, and the spend report shows the window.
+#[test]
+fn sessions_sharing_a_key_are_paced_by_its_rate_limit_headers() {
+    let (model, d) = crate::supervision::with_model(
+        r#"{"rate_limit": {"requests": 2, "window_ms": 3000}, "turns": [], "side": [
+            {"contains": "PACE-DONE", "respond": [{"text": "Paced and done."}]},
+            {"contains": "PACE-TASK", "respond": [{"tool_use": {"name": "Bash", "input": {"command": "echo PACE-DONE", "description": "Say done"}}}]}
+        ]}"#,
+        &[],
+    );
+    let mut sids = Vec::new();
+    for i in 0..3 {
+        let repo = git_repo(d.dir.path(), &format!("pace{i}"));
+        d.ok(&["up", repo.to_str().unwrap()]);
+    }
+    let t0 = Instant::now();
+    for i in 0..3 {
+        let sid = d
+            .ok(&[
+                "new-chat",
+                &format!("pace{i}"),
+                "--detach",
+                "-m",
+                "PACE-TASK: say done",
+            ])
+            .trim()
+            .to_owned();
+        sids.push(sid);
+    }
+    for sid in &sids {
+        d.wait_events(sid, "the paced turn to end", |ev| {
+            crate::sessions::turn_ended_in(ev, "waiting_for_input")
+                && ev.iter().any(|e| e["type"] == "tool_result")
+        });
+    }
+    let took = t0.elapsed();
+    assert_eq!(model.rate_limited(), 0, "a request ran into the limit");
+    let r = report(&d);
+    let limits = r["limits"].as_array().unwrap();
+    let w = limits
+        .iter()
+        .find(|l| l["provider"] == "anthropic")
+        .unwrap_or_else(|| panic!("no anthropic window: {r:#}"));
+    assert_eq!(w["requests_limit"], 2, "{w:#}");
+    assert_eq!(w["limited"], 0, "{w:#}");
+    let (sent, paced) = (
+        w["requests"].as_u64().unwrap(),
+        w["paced"].as_u64().unwrap(),
+    );
+    assert!(sent >= 6, "two requests per turn at least: {w:#}");
+    assert!(paced >= 2, "nothing was held: {w:#}");
+    assert!(
+        w["credential"].as_str().unwrap().starts_with("api key …"),
+        "{w:#}"
+    );
+    // Six requests at two per window need at least three windows.
+    assert!(
+        took >= Duration::from_secs(6),
+        "{took:?} is faster than the limit allows"
+    );
+    let shown = d.ok(&["budget", "show"]);
+    assert!(
+        shown.contains("limit anthropic api key") && shown.contains("paced"),
+        "{shown}"
+    );
+    assert!(
+        d.log_tail().contains("paced by the rate limit"),
+        "the log says why it waited"
+    );
+}

@@ -13,6 +13,7 @@ mod devcontainers;
 mod firecracker;
 mod forge;
 mod fuzz;
+mod github_peer;
 mod harness;
 mod housekeeping;
 mod images;
