@@ -89,20 +89,39 @@ impl EgressSink for NoSink {
 /// Why `ip` may not be connected to, if it may not. `allow` lists the private ranges the
 /// operator opened.
 pub fn refused(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
-    // IPv4 in IPv6 clothing is judged as IPv4.
+    let ip = unwrapped(ip);
+    if let Some(hard) = always_refused(ip) {
+        return Some(hard);
+    }
+    private(ip).filter(|_| !allow.iter().any(|n| n.contains(&ip)))
+}
+
+/// IPv4 in IPv6 clothing (IPv4-mapped, NAT64) as the IPv4 address it carries.
+fn unwrapped(ip: IpAddr) -> IpAddr {
     if let IpAddr::V6(v6) = ip {
         if let Some(v4) = v6.to_ipv4_mapped() {
-            return refused(IpAddr::V4(v4), allow);
+            return IpAddr::V4(v4);
         }
         let s = v6.segments();
         // NAT64 (64:ff9b::/96) embeds an IPv4 address.
         if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-            let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-            return refused(IpAddr::V4(v4), allow);
+            return IpAddr::V4(Ipv4Addr::new(
+                (s[6] >> 8) as u8,
+                s[6] as u8,
+                (s[7] >> 8) as u8,
+                s[7] as u8,
+            ));
         }
     }
-    // Never, whatever the operator says.
-    let hard = match ip {
+    ip
+}
+
+/// Why `ip` is refused whatever the allowlist and the operator's ranges say (loopback,
+/// link-local and metadata, unspecified, multicast and reserved), if it is: no rule can
+/// open it, so no hint may suggest one.
+pub fn always_refused(ip: IpAddr) -> Option<&'static str> {
+    let ip = unwrapped(ip);
+    match ip {
         IpAddr::V4(v4) => {
             if v4.is_loopback() {
                 Some("a loopback address")
@@ -132,11 +151,12 @@ pub fn refused(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
                 None
             }
         }
-    };
-    if hard.is_some() {
-        return hard;
     }
-    let private = match ip {
+}
+
+/// Why `ip` is private (refused unless the operator opens its range), if it is.
+fn private(ip: IpAddr) -> Option<&'static str> {
+    match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             if v4.is_private() {
@@ -161,10 +181,6 @@ pub fn refused(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
                 None
             }
         }
-    };
-    match private {
-        Some(why) if !allow.iter().any(|n| n.contains(&ip)) => Some(why),
-        _ => None,
     }
 }
 
@@ -339,6 +355,15 @@ impl Ctx {
     /// Checks `host:port` against the allowlist and the address rules and connects.
     async fn open(&self, host: &str, port: u16) -> Result<(TcpStream, SocketAddr), Refusal> {
         let host = kraal_core::normalize_host(host);
+        // An address no rule can open gets no hint to add one.
+        if let Some(w) = host.parse::<IpAddr>().ok().and_then(always_refused) {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{host} is {w}; workspaces never connect there, whatever the allowlist says"
+                ),
+            ));
+        }
         if !kraal_core::allowed(&self.rules.read().unwrap(), &host, port) {
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
@@ -387,9 +412,12 @@ impl Ctx {
             .collect();
         if usable.is_empty() {
             let msg = match why {
-                Some((ip, w)) => {
-                    format!("{host} resolves to {ip}, {w}; kraal never connects there")
+                Some((ip, w)) if always_refused(ip).is_some() => {
+                    format!("{host} resolves to {ip}, {w}; workspaces never connect there")
                 }
+                Some((ip, w)) => format!(
+                    "{host} resolves to {ip}, {w}; the daemon opens private ranges only with `kraal serve --egress-allow-cidr CIDR`"
+                ),
                 None => format!("{host} has no address"),
             };
             return Err(Refusal(StatusCode::FORBIDDEN, msg));
@@ -579,6 +607,95 @@ mod tests {
         assert!(
             refused(ip("169.254.169.254"), &lan).is_some(),
             "metadata stays refused even when the operator allows its range"
+        );
+        for never in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "ff02::1",
+        ] {
+            assert!(always_refused(ip(never)).is_some(), "{never}");
+        }
+        for openable in ["10.1.2.3", "192.168.1.1", "fc00::1", "1.1.1.1"] {
+            assert!(always_refused(ip(openable)).is_none(), "{openable}");
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    struct Keep(std::sync::Mutex<Vec<EgressRecord>>);
+    impl EgressSink for Keep {
+        fn record(&self, r: EgressRecord) {
+            self.0.lock().unwrap().push(r);
+        }
+    }
+
+    /// What the proxy answers a CONNECT to `target` with.
+    async fn refusal_of(addr: SocketAddr, target: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The hint to allow a host is given only where allowing it would help.
+    #[tokio::test]
+    async fn refusals_suggest_an_allowlist_rule_only_where_one_would_help() {
+        let settings = EgressSettings {
+            resolve: [
+                ("lan.test".to_owned(), vec![ip("10.9.9.9")]),
+                ("meta.test".to_owned(), vec![ip("169.254.169.254")]),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let proxies = EgressProxies::new(settings, Arc::new(Keep(Default::default())));
+        let rules = vec![
+            kraal_core::EgressRule::parse("lan.test").unwrap(),
+            kraal_core::EgressRule::parse("meta.test").unwrap(),
+        ];
+        let addr = proxies
+            .ensure("ws-hint", "127.0.0.1:0".parse().unwrap(), rules)
+            .await
+            .unwrap();
+        for never in [
+            "127.0.0.1:22",
+            "169.254.169.254:80",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            let r = refusal_of(addr, never).await;
+            assert!(r.starts_with("HTTP/1.1 403"), "{never}: {r}");
+            assert!(r.contains("never connect there"), "{never}: {r}");
+            assert!(
+                !r.contains("egress allow"),
+                "{never} is given a useless hint: {r}"
+            );
+        }
+        let r = refusal_of(addr, "meta.test:80").await;
+        assert!(
+            r.contains("never connect") && !r.contains("egress allow") && !r.contains("allow-cidr"),
+            "{r}"
+        );
+        let r = refusal_of(addr, "lan.test:80").await;
+        assert!(
+            r.contains("--egress-allow-cidr") && !r.contains("egress allow ws"),
+            "{r}"
+        );
+        let r = refusal_of(addr, "example.org:443").await;
+        assert!(r.contains("kraal egress allow ws-hint example.org"), "{r}");
+        let r = refusal_of(addr, "10.9.9.9:80").await;
+        assert!(
+            r.contains("kraal egress allow ws-hint 10.9.9.9"),
+            "a private literal can be opened: {r}"
         );
     }
 }
