@@ -405,9 +405,10 @@ impl Scheduler {
                 return;
             }
             drop(_g);
-            // The agent's input is closed first so it exits on its own (its session ends
-            // done, not killed), then the workspace stops; a message relaunches it.
-            if me.engine.stop_session(&session).await.is_ok() {
+            // A watched pull request's agent gets its input closed first so it exits on its
+            // own (its session ends done, not killed); the feedback relaunches it.
+            let watched = now.pr.as_ref().is_some_and(|p| !p.status.is_final());
+            if watched && me.engine.stop_session(&session).await.is_ok() {
                 let deadline = tokio::time::Instant::now() + STOP_GRACE;
                 while tokio::time::Instant::now() < deadline {
                     match me.engine.session(&session) {
