@@ -289,8 +289,11 @@ pub struct GitCredential {
     pub username: String,
 }
 
+/// The user name sent with a git host token unless one is given (GitHub's convention).
+pub const DEFAULT_GIT_USER: &str = "x-access-token";
+
 fn default_git_user() -> String {
-    "x-access-token".to_owned()
+    DEFAULT_GIT_USER.to_owned()
 }
 
 impl GitCredential {

@@ -15,8 +15,8 @@ mod task;
 mod template;
 
 pub use egress::{
-    DEFAULT_ALLOWLIST, EGRESS_PORT, EgressRule, EgressRuleError, GATEWAY_PORT, GitCredential,
-    allowed, default_rules, is_secret_name, link_env, normalize_host, parse_rules,
+    DEFAULT_ALLOWLIST, DEFAULT_GIT_USER, EGRESS_PORT, EgressRule, EgressRuleError, GATEWAY_PORT,
+    GitCredential, allowed, default_rules, is_secret_name, link_env, normalize_host, parse_rules,
 };
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
 pub use mounts::{Mount, MountError};

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode};
-use serde::Serialize;
 
 /// The longest a request is held for one window (a reset further away is not trusted).
 const MAX_HOLD: Duration = Duration::from_secs(300);
 
 /// What one credential's limits look like now.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RateWindow {
     /// `anthropic`, `openai` or `google`.
     pub provider: String,

@@ -128,7 +128,7 @@ pub(crate) async fn new_task(
     }
     workspace.name = None;
     let mut forge = None;
-    if let Some((host, repo, _)) = &forge_ref {
+    if let Some((host, repo, issue)) = &forge_ref {
         let sched = scheduler(s)?;
         let creds = workspace.git.clone();
         let target = sched
@@ -141,13 +141,17 @@ pub(crate) async fn new_task(
                 req.max_rounds.unwrap_or(kraal_core::DEFAULT_PR_ROUNDS),
             )
             .await?;
+        let target = kraal_core::ForgeTarget {
+            issue: *issue,
+            ..target
+        };
         // The git gateway adds the host's token to the sandbox's fetches and pushes.
         if !creds.iter().any(|g| g.host == target.host) {
             let h = sched.forges()?.host(&target.host)?;
             workspace.git.push(kraal_core::GitCredential {
                 host: target.host.clone(),
                 secret: kraal_tasks::Forges::secret_name(&creds, h),
-                username: "x-access-token".to_owned(),
+                username: kraal_core::DEFAULT_GIT_USER.to_owned(),
             });
         }
         forge = Some(target);
@@ -218,24 +222,25 @@ pub(crate) async fn queue(
 ) -> Result<Vec<TaskRecord>, HttpError> {
     let sched = scheduler(s)?;
     let checklist = req.checklist.clone();
-    let issue = forge_ref(&req)?.and_then(|(_, _, n)| n);
+    // Combinations that cannot work are refused before the git host is asked anything.
+    if checklist.is_some() && req.from_issue.is_some() {
+        return Err(HttpError::bad_request(
+            "a task comes from a checklist or from an issue, not both",
+        ));
+    }
+    if checklist.is_some() && req.repo.is_some() {
+        return Err(HttpError::bad_request(
+            "checklists are read from a local checkout, not a git host repository",
+        ));
+    }
     // The prompt is checked when each task is queued (with a checklist: once the item's
     // text is in it).
     let new = new_task(s, req, actor).await?;
+    let issue = new.spec.forge.as_ref().and_then(|f| f.issue);
     let tasks = match (checklist, issue) {
-        (Some(_), Some(_)) => {
-            return Err(HttpError::bad_request(
-                "a task comes from a checklist or from an issue, not both",
-            ));
-        }
         (None, Some(n)) => sched.add_from_issue(new, n).await?,
         (None, None) => sched.add(new).await?,
-        (Some(file), None) => {
-            if new.spec.forge.is_some() {
-                return Err(HttpError::bad_request(
-                    "checklists are read from a local checkout, not a git host repository",
-                ));
-            }
+        (Some(file), _) => {
             let items = crate::checklist::items(&new.spec.source, &file)?;
             if new.attempts > 1 {
                 return Err(HttpError::bad_request(

@@ -301,7 +301,7 @@ impl Scheduler {
                     return Err(invalid("the issue label must be 1 to 100 bytes"));
                 }
                 if let Some(s) = &webhook_secret
-                    && self.forges()?.client(&f.host, s).is_err()
+                    && self.forges()?.secret(s).is_none()
                 {
                     return Err(invalid(format!(
                         "webhook secret {s} is not set; `kraal secret set {s}` with the hook's secret first"

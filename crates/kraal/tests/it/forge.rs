@@ -7,21 +7,16 @@
 //! signed webhook, triggers, schedules and the bad input around them.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::github_peer::{GitHub, REPO, TOKEN, branches, issue, post_tcp, tip};
+use crate::github_peer::{GitHub, REPO, TOKEN, branches, git_in, issue, tip};
 use crate::harness::{Daemon, git_repo, sandbox_memory_hits, wait_until};
+use crate::tasks::tasks;
 
 fn task(d: &Daemon, id: &str) -> Value {
     serde_json::from_str(&d.ok(&["task", "show", id, "--json"])).unwrap()
-}
-
-fn tasks(d: &Daemon) -> Vec<Value> {
-    let l: Value = serde_json::from_str(&d.ok(&["task", "ls", "--json"])).unwrap();
-    l["tasks"].as_array().unwrap().clone()
 }
 
 /// A daemon that knows the fake host's API and git remote, with its token stored.
@@ -123,14 +118,8 @@ fn a_labelled_issue_becomes_a_pull_request_and_its_feedback_goes_back_to_the_age
         assert_eq!(p["base"], "main");
         assert!(p["body"].as_str().unwrap().contains("Closes #7"), "{p:#}");
     }
-    #[allow(clippy::disallowed_methods)] // test harness: what the push holds
-    let shown = Command::new("git")
-        .arg("-C")
-        .arg(&gh.bare)
-        .args(["show", &format!("{first}:GREETING.txt")])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&shown.stdout), "hello\n");
+    let shown = git_in(&gh.bare, &["show", &format!("{first}:GREETING.txt")]);
+    assert_eq!(shown.as_deref(), Some("hello\n"));
 
     // The failed check and the review comment become the agent's next message.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -158,18 +147,15 @@ fn a_labelled_issue_becomes_a_pull_request_and_its_feedback_goes_back_to_the_age
             && b.contains("GREETING.txt:1")),
         "no model request carried the check and the comment"
     );
-    #[allow(clippy::disallowed_methods)] // test harness: what the second push holds
-    let shown = Command::new("git")
-        .arg("-C")
-        .arg(&gh.bare)
-        .args([
+    let shown = git_in(
+        &gh.bare,
+        &[
             "show",
             &format!("{second}:NOTES.md"),
             &format!("{second}:GREETING.txt"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&shown.stdout), "notes\nhello!\n");
+        ],
+    );
+    assert_eq!(shown.as_deref(), Some("notes\nhello!\n"));
     // Green now: the task waits for review with its pull request green, after one round.
     let deadline = Instant::now() + Duration::from_secs(120);
     let t = loop {
@@ -338,8 +324,13 @@ fn webhooks_triggers_schedules_and_bad_input_around_them() {
         "repository": {"full_name": REPO},
     })
     .to_string();
-    let post =
-        |path: &str, headers: &[(&str, &str)], body: &str| post_tcp(&listen, path, headers, body);
+    let base = format!("http://{listen}");
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        let mut hs = vec![("Content-Type", "application/json")];
+        hs.extend_from_slice(headers);
+        let (status, _, body) = crate::web::http(&base, "POST", path, &hs, body);
+        (status, body)
+    };
     let hook = format!("/hooks/github/{src}");
     let wrong = kraal_forge::sign_github(b"not-the-key", delivery.as_bytes());
     let (code, body) = post(

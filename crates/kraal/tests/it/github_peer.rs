@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -28,8 +27,6 @@ pub(crate) struct Hub {
     pub(crate) pulls: Vec<Value>,
     /// Heads that the check run fails for.
     pub(crate) failing: Vec<String>,
-    /// The review comment on the pull request is there.
-    pub(crate) comment: bool,
 }
 
 pub(crate) struct GitHub {
@@ -59,37 +56,43 @@ fn issues() -> Vec<Value> {
     ]
 }
 
-/// The tip of `branch` in the bare remote.
-pub(crate) fn tip(bare: &Path, branch: &str) -> Option<String> {
+/// `git ARGS` in the bare remote: its standard output, or `None` when it fails.
+pub(crate) fn git_in(bare: &Path, args: &[&str]) -> Option<String> {
     #[allow(clippy::disallowed_methods)] // test harness: the fake host reads its repository
     let o = Command::new("git")
         .arg("-C")
         .arg(bare)
-        .args([
-            "rev-parse",
-            "-q",
-            "--verify",
-            &format!("refs/heads/{branch}"),
-        ])
+        .args(args)
         .output()
         .ok()?;
     o.status
         .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The tip of `branch` in the bare remote.
+pub(crate) fn tip(bare: &Path, branch: &str) -> Option<String> {
+    git_in(
+        bare,
+        &[
+            "rev-parse",
+            "-q",
+            "--verify",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
+    .map(|s| s.trim().to_owned())
 }
 
 pub(crate) fn branches(bare: &Path) -> Vec<String> {
-    #[allow(clippy::disallowed_methods)] // test harness: the fake host reads its repository
-    let o = Command::new("git")
-        .arg("-C")
-        .arg(bare)
-        .args(["for-each-ref", "--format=%(refname:short)", "refs/heads"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    git_in(
+        bare,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads"],
+    )
+    .unwrap_or_default()
+    .lines()
+    .map(str::to_owned)
+    .collect()
 }
 
 fn json_response(status: StatusCode, v: Value) -> Response {
@@ -202,16 +205,11 @@ fn api(hub: &Mutex<Hub>, bare: &Path, method: &Method, path: &str, body: &[u8]) 
         ("GET", ["commits", _, "status"]) => {
             json_response(StatusCode::OK, json!({"state": "success", "statuses": []}))
         }
-        ("GET", ["pulls", _, "comments"]) => {
-            let h = hub.lock().unwrap();
-            let list = if h.comment {
-                json!([{"id": 1001, "user": {"login": "reviewer"}, "path": "GREETING.txt", "line": 1,
-                        "body": "REVIEW-ASK-7: please also add NOTES.md"}])
-            } else {
-                json!([])
-            };
-            json_response(StatusCode::OK, list)
-        }
+        ("GET", ["pulls", _, "comments"]) => json_response(
+            StatusCode::OK,
+            json!([{"id": 1001, "user": {"login": "reviewer"}, "path": "GREETING.txt", "line": 1,
+                    "body": "REVIEW-ASK-7: please also add NOTES.md"}]),
+        ),
         ("GET", ["issues", _, "comments"]) => json_response(StatusCode::OK, json!([])),
         _ => json_response(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
     }
@@ -290,10 +288,7 @@ impl GitHub {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let hub = Arc::new(Mutex::new(Hub {
-            comment: true,
-            ..Hub::default()
-        }));
+        let hub = Arc::new(Mutex::new(Hub::default()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -382,53 +377,4 @@ impl GitHub {
     pub(crate) fn seen(&self) -> Vec<String> {
         self.hub.lock().unwrap().seen.clone()
     }
-}
-
-/// `POST path` on the daemon's TCP listener with these headers; status and body.
-pub(crate) fn post_tcp(
-    addr: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((len, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-            if n == 0 || tail.len() < n {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body.to_owned()
-    };
-    (status, body)
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::{Daemon, git_repo, wait_until};
 
-fn tasks(d: &Daemon) -> Vec<Value> {
+pub(crate) fn tasks(d: &Daemon) -> Vec<Value> {
     let l: Value = serde_json::from_str(&d.ok(&["task", "ls", "--json"])).unwrap();
     l["tasks"].as_array().unwrap().clone()
 }
