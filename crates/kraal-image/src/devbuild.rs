@@ -3,6 +3,8 @@
 //! `install.sh` runs in a sandbox whose writes land in a fresh directory — that directory
 //! becomes the step's layer. Every layer is cached under the hash of its parent and its
 //! input, so an unchanged configuration rebuilds without running anything.
+//!
+//! Operations on the trees being built (users, merging layers, `COPY`) are in `tree`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,13 @@ use crate::devcontainer::{Base, DevContainer};
 use crate::dockerfile::{self, Step};
 use crate::features::{self, Feature};
 use crate::registry::{self, Resolved};
+use crate::tree::{copy_into, make_parents};
 use crate::{
     Image, ImageConfig, ImageError, ImageStore, Layer, Output, Progress, Recipe, io, lock,
     lock_mode, now, remove_any, short_hash, write_json,
 };
+
+pub use crate::tree::{lookup_user, merge_layer};
 
 /// A command to run in a sandbox whose root is `lower` with writes captured in `upper`.
 #[derive(Debug, Clone)]
@@ -74,135 +79,6 @@ struct Planned {
     hash: String,
     title: String,
     work: Work,
-}
-
-/// `uid`, `gid` and home of `spec` (`name`, `uid`, `name:group` or `uid:gid`) in the tree.
-pub fn lookup_user(tree: &Path, spec: &str) -> Result<(u32, u32, String), String> {
-    let passwd = std::fs::read_to_string(tree.join("etc/passwd")).unwrap_or_default();
-    let group = std::fs::read_to_string(tree.join("etc/group")).unwrap_or_default();
-    let (u, g) = spec
-        .split_once(':')
-        .map(|(u, g)| (u, Some(g)))
-        .unwrap_or((spec, None));
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 7 && (f[0] == u || f[2] == u));
-    let (uid, mut gid, home) = match entry {
-        Some(f) => (
-            f[2].parse()
-                .map_err(|_| format!("bad passwd entry for {u}"))?,
-            f[3].parse()
-                .map_err(|_| format!("bad passwd entry for {u}"))?,
-            f[5].to_owned(),
-        ),
-        None => match u.parse::<u32>() {
-            Ok(n) => (n, n, "/".to_owned()),
-            Err(_) => return Err(format!("user {u:?} does not exist in the image")),
-        },
-    };
-    if let Some(g) = g {
-        gid = match group
-            .lines()
-            .map(|l| l.split(':').collect::<Vec<_>>())
-            .find(|f| f.len() >= 3 && f[0] == g)
-        {
-            Some(f) => f[2]
-                .parse()
-                .map_err(|_| format!("bad group entry for {g}"))?,
-            None => g
-                .parse()
-                .map_err(|_| format!("group {g:?} does not exist in the image"))?,
-        };
-    }
-    Ok((uid, gid, home))
-}
-
-/// Applies one layer to `tree`: overlayfs whiteouts (character devices 0/0) delete what
-/// they name, opaque directories hide what was below, then the layer's files are
-/// hard-linked in.
-pub async fn merge_layer(layer: &Path, tree: &Path) -> Result<(), ImageError> {
-    let (l, t) = (layer.to_owned(), tree.to_owned());
-    let marks = tokio::task::spawn_blocking(move || -> Result<Vec<(PathBuf, bool)>, ImageError> {
-        use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        let mut marks = Vec::new();
-        for e in walkdir::WalkDir::new(&l).min_depth(1) {
-            let e = e.map_err(|e| io(&l)(e.into()))?;
-            let md = e.path().symlink_metadata().map_err(io(e.path()))?;
-            let rel = e
-                .path()
-                .strip_prefix(&l)
-                .expect("under the layer")
-                .to_owned();
-            if md.file_type().is_char_device() && md.rdev() == 0 {
-                remove_any(&t.join(&rel));
-                marks.push((rel, false));
-            } else if md.is_dir() && is_opaque(e.path()) {
-                let d = t.join(&rel);
-                for c in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    remove_any(&c.path());
-                }
-                marks.push((rel, true));
-            }
-        }
-        Ok(marks)
-    })
-    .await
-    .expect("the layer scan does not panic")?;
-    kraal_sandbox::process::Cmd::new("cp")
-        .args([
-            "-a",
-            "--link",
-            "--remove-destination",
-            "--no-target-directory",
-        ])
-        .arg(layer)
-        .arg(tree)
-        .timeout(std::time::Duration::from_secs(600))
-        .run()
-        .await
-        .map_err(|e| ImageError::Step {
-            name: tree.display().to_string(),
-            step: "merging layers".into(),
-            message: kraal_sandbox::error_chain(&e),
-        })?;
-    for (rel, opaque) in marks {
-        let p = tree.join(rel);
-        if opaque {
-            clear_opaque(&p);
-        } else {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
-    Ok(())
-}
-
-const OPAQUE: &std::ffi::CStr = c"trusted.overlay.opaque";
-
-fn is_opaque(p: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut buf = [0u8; 4];
-    // SAFETY: both strings are NUL-terminated and the buffer's length is passed.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            OPAQUE.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    n == 1 && buf[0] == b'y'
-}
-
-fn clear_opaque(p: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) {
-        // SAFETY: both strings are NUL-terminated.
-        unsafe { libc::lremovexattr(c.as_ptr(), OPAQUE.as_ptr()) };
-    }
 }
 
 /// Image names derived from a project: `dc-<project>`, a-z 0-9 and '-'.
@@ -642,8 +518,8 @@ impl ImageStore {
         std::fs::create_dir_all(scratch).map_err(io(scratch))?;
         match &p.work {
             Work::Pull(r) => registry::unpack(r, out, scratch, line).await,
-            Work::Mounts => crate::add_mount_points(tree, out),
-            Work::Guest(bin) => crate::build_guest(bin, out),
+            Work::Mounts => crate::layers::add_mount_points(tree, out),
+            Work::Guest(bin) => crate::layers::build_guest(bin, out),
             Work::Copy {
                 sources,
                 dest,
@@ -742,80 +618,6 @@ impl ImageStore {
     }
 }
 
-/// Creates `rel`'s missing parent directories in `out`, with the owner and mode they have
-/// in `tree` (as an overlay copy-up would), so merging never changes them.
-fn make_parents(tree: &Path, out: &Path, rel: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mut cur = PathBuf::new();
-    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-    for c in comps.iter().take(comps.len().saturating_sub(1)) {
-        cur.push(c);
-        let o = out.join(&cur);
-        if o.is_dir() {
-            continue;
-        }
-        std::fs::create_dir(&o)?;
-        if let Ok(md) = std::fs::metadata(tree.join(&cur)) {
-            std::fs::set_permissions(&o, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
-            std::os::unix::fs::chown(&o, Some(md.uid()), Some(md.gid()))?;
-        }
-    }
-    Ok(())
-}
-
-/// `COPY`: files land at `dest` (a directory when it ends in `/` or a source is one; a
-/// directory source's contents are copied, not the directory), owned by `uid:gid`.
-fn copy_into(
-    sources: &[PathBuf],
-    dest: &str,
-    tree: &Path,
-    out: &Path,
-    uid: u32,
-    gid: u32,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let rel = dest.trim_start_matches('/').trim_end_matches('/');
-    let into_dir = dest.ends_with('/')
-        || sources.len() > 1
-        || sources.iter().any(|s| s.is_dir())
-        || tree.join(rel).is_dir();
-    make_parents(tree, out, &format!("{rel}/x"))?;
-    for src in sources {
-        let target = if into_dir && !src.is_dir() {
-            out.join(rel).join(src.file_name().unwrap_or_default())
-        } else {
-            out.join(rel)
-        };
-        for e in walkdir::WalkDir::new(src) {
-            let e = e.map_err(std::io::Error::other)?;
-            let sub = e.path().strip_prefix(src).unwrap_or(Path::new(""));
-            let dst = if sub.as_os_str().is_empty() {
-                target.clone()
-            } else {
-                target.join(sub)
-            };
-            let md = e.path().symlink_metadata()?;
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if md.is_dir() {
-                std::fs::create_dir_all(&dst)?;
-            } else if md.file_type().is_symlink() {
-                let _ = std::fs::remove_file(&dst);
-                std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
-            } else {
-                std::fs::copy(e.path(), &dst)?;
-                std::fs::set_permissions(
-                    &dst,
-                    std::fs::Permissions::from_mode(md.permissions().mode()),
-                )?;
-            }
-            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
-        }
-    }
-    Ok(())
-}
-
 /// The runner type the gVisor backend hands to the store.
 pub type SharedRunner = Arc<dyn StepRunner>;
 
@@ -824,80 +626,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn users_resolve_from_the_tree() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("etc")).unwrap();
-        std::fs::write(
-            d.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000::/home/dev:/bin/bash\n",
-        )
-        .unwrap();
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        assert_eq!(
-            lookup_user(d.path(), "dev").unwrap(),
-            (1000, 1000, "/home/dev".into())
-        );
-        assert_eq!(
-            lookup_user(d.path(), "1000:staff").unwrap(),
-            (1000, 50, "/home/dev".into())
-        );
-        assert_eq!(lookup_user(d.path(), "4242:4243").unwrap().0, 4242);
-        assert!(
-            lookup_user(d.path(), "nobody")
-                .unwrap_err()
-                .contains("does not exist")
-        );
-        assert!(
-            lookup_user(d.path(), "dev:nogroup")
-                .unwrap_err()
-                .contains("group")
-        );
-    }
-
-    #[test]
     fn names_come_from_the_project() {
         assert_eq!(image_name(Path::new("/src/My_App.v2")), "dc-my-app-v2");
         assert_eq!(image_name(Path::new("/")), "dc-project");
-    }
-
-    #[tokio::test]
-    async fn merging_applies_whiteouts_and_opaque_dirs() {
-        let d = tempfile::tempdir().unwrap();
-        let tree = d.path().join("tree");
-        std::fs::create_dir_all(tree.join("etc/old")).unwrap();
-        std::fs::write(tree.join("etc/old/a"), "a").unwrap();
-        std::fs::write(tree.join("etc/gone"), "g").unwrap();
-        std::fs::create_dir_all(tree.join("opt/d")).unwrap();
-        std::fs::write(tree.join("opt/d/hidden"), "h").unwrap();
-        let layer = d.path().join("layer");
-        std::fs::create_dir_all(layer.join("etc")).unwrap();
-        std::fs::create_dir_all(layer.join("opt/d")).unwrap();
-        std::fs::write(layer.join("opt/d/new"), "n").unwrap();
-        std::fs::write(layer.join("etc/added"), "x").unwrap();
-        nix::sys::stat::mknod(
-            &layer.join("etc/gone"),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::empty(),
-            0,
-        )
-        .unwrap();
-        let c = std::ffi::CString::new(layer.join("opt/d").to_str().unwrap()).unwrap();
-        assert_eq!(
-            unsafe { libc::lsetxattr(c.as_ptr(), OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) },
-            0
-        );
-        merge_layer(&layer, &tree).await.unwrap();
-        assert!(!tree.join("etc/gone").exists(), "whiteout deleted the file");
-        assert!(tree.join("etc/old/a").is_file());
-        assert!(tree.join("etc/added").is_file());
-        assert!(
-            !tree.join("opt/d/hidden").exists(),
-            "opaque dir hides what was below"
-        );
-        assert!(tree.join("opt/d/new").is_file());
-        assert!(
-            !is_opaque(&tree.join("opt/d")),
-            "the mark does not stay in the tree"
-        );
     }
 }
