@@ -12,6 +12,7 @@
 
 mod attachments;
 mod backups;
+mod feed;
 mod housekeeping;
 mod notices;
 mod ports;
@@ -152,6 +153,7 @@ impl EngineError {
 
 pub use attachments::{MAX_ATTACHMENT, MAX_ATTACHMENTS_TOTAL, Upload, check_uploads, media_type};
 pub use backups::{BackupMeta, TransferProgress};
+pub use feed::LiveEvent;
 pub use housekeeping::{ActivityHold, Housekeeping};
 /// The whole chain of an error on one line.
 pub use kraal_sandbox::error_chain as chain;
@@ -198,8 +200,11 @@ pub struct Engine {
     gateways: Mutex<HashMap<WorkspaceId, ModelGateway>>,
     /// One mirror task per session being followed.
     followers: Mutex<HashMap<SessionId, JoinHandle<()>>>,
-    /// Newest mirrored sequence number per session, for live readers.
-    watchers: Mutex<HashMap<SessionId, tokio::sync::watch::Sender<u64>>>,
+    /// Per session the newest mirrored events in memory and a watch of the newest
+    /// sequence number, for live readers.
+    feeds: feed::Feeds,
+    /// The one writer of mirrored events (group commit).
+    writer: feed::Writer,
     /// Session state changes of every session, for notifications.
     changes: tokio::sync::broadcast::Sender<SessionChange>,
     /// Everything worth notifying someone about ([`Notice`]).
@@ -247,6 +252,7 @@ impl Engine {
         backend: Arc<dyn Backend>,
         services: Option<Arc<dyn LinkServices>>,
     ) -> Arc<Self> {
+        let writer = feed::Writer::start(store.clone());
         Arc::new(Engine {
             store,
             backend,
@@ -255,7 +261,8 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             gateways: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
-            watchers: Mutex::new(HashMap::new()),
+            feeds: feed::Feeds::default(),
+            writer,
             changes: tokio::sync::broadcast::channel(256).0,
             notices: tokio::sync::broadcast::channel(1024).0,
             forwards: Mutex::new(HashMap::new()),

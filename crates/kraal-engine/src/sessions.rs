@@ -17,7 +17,7 @@ use kraal_sandbox::{GuestClient, GuestClientError};
 use kraal_store::{SessionRecord, StoreError, WorkspaceRecord};
 use tokio::sync::watch;
 
-use crate::{Engine, EngineError, chain};
+use crate::{Engine, EngineError, LiveEvent, chain};
 
 /// Host services a running workspace gets on its private link (the model and git
 /// gateway, the egress proxy). The daemon binary provides them; the engine only says when
@@ -247,20 +247,33 @@ impl Engine {
 
     /// Tells the newest mirrored sequence number of a session whenever it changes.
     pub fn watch_session(&self, id: &SessionId) -> watch::Receiver<u64> {
-        let mut map = self.watchers.lock().unwrap();
-        if let Some(tx) = map.get(id) {
-            return tx.subscribe();
+        self.feeds.watch(id, || {
+            self.store
+                .get_session(id)
+                .ok()
+                .flatten()
+                .map(|s| s.last_seq)
+                .unwrap_or(0)
+        })
+    }
+
+    /// Mirrored events of a session with `seq > after`, at most `limit`, for live
+    /// readers: from memory while they keep up, from SQLite when they fell behind.
+    pub fn live_events(
+        &self,
+        id: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<LiveEvent>>, EngineError> {
+        if let Some(v) = self.feeds.read(id, after, limit) {
+            return Ok(v);
         }
-        let last = self
+        Ok(self
             .store
-            .get_session(id)
-            .ok()
-            .flatten()
-            .map(|s| s.last_seq)
-            .unwrap_or(0);
-        let (tx, rx) = watch::channel(last);
-        map.insert(id.clone(), tx);
-        rx
+            .session_events(id, after, limit)?
+            .into_iter()
+            .map(|e| Arc::new(LiveEvent::new(e)))
+            .collect())
     }
 
     /// What an agent launched in `ws` gets: where to reach the model APIs.
@@ -405,12 +418,16 @@ impl Engine {
                 .any(|e| matches!(e.event, kraal_core::AgentEvent::State { .. }))
                 .then(|| self.store.get_session(&id).ok().flatten().map(|s| s.state))
                 .flatten();
+            // Encoded once here, off the writer, for every live reader.
+            let live: Vec<Arc<LiveEvent>> = batch
+                .iter()
+                .cloned()
+                .map(|e| Arc::new(LiveEvent::new(e)))
+                .collect();
             loop {
-                match self.store.append_session_events(&id, &batch) {
+                match self.writer.append(&id, batch.clone()).await {
                     Ok(last) => {
-                        if let Some(tx) = self.watchers.lock().unwrap().get(&id) {
-                            tx.send_replace(last);
-                        }
+                        self.feeds.publish(&id, live, last);
                         self.announce(&id, &batch, before);
                         break;
                     }

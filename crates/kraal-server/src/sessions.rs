@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -195,7 +196,7 @@ struct Tail {
     state: AppState,
     id: SessionId,
     after: u64,
-    buf: VecDeque<SessionEvent>,
+    buf: VecDeque<Arc<kraal_engine::LiveEvent>>,
     changed: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -223,14 +224,13 @@ pub async fn stream(
     let stream = futures::stream::unfold(tail, |mut t| async move {
         loop {
             if let Some(e) = t.buf.pop_front() {
-                t.after = e.seq;
-                let ev = Event::default()
-                    .id(e.seq.to_string())
-                    .data(serde_json::to_string(&e).expect("serializes"));
+                t.after = e.seq();
+                // Encoded once when it was mirrored, shared by every subscriber.
+                let ev = Event::default().id(e.seq().to_string()).data(&e.json);
                 return Some((Ok(ev), t));
             }
             t.changed.borrow_and_update();
-            match t.state.engine.session_events(&t.id, t.after, PAGE as usize) {
+            match t.state.engine.live_events(&t.id, t.after, PAGE as usize) {
                 Ok(v) if !v.is_empty() => t.buf.extend(v),
                 Ok(_) => {
                     if t.changed.changed().await.is_err() {

@@ -178,6 +178,22 @@ impl Store {
         })
     }
 
+    /// Hands WAL checkpoints to the caller: SQLite no longer checkpoints inside whichever
+    /// commit crosses the threshold (a request's, say); the daemon's event writer calls
+    /// [`Store::checkpoint`] between groups instead.
+    pub fn defer_checkpoints(&self) -> Result<(), StoreError> {
+        self.with(|c| Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?))
+    }
+
+    /// A passive WAL checkpoint: copies what no reader still needs back into the database
+    /// file, never waiting for readers.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,

@@ -206,77 +206,34 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
-        let (mut last, mut state, mut reason, mut agent_session, mut tin, mut tout, mut cost): (
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            i64,
-            i64,
-            f64,
-        ) = tx
-            .query_row(
-                "SELECT last_seq, state, reason, agent_session, input_tokens, output_tokens, cost_usd FROM sessions WHERE id = ?1",
-                [id.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::Corrupt {
-                id: id.to_string(),
-                what: "no such session".into(),
-            })?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO session_events (session_id, seq, at_ms, event) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for e in events {
-                let seq = e.seq as i64;
-                if seq <= last {
-                    continue;
+        let last = append_in(&tx, id, events)?;
+        tx.commit()?;
+        Ok(last)
+    }
+
+    /// Group commit: appends the events of several sessions in one transaction, each
+    /// session's part in its own savepoint, so one session's gap or bad row fails only that
+    /// part. Returns each part's new `last_seq` or its error, in order; the outer error is
+    /// for the transaction itself (nothing stored).
+    pub fn append_session_events_many(
+        &self,
+        parts: &[(&SessionId, &[SessionEvent])],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tx = conn.transaction()?;
+        let mut out = Vec::with_capacity(parts.len());
+        for (id, events) in parts {
+            let sp = tx.savepoint()?;
+            match append_in(&sp, id, events) {
+                Ok(last) => {
+                    sp.commit()?;
+                    out.push(Ok(last));
                 }
-                if seq != last + 1 {
-                    return Err(StoreError::Gap {
-                        session: id.to_string(),
-                        expected: (last + 1) as u64,
-                        got: e.seq,
-                    });
-                }
-                insert.execute(params![
-                    id.as_str(),
-                    seq,
-                    e.at_ms as i64,
-                    serde_json::to_string(&e.event).expect("serializes"),
-                ])?;
-                last = seq;
-                match &e.event {
-                    AgentEvent::State {
-                        state: s,
-                        reason: r,
-                    } => {
-                        state = s.as_str().to_owned();
-                        reason = r.clone();
-                    }
-                    AgentEvent::AgentSession { id } => agent_session = Some(id.clone()),
-                    AgentEvent::Usage {
-                        input_tokens,
-                        output_tokens,
-                        cost_usd,
-                        ..
-                    } => {
-                        tin += *input_tokens as i64;
-                        tout += *output_tokens as i64;
-                        cost += cost_usd.unwrap_or(0.0);
-                    }
-                    _ => {}
-                }
+                Err(e) => out.push(Err(e)),
             }
         }
-        tx.execute(
-            "UPDATE sessions SET last_seq = ?2, state = ?3, reason = ?4, agent_session = ?5, input_tokens = ?6, output_tokens = ?7, cost_usd = ?8, updated_at = ?9 WHERE id = ?1",
-            params![id.as_str(), last, state, reason, agent_session, tin, tout, cost, now()],
-        )?;
         tx.commit()?;
-        Ok(last as u64)
+        Ok(out)
     }
 
     /// Mirrored events with `seq > after`, oldest first, at most `limit`.
@@ -317,6 +274,85 @@ impl Store {
     }
 }
 
+/// Appends `events` of session `id` on `conn` (inside a transaction or savepoint) and
+/// updates the session's summary; returns the new `last_seq`.
+fn append_in(
+    tx: &rusqlite::Connection,
+    id: &SessionId,
+    events: &[SessionEvent],
+) -> Result<u64, StoreError> {
+    let (mut last, mut state, mut reason, mut agent_session, mut tin, mut tout, mut cost): (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            f64,
+        ) = tx
+            .query_row(
+                "SELECT last_seq, state, reason, agent_session, input_tokens, output_tokens, cost_usd FROM sessions WHERE id = ?1",
+                [id.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt {
+                id: id.to_string(),
+                what: "no such session".into(),
+            })?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO session_events (session_id, seq, at_ms, event) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for e in events {
+            let seq = e.seq as i64;
+            if seq <= last {
+                continue;
+            }
+            if seq != last + 1 {
+                return Err(StoreError::Gap {
+                    session: id.to_string(),
+                    expected: (last + 1) as u64,
+                    got: e.seq,
+                });
+            }
+            insert.execute(params![
+                id.as_str(),
+                seq,
+                e.at_ms as i64,
+                serde_json::to_string(&e.event).expect("serializes"),
+            ])?;
+            last = seq;
+            match &e.event {
+                AgentEvent::State {
+                    state: s,
+                    reason: r,
+                } => {
+                    state = s.as_str().to_owned();
+                    reason = r.clone();
+                }
+                AgentEvent::AgentSession { id } => agent_session = Some(id.clone()),
+                AgentEvent::Usage {
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    ..
+                } => {
+                    tin += *input_tokens as i64;
+                    tout += *output_tokens as i64;
+                    cost += cost_usd.unwrap_or(0.0);
+                }
+                _ => {}
+            }
+        }
+    }
+    tx.execute(
+            "UPDATE sessions SET last_seq = ?2, state = ?3, reason = ?4, agent_session = ?5, input_tokens = ?6, output_tokens = ?7, cost_usd = ?8, updated_at = ?9 WHERE id = ?1",
+            params![id.as_str(), last, state, reason, agent_session, tin, tout, cost, now()],
+        )?;
+    Ok(last as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use kraal_core::{AgentEvent, AgentKind, AgentSpec, SessionEvent, SessionId, SessionState};
@@ -341,6 +377,49 @@ mod tests {
             at_ms: 1000 + seq,
             event,
         }
+    }
+
+    #[test]
+    fn a_group_commit_stores_every_part_but_the_one_with_a_gap() {
+        let s = Store::open_in_memory().unwrap();
+        let w = rec("alpha");
+        s.insert(&w).unwrap();
+        let (a, b, c) = (session(&w.id), session(&w.id), session(&w.id));
+        for x in [&a, &b, &c] {
+            s.insert_session(x).unwrap();
+        }
+        let text = |seq| {
+            ev(
+                seq,
+                AgentEvent::AssistantDelta {
+                    text: format!("t{seq}"),
+                },
+            )
+        };
+        let a_events = vec![text(1), text(2)];
+        let b_events = vec![text(2)]; // a gap: 1 is missing
+        let c_events = vec![text(1)];
+        let out = s
+            .append_session_events_many(&[
+                (&a.id, &a_events),
+                (&b.id, &b_events),
+                (&c.id, &c_events),
+            ])
+            .unwrap();
+        assert_eq!(out[0].as_ref().unwrap(), &2);
+        assert!(matches!(
+            out[1],
+            Err(StoreError::Gap {
+                expected: 1,
+                got: 2,
+                ..
+            })
+        ));
+        assert_eq!(out[2].as_ref().unwrap(), &1);
+        assert_eq!(s.session_events(&a.id, 0, 10).unwrap().len(), 2);
+        assert!(s.session_events(&b.id, 0, 10).unwrap().is_empty());
+        assert_eq!(s.get_session(&b.id).unwrap().unwrap().last_seq, 0);
+        assert_eq!(s.session_events(&c.id, 0, 10).unwrap()[0].seq, 1);
     }
 
     #[test]

@@ -208,7 +208,7 @@ struct Live {
     id: SessionId,
     csrf: String,
     after: u64,
-    buf: VecDeque<SessionEvent>,
+    buf: VecDeque<std::sync::Arc<kraal_engine::LiveEvent>>,
     changed: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -243,6 +243,7 @@ pub async fn live(
     let stream = futures::stream::unfold(live, |mut t| async move {
         loop {
             if let Some(e) = t.buf.pop_front() {
+                let e = &e.event;
                 t.after = e.seq;
                 let kind = serde_json::to_value(&e.event)
                     .ok()
@@ -252,7 +253,7 @@ pub async fn live(
                     AgentEvent::State { state, .. } => Some(state.as_str()),
                     _ => None,
                 };
-                let html = render(&e, t.id.as_str(), &t.csrf)
+                let html = render(e, t.id.as_str(), &t.csrf)
                     .map(|m| m.into_string())
                     .unwrap_or_default();
                 // Usage changes the session's cost shown in the page header.
@@ -267,7 +268,7 @@ pub async fn live(
                 return Some((Ok(ev), t));
             }
             t.changed.borrow_and_update();
-            match t.state.app.engine.session_events(&t.id, t.after, 500) {
+            match t.state.app.engine.live_events(&t.id, t.after, 500) {
                 Ok(v) if !v.is_empty() => t.buf.extend(v),
                 Ok(_) => {
                     if t.changed.changed().await.is_err() {

@@ -1,0 +1,402 @@
+//! Live session events: per session a bounded ring of the newest mirrored events (each
+//! encoded as JSON once, for every subscriber) that live readers take from memory, and the
+//! one SQLite writer that stores every follower's batches with group commit.
+//!
+//! The ring only ever holds a contiguous run of events that are already committed, ending
+//! at the newest one, so a reader whose position lies inside it reads exactly what SQLite
+//! would have returned; a reader that fell behind it (or a ring emptied because nobody was
+//! watching) reads SQLite, which stays the log of record.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use kraal_core::{SessionEvent, SessionId};
+use kraal_store::{Store, StoreError};
+use tokio::sync::{oneshot, watch};
+
+/// Events a session's ring holds at most.
+const RING_EVENTS: usize = 1024;
+/// Encoded bytes a session's ring holds at most.
+const RING_BYTES: usize = 1 << 20;
+
+/// One mirrored event with its JSON (a [`SessionEvent`]) encoded once.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub event: SessionEvent,
+    pub json: String,
+}
+
+impl LiveEvent {
+    pub fn new(event: SessionEvent) -> Self {
+        let json = serde_json::to_string(&event).expect("events serialize");
+        LiveEvent { event, json }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.event.seq
+    }
+}
+
+struct Feed {
+    ring: VecDeque<Arc<LiveEvent>>,
+    bytes: usize,
+    /// The newest committed sequence number, for readers waiting on it.
+    tx: watch::Sender<u64>,
+}
+
+impl Feed {
+    fn push(&mut self, e: Arc<LiveEvent>) {
+        if self.ring.back().is_some_and(|b| b.seq() + 1 != e.seq()) {
+            self.clear();
+        }
+        self.bytes += e.json.len();
+        self.ring.push_back(e);
+        while self.ring.len() > RING_EVENTS || (self.bytes > RING_BYTES && self.ring.len() > 1) {
+            if let Some(old) = self.ring.pop_front() {
+                self.bytes -= old.json.len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ring.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Every session's ring and watch.
+#[derive(Default)]
+pub(crate) struct Feeds {
+    map: Mutex<HashMap<SessionId, Feed>>,
+}
+
+impl Feeds {
+    /// A receiver of the newest committed sequence number of `id`; `last` seeds a new one.
+    pub(crate) fn watch(&self, id: &SessionId, last: impl FnOnce() -> u64) -> watch::Receiver<u64> {
+        let mut map = self.map.lock().unwrap();
+        if let Some(f) = map.get(id) {
+            return f.tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(last());
+        map.insert(
+            id.clone(),
+            Feed {
+                ring: VecDeque::new(),
+                bytes: 0,
+                tx,
+            },
+        );
+        rx
+    }
+
+    /// Committed events: into the ring if anyone watches (else the ring is dropped, and a
+    /// later reader catches up from SQLite), then readers are woken.
+    pub(crate) fn publish(&self, id: &SessionId, events: Vec<Arc<LiveEvent>>, last: u64) {
+        let mut map = self.map.lock().unwrap();
+        let Some(f) = map.get_mut(id) else {
+            return;
+        };
+        if f.tx.receiver_count() == 0 {
+            f.clear();
+        } else {
+            for e in events {
+                f.push(e);
+            }
+        }
+        f.tx.send_replace(last);
+    }
+
+    /// Events of `id` with `seq > after` from memory, at most `limit`; `None` when the ring
+    /// does not reach back to `after` (read SQLite then).
+    pub(crate) fn read(
+        &self,
+        id: &SessionId,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<Arc<LiveEvent>>> {
+        let map = self.map.lock().unwrap();
+        let ring = &map.get(id)?.ring;
+        let front = ring.front()?.seq();
+        if front > after + 1 {
+            return None;
+        }
+        let skip = (after + 1 - front) as usize;
+        Some(ring.iter().skip(skip).take(limit).cloned().collect())
+    }
+}
+
+struct Job {
+    id: SessionId,
+    events: Vec<SessionEvent>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
+
+/// Parts one group commit takes at most.
+const GROUP: usize = 256;
+/// A WAL checkpoint after this many groups, or when the writer has been idle for a second.
+const CHECKPOINT_EVERY: usize = 1000;
+
+/// The single writer of mirrored events: followers hand it batches, it stores whatever
+/// has queued up meanwhile in one transaction (each session in its own savepoint) and runs
+/// the WAL checkpoints between groups, so no request's commit pays for one.
+pub(crate) struct Writer {
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Writer {
+    pub(crate) fn start(store: Store) -> Self {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let deferred = store.defer_checkpoints().is_ok();
+        std::thread::Builder::new()
+            .name("kraal-events".into())
+            .spawn(move || run(store, rx, deferred))
+            .expect("spawning the event writer");
+        Writer { tx: Mutex::new(tx) }
+    }
+
+    /// Stores `events` of `id`; the new `last_seq`, or why not.
+    pub(crate) async fn append(
+        &self,
+        id: &SessionId,
+        events: Vec<SessionEvent>,
+    ) -> Result<u64, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            id: id.clone(),
+            events,
+            reply,
+        };
+        if self.tx.lock().unwrap().send(job).is_err() {
+            return Err(StoreError::Corrupt {
+                id: id.to_string(),
+                what: "the event writer has stopped".into(),
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Corrupt {
+                id: id.to_string(),
+                what: "the event writer has stopped".into(),
+            })
+        })
+    }
+}
+
+fn run(store: Store, rx: mpsc::Receiver<Job>, checkpoints: bool) {
+    let mut groups = 0usize;
+    let mut last_checkpoint = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(j) => j,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if checkpoints && groups > 0 {
+                    checkpoint(&store, &mut groups, &mut last_checkpoint);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if checkpoints && groups > 0 {
+                    checkpoint(&store, &mut groups, &mut last_checkpoint);
+                }
+                return;
+            }
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let parts: Vec<(&SessionId, &[SessionEvent])> =
+            jobs.iter().map(|j| (&j.id, j.events.as_slice())).collect();
+        let results = store.append_session_events_many(&parts);
+        drop(parts);
+        match results {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                let msg = kraal_sandbox::error_chain(&e);
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::Corrupt {
+                        id: job.id.to_string(),
+                        what: format!("storing events: {msg}"),
+                    }));
+                }
+            }
+        }
+        groups += 1;
+        if checkpoints && groups >= CHECKPOINT_EVERY {
+            checkpoint(&store, &mut groups, &mut last_checkpoint);
+        }
+    }
+}
+
+fn checkpoint(store: &Store, groups: &mut usize, at: &mut Instant) {
+    let t = Instant::now();
+    if let Err(e) = store.checkpoint() {
+        tracing::warn!("WAL checkpoint: {e}");
+    }
+    tracing::trace!(
+        groups = *groups,
+        since_ms = at.elapsed().as_millis() as u64,
+        took_us = t.elapsed().as_micros() as u64,
+        "WAL checkpoint"
+    );
+    *groups = 0;
+    *at = Instant::now();
+}
+
+#[cfg(test)]
+mod tests {
+    use kraal_core::AgentEvent;
+
+    use super::*;
+
+    fn ev(seq: u64) -> Arc<LiveEvent> {
+        Arc::new(LiveEvent::new(SessionEvent {
+            seq,
+            at_ms: 0,
+            event: AgentEvent::AssistantDelta {
+                text: format!("t{seq}"),
+            },
+        }))
+    }
+
+    #[test]
+    fn the_ring_serves_readers_inside_it_and_sends_the_rest_to_sqlite() {
+        let f = Feeds::default();
+        let id = SessionId::random();
+        let rx = f.watch(&id, || 0);
+        f.publish(&id, (1..=3).map(ev).collect(), 3);
+        assert_eq!(*rx.borrow(), 3);
+        let seqs = |v: Option<Vec<Arc<LiveEvent>>>| {
+            v.map(|v| v.iter().map(|e| e.seq()).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(f.read(&id, 0, 10)), Some(vec![1, 2, 3]));
+        assert_eq!(seqs(f.read(&id, 1, 1)), Some(vec![2]));
+        assert_eq!(seqs(f.read(&id, 3, 10)), Some(vec![]));
+        // Past the ring's end the ring has nothing; behind its start it does not answer.
+        for s in 4..=RING_EVENTS as u64 + 10 {
+            f.publish(&id, vec![ev(s)], s);
+        }
+        assert!(f.read(&id, 5, 10).is_none());
+        let newest = RING_EVENTS as u64 + 10;
+        assert_eq!(
+            seqs(f.read(&id, newest - 2, 10)),
+            Some(vec![newest - 1, newest])
+        );
+        // A jump (a ring emptied while nobody watched) restarts the ring at the new event.
+        f.publish(&id, vec![ev(newest + 5)], newest + 5);
+        assert!(f.read(&id, newest, 10).is_none());
+        assert_eq!(seqs(f.read(&id, newest + 4, 10)), Some(vec![newest + 5]));
+        // With no one watching, the ring is dropped; readers go to SQLite.
+        drop(rx);
+        f.publish(&id, vec![ev(newest + 6)], newest + 6);
+        assert!(f.read(&id, newest + 5, 10).is_none());
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes() {
+        let f = Feeds::default();
+        let id = SessionId::random();
+        let _rx = f.watch(&id, || 0);
+        let big = |seq| {
+            Arc::new(LiveEvent::new(SessionEvent {
+                seq,
+                at_ms: 0,
+                event: AgentEvent::AssistantText {
+                    text: "x".repeat(100_000),
+                },
+            }))
+        };
+        f.publish(&id, (1..=30).map(big).collect(), 30);
+        let map = f.map.lock().unwrap();
+        let feed = &map[&id];
+        assert!(feed.bytes <= RING_BYTES, "{} bytes", feed.bytes);
+        assert_eq!(feed.ring.back().unwrap().seq(), 30);
+        assert!(feed.ring.len() < 30);
+    }
+
+    #[tokio::test]
+    async fn the_writer_groups_sessions_and_reports_each_ones_gap() {
+        let store = Store::open_in_memory().unwrap();
+        use kraal_core::*;
+        let w = kraal_store::WorkspaceRecord {
+            id: WorkspaceId::random(),
+            name: WorkspaceName::parse("alpha").unwrap(),
+            backend: BackendKind::Gvisor,
+            source: Source::Empty,
+            resources: Resources::default(),
+            state: WorkspaceState::Running,
+            desired: DesiredState::Running,
+            reason: None,
+            guest_token: "t".into(),
+            guest_addr: None,
+            persistent: false,
+            created_at: kraal_store::now(),
+            updated_at: kraal_store::now(),
+            image: None,
+            mounts: Vec::new(),
+            egress: default_rules(),
+            git: Vec::new(),
+            restoring: None,
+            policy: Policy::default(),
+            last_backup_at: None,
+        };
+        store.insert(&w).unwrap();
+        let sessions: Vec<_> = (0..20)
+            .map(|_| {
+                let s = kraal_store::SessionRecord::new(
+                    SessionId::random(),
+                    w.id.clone(),
+                    AgentSpec::new(AgentKind::Claude),
+                    "t".into(),
+                    SessionState::Starting,
+                    kraal_store::now(),
+                );
+                store.insert_session(&s).unwrap();
+                s.id
+            })
+            .collect();
+        let writer = Arc::new(Writer::start(store.clone()));
+        let mut tasks = Vec::new();
+        for (i, id) in sessions.iter().enumerate() {
+            let (writer, id) = (writer.clone(), id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                for seq in 1..=50u64 {
+                    // Session 0 skips event 10: its gap is refused, the others go on.
+                    let seq = if i == 0 && seq >= 10 { seq + 1 } else { seq };
+                    let e = ev(seq).event.clone();
+                    match writer.append(&id, vec![e]).await {
+                        Ok(l) => last = l,
+                        Err(StoreError::Gap { .. }) => return last,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                last
+            }));
+        }
+        let mut lasts = Vec::new();
+        for t in tasks {
+            lasts.push(t.await.unwrap());
+        }
+        assert_eq!(lasts[0], 9);
+        assert!(lasts[1..].iter().all(|&l| l == 50), "{lasts:?}");
+        for (i, id) in sessions.iter().enumerate() {
+            let stored = store.session_events(id, 0, 100).unwrap();
+            let want = if i == 0 { 9 } else { 50 };
+            assert_eq!(stored.len(), want);
+            assert!(
+                stored
+                    .iter()
+                    .enumerate()
+                    .all(|(k, e)| e.seq == k as u64 + 1)
+            );
+        }
+    }
+}
