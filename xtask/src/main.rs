@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress,tasks] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--egress-iterations N] [--tasks N]>"
+                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress,tasks] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--runs N] [--egress-iterations N] [--tasks N]>"
             );
             std::process::exit(2);
         }
