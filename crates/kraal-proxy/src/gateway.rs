@@ -1,6 +1,7 @@
 //! The model gateway: one small HTTP server per workspace, bound to the host side of that
-//! workspace's private link, forwarding `/anthropic/...` and `/openai/...` to the real APIs
-//! with the real credentials added.
+//! workspace's private link, forwarding the model API calls agents make under
+//! `/anthropic/...`, `/openai/...` and `/google/...` (`routes`) to the real APIs with the
+//! real credentials added.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
+
+use crate::routes::{GatewayAudit, Provider, Refusal, RefusedRequest};
 
 /// Port of the gateway on the host side of every workspace link (the guest agent is 7071).
 pub const GATEWAY_PORT: u16 = kraal_core::GATEWAY_PORT;
@@ -160,6 +163,8 @@ struct Shared {
     spending: std::sync::OnceLock<Arc<dyn crate::meter::Spending>>,
     /// Rate-limit windows per credential, shared by every workspace.
     pacer: Arc<crate::pacing::Pacer>,
+    /// Where refused requests are reported, when the daemon keeps an audit log.
+    audit: std::sync::OnceLock<Arc<dyn GatewayAudit>>,
 }
 
 /// One workspace's gateway.
@@ -207,6 +212,7 @@ impl Gateways {
                 credentials,
                 spending: std::sync::OnceLock::new(),
                 pacer: crate::pacing::Pacer::new(),
+                audit: std::sync::OnceLock::new(),
             }),
             running: Mutex::new(HashMap::new()),
         })
@@ -225,6 +231,11 @@ impl Gateways {
     /// once; later calls are ignored).
     pub fn set_spending(&self, s: Arc<dyn crate::meter::Spending>) {
         let _ = self.shared.spending.set(s);
+    }
+
+    /// Reports every refused request from now on (set once; later calls are ignored).
+    pub fn set_audit(&self, a: Arc<dyn GatewayAudit>) {
+        let _ = self.shared.audit.set(a);
     }
 
     /// Makes sure `workspace`'s gateway listens on `addr` and accepts `key`; returns the
@@ -307,23 +318,6 @@ impl Drop for Gateways {
     fn drop(&mut self) {
         for (_, r) in self.running.lock().unwrap().drain() {
             r.task.abort();
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Provider {
-    Anthropic,
-    OpenAi,
-    Google,
-}
-
-impl Provider {
-    fn as_str(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "anthropic",
-            Provider::OpenAi => "openai",
-            Provider::Google => "google",
         }
     }
 }
@@ -463,6 +457,10 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
             StatusCode::UNAUTHORIZED,
             "the API key is not this workspace's kraal key".into(),
         );
+    }
+    // Before any credential is looked up: a refused request never reaches the upstream.
+    if let Err(why) = crate::routes::check(provider, method.as_str(), rest) {
+        return refuse(&ws, method.as_str(), &path, why);
     }
     let base = match provider {
         Provider::Anthropic => &ws.shared.upstreams.anthropic,
@@ -630,6 +628,27 @@ async fn forward(State(ws): State<Arc<Workspace>>, req: Request) -> Response {
         )
     });
     streamed_back(resp, &[], meter)
+}
+
+/// A 403 for a call no agent makes, reported to the audit hook.
+fn refuse(ws: &Workspace, method: &str, path: &str, why: Refusal) -> Response {
+    let path: String = path.chars().take(200).collect();
+    let reason = why.reason();
+    tracing::warn!(workspace = %ws.workspace, %method, %path, "model gateway: refused: {reason}");
+    if let Some(a) = ws.shared.audit.get() {
+        a.refused(RefusedRequest {
+            workspace: ws.workspace.clone(),
+            method: method.to_owned(),
+            path: path.clone(),
+            reason: reason.clone(),
+        });
+    }
+    gateway_error(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{method} {path} is not forwarded: the gateway only forwards the model API paths the agents need ({reason})"
+        ),
+    )
 }
 
 /// Git over HTTPS: `/git/HOST/PATH` goes to `https://HOST/PATH` (or the configured URL of

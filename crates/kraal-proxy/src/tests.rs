@@ -1,5 +1,6 @@
 //! The model gateway against the scripted model server: credentials are swapped on the way
-//! out, streams pass through, strangers are refused.
+//! out, streams pass through, strangers are refused; against a recording upstream: only the
+//! calls agents make are forwarded, and every refusal is reported.
 
 use std::sync::Arc;
 
@@ -386,4 +387,221 @@ async fn the_git_gateway_adds_the_token_only_for_configured_hosts_and_never_foll
         .unwrap();
     assert_eq!(r.status(), 307);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// What a recording upstream received: method, path with query, and the credential.
+type Seen = Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// An upstream that records every request it receives, whatever its path, and answers
+/// `{}`: unlike the scripted model, it also sees the paths no model API has.
+async fn recording_upstream() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let s2 = s2.clone();
+        async move {
+            let h = req.headers();
+            let credential = ["x-api-key", "x-goog-api-key", "authorization"]
+                .iter()
+                .find_map(|n| h.get(*n).and_then(|v| v.to_str().ok()))
+                .unwrap_or("")
+                .to_owned();
+            s2.lock()
+                .unwrap()
+                .push((req.method().to_string(), req.uri().to_string(), credential));
+            axum::Json(serde_json::json!({}))
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{up}"), seen)
+}
+
+async fn gateway_to(upstream: &str, workspace: &str) -> (Gateways, std::net::SocketAddr) {
+    let g = Gateways::new(
+        Upstreams {
+            anthropic: upstream.to_owned(),
+            openai: upstream.to_owned(),
+            google: upstream.to_owned(),
+            git: Default::default(),
+        },
+        Arc::new(StaticCredentials(Credentials {
+            anthropic: Some(AnthropicAuth::ApiKey("sk-ant-REAL".into())),
+            openai: Some("sk-openai-REAL".into()),
+            google: Some("AIza-REAL".into()),
+        })),
+    )
+    .unwrap();
+    let addr = g
+        .ensure(workspace, "127.0.0.1:0".parse().unwrap(), KEY, vec![])
+        .await
+        .unwrap();
+    (g, addr)
+}
+
+/// Sends `method target` exactly as written (an HTTP client would resolve `..` first) with
+/// this workspace's key; returns the status and the body.
+async fn raw_request(addr: std::net::SocketAddr, method: &str, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// The requests the gateway must refuse: other endpoints of the providers (batches,
+/// files, fine-tuning, admin), paths that resolve elsewhere upstream, the wrong method.
+const REFUSED: &[(&str, &str)] = &[
+    ("POST", "/anthropic/v1/messages/batches"),
+    ("GET", "/anthropic/v1/files"),
+    ("POST", "/openai/v1/fine_tuning/jobs"),
+    ("POST", "/openai/v1/files"),
+    ("GET", "/anthropic/v1/../v1/organizations"),
+    ("POST", "/anthropic/v1/messages%2f..%2fbatches"),
+    ("POST", "/anthropic/v1/messages/%2e%2e/batches"),
+    ("POST", "/openai/v1//responses"),
+    ("POST", "/anthropic/v1/./messages"),
+    ("POST", "/anthropic/v1/messages/"),
+    ("POST", "/anthropic"),
+    ("GET", "/anthropic/v1/messages"),
+    ("DELETE", "/openai/v1/models/ft-gpt-test"),
+    ("POST", "/google/v1beta/cachedContents"),
+    (
+        "POST",
+        "/google/v1beta/models/gemini-test:batchGenerateContent",
+    ),
+];
+
+/// Regression: the gateway forwarded any path under `/anthropic/`, `/openai/` and
+/// `/google/` with the real credential, so an agent could spend it on any endpoint.
+#[tokio::test]
+async fn only_the_model_api_paths_agents_use_reach_the_upstream() {
+    let (upstream, seen) = recording_upstream().await;
+    let (_g, addr) = gateway_to(&upstream, "ws-0000000004").await;
+    for (method, path) in REFUSED {
+        let (status, body) = raw_request(addr, method, path).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(&format!("{method} {path}")), "{msg}");
+        assert!(
+            msg.contains("only forwards the model API paths the agents need"),
+            "{msg}"
+        );
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing refused reached the upstream: {:?}",
+        seen.lock().unwrap()
+    );
+    // What the agents call still goes through, with the real credential.
+    let allowed = [
+        (
+            "POST",
+            "/anthropic/v1/messages?beta=true",
+            "/v1/messages?beta=true",
+            "sk-ant-REAL",
+        ),
+        (
+            "POST",
+            "/anthropic/v1/messages/count_tokens?beta=true",
+            "/v1/messages/count_tokens?beta=true",
+            "sk-ant-REAL",
+        ),
+        (
+            "POST",
+            "/openai/v1/responses",
+            "/v1/responses",
+            "Bearer sk-openai-REAL",
+        ),
+        (
+            "POST",
+            "/openai/v1/chat/completions",
+            "/v1/chat/completions",
+            "Bearer sk-openai-REAL",
+        ),
+        (
+            "GET",
+            "/openai/v1/models",
+            "/v1/models",
+            "Bearer sk-openai-REAL",
+        ),
+        (
+            "POST",
+            "/google/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+            "AIza-REAL",
+        ),
+        (
+            "POST",
+            "/google/v1beta/models/gemini-2.5-flash-lite:generateContent",
+            "/v1beta/models/gemini-2.5-flash-lite:generateContent",
+            "AIza-REAL",
+        ),
+    ];
+    for (method, path, _, _) in allowed {
+        let (status, body) = raw_request(addr, method, path).await;
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+    let got = seen.lock().unwrap().clone();
+    let want: Vec<(String, String, String)> = allowed
+        .iter()
+        .map(|(m, _, up, c)| (m.to_string(), up.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Keeps what the gateway reports.
+#[derive(Default)]
+struct KeepRefusals(std::sync::Mutex<Vec<RefusedRequest>>);
+impl GatewayAudit for KeepRefusals {
+    fn refused(&self, r: RefusedRequest) {
+        self.0.lock().unwrap().push(r);
+    }
+}
+
+#[tokio::test]
+async fn every_refusal_reaches_the_audit_hook_and_forwarded_calls_do_not() {
+    let (upstream, _seen) = recording_upstream().await;
+    let (g, addr) = gateway_to(&upstream, "ws-0000000005").await;
+    let audit = Arc::new(KeepRefusals::default());
+    g.set_audit(audit.clone());
+    for (method, path) in REFUSED {
+        assert_eq!(raw_request(addr, method, path).await.0, 403);
+    }
+    assert_eq!(
+        raw_request(addr, "POST", "/openai/v1/responses").await.0,
+        200
+    );
+    let got = audit.0.lock().unwrap().clone();
+    let lines: Vec<(String, String)> = got
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone()))
+        .collect();
+    let want: Vec<(String, String)> = REFUSED
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(lines, want);
+    assert!(got.iter().all(|r| r.workspace == "ws-0000000005"));
+    assert_eq!(got[0].reason, "no supported agent calls it");
+    let dotdot = &got[4];
+    assert_eq!(dotdot.path, "/anthropic/v1/../v1/organizations");
+    assert_eq!(dotdot.reason, "the path is not in normal form");
+    let get = got
+        .iter()
+        .find(|r| r.path == "/anthropic/v1/messages")
+        .unwrap();
+    assert_eq!(get.reason, "this path is forwarded for POST only");
 }

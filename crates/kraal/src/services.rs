@@ -1,7 +1,7 @@
 //! The link services the daemon runs for every running workspace: the model and git
 //! gateway and the egress proxy (`kraal-proxy`), with credentials taken from the
-//! encrypted secret store (falling back to the daemon's environment) and every egress
-//! decision written to the database.
+//! encrypted secret store (falling back to the daemon's environment), every egress
+//! decision written to the database and the gateway's refusals to the audit log.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,7 +13,8 @@ use kraal_core::{EGRESS_PORT, ModelGateway};
 use kraal_engine::LinkServices;
 use kraal_proxy::{
     AnthropicAuth, CredentialSource, Credentials, EgressProxies, EgressRecord, EgressSettings,
-    EgressSink, GATEWAY_PORT, Gateways, GitRoute, Upstreams, placeholder_key,
+    EgressSink, GATEWAY_PORT, GatewayAudit, Gateways, GitRoute, RefusedRequest, Upstreams,
+    placeholder_key,
 };
 use kraal_store::{
     ANTHROPIC_KEY_SECRET, CLAUDE_TOKEN_SECRET, GEMINI_KEY_SECRET, OPENAI_KEY_SECRET, SecretKey,
@@ -189,6 +190,42 @@ impl EgressSink for StoreSink {
     }
 }
 
+/// The model gateway's refusals in the audit log (actor `gateway:WORKSPACE`), written off
+/// the request path: each request line once a minute per workspace, and at most
+/// [`AUDIT_PER_MINUTE`] lines a minute per workspace, so a looping agent cannot flood it.
+struct StoreAudit {
+    store: Store,
+    /// When each (workspace, request line) was last written, for the last minute.
+    written: Mutex<HashMap<(String, String), Instant>>,
+}
+
+const AUDIT_PER_MINUTE: usize = 60;
+
+impl GatewayAudit for StoreAudit {
+    fn refused(&self, r: RefusedRequest) {
+        let now = Instant::now();
+        let line = format!("{} {}", r.method, r.path);
+        {
+            let mut w = self.written.lock().unwrap();
+            w.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+            let key = (r.workspace.clone(), line.clone());
+            if w.contains_key(&key)
+                || w.keys().filter(|(ws, _)| *ws == r.workspace).count() >= AUDIT_PER_MINUTE
+            {
+                return;
+            }
+            w.insert(key, now);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let actor = format!("gateway:{}", r.workspace);
+            if let Err(e) = store.audit(&actor, "gateway.refused", &line, &r.reason) {
+                tracing::warn!(workspace = %r.workspace, "cannot audit a refused model request: {e}");
+            }
+        });
+    }
+}
+
 /// Where egress refusals are announced (set once the engine exists).
 pub(crate) type NoticeSlot =
     Arc<std::sync::OnceLock<tokio::sync::broadcast::Sender<kraal_engine::Notice>>>;
@@ -222,6 +259,10 @@ impl HostServices {
         gateways.set_spending(Arc::new(crate::spending::StoreSpending {
             store: store.clone(),
             notices: notices.clone(),
+        }));
+        gateways.set_audit(Arc::new(StoreAudit {
+            store: store.clone(),
+            written: Mutex::default(),
         }));
         Ok(Arc::new(HostServices {
             gateways,
