@@ -14,6 +14,7 @@
 
 pub mod build;
 mod spec;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -85,8 +86,14 @@ impl GvisorBackend {
         c.timeout(OP_TIMEOUT)
     }
 
-    /// runsc's view of the container: `None` when it does not exist.
+    /// runsc's view of the container: `None` when it does not exist. Read from runsc's
+    /// state file; `runsc state` only when the file is not one this reader understands.
     async fn runsc_state(&self, id: &WorkspaceId) -> Result<Option<String>, BackendError> {
+        match state::read(&self.cfg.runsc_root, id.as_str()) {
+            state::Read::Missing => return Ok(None),
+            state::Read::Status(s) => return Ok(Some(s)),
+            state::Read::Unknown => {}
+        }
         match self.runsc().args(["state", id.as_str()]).run().await {
             Ok(out) => {
                 let v: serde_json::Value =
