@@ -89,6 +89,20 @@ pub(crate) fn human(d: Duration) -> String {
 }
 
 impl Engine {
+    /// Start on demand: schedules a start of `reference` if it is stopped (idle stop,
+    /// `kraal down`), so what needs it running (a new session, a message, a terminal)
+    /// waits for it instead of failing; returns whether it did. The start runs on its own
+    /// (and [`Engine::guest`] waits for it).
+    pub fn start_if_stopped(self: &Arc<Self>, reference: &str) -> Result<bool, EngineError> {
+        let rec = self.resolve(reference)?;
+        if rec.state != WorkspaceState::Stopped {
+            return Ok(false);
+        }
+        self.event(&rec.id, "info", "starting on demand");
+        drop(self.up(rec.id.as_str())?);
+        Ok(true)
+    }
+
     /// Replaces the housekeeping settings (takes effect on the next pass).
     pub fn set_housekeeping(&self, h: Housekeeping) {
         *self.housekeeping.settings.lock().unwrap() = Arc::new(h);

@@ -218,6 +218,9 @@ pub struct Engine {
     /// Idle-stop and backup-schedule settings, and what each workspace was last used for.
     housekeeping: housekeeping::State,
     started: Instant,
+    /// What `GET /metrics` exports; the engine records lifecycle, mirror, backup and
+    /// reconciler numbers into it.
+    metrics: Arc<kraal_metrics::Metrics>,
     /// How long a started sandbox may take to answer, in milliseconds.
     boot_timeout_ms: std::sync::atomic::AtomicU64,
 }
@@ -246,11 +249,13 @@ pub struct Captured {
 const GUEST_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Engine {
-    /// An engine driving `backend`; `services` run on each running workspace's link.
+    /// An engine driving `backend`; `services` run on each running workspace's link;
+    /// `metrics` is where it records what it does.
     pub fn new(
         store: Store,
         backend: Arc<dyn Backend>,
         services: Option<Arc<dyn LinkServices>>,
+        metrics: Arc<kraal_metrics::Metrics>,
     ) -> Arc<Self> {
         let writer = feed::Writer::start(store.clone());
         Arc::new(Engine {
@@ -270,6 +275,7 @@ impl Engine {
             restores: Mutex::new(std::collections::HashSet::new()),
             housekeeping: housekeeping::State::default(),
             started: Instant::now(),
+            metrics,
             boot_timeout_ms: (GUEST_BOOT_TIMEOUT.as_millis() as u64).into(),
         })
     }
@@ -302,6 +308,10 @@ impl Engine {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    pub fn metrics(&self) -> &Arc<kraal_metrics::Metrics> {
+        &self.metrics
     }
 
     fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
@@ -733,6 +743,7 @@ impl Engine {
                 .set_state(&rec.id, WorkspaceState::Creating, None)?;
             let t0 = Instant::now();
             self.backend.create(&spec).await?;
+            self.metrics.workspace_created(t0.elapsed());
             self.event(
                 &rec.id,
                 "info",
@@ -779,6 +790,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        self.metrics.workspace_started(t0.elapsed());
         self.attach_link(rec, &ep).await;
         self.forward_ports(rec, &ep).await;
         self.event(
@@ -880,9 +892,11 @@ impl Engine {
         // so `up --detach` followed by `exec` just works.
         let mut rec = self.resolve(reference)?;
         let deadline = Instant::now() + GUEST_BOOT_TIMEOUT;
+        // A stopped workspace whose desired state is running has a start scheduled that
+        // has not begun yet (e.g. [`Engine::start_if_stopped`]).
         while matches!(
             rec.state,
-            WorkspaceState::Creating | WorkspaceState::Starting
+            WorkspaceState::Creating | WorkspaceState::Starting | WorkspaceState::Stopped
         ) && rec.desired == DesiredState::Running
             && Instant::now() < deadline
         {
@@ -1000,6 +1014,7 @@ impl Engine {
 
     /// One reconciliation pass over every workspace not busy with an operation.
     pub async fn reconcile(self: &Arc<Self>) {
+        let _pass = self.metrics.reconcile_pass();
         let Ok(all) = self.store.list() else { return };
         for rec in all {
             // A restore this process is not running was cut short (a daemon killed

@@ -237,6 +237,7 @@ pub async fn send(
     text: String,
     attach: &[std::path::PathBuf],
     wait: bool,
+    no_start: bool,
 ) -> anyhow::Result<i32> {
     let before: Session = c.get(&format!("/v1/sessions/{}", enc(session))).await?;
     // Every file is checked and read first, so a missing or oversized one sends nothing.
@@ -267,6 +268,7 @@ pub async fn send(
             kraal_core::MAX_ATTACHMENTS_TOTAL >> 20
         );
     }
+    crate::autostart::ensure_session_running(c, &before, no_start).await?;
     let mut files = Vec::new();
     for p in attach {
         let data = std::fs::read(p)
@@ -447,9 +449,11 @@ pub async fn chat(
     c: &Client,
     workspace: Option<String>,
     session: Option<String>,
+    no_start: bool,
 ) -> anyhow::Result<i32> {
     if let Some(id) = session {
         let s: Session = c.get(&format!("/v1/sessions/{}", enc(&id))).await?;
+        crate::autostart::ensure_session_running(c, &s, no_start).await?;
         return interactive(c, s).await;
     }
     let path = match &workspace {
@@ -460,6 +464,7 @@ pub async fn chat(
     let tty = std::io::stdin().is_terminal();
     let chosen = match (l.sessions.len(), &workspace) {
         (0, Some(w)) => {
+            crate::autostart::ensure_running(c, w, no_start).await?;
             eprintln!("no sessions in {w} yet; starting a Claude Code session");
             c.send(
                 Method::POST,
@@ -497,6 +502,7 @@ pub async fn chat(
             l.sessions.into_iter().nth(n - 1).expect("in range")
         }
     };
+    crate::autostart::ensure_session_running(c, &chosen, no_start).await?;
     interactive(c, chosen).await
 }
 

@@ -41,6 +41,9 @@ pub enum Command {
         /// Working directory inside the workspace.
         #[arg(short = 'w', long)]
         workdir: Option<String>,
+        /// Fail instead of starting the workspace if it is stopped.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Stop a workspace; its volume is kept.
     Down {
@@ -146,6 +149,9 @@ pub enum Command {
         /// The session to talk to (id or unique prefix).
         #[arg(short = 'c', long = "conversation", alias = "session")]
         session: Option<String>,
+        /// Fail instead of starting the workspace if it is stopped.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Send a message to a session; it is queued or steered in while the agent works.
     Send {
@@ -160,6 +166,9 @@ pub enum Command {
         /// given to the agent (images inline where the agent takes them).
         #[arg(long, short = 'a', value_name = "FILE")]
         attach: Vec<PathBuf>,
+        /// Fail instead of starting the workspace if it is stopped.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Review a workspace's uncommitted changes: the diff with `path:line:` on every line
     /// (for editors' quickfix lists), line comments, and sending them to an agent.
@@ -252,6 +261,9 @@ pub enum Command {
         /// Arguments for ssh after the host, e.g. a remote command.
         #[arg(last = true)]
         args: Vec<String>,
+        /// Fail instead of starting the workspace if it is stopped.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Host entries for OpenSSH and VS Code Remote-SSH: `ssh WORKSPACE` then just works.
     SshConfig {
@@ -268,6 +280,9 @@ pub enum Command {
         workspace: String,
         #[arg(long, default_value = "root")]
         user: String,
+        /// Fail instead of starting the workspace if it is stopped.
+        #[arg(long)]
+        no_start: bool,
     },
     /// Forward a port of a workspace (e.g. RDP 3389 of the desktop image) to localhost.
     Forward {
@@ -342,7 +357,7 @@ pub struct ReviewArgs {
     pub json: bool,
 }
 
-/// `HOST=SECRET` or `USER@HOST=SECRET`.
+/// `HOST=SECRET` or `USER@HOST=SECRET`, optionally `:OWNER/REPO,…`.
 pub(crate) fn git_credential(s: &str) -> Result<kraal_core::GitCredential, String> {
     kraal_core::GitCredential::parse(s).map_err(|e| e.to_string())
 }
@@ -590,9 +605,11 @@ pub struct UpArgs {
     /// package registries).
     #[arg(long)]
     pub no_default_allow: bool,
-    /// Authenticate git over HTTPS to HOST with a stored secret, added on the host:
-    /// HOST=SECRET or USER@HOST=SECRET (repeatable).
-    #[arg(long, value_name = "HOST=SECRET")]
+    /// Authenticate git over HTTPS to HOST with a stored secret, added on the host, for
+    /// the workspace's own repository on HOST (its source, or a local checkout's origin)
+    /// and the ones listed: HOST=SECRET[:OWNER/REPO,…] or USER@HOST=SECRET[:…]
+    /// (repeatable). Fetches and pushes of any other repository on HOST are refused.
+    #[arg(long, value_name = "HOST=SECRET[:OWNER/REPO,…]")]
     pub git: Vec<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -623,6 +640,9 @@ impl PolicyArgs {
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     pub workspace: String,
+    /// Fail instead of starting the workspace if it is stopped.
+    #[arg(long)]
+    pub no_start: bool,
     /// Allocate a pseudo-terminal.
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -643,6 +663,9 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct NewChatArgs {
     pub workspace: String,
+    /// Fail instead of starting the workspace if it is stopped.
+    #[arg(long)]
+    pub no_start: bool,
     /// The coding agent.
     #[arg(long, default_value = "claude", value_parser = ["claude", "codex", "gemini", "qwen", "goose", "opencode"])]
     pub agent: String,

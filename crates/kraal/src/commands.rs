@@ -12,7 +12,7 @@ use kraal_core::{Resources, Source, parse_memory_mib};
 use crate::cli::UpArgs;
 use crate::client::{Client, ClientError, enc};
 
-fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
+pub(crate) fn spinner(msg: String) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         eprintln!("{msg}");
         return None;
@@ -61,6 +61,40 @@ pub async fn resolve_target(client: &Client, a: &UpArgs) -> anyhow::Result<Targe
         );
     }
     bail!("no workspace, directory or git URL named {t:?}\nhint: `kraal ls` lists workspaces")
+}
+
+/// The `--git` credentials of a new workspace from `source`. A local checkout's `origin`
+/// on a credential's host is one of the repositories it reaches (as a cloned repository
+/// is); a credential that reaches none is refused here, since the git gateway would refuse
+/// every request for its host.
+pub(crate) fn scoped_git(
+    mut git: Vec<kraal_core::GitCredential>,
+    source: &Source,
+) -> anyhow::Result<Vec<kraal_core::GitCredential>> {
+    let origin = match source {
+        Source::Local { path } => std::fs::read_to_string(path.join(".git/config"))
+            .ok()
+            .and_then(|c| kraal_core::origin_url(&c))
+            .and_then(|u| kraal_core::git_url_repo(&u)),
+        Source::Git { .. } | Source::Empty => None,
+    };
+    for g in &mut git {
+        if let Some((host, repo)) = &origin
+            && *host == g.host
+            && !g.repos.contains(repo)
+        {
+            g.repos.push(repo.clone());
+        }
+        if g.scope(source).is_empty() {
+            bail!(
+                "--git for {host} reaches no repository: the workspace is not cloned from one on {host}\n\
+                 hint: name the repositories it may fetch from and push to: --git {host}={secret}:OWNER/REPO[,OWNER/REPO…]",
+                host = g.host,
+                secret = g.secret
+            );
+        }
+    }
+    Ok(git)
 }
 
 pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
@@ -131,11 +165,13 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 policy: a.policy.policy(),
                 egress: a.no_default_allow.then(Vec::new),
                 allow: a.allow.clone(),
-                git: a
-                    .git
-                    .iter()
-                    .map(|g| kraal_core::GitCredential::parse(g))
-                    .collect::<Result<_, _>>()?,
+                git: scoped_git(
+                    a.git
+                        .iter()
+                        .map(|g| kraal_core::GitCredential::parse(g))
+                        .collect::<Result<_, _>>()?,
+                    &source,
+                )?,
             };
             let pb = spinner(format!(
                 "creating workspace from {} (the first one on an image also builds it)…",
@@ -702,4 +738,40 @@ pub async fn policy(
         w.last_backup_at.as_deref().unwrap_or("never")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cred(spec: &str) -> kraal_core::GitCredential {
+        kraal_core::GitCredential::parse(spec).unwrap()
+    }
+
+    #[test]
+    fn a_git_credential_reaches_the_checkouts_origin_or_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(
+            dir.path().join(".git/config"),
+            "[remote \"origin\"]\n\turl = https://github.com/Acme/App.git\n",
+        )
+        .unwrap();
+        let local = Source::local(dir.path().to_owned()).unwrap();
+        let got = scoped_git(vec![cred("github.com=pat:acme/lib")], &local).unwrap();
+        assert_eq!(got[0].repos, ["acme/lib", "acme/app"]);
+        let e = scoped_git(vec![cred("gitlab.com=gl")], &local).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--git for gitlab.com reaches no repository")
+                && e.to_string().contains("--git gitlab.com=gl:OWNER/REPO"),
+            "{e}"
+        );
+        // A clone reaches its own repository without a list; an empty volume needs one.
+        let clone = Source::git("https://github.com/acme/app", None).unwrap();
+        let got = scoped_git(vec![cred("github.com=pat")], &clone).unwrap();
+        assert!(got[0].repos.is_empty());
+        assert!(scoped_git(vec![cred("github.com=pat")], &Source::Empty).is_err());
+        assert!(scoped_git(vec![cred("github.com=pat:acme/app")], &Source::Empty).is_ok());
+    }
 }

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 error; 2 usage error; for `exec`/`shell`, the command's own
 //! exit code (128+N when killed by signal N) and 125 when kraal itself failed.
 
+mod autostart;
 mod backups;
 mod budget;
 mod chat;
@@ -60,14 +61,19 @@ fn main() -> ExitCode {
         }
     }
     let default_level = if is_serve { "info" } else { "warn" };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KRAAL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    // `serve --log-format json` (KRAAL_LOG_FORMAT): one JSON object a line.
+    if matches!(&cli.command, Command::Serve(a) if a.log_format == "json") {
+        serve::JSON_LOG.store(true, std::sync::atomic::Ordering::Relaxed);
+        log.json().flatten_event(true).init();
+    } else {
+        log.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let is_exec = matches!(cli.command, Command::Exec(_) | Command::Shell { .. });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,6 +87,10 @@ fn main() -> ExitCode {
     };
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if serve::JSON_LOG.load(std::sync::atomic::Ordering::Relaxed) => {
+            tracing::error!("kraal: error: {e:#}");
+            1
+        }
         Err(e) => {
             eprintln!("kraal: error: {e:#}");
             if let Some(hint) = hint(&e) {
@@ -160,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 env.push((k.to_owned(), v.to_owned()));
             }
+            autostart::ensure_running(&c, &a.workspace, a.no_start).await?;
             let opts = exec::ExecOptions {
                 argv: a.command,
                 env,
@@ -169,12 +180,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             exec::run(&c, &a.workspace, opts).await
         }
-        Command::Shell { workspace, workdir } => {
+        Command::Shell {
+            workspace,
+            workdir,
+            no_start,
+        } => {
             if !std::io::stdin().is_terminal() {
                 anyhow::bail!(
                     "`kraal shell` needs a terminal; use `kraal exec {workspace} -- <command>` from scripts"
                 );
             }
+            autostart::ensure_running(&c, &workspace, no_start).await?;
             let argv = [
                 "/bin/sh",
                 "-c",
@@ -332,11 +348,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             workspace,
             user,
             args,
-        } => ssh::ssh(&c, &workspace, user.as_deref(), &args).await,
+            no_start,
+        } => {
+            autostart::ensure_running(&c, &workspace, no_start).await?;
+            ssh::ssh(&c, &workspace, user.as_deref(), &args).await
+        }
         Command::SshConfig { output, install } => ssh::ssh_config(&c, output.as_deref(), install)
             .await
             .map(|()| 0),
-        Command::SshProxy { workspace, user } => ssh::proxy(&c, &workspace, &user).await,
+        Command::SshProxy {
+            workspace,
+            user,
+            no_start,
+        } => {
+            autostart::ensure_running(&c, &workspace, no_start).await?;
+            ssh::proxy(&c, &workspace, &user).await
+        }
         Command::Forward {
             workspace,
             port,
@@ -363,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     kraal_core::parse_env_entry(kv).map_err(|e| anyhow::anyhow!("--env: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            autostart::ensure_running(&c, &a.workspace, a.no_start).await?;
             chat::new_chat(
                 &c,
                 chat::NewChat {
@@ -382,12 +410,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Command::Chat { workspace, session } => chat::chat(&c, workspace, session).await,
+        Command::Chat {
+            workspace,
+            session,
+            no_start,
+        } => chat::chat(&c, workspace, session, no_start).await,
         Command::Send {
             session,
             message,
             wait,
             attach,
+            no_start,
         } => {
             let text = if message == ["-"] {
                 let mut t = String::new();
@@ -396,7 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 message.join(" ")
             };
-            chat::send(&c, &session, text, &attach, wait).await
+            chat::send(&c, &session, text, &attach, wait, no_start).await
         }
         Command::Review(a) => review::run(&c, a).await,
         Command::Task(cmd) => tasks::run(&c, cmd).await,

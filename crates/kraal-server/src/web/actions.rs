@@ -171,6 +171,8 @@ pub async fn new_session(
             spec.permissions = PermissionMode::Ask;
         }
         let message = Some(f.message.trim().to_owned()).filter(|m| !m.is_empty());
+        // Start on demand: a stopped workspace starts and the session waits for it.
+        w.app.engine.start_if_stopped(&ws)?;
         let s = w
             .app
             .engine
@@ -188,6 +190,11 @@ pub async fn new_session(
 
 /// Hands `input` to session `id`; answers with the session page to go back to.
 async fn to_session(w: &WebState, id: &str, input: SessionInput) -> Result<String, HttpError> {
+    // A message to a session whose workspace idle stop stopped starts it again.
+    if matches!(input, SessionInput::Message { .. }) {
+        let s = w.app.engine.session(id)?;
+        w.app.engine.start_if_stopped(s.workspace_id.as_str())?;
+    }
     let s = w.app.engine.send_input(id, input).await?;
     Ok(format!("/s/{}", s.id))
 }

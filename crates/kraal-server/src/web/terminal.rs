@@ -19,6 +19,11 @@ pub async fn page(
         .engine
         .resolve(&ws)
         .map_err(|x| error_page(&auth, x.into()))?;
+    // A stopped workspace starts; the terminal's exec connection waits for it.
+    w.app
+        .engine
+        .start_if_stopped(rec.id.as_str())
+        .map_err(|x| error_page(&auth, x.into()))?;
     let name = rec.name.to_string();
     Ok(layout(
         &format!("{name} terminal"),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::harness::*;
 use crate::sessions::with_model_on;
 
-fn state(d: &Daemon, ws: &str) -> (String, String) {
+pub(crate) fn state(d: &Daemon, ws: &str) -> (String, String) {
     let w = d.workspace(ws);
     (
         w["state"].as_str().unwrap_or_default().to_owned(),
@@ -18,7 +18,7 @@ fn state(d: &Daemon, ws: &str) -> (String, String) {
     )
 }
 
-fn up(d: &Daemon, name: &str, extra: &[&str]) {
+pub(crate) fn up(d: &Daemon, name: &str, extra: &[&str]) {
     let repo = git_repo(d.dir.path(), name);
     let mut args = vec!["up", repo.to_str().unwrap()];
     args.extend_from_slice(extra);
@@ -26,7 +26,7 @@ fn up(d: &Daemon, name: &str, extra: &[&str]) {
 }
 
 /// Waits until `ws` is stopped; returns when that was seen.
-fn wait_stopped(d: &Daemon, ws: &str, limit: Duration) -> Instant {
+pub(crate) fn wait_stopped(d: &Daemon, ws: &str, limit: Duration) -> Instant {
     wait_until(limit, &format!("{ws} stopped by the idle timer"), || {
         state(d, ws).0 == "stopped"
     });

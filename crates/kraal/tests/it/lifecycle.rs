@@ -55,13 +55,16 @@ pub fn exec_write_down_up_keeps_files(d: &Daemon) {
     let w = d.workspace("proj");
     assert_eq!(w["state"], "stopped");
     assert!(w["address"].is_null());
-    let e = d.exec("proj", "true");
+    let e = d.run(&["exec", "proj", "--no-start", "--", "true"]);
     assert_ne!(e.code, Some(0));
     assert!(
-        e.stderr.contains("not running") && e.stderr.contains("kraal up proj"),
+        e.stderr
+            .contains("workspace proj is stopped and --no-start was given")
+            && e.stderr.contains("kraal up proj"),
         "{}",
         e.stderr
     );
+    assert_eq!(d.workspace("proj")["state"], "stopped");
 
     d.ok(&["up", "proj"]);
     let o = d.exec("proj", "cat notes.txt && git status --short");

@@ -20,6 +20,8 @@ mod images;
 mod isolation;
 mod kubernetes;
 mod lifecycle;
+mod metrics;
+mod on_demand;
 mod push_peer;
 mod qemu;
 mod remote;

@@ -551,11 +551,20 @@ fn bad_session_input_is_refused_clearly() {
     assert_eq!(o.code, Some(1));
     assert!(o.stderr.contains("1X=y"), "{o:?}");
     d.ok(&["down", "bad"]);
-    let o = d.run(&["new-chat", "bad", "-m", "hello"]);
+    let o = d.run(&["new-chat", "bad", "--no-start", "-m", "hello"]);
     assert_eq!(o.code, Some(1));
     assert!(
-        o.stderr.contains("not running") && o.stderr.contains("kraal up bad"),
+        o.stderr
+            .contains("workspace bad is stopped and --no-start was given")
+            && o.stderr.contains("kraal up bad"),
         "{o:?}"
+    );
+    // The API itself does not start anything: a client is told why and how.
+    let (status, body) = d.http("POST", "/v1/workspaces/bad/sessions", b"{}");
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("not_running") && body.contains("kraal up bad"),
+        "{body}"
     );
     let (status, body) = d.http("POST", "/v1/workspaces/bad/sessions", b"{\"agent\": 7}");
     assert_eq!(status, 400, "{body}");
