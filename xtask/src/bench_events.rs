@@ -162,6 +162,8 @@ fn raw_baseline(node: &Path, script: &Path, n: usize, events: usize, rate: usize
         });
         children.push(c);
     }
+    // Loaded before they are told to go, like the sessions.
+    std::thread::sleep(Duration::from_secs(1 + n as u64 / 50));
     for c in &mut children {
         let mut stdin = c.stdin.take().unwrap();
         let _ = writeln!(
@@ -189,14 +191,13 @@ fn exec_baseline(
 ) -> Seen {
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
-    let script = format!(
-        r#"echo '{{"type":"user","message":{{"role":"user","content":"go"}}}}' | BENCH_EVENTS={events} BENCH_RATE={rate} /workspace/stand-in"#
-    );
+    let (ev, rt) = (format!("BENCH_EVENTS={events}"), format!("BENCH_RATE={rate}"));
     for ws in workspaces {
         for _ in 0..per_ws {
             let mut c =
                 s.d.kraal(&s.kraal)
-                    .args(["exec", "-n", ws, "--", "sh", "-c", &script])
+                    .args(["exec", ws, "--", "env", &ev, &rt, "/workspace/stand-in"])
+                    .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::null())
                     .spawn()
@@ -217,11 +218,22 @@ fn exec_baseline(
         }
     }
     drop(tx);
+    // Every stand-in started and loaded before any is told to go (as the sessions are in
+    // the kraal phase), so their start-up is not in the measurement.
+    std::thread::sleep(Duration::from_secs(3 + children.len() as u64 / 10));
+    let mut inputs: Vec<_> = children.iter_mut().filter_map(|c| c.stdin.take()).collect();
+    for i in &mut inputs {
+        let _ = writeln!(
+            i,
+            r#"{{"type":"user","message":{{"role":"user","content":"go"}}}}"#
+        );
+    }
     let seen = collect(
         rx,
         workspaces.len() * per_ws * events,
         Duration::from_secs(900),
     );
+    drop(inputs);
     for mut c in children {
         let _ = c.wait();
     }
