@@ -287,6 +287,12 @@ pub struct GitCredential {
     /// User name sent with the token.
     #[serde(default = "default_git_user")]
     pub username: String,
+    /// The repositories on `host` the token is sent for (`OWNER/REPO`, `GROUP/SUB/REPO`),
+    /// besides the workspace's source repository when that is on `host`; fetches and
+    /// pushes of any other are refused. Absent in records of older versions: the source
+    /// repository only.
+    #[serde(default)]
+    pub repos: Vec<String>,
 }
 
 /// The user name sent with a git host token unless one is given (GitHub's convention).
@@ -297,26 +303,59 @@ fn default_git_user() -> String {
 }
 
 impl GitCredential {
-    /// `HOST=SECRET` or `USER@HOST=SECRET`.
+    /// `HOST=SECRET` or `USER@HOST=SECRET`, optionally followed by the repositories it
+    /// reaches: `HOST=SECRET:OWNER/REPO,OWNER/REPO2`.
     pub fn parse(spec: &str) -> Result<GitCredential, EgressRuleError> {
         let err = |reason: &str| EgressRuleError {
             rule: spec.to_owned(),
             reason: reason.to_owned(),
         };
-        let (left, secret) = spec
-            .split_once('=')
-            .ok_or_else(|| err("expected HOST=SECRET or USER@HOST=SECRET"))?;
+        let (left, right) = spec.split_once('=').ok_or_else(|| {
+            err("expected HOST=SECRET, USER@HOST=SECRET or HOST=SECRET:OWNER/REPO,…")
+        })?;
         let (user, host) = match left.split_once('@') {
             Some((u, h)) => (u.to_owned(), h),
             None => (default_git_user(), left),
+        };
+        // A secret name has no ':', so the first one starts the repositories.
+        let (secret, repos) = match right.split_once(':') {
+            Some((s, list)) => {
+                let mut repos = Vec::new();
+                for r in list.split(',').map(str::trim) {
+                    let r = crate::git::normalize_repo(r).map_err(|e| err(&e))?;
+                    if !repos.contains(&r) {
+                        repos.push(r);
+                    }
+                }
+                (s, repos)
+            }
+            None => (right, Vec::new()),
         };
         let c = GitCredential {
             host: host.to_owned(),
             secret: secret.trim().to_owned(),
             username: user,
+            repos,
         };
         c.validate().map_err(|e| err(&e))?;
         Ok(c)
+    }
+
+    /// The repositories the token is sent for, in normal form: the ones listed and, when
+    /// the workspace was cloned from a repository on this host, that one. Empty: none —
+    /// the gateway refuses every request for the host.
+    pub fn scope(&self, source: &crate::Source) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let listed = self
+            .repos
+            .iter()
+            .filter_map(|r| crate::git::normalize_repo(r).ok());
+        for r in listed.chain(source.repo_on(&self.host)) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -339,6 +378,17 @@ impl GitCredential {
             || self.username.chars().any(char::is_control)
         {
             return Err(format!("{:?} is not a usable git user name", self.username));
+        }
+        if self.repos.len() > crate::git::MAX_GIT_REPOS {
+            return Err(format!(
+                "{} repositories for {}; at most {}",
+                self.repos.len(),
+                self.host,
+                crate::git::MAX_GIT_REPOS
+            ));
+        }
+        for r in &self.repos {
+            crate::git::normalize_repo(r)?;
         }
         Ok(())
     }
@@ -408,8 +458,15 @@ mod tests {
             (c.host.as_str(), c.secret.as_str(), c.username.as_str()),
             ("github.com", "github-pat", "x-access-token")
         );
+        assert!(c.repos.is_empty());
         let c = GitCredential::parse("oauth2@gitlab.example.org=gl").unwrap();
         assert_eq!(c.username, "oauth2");
+        let c = GitCredential::parse(
+            "oauth2@gitlab.example.org=gl:Group/Sub/Repo.git, acme/app,acme/app",
+        )
+        .unwrap();
+        assert_eq!((c.username.as_str(), c.secret.as_str()), ("oauth2", "gl"));
+        assert_eq!(c.repos, ["group/sub/repo", "acme/app"]);
         for bad in [
             "github.com",
             "*.github.com=x",
@@ -417,9 +474,63 @@ mod tests {
             "GitHub.com=x",
             "github.com=Bad Name",
             "10.0.0.1=x",
+            "github.com=x:",
+            "github.com=x:acme/app,",
+            "github.com=x:acme/../other",
+            "github.com=x:acme//app",
+            "github.com=x:acme/%2e%2e",
         ] {
             assert!(GitCredential::parse(bad).is_err(), "{bad}");
         }
+        let e = GitCredential::parse("github.com=x:acme/../other").unwrap_err();
+        assert!(e.to_string().contains("acme/../other"), "{e}");
+    }
+
+    #[test]
+    fn a_credential_reaches_its_repositories_and_the_source_on_its_host() {
+        let c = GitCredential::parse("github.com=pat:acme/lib").unwrap();
+        let src = |u: &str| crate::Source::git(u, None).unwrap();
+        assert_eq!(
+            c.scope(&src("https://github.com/Acme/App.git")),
+            ["acme/lib", "acme/app"]
+        );
+        assert_eq!(c.scope(&src("git@github.com:acme/lib.git")), ["acme/lib"]);
+        assert_eq!(
+            c.scope(&src("https://gitlab.com/acme/app.git")),
+            ["acme/lib"]
+        );
+        // A record of an older version: no list, the source repository only, or nothing.
+        let old: GitCredential =
+            serde_json::from_str(r#"{"host":"github.com","secret":"pat","username":"x"}"#).unwrap();
+        assert!(old.repos.is_empty());
+        assert_eq!(old.scope(&src("https://github.com/acme/app")), ["acme/app"]);
+        assert!(old.scope(&crate::Source::Empty).is_empty());
+        let mut unnormal = old.clone();
+        unnormal.repos = vec!["Acme/Other.git".into()];
+        assert!(unnormal.validate().is_ok());
+        assert_eq!(unnormal.scope(&crate::Source::Empty), ["acme/other"]);
+        unnormal.repos = vec!["acme/../x".into()];
+        assert!(unnormal.validate().is_err());
+    }
+
+    #[test]
+    fn a_task_on_a_git_host_scopes_that_hosts_credential_to_its_repository() {
+        let target = crate::ForgeTarget {
+            host: "github.com".into(),
+            repo: "Acme/Widget".into(),
+            issue: None,
+            base: "main".into(),
+            pull_request: true,
+            max_rounds: 5,
+        };
+        let mut git = vec![
+            GitCredential::parse("github.com=pat:acme/lib").unwrap(),
+            GitCredential::parse("gitlab.com=gl:acme/lib").unwrap(),
+        ];
+        target.scope_git(&mut git);
+        target.scope_git(&mut git);
+        assert_eq!(git[0].repos, ["acme/lib", "acme/widget"]);
+        assert_eq!(git[1].repos, ["acme/lib"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod egress;
 mod event;
+mod git;
 mod mounts;
 mod names;
 mod policy;
@@ -19,6 +20,7 @@ pub use egress::{
     GitCredential, allowed, default_rules, is_secret_name, link_env, normalize_host, parse_rules,
 };
 pub use event::{AgentEvent, FileChangeKind, SessionEvent, SessionState};
+pub use git::{MAX_GIT_REPOS, git_url_repo, normalize_repo, origin_url};
 pub use mounts::{Mount, MountError};
 pub use names::{NameError, WorkspaceId, WorkspaceName, derive_name, is_image_name};
 pub use policy::{MIN_BACKUP_EVERY_SECS, MIN_IDLE_SECS, Policy, PolicyError, parse_duration_secs};

@@ -44,6 +44,23 @@ impl ForgeTarget {
     pub fn key(&self) -> String {
         format!("{}/{}", self.host, self.repo)
     }
+
+    /// Makes the credential for this task's host in `git` reach the task's repository
+    /// (the git gateway sends a token only for the repositories its credential lists).
+    pub fn scope_git(&self, git: &mut [crate::GitCredential]) {
+        let Ok(repo) = crate::normalize_repo(&self.repo) else {
+            return;
+        };
+        for g in git.iter_mut().filter(|g| g.host == self.host) {
+            if !g
+                .repos
+                .iter()
+                .any(|r| crate::normalize_repo(r).as_ref() == Ok(&repo))
+            {
+                g.repos.push(repo.clone());
+            }
+        }
+    }
 }
 
 /// Where a task's pull request stands.

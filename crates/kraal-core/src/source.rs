@@ -81,6 +81,17 @@ impl Source {
         }
     }
 
+    /// The repository (`OWNER/REPO`, normal form) this source was cloned from, when it is
+    /// a git URL on `host`.
+    pub fn repo_on(&self, host: &str) -> Option<String> {
+        match self {
+            Source::Git { url, .. } => {
+                crate::git::git_url_repo(url).and_then(|(h, r)| (h == host).then_some(r))
+            }
+            Source::Local { .. } | Source::Empty => None,
+        }
+    }
+
     /// The last path segment, used to derive a default workspace name.
     pub fn basename(&self) -> Option<String> {
         let raw = match self {

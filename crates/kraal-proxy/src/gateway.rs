@@ -165,6 +165,8 @@ struct Shared {
     pacer: Arc<crate::pacing::Pacer>,
     /// Where refused requests are reported, when the daemon keeps an audit log.
     audit: std::sync::OnceLock<Arc<dyn GatewayAudit>>,
+    /// Where model requests are counted, when the daemon exports metrics.
+    metrics: std::sync::OnceLock<Arc<kraal_metrics::Metrics>>,
 }
 
 /// One workspace's gateway.
@@ -213,6 +215,7 @@ impl Gateways {
                 spending: std::sync::OnceLock::new(),
                 pacer: crate::pacing::Pacer::new(),
                 audit: std::sync::OnceLock::new(),
+                metrics: std::sync::OnceLock::new(),
             }),
             running: Mutex::new(HashMap::new()),
         })
@@ -236,6 +239,11 @@ impl Gateways {
     /// Reports every refused request from now on (set once; later calls are ignored).
     pub fn set_audit(&self, a: Arc<dyn GatewayAudit>) {
         let _ = self.shared.audit.set(a);
+    }
+
+    /// Counts the model requests of gateways started from now on (set once).
+    pub fn set_metrics(&self, m: Arc<kraal_metrics::Metrics>) {
+        let _ = self.shared.metrics.set(m);
     }
 
     /// Makes sure `workspace`'s gateway listens on `addr` and accepts `key`; returns the
@@ -273,7 +281,8 @@ impl Gateways {
             key: key.to_owned(),
             git: std::sync::RwLock::new(git),
         });
-        let app = Router::new().fallback(forward).with_state(state.clone());
+        let app = crate::meter::counted(Router::new().fallback(forward), self.shared.metrics.get())
+            .with_state(state.clone());
         let ws = workspace.to_owned();
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -1,6 +1,7 @@
 //! Host-side services that sandboxes reach over their private link: the egress proxy
 //! (the only way out, per-workspace allowlist) and the model gateway, a reverse proxy in
-//! front of the model APIs (Anthropic, OpenAI, Gemini) for the calls agents make (`routes`).
+//! front of the model APIs (Anthropic, OpenAI, Gemini) for the calls agents make (`routes`)
+//! and of git hosts for fetches and pushes of the workspace's repositories (`git`).
 //! Agents inside a sandbox are given the gateway as their API base URL and a per-workspace
 //! placeholder key; the gateway checks the placeholder, swaps it for the real credential
 //! held on the host and streams the answer back. Real keys and OAuth tokens never enter a
@@ -8,6 +9,7 @@
 
 mod egress;
 mod gateway;
+mod git;
 mod meter;
 mod pacing;
 mod routes;

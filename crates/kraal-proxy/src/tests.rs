@@ -1,6 +1,7 @@
 //! The model gateway against the scripted model server: credentials are swapped on the way
 //! out, streams pass through, strangers are refused; against a recording upstream: only the
-//! calls agents make are forwarded, and every refusal is reported.
+//! calls agents make are forwarded, only the workspace's repositories get the git token,
+//! and every refusal is reported.
 
 use std::sync::Arc;
 
@@ -314,7 +315,7 @@ async fn the_git_gateway_adds_the_token_only_for_configured_hosts_and_never_foll
             }),
         )
         .route(
-            "/moved",
+            "/org/moved/info/refs",
             get(|| async { axum::response::Redirect::temporary("http://elsewhere.invalid/steal") }),
         );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -329,6 +330,7 @@ async fn the_git_gateway_adds_the_token_only_for_configured_hosts_and_never_foll
         host: "git.example.com".into(),
         username: "x-access-token".into(),
         secret: "pat".into(),
+        repos: vec!["org/repo".into(), "org/moved".into()],
     };
     let addr = g
         .ensure(
@@ -381,12 +383,205 @@ async fn the_git_gateway_adds_the_token_only_for_configured_hosts_and_never_foll
     );
     // A redirect comes back to the client instead of being followed with the token.
     let r = c
-        .get(format!("http://{addr}/git/git.example.com/moved"))
+        .get(format!(
+            "http://{addr}/git/git.example.com/org/moved/info/refs?service=git-upload-pack"
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 307);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+/// A gateway whose git host `git.example.com` is `upstream`, with the token `pat` for the
+/// repositories `repos`.
+async fn git_gateway_to(
+    upstream: &str,
+    workspace: &str,
+    repos: &[&str],
+) -> (Gateways, std::net::SocketAddr) {
+    let mut upstreams = Upstreams::default();
+    upstreams
+        .git
+        .insert("git.example.com".into(), upstream.to_owned());
+    let g = Gateways::new(upstreams, Arc::new(GitSecrets)).unwrap();
+    let route = GitRoute {
+        host: "git.example.com".into(),
+        username: "x-access-token".into(),
+        secret: "pat".into(),
+        repos: repos.iter().map(|r| r.to_string()).collect(),
+    };
+    let addr = g
+        .ensure(workspace, "127.0.0.1:0".parse().unwrap(), KEY, vec![route])
+        .await
+        .unwrap();
+    (g, addr)
+}
+
+/// `Basic` with the real token, as the git host must receive it.
+fn real_basic() -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("x-access-token:ghp_REALTOKEN")
+    )
+}
+
+/// Fetches and pushes git makes (smart HTTP), under `/git/git.example.com`.
+const GIT_ALLOWED: &[(&str, &str)] = &[
+    ("GET", "/acme/app.git/info/refs?service=git-upload-pack"),
+    ("POST", "/acme/app.git/git-upload-pack"),
+    ("GET", "/acme/app.git/info/refs?service=git-receive-pack"),
+    ("POST", "/acme/app.git/git-receive-pack"),
+    // GitHub-style: without `.git`, in any case.
+    ("GET", "/acme/app/info/refs?service=git-receive-pack"),
+    ("POST", "/Acme/App/git-receive-pack"),
+    // GitLab's nested groups.
+    (
+        "GET",
+        "/group/sub/repo.git/info/refs?service=git-upload-pack",
+    ),
+    ("POST", "/group/sub/repo.git/git-upload-pack"),
+];
+
+/// Requests for other repositories on the same host, path tricks and everything that is
+/// not git's smart HTTP, under `/git/git.example.com`.
+const GIT_REFUSED: &[(&str, &str)] = &[
+    ("GET", "/acme/other.git/info/refs?service=git-upload-pack"),
+    ("GET", "/acme/other.git/info/refs?service=git-receive-pack"),
+    ("POST", "/acme/other.git/git-receive-pack"),
+    ("POST", "/acme/other/git-upload-pack"),
+    ("POST", "/ACME/OTHER.git/git-receive-pack"),
+    ("GET", "/group/sub.git/info/refs?service=git-upload-pack"),
+    ("POST", "/group/sub/repo/fork.git/git-receive-pack"),
+    ("POST", "/acme/app.git.git/git-receive-pack"),
+    (
+        "GET",
+        "/acme/app/../other/info/refs?service=git-receive-pack",
+    ),
+    ("POST", "/acme/app/../other/git-receive-pack"),
+    (
+        "POST",
+        "/acme/app.git/%2e%2e/%2e%2e/acme/other.git/git-receive-pack",
+    ),
+    ("POST", "/acme/app%2f..%2fother/git-receive-pack"),
+    ("POST", "/acme/%61pp/git-receive-pack"),
+    ("POST", "//acme/app.git/git-receive-pack"),
+    ("POST", "/acme//app.git/git-receive-pack"),
+    ("POST", "/acme/./app.git/git-receive-pack"),
+    ("POST", "/acme/app.git/Git-Receive-Pack"),
+    ("GET", "/acme/app.git/INFO/REFS?service=git-upload-pack"),
+    (
+        "GET",
+        "/acme/app.git/info/refs?service=git-upload-pack&service=x",
+    ),
+    ("GET", "/acme/app.git/info/refs"),
+    ("GET", "/acme/app.git/git-receive-pack"),
+    ("POST", "/acme/app.git/info/refs?service=git-receive-pack"),
+    ("GET", "/acme/app.git/HEAD"),
+    ("GET", "/acme/app.git/objects/info/packs"),
+    ("POST", "/acme/app.git/info/lfs/objects/batch"),
+    ("GET", "/acme/app/settings"),
+    ("DELETE", "/api/v3/repos/acme/app"),
+    ("POST", "/git-receive-pack"),
+];
+
+/// Regression: the git gateway added the host's token to any path on the host, so an
+/// agent could fetch from and push to every repository the token reaches.
+#[tokio::test]
+async fn the_git_gateway_reaches_only_the_workspaces_repositories() {
+    let (upstream, seen) = recording_upstream().await;
+    let (g, addr) =
+        git_gateway_to(&upstream, "ws-0000000006", &["acme/app", "group/sub/repo"]).await;
+    let audit = Arc::new(KeepRefusals::default());
+    g.set_audit(audit.clone());
+    let sandbox_auth = "authorization: Basic c2FuZGJveDpmYWtl\r\n";
+    for (method, path) in GIT_REFUSED {
+        let target = format!("/git/git.example.com{path}");
+        let (status, body) = raw_request_with(addr, method, &target, sandbox_auth).await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(body.starts_with("kraal git gateway: "), "{body}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing refused reached the git host: {:?}",
+        seen.lock().unwrap()
+    );
+    // The refusal names the repository and how to allow it.
+    let (_, body) = raw_request_with(
+        addr,
+        "POST",
+        "/git/git.example.com/acme/other.git/git-receive-pack",
+        "",
+    )
+    .await;
+    assert!(
+        body.contains("push of git.example.com/acme/other refused")
+            && body.contains("reaches only acme/app, group/sub/repo on git.example.com")
+            && body.contains("--git git.example.com=pat:acme/app,group/sub/repo,acme/other"),
+        "{body}"
+    );
+    let (_, body) =
+        raw_request_with(addr, "GET", "/git/git.example.com/acme/app.git/HEAD", "").await;
+    assert!(
+        body.contains("only forwards git fetches and pushes of the workspace's repositories"),
+        "{body}"
+    );
+    // Every refusal is in the audit log, with its reason.
+    let got = audit.0.lock().unwrap().clone();
+    assert_eq!(got.len(), GIT_REFUSED.len() + 2);
+    for (r, (method, path)) in got.iter().zip(GIT_REFUSED) {
+        let path = path.split('?').next().unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            (*method, format!("/git/git.example.com{path}").as_str())
+        );
+        assert_eq!(r.workspace, "ws-0000000006");
+    }
+    assert_eq!(
+        got[1].reason,
+        "push of acme/other, not one of the workspace's repositories"
+    );
+    assert_eq!(got[8].reason, "the path is not in normal form");
+    assert!(
+        got[22].reason.starts_with("not a git smart HTTP request"),
+        "{:?}",
+        got[22]
+    );
+
+    // Fetches and pushes of the workspace's repositories go through with the real token
+    // in place of the sandbox's.
+    for (method, path) in GIT_ALLOWED {
+        let target = format!("/git/git.example.com{path}");
+        let (status, body) = raw_request_with(addr, method, &target, sandbox_auth).await;
+        assert_eq!(status, 200, "{method} {path}: {body}");
+    }
+    let got = seen.lock().unwrap().clone();
+    let want: Vec<(String, String, String)> = GIT_ALLOWED
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string(), real_basic()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(audit.0.lock().unwrap().len(), GIT_REFUSED.len() + 2);
+}
+
+/// A credential that reaches no repository (stored by an older version for a workspace not
+/// cloned from its host) is refused for everything, never sent.
+#[tokio::test]
+async fn a_git_route_without_repositories_refuses_everything() {
+    let (upstream, seen) = recording_upstream().await;
+    let (_g, addr) = git_gateway_to(&upstream, "ws-0000000007", &[]).await;
+    for (method, path) in GIT_ALLOWED {
+        let target = format!("/git/git.example.com{path}");
+        let (status, body) = raw_request_with(addr, method, &target, "").await;
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert!(
+            body.contains("credential for git.example.com reaches no repository")
+                && body.contains("--git git.example.com=pat:OWNER/REPO"),
+            "{body}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 /// What a recording upstream received: method, path with query, and the credential.
@@ -443,10 +638,20 @@ async fn gateway_to(upstream: &str, workspace: &str) -> (Gateways, std::net::Soc
 /// Sends `method target` exactly as written (an HTTP client would resolve `..` first) with
 /// this workspace's key; returns the status and the body.
 async fn raw_request(addr: std::net::SocketAddr, method: &str, target: &str) -> (u16, String) {
+    raw_request_with(addr, method, target, &format!("x-api-key: {KEY}\r\n")).await
+}
+
+/// [`raw_request`] with `headers` (each line ending in CRLF) instead of the key.
+async fn raw_request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {target} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+        "{method} {target} HTTP/1.1\r\nhost: gateway\r\n{headers}content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();

@@ -145,15 +145,18 @@ pub(crate) async fn new_task(
             issue: *issue,
             ..target
         };
-        // The git gateway adds the host's token to the sandbox's fetches and pushes.
+        // The git gateway adds the host's token to the sandbox's fetches and pushes of the
+        // task's repository.
         if !creds.iter().any(|g| g.host == target.host) {
             let h = sched.forges()?.host(&target.host)?;
             workspace.git.push(kraal_core::GitCredential {
                 host: target.host.clone(),
                 secret: kraal_tasks::Forges::secret_name(&creds, h),
                 username: kraal_core::DEFAULT_GIT_USER.to_owned(),
+                repos: Vec::new(),
             });
         }
+        target.scope_git(&mut workspace.git);
         forge = Some(target);
     }
     let req_ws = crate::routes::workspace_request(workspace)?;

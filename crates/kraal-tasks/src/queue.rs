@@ -158,7 +158,7 @@ impl Scheduler {
                     persistent: false,
                     mounts: Vec::new(),
                     egress: s.egress.clone(),
-                    git: s.git.clone(),
+                    git: task_git(s),
                     restoring: None,
                     policy: s.policy,
                 }) {
@@ -423,4 +423,15 @@ impl Scheduler {
             }
         });
     }
+}
+
+/// The git credentials of a task's workspace: a task on a git host reaches its repository
+/// with the host's credential, also when the task (or the source that made it) was stored
+/// before credentials listed their repositories.
+fn task_git(s: &kraal_core::TaskSpec) -> Vec<kraal_core::GitCredential> {
+    let mut git = s.git.clone();
+    if let Some(f) = &s.forge {
+        f.scope_git(&mut git);
+    }
+    git
 }

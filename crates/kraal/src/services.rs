@@ -1,7 +1,8 @@
 //! The link services the daemon runs for every running workspace: the model and git
 //! gateway and the egress proxy (`kraal-proxy`), with credentials taken from the
 //! encrypted secret store (falling back to the daemon's environment), every egress
-//! decision written to the database and the gateway's refusals to the audit log.
+//! decision written to the database (and counted in the metrics) and the gateway's
+//! refusals to the audit log.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -130,11 +131,15 @@ impl HostCredentials {
 }
 
 /// Egress decisions go to the database, written in batches off the request path (a
-/// connection never waits for SQLite).
-struct StoreSink(tokio::sync::mpsc::UnboundedSender<EgressRecord>, NoticeSlot);
+/// connection never waits for SQLite), and into the metrics.
+struct StoreSink(
+    tokio::sync::mpsc::UnboundedSender<EgressRecord>,
+    NoticeSlot,
+    Arc<kraal_metrics::Metrics>,
+);
 
 impl StoreSink {
-    fn new(store: Store, notices: NoticeSlot) -> StoreSink {
+    fn new(store: Store, notices: NoticeSlot, metrics: Arc<kraal_metrics::Metrics>) -> StoreSink {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<EgressRecord>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -169,12 +174,13 @@ impl StoreSink {
                 }
             }
         });
-        StoreSink(tx, notices)
+        StoreSink(tx, notices, metrics)
     }
 }
 
 impl EgressSink for StoreSink {
     fn record(&self, r: EgressRecord) {
+        self.2.egress_connection(r.allowed);
         if !r.allowed
             && let Some(tx) = self.1.get()
             && let Ok(ws) = kraal_core::WorkspaceId::parse(&r.workspace)
@@ -253,6 +259,7 @@ impl HostServices {
         credentials: Arc<dyn CredentialSource>,
         egress: EgressSettings,
         store: Store,
+        metrics: Arc<kraal_metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let notices: NoticeSlot = Arc::default();
         let gateways = Gateways::new(upstreams, credentials)?;
@@ -264,9 +271,13 @@ impl HostServices {
             store: store.clone(),
             written: Mutex::default(),
         }));
+        gateways.set_metrics(metrics.clone());
         Ok(Arc::new(HostServices {
             gateways,
-            egress: EgressProxies::new(egress, Arc::new(StoreSink::new(store, notices.clone()))),
+            egress: EgressProxies::new(
+                egress,
+                Arc::new(StoreSink::new(store, notices.clone(), metrics)),
+            ),
             notices,
         }))
     }

@@ -77,9 +77,10 @@ pub struct AddArgs {
     /// Feedback rounds (failed checks, review comments) sent to the agent at most.
     #[arg(long, value_name = "N")]
     pub max_rounds: Option<u32>,
-    /// The token for a git host, HOST=SECRET (repeatable; default for a --repo host:
-    /// the secret `github-token`).
-    #[arg(long, value_name = "HOST=SECRET", value_parser = crate::cli::git_credential)]
+    /// The token for a git host, HOST=SECRET[:OWNER/REPO,…] (repeatable; default for a
+    /// --repo host: the secret `github-token`). It is sent only for the task's repository
+    /// on HOST (--repo, or the source's) and the repositories listed.
+    #[arg(long, value_name = "HOST=SECRET[:OWNER/REPO,…]", value_parser = crate::cli::git_credential)]
     pub git: Vec<kraal_core::GitCredential>,
     /// Queue the task again and again at this interval (90s, 6h, 1d): a schedule source.
     #[arg(long, value_name = "INTERVAL", conflicts_with = "cron")]
@@ -274,13 +275,16 @@ pub(crate) fn request_with(a: &AddArgs, optional_prompt: bool) -> anyhow::Result
             git: a.git.clone(),
             ..CreateWorkspace::of(Source::Empty)
         }),
-        (Some(s), _) => Some(CreateWorkspace {
-            resources: Some(resources(a)?),
-            image: a.image.clone(),
-            allow: a.allow.clone(),
-            git: a.git.clone(),
-            ..CreateWorkspace::of(source_of(s, a.branch.clone())?)
-        }),
+        (Some(s), _) => {
+            let source = source_of(s, a.branch.clone())?;
+            Some(CreateWorkspace {
+                resources: Some(resources(a)?),
+                image: a.image.clone(),
+                allow: a.allow.clone(),
+                git: crate::commands::scoped_git(a.git.clone(), &source)?,
+                ..CreateWorkspace::of(source)
+            })
+        }
         (None, Some(_)) => None,
     };
     let env = a

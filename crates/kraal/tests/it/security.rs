@@ -98,10 +98,10 @@ impl Drop for TestHosts {
     }
 }
 
-/// Serves `www/`; `/private.git/…` only with the right basic-auth token. Logs every
-/// request.
+/// Serves `www/`; `/private.git/…` only with the right basic-auth token, its fetches over
+/// smart HTTP (`git http-backend`, as git hosts serve them). Logs every request.
 const SERVER: &str = r#"
-import base64, http.server, sys
+import base64, http.server, os, subprocess, sys
 root, token, log = sys.argv[1], sys.argv[2], sys.argv[3]
 want = 'Basic ' + base64.b64encode(('x-access-token:' + token).encode()).decode()
 class H(http.server.SimpleHTTPRequestHandler):
@@ -120,9 +120,52 @@ class H(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             return False
         return True
+    def body(self):
+        if self.headers.get('Transfer-Encoding', '').lower() != 'chunked':
+            return self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        out = b''
+        while True:
+            size = int(self.rfile.readline().split(b';')[0].strip() or b'0', 16)
+            if size == 0:
+                while self.rfile.readline().strip():
+                    pass
+                return out
+            out += self.rfile.read(size)
+            self.rfile.readline()
+    def smart(self):
+        path, _, query = self.path.partition('?')
+        data = self.body() if self.command == 'POST' else b''
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL='1',
+                   REMOTE_USER='x-access-token', REQUEST_METHOD=self.command, PATH_INFO=path,
+                   QUERY_STRING=query, CONTENT_TYPE=self.headers.get('Content-Type', ''),
+                   CONTENT_LENGTH=str(len(data)),
+                   HTTP_CONTENT_ENCODING=self.headers.get('Content-Encoding', ''),
+                   GIT_PROTOCOL=self.headers.get('Git-Protocol', ''))
+        out = subprocess.run(['git', 'http-backend'], input=data, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+        head, _, rest = out.partition(b'\r\n\r\n')
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            k, _, v = line.partition(':')
+            if k.lower() == 'status':
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header('Content-Length', str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+    def do_POST(self):
+        if self.allowed():
+            self.smart()
     def do_GET(self):
         if self.allowed():
-            super().do_GET()
+            if self.path.startswith('/private.git/info/refs?service='):
+                self.smart()
+            else:
+                super().do_GET()
     def do_HEAD(self):
         if self.allowed():
             super().do_HEAD()
@@ -228,12 +271,23 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
     let bad = d.run(&[
         "up",
         "--git",
-        "allowed.test=missing-secret",
+        "allowed.test=missing-secret:private",
         tmp.path().join("upstream-src").to_str().unwrap(),
     ]);
     assert_ne!(bad.code, Some(0));
     assert!(
         bad.stderr.contains("no secret named missing-secret"),
+        "{bad:?}"
+    );
+    // A credential that would reach no repository: the source is not on its host.
+    let bad = d.run(&[
+        "up",
+        "--git",
+        "allowed.test=git-pat",
+        tmp.path().join("upstream-src").to_str().unwrap(),
+    ]);
+    assert!(
+        bad.code != Some(0) && bad.stderr.contains("reaches no repository"),
         "{bad:?}"
     );
     let bad = d.run(&["secret", "set", "Bad Name", "--command", "echo x"]);
@@ -256,7 +310,7 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
         "--allow",
         "lan.test",
         "--git",
-        "allowed.test=git-pat",
+        "allowed.test=git-pat:private",
     ]);
     let ws = "escape";
     let addr = d.workspace(ws)["address"].as_str().unwrap().to_owned();
@@ -302,6 +356,25 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
         hosts
             .seen()
             .contains("/private.git/info/refs?service=git-upload-pack auth-ok"),
+        "{}",
+        hosts.seen()
+    );
+    // Another repository on the same host: refused by the gateway, the token never sent.
+    let o = d.exec(
+        ws,
+        "GIT_TERMINAL_PROMPT=0 git clone -q https://allowed.test/public.git /tmp/other 2>&1; echo rc=$?",
+    );
+    assert!(
+        o.stdout.contains("rc=128")
+            && o.stdout.contains("allowed.test/public refused")
+            && o.stdout
+                .contains("--git allowed.test=git-pat:private,public"),
+        "{o:?}"
+    );
+    assert!(
+        !hosts
+            .seen()
+            .contains("/public.git/info/refs?service=git-upload-pack auth-ok"),
         "{}",
         hosts.seen()
     );
@@ -485,6 +558,11 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
         "{audit:?}"
     );
     assert!(has("secret.read", "git-pat"), "{audit:?}");
+    assert!(
+        audit.iter().any(|e| e["action"] == "gateway.refused"
+            && e["target"] == "GET /git/allowed.test/public.git/info/refs"),
+        "{audit:?}"
+    );
     assert!(has("exec", ws) && has("egress.set", ws), "{audit:?}");
     assert!(!audit.iter().any(|e| e.to_string().contains(PAT)));
     // A secret in use cannot be removed.
