@@ -1,7 +1,8 @@
 //! The model gateway: one small HTTP server per workspace, bound to the host side of that
 //! workspace's private link, forwarding the model API calls agents make under
 //! `/anthropic/...`, `/openai/...` and `/google/...` (`routes`) to the real APIs with the
-//! real credentials added.
+//! real credentials added; under `/git/HOST/...`, git's fetches and pushes of the
+//! workspace's repositories (`git`) with the host's token added.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinHandle;
 
+use crate::git::GitRefusal;
 use crate::routes::{GatewayAudit, Provider, Refusal, RefusedRequest};
 
 /// Port of the gateway on the host side of every workspace link (the guest agent is 7071).
@@ -91,21 +93,25 @@ pub trait CredentialSource: Send + Sync + 'static {
     }
 }
 
-/// A git host whose requests the gateway authenticates.
+/// A git host whose requests the gateway authenticates, for the repositories listed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GitRoute {
     pub host: String,
     pub username: String,
     /// Name of the secret holding the token.
     pub secret: String,
+    /// The repositories the token is sent for, in normal form
+    /// (`kraal_core::normalize_repo`); fetches and pushes of any other are refused, and
+    /// with none every request for the host is.
+    pub repos: Vec<String>,
 }
 
 impl std::fmt::Debug for GitRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "GitRoute({}@{} <- secret {})",
-            self.username, self.host, self.secret
+            "GitRoute({}@{} <- secret {}, for {:?})",
+            self.username, self.host, self.secret, self.repos
         )
     }
 }
@@ -660,9 +666,61 @@ fn refuse(ws: &Workspace, method: &str, path: &str, why: Refusal) -> Response {
     )
 }
 
+/// A 403 for a git request outside the workspace's repositories (or not git's at all),
+/// reported to the audit hook; the upstream never sees it.
+fn refuse_git(
+    ws: &Workspace,
+    route: &GitRoute,
+    method: &str,
+    path: &str,
+    why: GitRefusal,
+) -> Response {
+    let host = &route.host;
+    let shown: String = path.chars().take(200).collect();
+    let full = format!("/git/{host}{shown}");
+    let reason = why.reason();
+    tracing::warn!(workspace = %ws.workspace, %host, %method, path = %full, "git gateway: refused: {reason}");
+    if let Some(a) = ws.shared.audit.get() {
+        a.refused(RefusedRequest {
+            workspace: ws.workspace.clone(),
+            method: method.to_owned(),
+            path: full.clone(),
+            reason: reason.clone(),
+        });
+    }
+    let secret = &route.secret;
+    let message = match why {
+        GitRefusal::OutOfScope { repo, service } => {
+            let mut allowed = route.repos.clone();
+            allowed.push(repo.clone());
+            format!(
+                "kraal git gateway: {} of {host}/{repo} refused: workspace {} reaches only {} on {host}.\n\
+                 To allow it, create the workspace with --git {host}={secret}:{}\n",
+                service.as_str(),
+                ws.workspace,
+                route.repos.join(", "),
+                allowed.join(","),
+            )
+        }
+        GitRefusal::NoScope => format!(
+            "kraal git gateway: {method} {full} refused: workspace {}'s credential for {host} reaches no repository \
+             (the workspace was not cloned from one on {host}).\n\
+             To allow one, create the workspace with --git {host}={secret}:OWNER/REPO\n",
+            ws.workspace
+        ),
+        GitRefusal::NotNormal | GitRefusal::NotGit => format!(
+            "kraal git gateway: {method} {full} is not forwarded: the gateway only forwards git fetches and pushes \
+             of the workspace's repositories ({reason})\n"
+        ),
+    };
+    (StatusCode::FORBIDDEN, message).into_response()
+}
+
 /// Git over HTTPS: `/git/HOST/PATH` goes to `https://HOST/PATH` (or the configured URL of
 /// HOST) with the workspace's token for HOST added as basic auth. Only hosts given to this
-/// workspace are served; redirects are handed back to git, never followed with the token.
+/// workspace are served, and on them only git's fetches and pushes of the repositories
+/// their route lists (`git`); redirects are handed back to git, never followed with the
+/// token.
 async fn forward_git(
     ws: Arc<Workspace>,
     req: Request,
@@ -692,6 +750,11 @@ async fn forward_git(
             ),
         )
             .into_response();
+    };
+    // Before the token is looked up: a refused request never reaches the host.
+    let git = match crate::git::check(method.as_str(), &path, query.as_deref(), &route.repos) {
+        Ok(g) => g,
+        Err(why) => return refuse_git(&ws, &route, method.as_str(), &path, why),
     };
     let Some(token) = ws.shared.credentials.secret(&ws.workspace, &route.secret) else {
         return (
@@ -744,7 +807,7 @@ async fn forward_git(
         }
     };
     let status = resp.status();
-    tracing::info!(workspace = %ws.workspace, host = %host, %method, path = %path, status = status.as_u16(),
-        ms = t0.elapsed().as_millis() as u64, "git gateway");
+    tracing::info!(workspace = %ws.workspace, host = %host, repo = %git.repo, service = git.service.as_str(),
+        %method, path = %path, status = status.as_u16(), ms = t0.elapsed().as_millis() as u64, "git gateway");
     streamed_back(resp, &[header::SET_COOKIE], None)
 }

@@ -242,13 +242,23 @@ pub struct HostServices {
     notices: NoticeSlot,
 }
 
+/// The workspace's git credentials as gateway routes, each scoped to the repositories it
+/// lists and the workspace's source repository on its host. A credential stored by an
+/// older version lists none: it reaches the source repository only, or nothing.
 fn git_routes(ws: &WorkspaceRecord) -> Vec<GitRoute> {
     ws.git
         .iter()
-        .map(|g| GitRoute {
-            host: g.host.clone(),
-            username: g.username.clone(),
-            secret: g.secret.clone(),
+        .map(|g| {
+            let repos = g.scope(&ws.source);
+            if repos.is_empty() {
+                tracing::warn!(workspace = %ws.id, host = %g.host, "git credential reaches no repository: the git gateway refuses every request for the host");
+            }
+            GitRoute {
+                host: g.host.clone(),
+                username: g.username.clone(),
+                secret: g.secret.clone(),
+                repos,
+            }
         })
         .collect()
 }
