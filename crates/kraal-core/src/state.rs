@@ -20,6 +20,16 @@ pub enum WorkspaceState {
 }
 
 impl WorkspaceState {
+    pub const ALL: [WorkspaceState; 7] = [
+        WorkspaceState::Creating,
+        WorkspaceState::Starting,
+        WorkspaceState::Running,
+        WorkspaceState::Stopping,
+        WorkspaceState::Stopped,
+        WorkspaceState::Failed,
+        WorkspaceState::Deleting,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WorkspaceState::Creating => "creating",

@@ -313,6 +313,7 @@ impl Engine {
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<Manifest, EngineError> {
         let _stop_after = self.running_for(reference, "back it up").await?;
+        let t0 = std::time::Instant::now();
         repo.check().await.map_err(backup_err)?;
         let (rec, client) = self.guest(reference).await?;
         let meta = BackupMeta::from_record(&rec, scheduled);
@@ -404,6 +405,7 @@ impl Engine {
             )));
         }
         let m = writer.finish().await.map_err(backup_err)?;
+        self.metrics.backup(m.size, t0.elapsed());
         self.store.set_last_backup(&rec.id, &kraal_store::now())?;
         self.event(
             &rec.id,

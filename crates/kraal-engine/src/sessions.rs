@@ -389,6 +389,9 @@ impl Engine {
             Ok(Some(s)) => s.last_seq,
             _ => return,
         };
+        // The newest stored event: a re-subscription may replay some, which are not stored
+        // (nor counted) twice.
+        let mut stored = after;
         let mut events = match client.session_events(id.as_str(), after).await {
             Ok(e) => e,
             Err(e) => {
@@ -427,6 +430,8 @@ impl Engine {
             loop {
                 match self.writer.append(&id, batch.clone()).await {
                     Ok(last) => {
+                        self.metrics.events_ingested(last.saturating_sub(stored));
+                        stored = last;
                         self.feeds.publish(&id, live, last);
                         self.announce(&id, &batch, before);
                         break;

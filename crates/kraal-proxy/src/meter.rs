@@ -1,15 +1,23 @@
 //! Metering in the model gateway: the token usage each answer reports (read from the
 //! stream as it passes, never delaying it), its price from a table of list prices, and the
 //! [`Spending`] hook the daemon implements to record spend and to hold requests while a
-//! budget cap is reached.
+//! budget cap is reached; and the daemon's metrics of the gateway (requests, body bytes
+//! and errors per provider, `counted`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
+use kraal_metrics::Metrics;
 use serde_json::Value;
+
+use crate::routes::Provider;
 
 /// Tokens one answer used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -239,6 +247,60 @@ where
     }
 }
 
+/// `router` with every model request it serves counted into `metrics`: the request, its
+/// body bytes both ways, and whether it got no successful answer (refused, upstream
+/// unreachable, a non-2xx status, an answer cut off), per provider. Git's requests are
+/// not model requests and pass uncounted.
+pub(crate) fn counted<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    metrics: Option<&Arc<Metrics>>,
+) -> axum::Router<S> {
+    match metrics {
+        Some(m) => router.layer(axum::middleware::from_fn_with_state(m.clone(), count)),
+        None => router,
+    }
+}
+
+async fn count(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let provider = [Provider::Anthropic, Provider::OpenAi, Provider::Google]
+        .into_iter()
+        .map(Provider::as_str)
+        .find(|p| {
+            path.strip_prefix('/')
+                .and_then(|r| r.strip_prefix(p))
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        });
+    let Some(provider) = provider else {
+        return next.run(req).await;
+    };
+    m.gateway_request(provider);
+    let up = m.clone();
+    let req = req.map(|b| {
+        Body::from_stream(
+            b.into_data_stream()
+                .inspect_ok(move |c| up.gateway_request_bytes(provider, c.len() as u64)),
+        )
+    });
+    let resp = next.run(req).await;
+    let ok = resp.status().is_success();
+    if !ok {
+        m.gateway_error(provider);
+    }
+    resp.map(|b| {
+        let down = m.clone();
+        Body::from_stream(
+            b.into_data_stream()
+                .inspect_ok(move |c| down.gateway_response_bytes(provider, c.len() as u64))
+                .inspect_err(move |_| {
+                    if ok {
+                        m.gateway_error(provider);
+                    }
+                }),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +410,54 @@ mod tests {
             model_of(b"", "/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
             "gemini-2.5-pro"
         );
+    }
+
+    #[tokio::test]
+    async fn the_layer_counts_model_requests_bytes_and_errors_per_provider_but_not_git() {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
+        let m = Arc::new(Metrics::new());
+        let app = counted(
+            // Reads the request as the gateway does, then answers or refuses.
+            axum::Router::new().fallback(|req: Request| async move {
+                let refused = req.uri().path().ends_with("/refused");
+                axum::body::to_bytes(req.into_body(), 1024).await.unwrap();
+                if refused {
+                    (StatusCode::FORBIDDEN, "no").into_response()
+                } else {
+                    "answer".into_response()
+                }
+            }),
+            Some(&m),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let c = reqwest::Client::new();
+        for (path, body) in [
+            ("/anthropic/v1/messages", "hello"),
+            ("/anthropic/v1/refused", ""),
+            ("/openai/v1/responses", "x"),
+            ("/git/github.com/o/r.git/info/refs", "not a model request"),
+            ("/anthropicx/v1/messages", "nor this"),
+        ] {
+            let r = c.post(format!("http://{addr}{path}")).body(body).send();
+            r.await.unwrap().text().await.unwrap();
+        }
+        let mut t = String::new();
+        prometheus_client::encoding::text::encode(&mut t, m.registry()).unwrap();
+        for line in [
+            "kraal_gateway_requests_total{provider=\"anthropic\"} 2",
+            "kraal_gateway_requests_total{provider=\"openai\"} 1",
+            "kraal_gateway_errors_total{provider=\"anthropic\"} 1",
+            "kraal_gateway_bytes_total{provider=\"anthropic\",direction=\"request\"} 5",
+            // "answer" and "no".
+            "kraal_gateway_bytes_total{provider=\"anthropic\",direction=\"response\"} 8",
+            "kraal_gateway_bytes_total{provider=\"openai\",direction=\"request\"} 1",
+        ] {
+            assert!(t.lines().any(|l| l == line), "no {line:?} in\n{t}");
+        }
+        assert!(!t.contains("errors_total{provider=\"openai\"}"), "{t}");
+        assert_eq!(t.matches("kraal_gateway_requests_total{").count(), 2, "{t}");
     }
 }

@@ -7,6 +7,7 @@ mod checklist;
 mod error;
 mod exec;
 mod images;
+mod metrics;
 pub mod notifier;
 pub mod preview;
 pub mod push;
@@ -63,12 +64,14 @@ pub struct AppState {
     pub rate_limits: Option<Arc<dyn Fn() -> Vec<kraal_api::RateLimitWindow> + Send + Sync>>,
 }
 
-/// The API router. With `token`, every request must carry `Authorization: Bearer <token>`
-/// (used for TCP listeners; the Unix socket is protected by file permissions).
+/// The API router (`/v1/…` and `/metrics`). With `token`, every request must carry
+/// `Authorization: Bearer <token>` (used for TCP listeners; the Unix socket is protected by
+/// file permissions).
 pub fn router(state: AppState, token: Option<String>) -> Router {
     let engine = state.engine.clone();
     let public = sources::public_routes().with_state(state.clone());
     let app = routes::routes()
+        .merge(metrics::routes())
         .with_state(state)
         .layer(middleware::from_fn_with_state(engine, activity::track));
     let app = match token {
@@ -127,8 +130,7 @@ pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(
 /// The OpenAPI document as pretty JSON (what `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
     use utoipa::OpenApi;
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("openapi serializes")
-        + "\n"
+    let mut doc = ApiDoc::openapi();
+    doc.merge(metrics::MetricsDoc::openapi());
+    doc.to_pretty_json().expect("openapi serializes") + "\n"
 }

@@ -14,6 +14,7 @@ use futures::Stream;
 use kraal_api::*;
 use kraal_core::{AgentKind, AgentSpec, SessionEvent, SessionId, SessionInput};
 use kraal_engine::NewSession;
+use kraal_metrics::Reader;
 use kraal_store::SessionRecord;
 
 use crate::AppState;
@@ -227,9 +228,14 @@ pub async fn stream(
                 t.after = e.seq();
                 // Encoded once when it was mirrored, shared by every subscriber.
                 let ev = Event::default().id(e.seq().to_string()).data(&e.json);
+                t.state.engine.metrics().event_delivered(Reader::Api);
                 return Some((Ok(ev), t));
             }
-            t.changed.borrow_and_update();
+            let newest = *t.changed.borrow_and_update();
+            t.state
+                .engine
+                .metrics()
+                .subscriber_lag(newest.saturating_sub(t.after));
             match t.state.engine.live_events(&t.id, t.after, PAGE as usize) {
                 Ok(v) if !v.is_empty() => t.buf.extend(v),
                 Ok(_) => {

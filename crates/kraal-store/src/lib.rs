@@ -281,6 +281,33 @@ impl Store {
         })
     }
 
+    /// How many workspaces are in each state (a state with none is absent).
+    pub fn workspace_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.counts_by_state("workspaces")
+    }
+
+    /// How many sessions are in each state (a state with none is absent).
+    pub fn session_counts(&self) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.counts_by_state("sessions")
+    }
+
+    fn counts_by_state(
+        &self,
+        table: &'static str,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT state, COUNT(*) FROM {table} GROUP BY state"
+            ))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+    }
+
     pub fn set_state(
         &self,
         id: &WorkspaceId,
@@ -606,6 +633,21 @@ pub(crate) mod tests {
         s.delete(&a.id).unwrap();
         assert!(s.get(&a.id).unwrap().is_none());
         assert!(s.events(&a.id, 10).unwrap().is_empty(), "events cascade");
+    }
+
+    #[test]
+    fn workspaces_are_counted_by_state() {
+        let s = Store::open_in_memory().unwrap();
+        assert!(s.workspace_counts().unwrap().is_empty());
+        for n in ["a", "b", "c"] {
+            s.insert(&rec(n)).unwrap();
+        }
+        let b = s.resolve("b").unwrap().unwrap();
+        s.set_state(&b.id, WorkspaceState::Running, None).unwrap();
+        let counts = s.workspace_counts().unwrap();
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert_eq!((counts["creating"], counts["running"]), (2, 1));
+        assert!(s.session_counts().unwrap().is_empty());
     }
 
     #[test]

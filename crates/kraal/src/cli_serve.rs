@@ -210,6 +210,10 @@ pub struct ServeArgs {
     /// Seconds between housekeeping passes (idle stops, scheduled backups).
     #[arg(long, env = "KRAAL_HOUSEKEEPING_SECS", default_value_t = 10)]
     pub housekeeping_secs: u64,
+    /// The daemon's log on stderr: `text` for people, or `json` (one JSON object a line,
+    /// for log collectors). Which messages: KRAAL_LOG (default `info`).
+    #[arg(long, value_name = "FORMAT", env = "KRAAL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// Where and how workspaces run with `--backend kubernetes`.

@@ -13,6 +13,21 @@ use tokio::net::UnixListener;
 use crate::cli::ServeArgs;
 use crate::host::{BackendOptions, ensure_dir, inspect};
 
+/// The log is JSON (`--log-format json`): set once, before the daemon starts.
+pub static JSON_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line for whoever runs the daemon: plain on stderr, or in a JSON log an event like
+/// every other line.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON_LOG.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!($($arg)*)
+        } else {
+            eprintln!($($arg)*)
+        }
+    };
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
     ensure_dir(&data_dir, 0o700)
@@ -96,7 +111,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot take over from {backup_url}"))?;
         let d = kraal_server::state::DaemonMeta::of(&m);
-        eprintln!(
+        say!(
             "took over the state of {} from backup {} ({}); restoring {} workspaces from their newest backups",
             d.as_ref().map(|d| d.hostname.as_str()).unwrap_or("?"),
             m.id,
@@ -151,9 +166,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         secret_key.clone(),
         creds,
     ));
-    let services =
-        crate::services::HostServices::new(upstreams, host_creds.clone(), egress, store.clone())?;
-    let engine = Engine::new(store.clone(), backend, Some(services.clone()));
+    let metrics = Arc::new(kraal_metrics::Metrics::new());
+    let services = crate::services::HostServices::new(
+        upstreams,
+        host_creds.clone(),
+        egress,
+        store.clone(),
+        metrics.clone(),
+    )?;
+    let engine = Engine::new(store.clone(), backend, Some(services.clone()), metrics);
     engine.set_boot_timeout(Duration::from_secs(args.boot_timeout_secs.max(1)));
     // The web UI: bound first, so its address is known to the API.
     let web = match args.listen.as_str() {
@@ -243,7 +264,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     }
-    eprintln!(
+    say!(
         "kraal daemon listening on unix:{} (data in {})",
         socket.display(),
         data_dir.display()
@@ -289,7 +310,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!(
+        say!(
             "kraal daemon listening on tcp://{addr} (bearer token in {})",
             token_file.display()
         );
@@ -307,7 +328,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = web {
         let app = kraal_server::web::router(state.clone())
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        eprintln!(
+        say!(
             "kraal web UI on {} (log in with a token from `kraal token create`)",
             web_url.as_deref().unwrap_or_default()
         );
@@ -326,7 +347,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("kraal daemon shutting down; sandboxes keep running");
+    say!("kraal daemon shutting down; sandboxes keep running");
     reconciler.abort();
     housekeeper.abort();
     if let Some(t) = scheduler {
@@ -396,7 +417,7 @@ async fn take_over_workspaces(
                     "warn",
                     "taken over without a backup; recreating it from its source",
                 );
-                eprintln!(
+                say!(
                     "workspace {} has no backup; recreating it from its source",
                     w.name
                 );

@@ -14,6 +14,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use kraal_api::EventsQuery;
 use kraal_core::{AgentEvent, FileChangeKind, SessionEvent, SessionId, SessionState};
+use kraal_metrics::Reader;
 use maud::{Markup, html};
 
 use super::WebState;
@@ -265,9 +266,12 @@ pub async fn live(
                 let ev = Event::default()
                     .id(e.seq.to_string())
                     .data(data.to_string());
+                t.state.app.engine.metrics().event_delivered(Reader::Web);
                 return Some((Ok(ev), t));
             }
-            t.changed.borrow_and_update();
+            let newest = *t.changed.borrow_and_update();
+            let lag = newest.saturating_sub(t.after);
+            t.state.app.engine.metrics().subscriber_lag(lag);
             match t.state.app.engine.live_events(&t.id, t.after, 500) {
                 Ok(v) if !v.is_empty() => t.buf.extend(v),
                 Ok(_) => {
