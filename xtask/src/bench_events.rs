@@ -191,7 +191,10 @@ fn exec_baseline(
 ) -> Seen {
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
-    let (ev, rt) = (format!("BENCH_EVENTS={events}"), format!("BENCH_RATE={rate}"));
+    let (ev, rt) = (
+        format!("BENCH_EVENTS={events}"),
+        format!("BENCH_RATE={rate}"),
+    );
     for ws in workspaces {
         for _ in 0..per_ws {
             let mut c =

@@ -1,6 +1,7 @@
 //! Project automation, run as `cargo xtask <task>`:
 //!
 //! * `openapi` — regenerate `docs/openapi.json` from the server's route annotations;
+//! * `tidy` — no source file over 900 lines, no test that asserts nothing (also a test);
 //! * `bench` — the benchmark suite (root, runsc, QEMU): every measurement next to its raw
 //!   baseline in the same run, sections `create` (gVisor create → first exec, 20 and 100
 //!   at once, vs raw `runsc run`), `memory` (idle workspaces: memory each, how many fit),
@@ -17,6 +18,7 @@ mod bench_memory;
 mod bench_tasks;
 mod bench_vm;
 mod report;
+mod tidy;
 
 use std::path::PathBuf;
 
@@ -37,9 +39,23 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("bench") => bench::run(&args[1..]),
+        Some("tidy") => {
+            let problems = tidy::check(&root())?;
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if !problems.is_empty() {
+                anyhow::bail!("{} tidy problem(s)", problems.len());
+            }
+            println!(
+                "tidy: no source file over {} lines, every test asserts",
+                tidy::MAX_LINES
+            );
+            Ok(())
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <openapi | bench [--only create,memory,vm,events,backup,egress,tasks] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--runs N] [--egress-iterations N] [--tasks N]>"
+                "usage: cargo xtask <openapi | tidy | bench [--only create,memory,vm,events,backup,egress,tasks] [--publish] [--iterations N] [--concurrent 20,100] [--max-idle N] [--max-create-secs S] [--accel tcg|kvm] [--sessions N] [--workspaces N] [--subscribers N] [--events N] [--rate N] [--burst N] [--runs N] [--egress-iterations N] [--tasks N]>"
             );
             std::process::exit(2);
         }
@@ -51,6 +67,17 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::root;
+
+    /// The repository is tidy: see `tidy.rs`.
+    #[test]
+    fn no_long_files_and_no_tests_that_assert_nothing() {
+        let problems = crate::tidy::check(&root()).unwrap();
+        assert!(
+            problems.is_empty(),
+            "cargo xtask tidy:\n{}",
+            problems.join("\n")
+        );
+    }
 
     /// The committed OpenAPI document matches the code (`cargo xtask openapi` refreshes it).
     #[test]
