@@ -167,10 +167,10 @@ fn tokens(ts: TokenStream, into: &mut FnBody) {
             TokenTree::Ident(id) => {
                 let name = id.to_string();
                 match v.get(i + 1) {
-                    Some(TokenTree::Punct(p)) if p.as_char() == '!' => {
-                        if ASSERTING.contains(&name.as_str()) {
-                            into.asserts = true;
-                        }
+                    Some(TokenTree::Punct(p))
+                        if p.as_char() == '!' && ASSERTING.contains(&name.as_str()) =>
+                    {
+                        into.asserts = true;
                     }
                     Some(TokenTree::Group(g))
                         if g.delimiter() == proc_macro2::Delimiter::Parenthesis =>
