@@ -45,7 +45,15 @@ pub struct EgressSettings {
     /// Fixed addresses for names, consulted before DNS (like `curl --resolve`).
     pub resolve: HashMap<String, Vec<IpAddr>>,
     pub connect_timeout: Duration,
+    /// Connections (tunnels included) one workspace may have open at once; the next one
+    /// gets a 503 and is logged, so a workspace cannot exhaust the daemon's sockets.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head (a slow-loris bound).
+    pub header_timeout: Duration,
 }
+
+/// Bytes hyper buffers for one connection's request head at most.
+const MAX_HEAD_BUF: usize = 64 * 1024;
 
 impl Default for EgressSettings {
     fn default() -> Self {
@@ -53,6 +61,8 @@ impl Default for EgressSettings {
             allow_cidrs: Vec::new(),
             resolve: HashMap::new(),
             connect_timeout: Duration::from_secs(15),
+            max_connections: 256,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -248,6 +258,9 @@ impl EgressProxies {
             sink: self.sink.clone(),
         });
         let c = ctx.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            self.settings.max_connections.max(1),
+        ));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -257,10 +270,27 @@ impl EgressProxies {
                 // for delayed ACKs.
                 let _ = stream.set_nodelay(true);
                 let c = c.clone();
+                // Held by the connection and, for CONNECT, by its tunnel; none left: the
+                // connection is answered 503 and closed.
+                let slot = slots.clone().try_acquire_owned().ok().map(Arc::new);
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(c.clone(), req));
+                    let busy = slot.is_none();
+                    let head_timeout = c.settings.header_timeout;
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (c, slot) = (c.clone(), slot.clone());
+                        async move {
+                            match slot {
+                                Some(slot) => handle(c, req, slot).await,
+                                None => Ok(c.busy(&req)),
+                            }
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .preserve_header_case(true)
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(head_timeout)
+                        .max_buf_size(MAX_HEAD_BUF)
+                        .keep_alive(!busy)
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
@@ -340,6 +370,33 @@ fn empty(status: StatusCode) -> Response<Body> {
 struct Refusal(StatusCode, String);
 
 impl Ctx {
+    /// The answer to a request on a connection over the workspace's cap: 503, logged.
+    fn busy(&self, req: &Request<Incoming>) -> Response<Body> {
+        let connect = req.method() == Method::CONNECT;
+        let (host, port) = target(req, (!connect).then_some(80)).unwrap_or_default();
+        let msg = format!(
+            "workspace {} has {} connections through its egress proxy open, the most it may; close some and retry",
+            self.workspace, self.settings.max_connections
+        );
+        let rec = EgressRecord {
+            workspace: self.workspace.clone(),
+            method: req.method().to_string(),
+            host: kraal_core::normalize_host(&host),
+            port,
+            addr: None,
+            allowed: false,
+            reason: Some(msg.clone()),
+            bytes_up: 0,
+            bytes_down: 0,
+            ms: 0,
+        };
+        self.report(rec, Instant::now());
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("kraal egress: {msg}"),
+        )
+    }
+
     fn report(&self, mut r: EgressRecord, t0: Instant) {
         r.ms = t0.elapsed().as_millis() as u64;
         if r.allowed {
@@ -446,7 +503,11 @@ fn target(req: &Request<Incoming>, default_port: Option<u16>) -> Option<(String,
     Some((auth.host().to_owned(), port))
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Response<Body>, Infallible> {
     let t0 = Instant::now();
     let connect = req.method() == Method::CONNECT;
     let method = req.method().to_string();
@@ -487,6 +548,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
     rec.allowed = true;
     if connect {
         tokio::spawn(async move {
+            // The tunnel counts against the workspace's connections until it closes.
+            let _slot = slot;
             let mut upstream = upstream;
             match hyper::upgrade::on(req).await {
                 Ok(up) => {
@@ -563,139 +626,5 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_are_judged() {
-        let none: Vec<IpNet> = vec![];
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        for bad in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "100.100.1.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "fe80::1",
-            "fd00:ec2::254",
-            "fc00::1",
-            "::ffff:169.254.169.254",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a9fe:a9fe",
-            "192.0.2.1",
-        ] {
-            assert!(refused(ip(bad), &none).is_some(), "{bad} must be refused");
-        }
-        for good in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
-            assert_eq!(refused(ip(good), &none), None, "{good}");
-        }
-        let lan: Vec<IpNet> = vec![
-            "10.77.0.0/24".parse().unwrap(),
-            "169.254.0.0/16".parse().unwrap(),
-        ];
-        assert_eq!(
-            refused(ip("10.77.0.2"), &lan),
-            None,
-            "an allowed private range"
-        );
-        assert!(refused(ip("10.77.1.2"), &lan).is_some());
-        assert!(
-            refused(ip("169.254.169.254"), &lan).is_some(),
-            "metadata stays refused even when the operator allows its range"
-        );
-        for never in [
-            "127.0.0.1",
-            "::ffff:127.0.0.1",
-            "169.254.169.254",
-            "64:ff9b::a9fe:a9fe",
-            "ff02::1",
-        ] {
-            assert!(always_refused(ip(never)).is_some(), "{never}");
-        }
-        for openable in ["10.1.2.3", "192.168.1.1", "fc00::1", "1.1.1.1"] {
-            assert!(always_refused(ip(openable)).is_none(), "{openable}");
-        }
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    struct Keep(std::sync::Mutex<Vec<EgressRecord>>);
-    impl EgressSink for Keep {
-        fn record(&self, r: EgressRecord) {
-            self.0.lock().unwrap().push(r);
-        }
-    }
-
-    /// What the proxy answers a CONNECT to `target` with.
-    async fn refusal_of(addr: SocketAddr, target: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// The hint to allow a host is given only where allowing it would help.
-    #[tokio::test]
-    async fn refusals_suggest_an_allowlist_rule_only_where_one_would_help() {
-        let settings = EgressSettings {
-            resolve: [
-                ("lan.test".to_owned(), vec![ip("10.9.9.9")]),
-                ("meta.test".to_owned(), vec![ip("169.254.169.254")]),
-            ]
-            .into_iter()
-            .collect(),
-            ..Default::default()
-        };
-        let proxies = EgressProxies::new(settings, Arc::new(Keep(Default::default())));
-        let rules = vec![
-            kraal_core::EgressRule::parse("lan.test").unwrap(),
-            kraal_core::EgressRule::parse("meta.test").unwrap(),
-        ];
-        let addr = proxies
-            .ensure("ws-hint", "127.0.0.1:0".parse().unwrap(), rules)
-            .await
-            .unwrap();
-        for never in [
-            "127.0.0.1:22",
-            "169.254.169.254:80",
-            "[::1]:80",
-            "[::ffff:127.0.0.1]:80",
-        ] {
-            let r = refusal_of(addr, never).await;
-            assert!(r.starts_with("HTTP/1.1 403"), "{never}: {r}");
-            assert!(r.contains("never connect there"), "{never}: {r}");
-            assert!(
-                !r.contains("egress allow"),
-                "{never} is given a useless hint: {r}"
-            );
-        }
-        let r = refusal_of(addr, "meta.test:80").await;
-        assert!(
-            r.contains("never connect") && !r.contains("egress allow") && !r.contains("allow-cidr"),
-            "{r}"
-        );
-        let r = refusal_of(addr, "lan.test:80").await;
-        assert!(
-            r.contains("--egress-allow-cidr") && !r.contains("egress allow ws"),
-            "{r}"
-        );
-        let r = refusal_of(addr, "example.org:443").await;
-        assert!(r.contains("kraal egress allow ws-hint example.org"), "{r}");
-        let r = refusal_of(addr, "10.9.9.9:80").await;
-        assert!(
-            r.contains("kraal egress allow ws-hint 10.9.9.9"),
-            "a private literal can be opened: {r}"
-        );
-    }
-}
+#[path = "egress_tests.rs"]
+mod tests;
