@@ -607,8 +607,13 @@ impl Engine {
                     ExecEvent::Stderr { data, .. } => stderr.extend_from_slice(&data),
                     ExecEvent::Exit { code: Some(0), .. } => break,
                     ExecEvent::Exit { code, signal } => {
+                        let how = match (code, signal) {
+                            (Some(c), _) => format!("tar exited with {c}"),
+                            (None, Some(s)) => format!("tar was killed by signal {s}"),
+                            (None, None) => "tar stopped".to_owned(),
+                        };
                         return Err(EngineError::Invalid(format!(
-                            "unpacking the backup failed ({code:?}, {signal:?}): {}",
+                            "unpacking {from} failed ({how}): {}",
                             String::from_utf8_lossy(&stderr).trim()
                         )));
                     }

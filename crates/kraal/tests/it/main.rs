@@ -15,6 +15,7 @@ mod forge;
 mod fuzz;
 mod github_peer;
 mod harness;
+mod hostile_import;
 mod housekeeping;
 mod images;
 mod isolation;
