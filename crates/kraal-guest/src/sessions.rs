@@ -454,6 +454,8 @@ struct Run {
     transcript: Option<std::fs::File>,
     out_seq: u64,
     line: Vec<u8>,
+    /// Inside a line that grew past [`MAX_LINE`]: dropped until its newline.
+    cut: bool,
     stderr: Vec<u8>,
     last_output: tokio::time::Instant,
     stopping: Option<tokio::time::Instant>,
@@ -528,6 +530,7 @@ async fn drive(
         proc: proc.clone(),
         out_seq: 0,
         line: Vec::new(),
+        cut: false,
         stderr: Vec::new(),
         last_output: tokio::time::Instant::now(),
         stopping: None,
@@ -623,6 +626,10 @@ fn record(run: &mut Run, v: serde_json::Value) {
     }
 }
 
+/// The longest output line of an agent that is read as one (an event is at most about
+/// this big, well under the link's frame limit); longer ones are dropped with an error.
+const MAX_LINE: usize = 2 << 20;
+
 /// Feeds new output to the adapter: stdout line by line, stderr into a tail buffer.
 async fn read_output(
     s: &Arc<Session>,
@@ -643,9 +650,26 @@ async fn read_output(
                 run.line.extend_from_slice(&data);
                 while let Some(pos) = run.line.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = run.line.drain(..=pos).collect();
+                    if std::mem::take(&mut run.cut) {
+                        // The end of a line already dropped as too long.
+                        continue;
+                    }
                     let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
                     record(run, serde_json::json!({"read": text}));
                     step.extend(adapter.on_line(&text));
+                }
+                // A line without an end in sight is dropped, not kept growing: neither
+                // this process nor the daemon holds an event of unbounded size.
+                if run.line.len() > MAX_LINE {
+                    run.line.clear();
+                    if !std::mem::replace(&mut run.cut, true) {
+                        step.events.push(AgentEvent::Error {
+                            message: format!(
+                                "the agent printed a line longer than {} MiB; it was dropped",
+                                MAX_LINE >> 20
+                            ),
+                        });
+                    }
                 }
             }
             FrameKind::Stderr => {

@@ -266,3 +266,54 @@ async fn the_log_survives_a_guest_restart_and_subscriptions_start_anywhere() {
     .expect("the relaunched agent answered");
     assert!(e.seq > last);
 }
+
+#[tokio::test]
+async fn an_endless_output_line_is_dropped_with_an_error_and_the_session_goes_on() {
+    let g = start().await;
+    let c = GuestClient::connect(g.addr, TOKEN).await.unwrap();
+    // 5 MiB without a newline, then a normal answer.
+    let after = r#"{"type":"assistant","message":{"id":"m1","role":"assistant","content":[{"type":"text","text":"after the long line"}]}}"#;
+    let spec = fake_agent(
+        g.parent.path(),
+        "flood",
+        &format!(
+            "while read -r line; do echo '{INIT}'; head -c 5242880 /dev/zero | tr '\\0' x; echo; echo '{after}'; echo '{RESULT}'; done"
+        ),
+    );
+    c.session_start(
+        "se-000000000009",
+        spec,
+        Some("go".into()),
+        Launch::default(),
+    )
+    .await
+    .unwrap();
+    let ev = until(&c, "se-000000000009", Duration::from_secs(30), |e| {
+        matches!(
+            e.event,
+            AgentEvent::State {
+                state: SessionState::WaitingForInput,
+                ..
+            }
+        )
+    })
+    .await;
+    assert!(
+        ev.iter()
+            .any(|e| matches!(&e.event, AgentEvent::Error { message }
+            if message == "the agent printed a line longer than 2 MiB; it was dropped")),
+        "{:#?}",
+        ev.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert!(
+        ev.iter().any(|e| matches!(&e.event, AgentEvent::AssistantText { text } if text == "after the long line")),
+        "the next line was read whole"
+    );
+    let biggest = ev
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap().len())
+        .max()
+        .unwrap();
+    assert!(biggest < 64 * 1024, "an event of {biggest} bytes");
+    assert!(ev.iter().enumerate().all(|(i, e)| e.seq == i as u64 + 1));
+}
