@@ -53,7 +53,13 @@ struct Window {
     reset: Option<Instant>,
     /// After a 429: nothing goes before this.
     blocked_until: Option<Instant>,
+    /// A new window's requests are all spent and no answer has told when it resets yet:
+    /// since when (requests wait for an answer, at most [`BLIND_WAIT`]).
+    blind_since: Option<Instant>,
 }
+
+/// How long requests wait for an answer that tells a spent window's reset.
+const BLIND_WAIT: Duration = Duration::from_secs(5);
 
 /// Rate-limit windows by credential.
 #[derive(Default)]
@@ -125,13 +131,26 @@ impl Pacer {
                 });
                 let now = Instant::now();
                 if w.reset.is_some_and(|r| r <= now) {
-                    // A new window: the next answer tells what is left.
-                    w.left = None;
+                    // A new window: as many requests as the limit (those waiting for the
+                    // reset must not all go at once); the next answer tells the rest.
+                    w.left = w.info.requests_limit;
                     w.reset = None;
+                    w.blind_since = None;
+                }
+                let blind = w.left == Some(0) && w.reset.is_none();
+                if !blind {
+                    w.blind_since = None;
+                } else if w.blind_since.is_none() {
+                    w.blind_since = Some(now);
                 }
                 let wait = match (w.blocked_until, w.left, w.reset) {
                     (Some(b), _, _) if b > now => Some(b - now),
                     (_, Some(0), Some(r)) => Some(r - now),
+                    (_, Some(0), None)
+                        if w.blind_since.is_some_and(|t| now < t + BLIND_WAIT) =>
+                    {
+                        Some(Duration::from_millis(50))
+                    }
                     _ => None,
                 };
                 match wait {
@@ -388,6 +407,50 @@ mod tests {
         let w = &p.windows()[0];
         assert_eq!((w.requests, w.paced, w.requests_limit), (2, 1, Some(2)));
         assert_eq!(w.credential, "api key …abcd");
+    }
+
+    /// When a window resets, the requests that waited for it do not all go at once: no
+    /// more than its limit before an answer tells what is left.
+    #[tokio::test]
+    async fn a_new_window_admits_no_more_than_its_limit_at_once() {
+        let p = Pacer::new();
+        let (permit, _) = p.admit("k", "anthropic", "api key …abcd").await;
+        p.observe(
+            "k",
+            StatusCode::OK,
+            &headers(&[
+                ("anthropic-ratelimit-requests-limit", "2".into()),
+                ("anthropic-ratelimit-requests-remaining", "0".into()),
+                (
+                    "anthropic-ratelimit-requests-reset",
+                    time::OffsetDateTime::from(SystemTime::now() + Duration::from_millis(300))
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap(),
+                ),
+            ]),
+        );
+        drop(permit);
+        // Five wait for the reset; only two may go before an answer comes.
+        let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let (p, admitted) = (p.clone(), admitted.clone());
+            held.push(tokio::spawn(async move {
+                let permit = p.admit("k", "anthropic", "api key …abcd").await;
+                admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Held (in flight, unanswered) until the test ends.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(permit);
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // With no answer at all, the others go after the blind wait.
+        tokio::time::sleep(BLIND_WAIT).await;
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::SeqCst), 5);
+        for h in held {
+            h.abort();
+        }
     }
 
     #[tokio::test]
