@@ -29,6 +29,10 @@ macro_rules! say {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // The handlers go in before anything listens: a SIGTERM the moment the socket answers
+    // (a service manager, a test) is a clean shutdown, not the default kill.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let data_dir = args.data_dir.clone().unwrap_or_else(crate::paths::data_dir);
     ensure_dir(&data_dir, 0o700)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -342,9 +346,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     say!("kraal daemon shutting down; sandboxes keep running");
