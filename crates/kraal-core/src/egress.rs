@@ -2,7 +2,7 @@
 //! (`example.com`, `*.example.com`, `host:port`, IP literals), the default list, and the
 //! environment that points a sandbox's programs at the proxy and the git gateway.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -110,7 +110,7 @@ impl EgressRule {
                 Ok(n) => Some(n),
             },
         };
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = normalize_host(host);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(EgressRule {
                 host: ip.to_string(),
@@ -202,12 +202,69 @@ impl From<EgressRule> for String {
     }
 }
 
-/// A normalized host name for matching: lower case, no trailing dot, IPv6 brackets gone.
+/// A normalized host name for matching: lower case, no trailing dot, IPv6 brackets gone,
+/// and an IP literal in its one canonical spelling (`2130706433`, `0177.1` and
+/// `[::ffff:7f00:1]` are all `127.0.0.1`/`::ffff:127.0.0.1`), so a rule or a refusal never
+/// depends on how a client wrote the address.
 pub fn normalize_host(host: &str) -> String {
-    host.trim_start_matches('[')
+    let h = host
+        .trim_start_matches('[')
         .trim_end_matches(']')
         .trim_end_matches('.')
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return ip.to_string();
+    }
+    match loose_ipv4(&h) {
+        Some(v4) => v4.to_string(),
+        None => h,
+    }
+}
+
+/// An IPv4 address in any syntax `inet_aton` reads (and with it getaddrinfo, curl and
+/// most HTTP clients): one to four dot-separated parts, each decimal, octal (leading `0`)
+/// or hexadecimal (`0x`), the last part filling the bytes that remain (`127.1`,
+/// `2130706433`, `0177.0.0.1`, `0x7f.0.0.1`). `None` for anything else, host names among
+/// them.
+pub fn loose_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(parts.len());
+    for p in &parts {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"))
+        {
+            (h, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            (&p[1..], 8)
+        } else {
+            (*p, 10)
+        };
+        if p.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        // `0x` alone is zero, as inet_aton reads it.
+        let n = if digits.is_empty() {
+            0
+        } else {
+            u32::from_str_radix(digits, radix).ok()?
+        };
+        nums.push(n);
+    }
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let room = 8 * (4 - head.len() as u32);
+    if room < 32 && *last >> room != 0 {
+        return None;
+    }
+    let mut v = *last;
+    for (i, &n) in head.iter().enumerate() {
+        v |= n << (24 - 8 * i as u32);
+    }
+    Some(Ipv4Addr::from(v))
 }
 
 /// Whether any of `rules` allows `host:port`.
@@ -397,6 +454,54 @@ impl GitCredential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every spelling inet_aton accepts is the address it names; anything else is a name.
+    #[test]
+    fn ip_literals_in_every_syntax_are_one_address() {
+        for (spelling, canonical) in [
+            ("127.0.0.1", "127.0.0.1"),
+            ("2130706433", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("0x7f.0.0.1", "127.0.0.1"),
+            ("0X7F000001", "127.0.0.1"),
+            ("017700000001", "127.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("127.0.1", "127.0.0.1"),
+            ("0x7f.1.", "127.0.0.1"),
+            ("0xa9fea9fe", "169.254.169.254"),
+            ("2852039166", "169.254.169.254"),
+            ("0251.0376.0251.0376", "169.254.169.254"),
+            ("169.254.43518", "169.254.169.254"),
+            ("0", "0.0.0.0"),
+            ("0x", "0.0.0.0"),
+            ("[::FFFF:7f00:1]", "::ffff:127.0.0.1"),
+            ("0:0:0:0:0:ffff:127.0.0.1", "::ffff:127.0.0.1"),
+            ("[0000::1]", "::1"),
+        ] {
+            assert_eq!(normalize_host(spelling), canonical, "{spelling}");
+        }
+        for name in [
+            "example.com",
+            "1.2.3.4.5",
+            "08.1.1.1",
+            "0x100000000",
+            "4294967296",
+            "256.1.1.1",
+            "1.2.65536",
+            "+1.2.3.4",
+            "1..2",
+            "1e3",
+            "0xg",
+            "",
+        ] {
+            assert_eq!(loose_ipv4(name), None, "{name:?} is not an address");
+        }
+        assert_eq!(loose_ipv4("4294967295"), Some(Ipv4Addr::BROADCAST));
+        // A rule written in one spelling matches the others.
+        let r = EgressRule::parse("0x7f000001:8080").unwrap();
+        assert_eq!(r.to_string(), "127.0.0.1:8080");
+        assert!(allowed(&[r], "127.1", 8080));
+    }
 
     #[test]
     fn rules_parse_and_match() {

@@ -106,13 +106,17 @@ pub fn refused(ip: IpAddr, allow: &[IpNet]) -> Option<&'static str> {
     private(ip).filter(|_| !allow.iter().any(|n| n.contains(&ip)))
 }
 
-/// IPv4 in IPv6 clothing (IPv4-mapped, NAT64) as the IPv4 address it carries.
+/// IPv4 in IPv6 clothing (IPv4-mapped, the deprecated IPv4-compatible `::a.b.c.d`,
+/// NAT64) as the IPv4 address it carries.
 fn unwrapped(ip: IpAddr) -> IpAddr {
     if let IpAddr::V6(v6) = ip {
         if let Some(v4) = v6.to_ipv4_mapped() {
             return IpAddr::V4(v4);
         }
         let s = v6.segments();
+        if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+            return IpAddr::V4(Ipv4Addr::from(u128::from(v6) as u32));
+        }
         // NAT64 (64:ff9b::/96) embeds an IPv4 address.
         if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
             return IpAddr::V4(Ipv4Addr::new(
@@ -413,11 +417,20 @@ impl Ctx {
     async fn open(&self, host: &str, port: u16) -> Result<(TcpStream, SocketAddr), Refusal> {
         let host = kraal_core::normalize_host(host);
         // An address no rule can open gets no hint to add one.
-        if let Some(w) = host.parse::<IpAddr>().ok().and_then(always_refused) {
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && let Some(w) = always_refused(ip)
+        {
+            // IPv4 in IPv6 clothing is named as the address it carries.
+            let carried = unwrapped(ip);
+            let what = if carried == ip {
+                host.clone()
+            } else {
+                format!("{host} ({carried})")
+            };
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "{host} is {w}; workspaces never connect there, whatever the allowlist says"
+                    "{what} is {w}; workspaces never connect there, whatever the allowlist says"
                 ),
             ));
         }

@@ -135,6 +135,83 @@ async fn refusals_suggest_an_allowlist_rule_only_where_one_would_help() {
     );
 }
 
+/// Loopback and metadata in every spelling a client may write them (decimal, octal, hex,
+/// short forms, IPv4-mapped and IPv4-compatible IPv6, NAT64), by CONNECT and by absolute
+/// URL, even allowlisted in that very spelling: refused as the address they are, with no
+/// hint to allow them, and nothing connects to a listener there.
+#[tokio::test]
+async fn private_addresses_are_refused_in_every_literal_syntax() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bait = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = bait.local_addr().unwrap().port();
+    let loopback = [
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.0.0.1",
+        "0X7F000001",
+        "017700000001",
+        "127.1",
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+    ];
+    let metadata = [
+        "0xa9fea9fe",
+        "2852039166",
+        "0251.0376.0251.0376",
+        "169.254.43518",
+    ];
+    let proxies = EgressProxies::new(
+        EgressSettings::default(),
+        Arc::new(Keep(Default::default())),
+    );
+    let allow_half: Vec<kraal_core::EgressRule> = loopback
+        .iter()
+        .chain(&metadata)
+        .step_by(2)
+        .map(|h| kraal_core::EgressRule::parse(&format!("{h}:{port}")).unwrap())
+        .collect();
+    let addr = proxies
+        .ensure("ws-literal", "127.0.0.1:0".parse().unwrap(), allow_half)
+        .await
+        .unwrap();
+    for (host, named) in loopback
+        .iter()
+        .map(|h| (h, "127.0.0.1"))
+        .chain(metadata.iter().map(|h| (h, "169.254.169.254")))
+    {
+        let target = format!("{host}:{port}");
+        let r = refusal_of(addr, &target).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "CONNECT {target}: {r}");
+        assert!(
+            r.contains("never connect there") && !r.contains("egress allow"),
+            "CONNECT {target}: {r}"
+        );
+        assert!(r.contains(named), "CONNECT {target} names the address: {r}");
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let r = String::from_utf8_lossy(&out);
+        assert!(
+            r.starts_with("HTTP/1.1 403") && r.contains("never connect there"),
+            "GET http://{target}/: {r}"
+        );
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), bait.accept())
+            .await
+            .is_err(),
+        "something connected to loopback through the proxy"
+    );
+}
+
 /// A workspace gets a bounded number of connections: over the cap, a request is answered
 /// 503 (and logged); a connection that never sends its request head is closed after the
 /// header timeout, which gives its slot back.
