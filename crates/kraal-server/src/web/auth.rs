@@ -147,6 +147,12 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+/// An `Origin` header naming another site than `Host` (browsers send one on cross-origin
+/// requests of any method; top-level navigations by GET send none).
+fn foreign_origin(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) && cross_site(headers)
+}
+
 fn unauthorized(req: &Request) -> Response {
     // Pages send the browser to the login page; anything else gets a 401.
     let wants_html = req.method() == Method::GET
@@ -215,7 +221,10 @@ pub async fn require(State(w): State<WebState>, mut req: Request, next: Next) ->
     };
     let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
     let upgrade = req.headers().contains_key(header::UPGRADE);
-    if (changes_state || upgrade) && cross_site(req.headers()) {
+    // State changes and WebSockets must come from this site (by Origin or Referer); any
+    // request a page elsewhere made (an EventSource on a live stream, a fetch) says so in
+    // its Origin and is refused too, whatever the cookie's SameSite does in that browser.
+    if ((changes_state || upgrade) && cross_site(req.headers())) || foreign_origin(req.headers()) {
         return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
     }
     let header_token = req
@@ -413,6 +422,15 @@ mod tests {
         assert!(cross_site(&h));
         h.insert(header::ORIGIN, "null".parse().unwrap());
         assert!(cross_site(&h));
+        assert!(
+            foreign_origin(&h),
+            "a sandboxed frame's reads are refused too"
+        );
+        // A link followed from another site (a Referer, no Origin) may still read a page.
+        let mut nav = HeaderMap::new();
+        nav.insert(header::HOST, "127.0.0.1:7080".parse().unwrap());
+        nav.insert(header::REFERER, "http://evil.example/x".parse().unwrap());
+        assert!(cross_site(&nav) && !foreign_origin(&nav));
         let mut c = HeaderMap::new();
         c.insert(
             header::COOKIE,

@@ -210,6 +210,36 @@ fn nothing_without_a_login_csrf_everywhere_and_login_rate_limits() {
         "",
     );
     assert_eq!(status, 403, "cross-site WebSocket hijacking refused");
+    // Reads a page elsewhere makes with the login's cookie (an EventSource on a live
+    // stream, a fetch of a fragment) are refused by their Origin; this site's are not.
+    for p in [
+        "/s/se-000000000000/live",
+        "/dashboard/workspaces",
+        "/w/sec/diff",
+    ] {
+        for origin in ["http://evil.example", "null"] {
+            let (status, _, body) = http(
+                &base,
+                "GET",
+                p,
+                &[
+                    ("Cookie", &cookie),
+                    ("Origin", origin),
+                    ("Accept", "text/event-stream"),
+                ],
+                "",
+            );
+            assert_eq!(status, 403, "GET {p} from {origin}: {body}");
+        }
+    }
+    let (status, _, body) = http(
+        &base,
+        "GET",
+        "/dashboard/workspaces",
+        &[("Cookie", &cookie), ("Origin", base.as_str())],
+        "",
+    );
+    assert_eq!(status, 200, "this site's own fetch: {body}");
     assert_eq!(
         d.workspace("sec")["state"],
         "running",
