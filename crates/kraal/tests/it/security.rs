@@ -99,9 +99,10 @@ impl Drop for TestHosts {
 }
 
 /// Serves `www/`; `/private.git/…` only with the right basic-auth token, its fetches over
-/// smart HTTP (`git http-backend`, as git hosts serve them). Logs every request.
+/// smart HTTP (`git http-backend`, as git hosts serve them). Logs every request, and every
+/// datagram to its UDP port 53 (a resolver a workspace must not reach).
 const SERVER: &str = r#"
-import base64, http.server, os, subprocess, sys
+import base64, http.server, os, socket, subprocess, sys, threading
 root, token, log = sys.argv[1], sys.argv[2], sys.argv[3]
 want = 'Basic ' + base64.b64encode(('x-access-token:' + token).encode()).decode()
 class H(http.server.SimpleHTTPRequestHandler):
@@ -169,6 +170,14 @@ class H(http.server.SimpleHTTPRequestHandler):
     def do_HEAD(self):
         if self.allowed():
             super().do_HEAD()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(('0.0.0.0', 53))
+    while True:
+        data, peer = u.recvfrom(4096)
+        with open(log, 'a') as f:
+            f.write('udp53 %s %s\n' % (data.decode('latin1').strip(), peer[0]))
+threading.Thread(target=udp, daemon=True).start()
 http.server.ThreadingHTTPServer(('0.0.0.0', 80), H).serve_forever()
 "#;
 
@@ -421,6 +430,57 @@ fn the_escape_suite_every_way_out_fails_and_the_allowed_ones_work() {
         o.stdout.contains("403"),
         "the daemon API through the proxy: {o:?}"
     );
+    // Loopback and metadata spelled so a naive check misses them (decimal, octal, hex,
+    // short, IPv4 in IPv6): refused as what they are, even allowlisted in that spelling,
+    // and with no hint to allow them.
+    d.ok(&["egress", "allow", ws, "2130706433:80"]);
+    for target in [
+        "2130706433:80",
+        "0177.0.0.1:80",
+        "0x7f.1:80",
+        "0xa9fea9fe:80",
+        "[::ffff:a9fe:a9fe]:80",
+        "[::169.254.169.254]:80",
+    ] {
+        let o = bash(&d, ws, &connect_via_proxy(target));
+        assert!(
+            o.stdout.contains("403")
+                && o.stdout.contains("never connect there")
+                && !o.stdout.contains("egress allow"),
+            "{target}: {o:?}"
+        );
+    }
+    // DNS is no side channel: no resolver is reachable from inside (not the test hosts'
+    // by UDP, not the host's link, not the nameservers resolv.conf names); the host's own
+    // probe shows the listener hears.
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.send_to(b"host-probe", format!("{net}.2:53")).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the UDP listener to hear the host",
+        || hosts.seen().contains("udp53 host-probe"),
+    );
+    let o = bash(
+        &d,
+        ws,
+        &format!(
+            "for dst in {net}.2 {net}.3 {link_host} $(awk '/^nameserver/ {{print $2}}' /etc/resolv.conf); do \
+               echo sandbox-leak-$dst > /dev/udp/$dst/53; done 2>/dev/null; \
+             timeout 10 getent hosts leak.example.org; echo getent=$?; {}",
+            direct(&format!("{net}.2"), 53)
+        ),
+    );
+    assert!(
+        o.stdout.contains("getent=2") && o.stdout.contains("BLOCKED"),
+        "a resolver answered from inside: {o:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !hosts.seen().contains("sandbox-leak"),
+        "a datagram left the workspace: {}",
+        hosts.seen()
+    );
+
     // Directly, without the proxy: nothing leaves the workspace at all (the test hosts
     // have a route back, so only the firewall stands in the way).
     for (ip, port) in [
