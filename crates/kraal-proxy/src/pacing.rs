@@ -146,9 +146,7 @@ impl Pacer {
                 let wait = match (w.blocked_until, w.left, w.reset) {
                     (Some(b), _, _) if b > now => Some(b - now),
                     (_, Some(0), Some(r)) => Some(r - now),
-                    (_, Some(0), None)
-                        if w.blind_since.is_some_and(|t| now < t + BLIND_WAIT) =>
-                    {
+                    (_, Some(0), None) if w.blind_since.is_some_and(|t| now < t + BLIND_WAIT) => {
                         Some(Duration::from_millis(50))
                     }
                     _ => None,
