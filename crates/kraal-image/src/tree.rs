@@ -65,6 +65,17 @@ pub async fn merge_layer(layer: &Path, tree: &Path) -> Result<(), ImageError> {
                 .strip_prefix(&l)
                 .expect("under the layer")
                 .to_owned();
+            if md.is_dir() {
+                // The layer has a directory here, so the merged tree has one: whatever the
+                // tree holds in its place (a link the previous step made, `/evil -> /etc`)
+                // goes first, so neither the clearing below nor the copy after it ever
+                // goes through a link. Parents come first in the walk, so every path
+                // under `t` touched here has real directories above it.
+                let d = t.join(&rel);
+                if d.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                    remove_any(&d);
+                }
+            }
             if md.file_type().is_char_device() && md.rdev() == 0 {
                 remove_any(&t.join(&rel));
                 marks.push((rel, false));
@@ -145,11 +156,15 @@ pub(crate) fn make_parents(tree: &Path, out: &Path, rel: &str) -> std::io::Resul
     for c in comps.iter().take(comps.len().saturating_sub(1)) {
         cur.push(c);
         let o = out.join(&cur);
+        no_links_on_the_way(out, &o)?;
         if o.is_dir() {
             continue;
         }
         std::fs::create_dir(&o)?;
-        if let Ok(md) = std::fs::metadata(tree.join(&cur)) {
+        // The tree's own directory, never what a link there points to on the host.
+        if let Ok(md) = std::fs::symlink_metadata(tree.join(&cur))
+            && md.is_dir()
+        {
             std::fs::set_permissions(&o, std::fs::Permissions::from_mode(md.mode() & 0o7777))?;
             std::os::unix::fs::chown(&o, Some(md.uid()), Some(md.gid()))?;
         }
@@ -189,22 +204,62 @@ pub(crate) fn copy_into(
                 target.join(sub)
             };
             let md = e.path().symlink_metadata()?;
+            // A link an earlier source put in the layer is never written through.
             if let Some(parent) = dst.parent() {
+                no_links_on_the_way(out, parent)?;
                 std::fs::create_dir_all(parent)?;
             }
+            let existing = dst.symlink_metadata().ok();
             if md.is_dir() {
+                if existing.is_some_and(|m| !m.is_dir()) {
+                    std::fs::remove_file(&dst)?;
+                }
                 std::fs::create_dir_all(&dst)?;
-            } else if md.file_type().is_symlink() {
-                let _ = std::fs::remove_file(&dst);
-                std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
             } else {
-                std::fs::copy(e.path(), &dst)?;
-                std::fs::set_permissions(
-                    &dst,
-                    std::fs::Permissions::from_mode(md.permissions().mode()),
-                )?;
+                match existing {
+                    Some(m) if m.is_dir() => std::fs::remove_dir_all(&dst)?,
+                    Some(_) => std::fs::remove_file(&dst)?,
+                    None => {}
+                }
+                if md.file_type().is_symlink() {
+                    std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
+                } else {
+                    // A new file (O_EXCL: never through a link), then the bytes.
+                    let mut from = std::fs::File::open(e.path())?;
+                    let mut to = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&dst)?;
+                    std::io::copy(&mut from, &mut to)?;
+                    to.set_permissions(std::fs::Permissions::from_mode(md.permissions().mode()))?;
+                }
             }
             std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses `path` if a symbolic link stands anywhere between `root` and it.
+fn no_links_on_the_way(root: &Path, path: &Path) -> std::io::Result<()> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Err(std::io::Error::other(format!(
+            "{} is outside {}",
+            path.display(),
+            root.display()
+        )));
+    };
+    let mut cur = root.to_owned();
+    for c in rel.components() {
+        cur.push(c);
+        if cur
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return Err(std::io::Error::other(format!(
+                "COPY would write through the symbolic link /{}",
+                cur.strip_prefix(root).unwrap_or(&cur).display()
+            )));
         }
     }
     Ok(())
@@ -283,6 +338,122 @@ mod tests {
         assert!(
             !is_opaque(&tree.join("opt/d")),
             "the mark does not stay in the tree"
+        );
+    }
+
+    fn mark_opaque(dir: &Path) {
+        let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+        // SAFETY: NUL-terminated strings, the value's length is passed.
+        let rc =
+            unsafe { libc::lsetxattr(c.as_ptr(), OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0);
+    }
+
+    /// A step that makes `/evil -> <outside>` and the next that replaces it with a
+    /// directory (`rm /evil && mkdir /evil && touch /evil/planted`, an opaque directory in
+    /// its layer, a whiteout inside): merging touches nothing outside the tree.
+    #[tokio::test]
+    async fn merging_never_goes_through_a_link_the_tree_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("host-dir");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep").unwrap();
+        std::fs::write(outside.join("also"), "keep").unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("evil")).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("plain")).unwrap();
+        let layer = d.path().join("layer");
+        std::fs::create_dir_all(layer.join("evil")).unwrap();
+        std::fs::write(layer.join("evil/planted"), "x").unwrap();
+        nix::sys::stat::mknod(
+            &layer.join("evil/also"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        mark_opaque(&layer.join("evil"));
+        // Not opaque: a directory where the tree has a link is still the layer's own.
+        std::fs::create_dir_all(layer.join("plain")).unwrap();
+        std::fs::write(layer.join("plain/planted2"), "y").unwrap();
+        merge_layer(&layer, &tree).await.unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["also", "precious"], "the host directory changed");
+        for (dir, file) in [("evil", "planted"), ("plain", "planted2")] {
+            let md = tree.join(dir).symlink_metadata().unwrap();
+            assert!(md.is_dir(), "{dir} is a real directory in the tree now");
+            assert!(tree.join(dir).join(file).is_file());
+        }
+    }
+
+    /// `COPY a b /dst/` where `a/` holds `f -> <outside>/pwn` and `b/` holds `d/x` under a
+    /// `d -> <outside>` of `a/`: the links are replaced, never written through, and a
+    /// destination under a link is refused.
+    #[test]
+    fn copy_never_writes_through_a_link_an_earlier_source_made() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("host-dir");
+        std::fs::create_dir(&outside).unwrap();
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("a")).unwrap();
+        std::os::unix::fs::symlink(outside.join("pwn"), ctx.join("a/f")).unwrap();
+        std::os::unix::fs::symlink(&outside, ctx.join("a/d")).unwrap();
+        std::fs::write(ctx.join("f"), "payload").unwrap();
+        std::fs::create_dir_all(ctx.join("b/d")).unwrap();
+        std::fs::write(ctx.join("b/d/x"), "payload").unwrap();
+        let (tree, out) = (d.path().join("tree"), d.path().join("out"));
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        // A file over the link: the link is replaced, the file lands in the layer.
+        copy_into(
+            &[ctx.join("a"), ctx.join("f")],
+            "/dst/",
+            &tree,
+            &out,
+            uid,
+            gid,
+        )
+        .unwrap();
+        assert!(!outside.join("pwn").exists(), "written through the link");
+        let f = out.join("dst/f").symlink_metadata().unwrap();
+        assert!(f.is_file());
+        assert_eq!(
+            std::fs::read_to_string(out.join("dst/f")).unwrap(),
+            "payload"
+        );
+        // A directory over the link: the link is replaced by the directory.
+        let out2 = d.path().join("out2");
+        std::fs::create_dir_all(&out2).unwrap();
+        copy_into(
+            &[ctx.join("a"), ctx.join("b")],
+            "/dst/",
+            &tree,
+            &out2,
+            uid,
+            gid,
+        )
+        .unwrap();
+        assert!(out2.join("dst/d").symlink_metadata().unwrap().is_dir());
+        assert!(out2.join("dst/d/x").is_file());
+        // A destination under a link the layer holds: refused, naming it.
+        let out3 = d.path().join("out3");
+        std::fs::create_dir_all(out3.join("dst")).unwrap();
+        std::os::unix::fs::symlink(&outside, out3.join("dst/link")).unwrap();
+        let e = copy_into(&[ctx.join("f")], "/dst/link/sub/", &tree, &out3, uid, gid).unwrap_err();
+        assert!(e.to_string().contains("symbolic link /dst/link"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "the host directory changed"
         );
     }
 }
