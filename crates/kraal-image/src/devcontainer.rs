@@ -131,6 +131,21 @@ pub fn find(project: &Path) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// The project directory a `devcontainer.json` belongs to: the parent of `.devcontainer/`,
+/// or the directory of a `.devcontainer.json`.
+fn root_of(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match dir.file_name() {
+        Some(n) if n == ".devcontainer" => dir.parent().unwrap_or(dir).to_owned(),
+        _ => dir.to_owned(),
+    }
+}
+
+/// Whether `real` (already canonical) lies in `root` once its links are resolved.
+fn inside(real: &Path, root: &Path) -> bool {
+    root.canonicalize().is_ok_and(|r| real.starts_with(r))
+}
+
 fn err(path: &Path, message: impl Into<String>) -> ImageError {
     ImageError::DevContainer {
         path: path.to_owned(),
@@ -287,8 +302,16 @@ fn string(path: &Path, key: &str, v: &Value) -> Result<String, ImageError> {
 impl DevContainer {
     /// Reads and resolves `path`; `project` is the directory whose files the workspace gets.
     pub fn load(path: &Path, project: &Path) -> Result<DevContainer, ImageError> {
+        // The checkout is the project's (an agent may have written it): the file, like
+        // everything it names, must really be inside it, not a link out to the host.
+        let real = path
+            .canonicalize()
+            .map_err(|e| err(path, format!("cannot read: {e}")))?;
+        if !inside(&real, &root_of(path)) {
+            return Err(err(path, "it is a link to a file outside the project"));
+        }
         let text =
-            std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+            std::fs::read_to_string(&real).map_err(|e| err(path, format!("cannot read: {e}")))?;
         Self::parse(path, project, &text)
     }
 
@@ -362,6 +385,18 @@ impl DevContainer {
                         format!("build.context {} is not a directory", context.display()),
                     ));
                 }
+                // The build reads only the project: neither the Dockerfile nor the context
+                // (every COPY source) may lead out of it, by `..`, an absolute path or a link.
+                let root = root_of(path);
+                let confined = |key: &str, p: &Path| match p.canonicalize() {
+                    Ok(real) if inside(&real, &root) => Ok(real),
+                    _ => Err(err(
+                        path,
+                        format!("{key} {} is outside the project", p.display()),
+                    )),
+                };
+                let dockerfile = confined("build.dockerfile", &dockerfile)?;
+                let context = confined("build.context", &context)?;
                 Base::Dockerfile {
                     dockerfile,
                     context,
@@ -567,6 +602,80 @@ mod tests {
         );
         assert!(parse("").unwrap_err().contains("empty"));
         assert!(parse("[1]").unwrap_err().contains("top level"));
+    }
+
+    /// A project (an agent may have written it) whose devcontainer.json points the build
+    /// at the host: the Dockerfile or context out of the project by `..`, an absolute path or
+    /// a link, or devcontainer.json itself a link out. Each is refused before anything is read.
+    #[test]
+    fn the_build_never_reads_outside_the_project() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host");
+        std::fs::create_dir_all(host.join("etc")).unwrap();
+        std::fs::write(host.join("Dockerfile"), "FROM x\nCOPY etc /stolen\n").unwrap();
+        std::fs::write(host.join("devcontainer.json"), r#"{"image": "x"}"#).unwrap();
+        let project = d.path().join("project");
+        let dc = project.join(".devcontainer");
+        std::fs::create_dir_all(&dc).unwrap();
+        std::fs::write(dc.join("Dockerfile"), "FROM x\n").unwrap();
+        std::os::unix::fs::symlink(host.join("Dockerfile"), dc.join("Linked")).unwrap();
+        std::os::unix::fs::symlink(&host, project.join("hostlink")).unwrap();
+        let file = dc.join("devcontainer.json");
+        let host_ctx = host.display().to_string();
+        for (build, want) in [
+            (
+                format!(r#"{{"dockerfile": "Dockerfile", "context": "{host_ctx}"}}"#),
+                "build.context",
+            ),
+            (
+                r#"{"dockerfile": "Dockerfile", "context": "/"}"#.to_owned(),
+                "build.context",
+            ),
+            (
+                r#"{"dockerfile": "Dockerfile", "context": "../.."}"#.to_owned(),
+                "build.context",
+            ),
+            (
+                r#"{"dockerfile": "Dockerfile", "context": "../hostlink"}"#.to_owned(),
+                "build.context",
+            ),
+            (
+                r#"{"dockerfile": "../../host/Dockerfile"}"#.to_owned(),
+                "build.dockerfile",
+            ),
+            (
+                r#"{"dockerfile": "Linked", "context": ".."}"#.to_owned(),
+                "build.dockerfile",
+            ),
+        ] {
+            let text = format!(r#"{{"build": {build}}}"#);
+            let e = DevContainer::parse(&file, &project, &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(want) && e.contains("outside the project"),
+                "{build}: {e}"
+            );
+        }
+        // Inside, by any spelling, is fine.
+        let ok = DevContainer::parse(
+            &file,
+            &project,
+            r#"{"build": {"dockerfile": "Dockerfile", "context": "../.devcontainer/.."}}"#,
+        )
+        .unwrap();
+        assert!(matches!(ok.base, Base::Dockerfile { .. }));
+        // devcontainer.json itself a link to a file on the host.
+        let p2 = d.path().join("p2");
+        std::fs::create_dir_all(&p2).unwrap();
+        std::os::unix::fs::symlink(
+            host.join("devcontainer.json"),
+            p2.join(".devcontainer.json"),
+        )
+        .unwrap();
+        let found = find(&p2).unwrap();
+        let e = DevContainer::load(&found, &p2).unwrap_err().to_string();
+        assert!(e.contains("outside the project"), "{e}");
     }
 
     #[test]
