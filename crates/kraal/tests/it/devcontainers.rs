@@ -428,6 +428,14 @@ fn a_dockerfile_build_runs_its_steps_in_a_sandbox() {
     let proj = tempfile::Builder::new().prefix("dfproj").tempdir().unwrap();
     let root = proj.path();
     write(root, ".devcontainer/hello.txt", "from the context\n");
+    // A host directory the build's links point at: a step makes `/evil -> <it>` and the next
+    // replaces it with a directory; a COPY source holds a link to a file in it and a later
+    // source a file of the same name. The host directory must not change.
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::write(victim.path().join("precious"), "keep").unwrap();
+    std::fs::create_dir_all(root.join(".devcontainer/a")).unwrap();
+    std::os::unix::fs::symlink(victim.path().join("pwn"), root.join(".devcontainer/a/f")).unwrap();
+    write(root, ".devcontainer/f", "copied over the link\n");
     write(
         root,
         ".devcontainer/Dockerfile",
@@ -444,9 +452,15 @@ RUN echo "$GREETING from RUN" > run.txt \
  && rm -f /etc/motd
 USER builder
 RUN whoami > /home/builder/whoami
+USER root
+RUN ln -s {victim} /evil
+RUN rm /evil && mkdir /evil && echo planted > /evil/planted
+COPY a f /opt/copied/
+USER builder
 EXPOSE 8080
 "#,
-            nonce()
+            nonce(),
+            victim = victim.path().display()
         ),
     );
     write(
@@ -464,6 +478,25 @@ EXPOSE 8080
     assert_eq!(
         o.stdout, "from the context\nhey from RUN\nbuilder\nbuilder\n/opt/app\nmotd-deleted\n",
         "{}",
+        o.stderr
+    );
+    let mut host_files: Vec<String> = std::fs::read_dir(victim.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    host_files.sort();
+    assert_eq!(
+        host_files,
+        ["precious"],
+        "the build changed a host directory"
+    );
+    let o = d.exec(
+        "df",
+        "test -d /evil && ! test -L /evil && cat /evil/planted /opt/copied/f",
+    );
+    assert_eq!(
+        o.stdout, "planted\ncopied over the link\n",
+        "the steps' own results stay in the image: {}",
         o.stderr
     );
     let name = format!(
