@@ -17,7 +17,7 @@ use crate::devcontainer::{Base, DevContainer};
 use crate::dockerfile::{self, Step};
 use crate::features::{self, Feature};
 use crate::registry::{self, Resolved};
-use crate::tree::{copy_into, make_parents};
+use crate::tree::{copy_into, make_parents, resolve_in};
 use crate::{
     Image, ImageConfig, ImageError, ImageStore, Layer, Output, Progress, Recipe, io, lock,
     lock_mode, now, remove_any, short_hash, write_json,
@@ -551,10 +551,11 @@ impl ImageStore {
                 env.entry("PATH".into()).or_insert_with(|| {
                     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
                 });
-                if !tree.join(cwd.trim_start_matches('/')).is_dir() {
-                    make_parents(tree, out, cwd.trim_start_matches('/'))
-                        .map_err(|e| fail(e.to_string()))?;
-                    let d = out.join(cwd.trim_start_matches('/'));
+                // The working directory as the step will see it (links resolved in the tree).
+                let real_cwd = resolve_in(tree, cwd).map_err(|e| fail(e.to_string()))?;
+                if !tree.join(&real_cwd).is_dir() {
+                    make_parents(tree, out, &real_cwd).map_err(|e| fail(e.to_string()))?;
+                    let d = out.join(&real_cwd);
                     std::fs::create_dir_all(&d).map_err(io(&d))?;
                     std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io(&d))?;
                 }

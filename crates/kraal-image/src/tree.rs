@@ -147,6 +147,51 @@ fn clear_opaque(p: &Path) {
     }
 }
 
+/// `rel` with every link in it that exists in `tree` resolved as if `tree` were `/` (as
+/// a chroot would: an absolute target starts again at the tree's root, `..` stops there),
+/// so a `COPY` or `WORKDIR` under `/bin -> usr/bin` lands in `usr/bin` and nothing on the
+/// host is ever looked at. Components that do not exist yet are kept as given.
+pub(crate) fn resolve_in(tree: &Path, rel: &str) -> std::io::Result<String> {
+    let mut done: Vec<String> = Vec::new();
+    let mut todo: std::collections::VecDeque<String> = rel
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        // `done` holds no links, so this looks only inside the tree.
+        let here = tree.join(done.join("/")).join(&c);
+        match here.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(std::io::Error::other(format!(
+                        "too many levels of symbolic links in /{rel}"
+                    )));
+                }
+                let target = std::fs::read_link(&here)?.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                for p in target.split('/').rev().filter(|p| !p.is_empty()) {
+                    todo.push_front(p.to_owned());
+                }
+            }
+            _ => done.push(c),
+        }
+    }
+    Ok(done.join("/"))
+}
+
 /// Creates `rel`'s missing parent directories in `out`, with the owner and mode they have
 /// in `tree` (as an overlay copy-up would), so merging never changes them.
 pub(crate) fn make_parents(tree: &Path, out: &Path, rel: &str) -> std::io::Result<()> {
@@ -183,7 +228,8 @@ pub(crate) fn copy_into(
     gid: u32,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let rel = dest.trim_start_matches('/').trim_end_matches('/');
+    let rel = resolve_in(tree, dest)?;
+    let rel = rel.as_str();
     let into_dir = dest.ends_with('/')
         || sources.len() > 1
         || sources.iter().any(|s| s.is_dir())
@@ -455,5 +501,52 @@ mod tests {
             0,
             "the host directory changed"
         );
+    }
+
+    /// On a merged-/usr tree (`/bin -> usr/bin`), `COPY tool /bin/` lands in `usr/bin` and
+    /// the merge keeps `/bin` the link it was; links out of the tree resolve inside it.
+    #[tokio::test]
+    async fn copy_resolves_links_in_the_tree_as_a_chroot_would() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        std::fs::write(tree.join("usr/bin/sh"), "sh").unwrap();
+        std::os::unix::fs::symlink("usr/bin", tree.join("bin")).unwrap();
+        std::fs::create_dir_all(tree.join("run")).unwrap();
+        std::fs::create_dir_all(tree.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", tree.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("/etc", tree.join("hostish")).unwrap();
+        std::os::unix::fs::symlink("loop", tree.join("loop")).unwrap();
+        assert_eq!(resolve_in(&tree, "/bin/").unwrap(), "usr/bin");
+        assert_eq!(resolve_in(&tree, "/var/run/app").unwrap(), "run/app");
+        assert_eq!(resolve_in(&tree, "/hostish/passwd").unwrap(), "etc/passwd");
+        assert_eq!(resolve_in(&tree, "/../../x/./y").unwrap(), "x/y");
+        assert!(
+            resolve_in(&tree, "/loop/x")
+                .unwrap_err()
+                .to_string()
+                .contains("too many")
+        );
+        let ctx = d.path().join("ctx");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("tool"), "tool").unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let (uid, gid) = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        copy_into(&[ctx.join("tool")], "/bin/", &tree, &out, uid, gid).unwrap();
+        assert!(out.join("usr/bin/tool").is_file());
+        assert!(!out.join("bin").exists());
+        merge_layer(&out, &tree).await.unwrap();
+        assert!(
+            tree.join("bin")
+                .symlink_metadata()
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(tree.join("bin/sh").is_file() && tree.join("bin/tool").is_file());
     }
 }

@@ -447,6 +447,7 @@ ARG GREETING=hello
 ENV APP_HOME=/opt/app
 WORKDIR $APP_HOME
 COPY hello.txt ./
+COPY hello.txt /bin/
 RUN echo "$GREETING from RUN" > run.txt \
  && useradd -m builder \
  && rm -f /etc/motd
@@ -492,10 +493,10 @@ EXPOSE 8080
     );
     let o = d.exec(
         "df",
-        "test -d /evil && ! test -L /evil && cat /evil/planted /opt/copied/f",
+        "test -d /evil && ! test -L /evil && cat /evil/planted /opt/copied/f /usr/bin/hello.txt && test -L /bin && echo bin-still-a-link",
     );
     assert_eq!(
-        o.stdout, "planted\ncopied over the link\n",
+        o.stdout, "planted\ncopied over the link\nfrom the context\nbin-still-a-link\n",
         "the steps' own results stay in the image: {}",
         o.stderr
     );
