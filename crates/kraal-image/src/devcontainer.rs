@@ -387,9 +387,10 @@ impl DevContainer {
                 }
                 // The build reads only the project: neither the Dockerfile nor the context
                 // (every COPY source) may lead out of it, by `..`, an absolute path or a link.
+                // (`${localWorkspaceFolder}` names the project on the host, which is inside too.)
                 let root = root_of(path);
                 let confined = |key: &str, p: &Path| match p.canonicalize() {
-                    Ok(real) if inside(&real, &root) => Ok(real),
+                    Ok(real) if inside(&real, &root) || inside(&real, project) => Ok(real),
                     _ => Err(err(
                         path,
                         format!("{key} {} is outside the project", p.display()),
