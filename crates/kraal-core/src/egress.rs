@@ -241,15 +241,10 @@ pub fn loose_ipv4(host: &str) -> Option<Ipv4Addr> {
         } else {
             (*p, 10)
         };
-        if p.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
             return None;
         }
-        // `0x` alone is zero, as inet_aton reads it.
-        let n = if digits.is_empty() {
-            0
-        } else {
-            u32::from_str_radix(digits, radix).ok()?
-        };
+        let n = u32::from_str_radix(digits, radix).ok()?;
         nums.push(n);
     }
     let (last, head) = nums.split_last()?;
@@ -473,7 +468,6 @@ mod tests {
             ("0251.0376.0251.0376", "169.254.169.254"),
             ("169.254.43518", "169.254.169.254"),
             ("0", "0.0.0.0"),
-            ("0x", "0.0.0.0"),
             ("[::FFFF:7f00:1]", "::ffff:127.0.0.1"),
             ("0:0:0:0:0:ffff:127.0.0.1", "::ffff:127.0.0.1"),
             ("[0000::1]", "::1"),
@@ -492,6 +486,8 @@ mod tests {
             "1..2",
             "1e3",
             "0xg",
+            "0x",
+            "1.0x",
             "",
         ] {
             assert_eq!(loose_ipv4(name), None, "{name:?} is not an address");
