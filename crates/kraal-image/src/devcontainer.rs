@@ -388,9 +388,12 @@ impl DevContainer {
                 // The build reads only the project: neither the Dockerfile nor the context
                 // (every COPY source) may lead out of it, by `..`, an absolute path or a link.
                 // (`${localWorkspaceFolder}` names the project on the host, which is inside too.)
-                let root = root_of(path);
+                let roots: Vec<PathBuf> = [root_of(path), project.to_owned()]
+                    .iter()
+                    .filter_map(|r| r.canonicalize().ok())
+                    .collect();
                 let confined = |key: &str, p: &Path| match p.canonicalize() {
-                    Ok(real) if inside(&real, &root) || inside(&real, project) => Ok(real),
+                    Ok(real) if roots.iter().any(|r| real.starts_with(r)) => Ok(real),
                     _ => Err(err(
                         path,
                         format!("{key} {} is outside the project", p.display()),

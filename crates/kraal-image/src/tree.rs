@@ -65,22 +65,19 @@ pub async fn merge_layer(layer: &Path, tree: &Path) -> Result<(), ImageError> {
                 .strip_prefix(&l)
                 .expect("under the layer")
                 .to_owned();
-            if md.is_dir() {
+            let d = t.join(&rel);
+            if md.is_dir() && d.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
                 // The layer has a directory here, so the merged tree has one: whatever the
                 // tree holds in its place (a link the previous step made, `/evil -> /etc`)
                 // goes first, so neither the clearing below nor the copy after it ever
                 // goes through a link. Parents come first in the walk, so every path
                 // under `t` touched here has real directories above it.
-                let d = t.join(&rel);
-                if d.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
-                    remove_any(&d);
-                }
+                remove_any(&d);
             }
             if md.file_type().is_char_device() && md.rdev() == 0 {
-                remove_any(&t.join(&rel));
+                remove_any(&d);
                 marks.push((rel, false));
             } else if md.is_dir() && is_opaque(e.path()) {
-                let d = t.join(&rel);
                 for c in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                     remove_any(&c.path());
                 }
@@ -303,7 +300,7 @@ fn no_links_on_the_way(root: &Path, path: &Path) -> std::io::Result<()> {
             .is_ok_and(|m| m.file_type().is_symlink())
         {
             return Err(std::io::Error::other(format!(
-                "COPY would write through the symbolic link /{}",
+                "the build would write through the symbolic link /{}",
                 cur.strip_prefix(root).unwrap_or(&cur).display()
             )));
         }

@@ -417,7 +417,8 @@ impl Ctx {
     async fn open(&self, host: &str, port: u16) -> Result<(TcpStream, SocketAddr), Refusal> {
         let host = kraal_core::normalize_host(host);
         // An address no rule can open gets no hint to add one.
-        if let Ok(ip) = host.parse::<IpAddr>()
+        let literal = host.parse::<IpAddr>().ok();
+        if let Some(ip) = literal
             && let Some(w) = always_refused(ip)
         {
             // IPv4 in IPv6 clothing is named as the address it carries.
@@ -443,7 +444,7 @@ impl Ctx {
                 ),
             ));
         }
-        let addrs: Vec<IpAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+        let addrs: Vec<IpAddr> = if let Some(ip) = literal {
             vec![ip]
         } else if let Some(a) = self.settings.resolve.get(&host) {
             a.clone()

@@ -135,7 +135,6 @@ impl Pacer {
                     // reset must not all go at once); the next answer tells the rest.
                     w.left = w.info.requests_limit;
                     w.reset = None;
-                    w.blind_since = None;
                 }
                 let blind = w.left == Some(0) && w.reset.is_none();
                 if !blind {
