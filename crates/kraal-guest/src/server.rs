@@ -303,9 +303,19 @@ impl Guest {
 
         let (mut sink, mut source) = framed.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(256);
+        // Frames already queued go out in one write: under load (many sessions streaming
+        // at once) a system call per frame is what a sandbox pays most for.
         let writer = tokio::spawn(async move {
             while let Some(f) = out_rx.recv().await {
-                if sink.send(f).await.is_err() {
+                if sink.feed(f).await.is_err() {
+                    break;
+                }
+                while let Ok(f) = out_rx.try_recv() {
+                    if sink.feed(f).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }
