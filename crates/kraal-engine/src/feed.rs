@@ -8,11 +8,12 @@
 //! watching) reads SQLite, which stays the log of record.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use kraal_core::{SessionEvent, SessionId};
-use kraal_store::{Store, StoreError};
+use kraal_store::{Checkpointer, Store, StoreError};
 use tokio::sync::{oneshot, watch};
 
 /// Events a session's ring holds at most.
@@ -134,12 +135,13 @@ struct Job {
 
 /// Parts one group commit takes at most.
 const GROUP: usize = 256;
-/// A WAL checkpoint after this many groups, or when the writer has been idle for a second.
-const CHECKPOINT_EVERY: usize = 1000;
+/// How often the checkpointer looks for new commits to copy back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// The single writer of mirrored events: followers hand it batches, it stores whatever
-/// has queued up meanwhile in one transaction (each session in its own savepoint) and runs
-/// the WAL checkpoints between groups, so no request's commit pays for one.
+/// has queued up meanwhile in one transaction (each session in its own savepoint). WAL
+/// checkpoints run on a thread and connection of their own, beside the writer, so no
+/// commit waits for one.
 pub(crate) struct Writer {
     tx: Mutex<mpsc::Sender<Job>>,
 }
@@ -147,10 +149,21 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn start(store: Store) -> Self {
         let (tx, rx) = mpsc::channel::<Job>();
-        let deferred = store.defer_checkpoints().is_ok();
+        let groups = Arc::new(AtomicU64::new(0));
+        match store.defer_checkpoints() {
+            Ok(Some(c)) => {
+                let groups = groups.clone();
+                std::thread::Builder::new()
+                    .name("kraal-checkpoint".into())
+                    .spawn(move || checkpoints(c, groups))
+                    .expect("spawning the checkpointer");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("WAL checkpoints stay with SQLite: {e}"),
+        }
         std::thread::Builder::new()
             .name("kraal-events".into())
-            .spawn(move || run(store, rx, deferred))
+            .spawn(move || run(store, rx, groups))
             .expect("spawning the event writer");
         Writer { tx: Mutex::new(tx) }
     }
@@ -182,25 +195,8 @@ impl Writer {
     }
 }
 
-fn run(store: Store, rx: mpsc::Receiver<Job>, checkpoints: bool) {
-    let mut groups = 0usize;
-    let mut last_checkpoint = Instant::now();
-    loop {
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(j) => j,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if checkpoints && groups > 0 {
-                    checkpoint(&store, &mut groups, &mut last_checkpoint);
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if checkpoints && groups > 0 {
-                    checkpoint(&store, &mut groups, &mut last_checkpoint);
-                }
-                return;
-            }
-        };
+fn run(store: Store, rx: mpsc::Receiver<Job>, groups: Arc<AtomicU64>) {
+    while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < GROUP {
             match rx.try_recv() {
@@ -228,26 +224,38 @@ fn run(store: Store, rx: mpsc::Receiver<Job>, checkpoints: bool) {
                 }
             }
         }
-        groups += 1;
-        if checkpoints && groups >= CHECKPOINT_EVERY {
-            checkpoint(&store, &mut groups, &mut last_checkpoint);
-        }
+        groups.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn checkpoint(store: &Store, groups: &mut usize, at: &mut Instant) {
-    let t = Instant::now();
-    if let Err(e) = store.checkpoint() {
-        tracing::warn!("WAL checkpoint: {e}");
+/// Copies committed groups back into the database file, twice a second while the writer
+/// is busy; after the writer has ended (it held the other handle on the counter), once
+/// more and then it ends too.
+fn checkpoints(c: Checkpointer, groups: Arc<AtomicU64>) {
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        let last = Arc::strong_count(&groups) == 1;
+        let now = groups.load(Ordering::Relaxed);
+        if now == seen {
+            if last {
+                return;
+            }
+            continue;
+        }
+        let t = Instant::now();
+        match c.passive() {
+            Ok((wal, copied)) => tracing::trace!(
+                groups = now - seen,
+                wal,
+                copied,
+                took_us = t.elapsed().as_micros() as u64,
+                "WAL checkpoint"
+            ),
+            Err(e) => tracing::warn!("WAL checkpoint: {e}"),
+        }
+        seen = now;
     }
-    tracing::trace!(
-        groups = *groups,
-        since_ms = at.elapsed().as_millis() as u64,
-        took_us = t.elapsed().as_micros() as u64,
-        "WAL checkpoint"
-    );
-    *groups = 0;
-    *at = Instant::now();
 }
 
 #[cfg(test)]
@@ -321,9 +329,8 @@ mod tests {
         assert!(feed.ring.len() < 30);
     }
 
-    #[tokio::test]
-    async fn the_writer_groups_sessions_and_reports_each_ones_gap() {
-        let store = Store::open_in_memory().unwrap();
+    /// A workspace with `n` sessions in `store`.
+    fn sessions_in(store: &Store, n: usize) -> Vec<SessionId> {
         use kraal_core::*;
         let w = kraal_store::WorkspaceRecord {
             id: WorkspaceId::random(),
@@ -348,7 +355,7 @@ mod tests {
             last_backup_at: None,
         };
         store.insert(&w).unwrap();
-        let sessions: Vec<_> = (0..20)
+        (0..n)
             .map(|_| {
                 let s = kraal_store::SessionRecord::new(
                     SessionId::random(),
@@ -361,7 +368,46 @@ mod tests {
                 store.insert_session(&s).unwrap();
                 s.id
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_commits_into_the_database_file_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kraal.db");
+        let store = Store::open(&path).unwrap();
+        let sessions = sessions_in(&store, 4);
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let wal = || std::fs::metadata(dir.path().join("kraal.db-wal")).map_or(0, |m| m.len());
+        let writer = Writer::start(store.clone());
+        let before = size();
+        for seq in 1..=500u64 {
+            for id in &sessions {
+                writer
+                    .append(id, vec![ev(seq).event.clone()])
+                    .await
+                    .unwrap();
+            }
+        }
+        // SQLite's own checkpoints are off (the WAL holds every commit until then) …
+        assert!(wal() > 0, "the commits are in the WAL");
+        // … and the checkpointer's connection copies them into the database file.
+        let t0 = Instant::now();
+        while size() <= before {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "no checkpoint within 10 s: the database file stayed at {before} bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let stored = store.session_events(&sessions[3], 0, 1000).unwrap();
+        assert_eq!(stored.len(), 500);
+    }
+
+    #[tokio::test]
+    async fn the_writer_groups_sessions_and_reports_each_ones_gap() {
+        let store = Store::open_in_memory().unwrap();
+        let sessions = sessions_in(&store, 20);
         let writer = Arc::new(Writer::start(store.clone()));
         let mut tasks = Vec::new();
         for (i, id) in sessions.iter().enumerate() {

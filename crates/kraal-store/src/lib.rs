@@ -110,6 +110,24 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// A connection of its own for WAL checkpoints (see [`Store::defer_checkpoints`]).
+pub struct Checkpointer {
+    conn: Connection,
+}
+
+impl Checkpointer {
+    /// A passive checkpoint: copies what no reader still needs back into the database
+    /// file, never waiting for readers or writers. Returns the WAL's size in frames and how
+    /// many of them are now in the database file.
+    pub fn passive(&self) -> Result<(i64, i64), StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?)
+    }
+}
+
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../migrations/0001_workspaces.sql")),
@@ -179,19 +197,23 @@ impl Store {
     }
 
     /// Hands WAL checkpoints to the caller: SQLite no longer checkpoints inside whichever
-    /// commit crosses the threshold (a request's, say); the daemon's event writer calls
-    /// [`Store::checkpoint`] between groups instead.
-    pub fn defer_checkpoints(&self) -> Result<(), StoreError> {
-        self.with(|c| Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?))
-    }
-
-    /// A passive WAL checkpoint: copies what no reader still needs back into the database
-    /// file, never waiting for readers.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(())
-        })
+    /// commit crosses the threshold (a request's, say). The returned [`Checkpointer`] is a
+    /// second connection to the same file, so its checkpoints run beside the writers
+    /// instead of holding the connection they share. `None` for an in-memory store (no WAL).
+    pub fn defer_checkpoints(&self) -> Result<Option<Checkpointer>, StoreError> {
+        let path = self.with(|c| Ok(c.path().filter(|p| !p.is_empty()).map(PathBuf::from)))?;
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        self.with(|c| Ok(c.pragma_update(None, "wal_autocheckpoint", 0)?))?;
+        Ok(Some(Checkpointer { conn }))
     }
 
     fn with<T>(
