@@ -21,7 +21,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
@@ -70,12 +70,10 @@ fn now_ms() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Latency of one received line: its stamp against the arrival time.
-fn latency(text: &str, arrived: f64) -> Option<f64> {
-    text.strip_prefix('t')?
-        .parse::<f64>()
-        .ok()
-        .map(|t| arrived - t)
+/// Latency of one received delta: its stamp (milliseconds, after the `t`) against the
+/// arrival time.
+fn latency(stamp: &str, arrived: f64) -> Option<f64> {
+    stamp.parse::<f64>().ok().map(|t| arrived - t)
 }
 
 /// Events printed in a phase's first this many milliseconds are its warm-up.
@@ -91,29 +89,69 @@ struct Seen {
     count: usize,
 }
 
-fn collect(rx: mpsc::Receiver<(f64, String)>, expected: usize, limit: Duration) -> Seen {
-    let mut s = Seen {
-        latencies: Vec::with_capacity(expected),
-        stamps: Vec::with_capacity(expected),
-        first: f64::MAX,
-        last: 0.0,
-        count: 0,
-    };
-    let deadline = Instant::now() + limit;
-    while s.count < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok((arrived, text)) = rx.recv_timeout(left) else {
-            break;
-        };
-        if let Some(l) = latency(&text, arrived) {
-            s.latencies.push(l);
-            s.stamps.push(arrived - l);
-            s.first = s.first.min(arrived - l);
-            s.last = s.last.max(arrived);
-            s.count += 1;
-        }
+/// The stamp of a line that carries one of the stand-in's deltas (`marker` names the
+/// line's kind), found without parsing the JSON: the readers must cost the two cores as
+/// little as possible, or the benchmark measures them.
+fn stamp_of<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    if !line.contains(marker) {
+        return None;
     }
-    s
+    let at = line.find("\"text\":\"t")? + 9;
+    let len = line[at..].find('"')?;
+    Some(&line[at..at + len])
+}
+
+/// Reader threads, each keeping what it saw to itself (no hand-off per event) and
+/// counting it in a shared counter the collector polls.
+#[derive(Default)]
+struct Readers {
+    count: std::sync::Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<Vec<(f64, f64)>>>,
+}
+
+impl Readers {
+    /// Reads `from` line by line; every line with `marker` and a stamp is an arrival.
+    fn spawn(&mut self, from: impl std::io::Read + Send + 'static, marker: &'static str) {
+        let count = self.count.clone();
+        self.threads.push(std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for l in BufReader::new(from).lines().map_while(Result::ok) {
+                let arrived = now_ms();
+                if let Some(l) = stamp_of(&l, marker).and_then(|t| latency(t, arrived)) {
+                    seen.push((arrived, l));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            seen
+        }));
+    }
+
+    /// Waits until `expected` arrivals were counted or `limit` passed, runs `stop` (which
+    /// must end every reader's input), then gathers what the readers saw.
+    fn collect(self, expected: usize, limit: Duration, stop: impl FnOnce()) -> Seen {
+        let deadline = Instant::now() + limit;
+        while self.count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop();
+        let mut s = Seen {
+            latencies: Vec::with_capacity(expected),
+            stamps: Vec::with_capacity(expected),
+            first: f64::MAX,
+            last: 0.0,
+            count: 0,
+        };
+        for t in self.threads {
+            for (arrived, l) in t.join().unwrap_or_default() {
+                s.latencies.push(l);
+                s.stamps.push(arrived - l);
+                s.first = s.first.min(arrived - l);
+                s.last = s.last.max(arrived);
+                s.count += 1;
+            }
+        }
+        s
+    }
 }
 
 impl Seen {
@@ -137,7 +175,7 @@ impl Seen {
 
 /// The stand-in on the host, `n` at once, each read through a pipe by a thread.
 fn raw_baseline(node: &Path, script: &Path, n: usize, events: usize, rate: usize) -> Seen {
-    let (tx, rx) = mpsc::channel();
+    let mut readers = Readers::default();
     let mut children = Vec::new();
     for _ in 0..n {
         let mut c = Command::new(node)
@@ -148,18 +186,7 @@ fn raw_baseline(node: &Path, script: &Path, n: usize, events: usize, rate: usize
             .stdout(Stdio::piped())
             .spawn()
             .expect("node runs");
-        let out = c.stdout.take().unwrap();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let arrived = now_ms();
-                if let Ok(v) = serde_json::from_str::<Value>(&l)
-                    && let Some(t) = v["event"]["delta"]["text"].as_str()
-                {
-                    let _ = tx.send((arrived, t.to_owned()));
-                }
-            }
-        });
+        readers.spawn(c.stdout.take().unwrap(), "text_delta");
         children.push(c);
     }
     // Loaded before they are told to go, like the sessions.
@@ -172,13 +199,12 @@ fn raw_baseline(node: &Path, script: &Path, n: usize, events: usize, rate: usize
         );
         std::mem::forget(stdin);
     }
-    drop(tx);
-    let seen = collect(rx, n * events, Duration::from_secs(600));
-    for mut c in children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    seen
+    readers.collect(n * events, Duration::from_secs(600), || {
+        for mut c in children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    })
 }
 
 /// The stand-in inside the workspaces through `kraal exec`, `per_ws` in each at once.
@@ -189,7 +215,7 @@ fn exec_baseline(
     events: usize,
     rate: usize,
 ) -> Seen {
-    let (tx, rx) = mpsc::channel();
+    let mut readers = Readers::default();
     let mut children = Vec::new();
     let (ev, rt) = (
         format!("BENCH_EVENTS={events}"),
@@ -205,22 +231,10 @@ fn exec_baseline(
                     .stderr(Stdio::null())
                     .spawn()
                     .expect("kraal runs");
-            let out = c.stdout.take().unwrap();
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    let arrived = now_ms();
-                    if let Ok(v) = serde_json::from_str::<Value>(&l)
-                        && let Some(t) = v["event"]["delta"]["text"].as_str()
-                    {
-                        let _ = tx.send((arrived, t.to_owned()));
-                    }
-                }
-            });
+            readers.spawn(c.stdout.take().unwrap(), "text_delta");
             children.push(c);
         }
     }
-    drop(tx);
     // Every stand-in started and loaded before any is told to go (as the sessions are in
     // the kraal phase), so their start-up is not in the measurement.
     std::thread::sleep(Duration::from_secs(3 + children.len() as u64 / 10));
@@ -231,16 +245,16 @@ fn exec_baseline(
             r#"{{"type":"user","message":{{"role":"user","content":"go"}}}}"#
         );
     }
-    let seen = collect(
-        rx,
+    readers.collect(
         workspaces.len() * per_ws * events,
         Duration::from_secs(900),
-    );
-    drop(inputs);
-    for mut c in children {
-        let _ = c.wait();
-    }
-    seen
+        || {
+            drop(inputs);
+            for mut c in children {
+                let _ = c.wait();
+            }
+        },
+    )
 }
 
 /// `per_session` subscribers for each session: each one the daemon's SSE stream
@@ -252,7 +266,7 @@ fn subscribe(
     socket: &Path,
     sessions: &[String],
     per_session: usize,
-    tx: &mpsc::Sender<(f64, String)>,
+    readers: &mut Readers,
 ) -> anyhow::Result<Vec<std::os::unix::net::UnixStream>> {
     let mut conns = vec![];
     for sid in sessions
@@ -265,20 +279,7 @@ fn subscribe(
             c,
             "GET /v1/sessions/{sid}/stream HTTP/1.0\r\nHost: kraal\r\nAccept: text/event-stream\r\n\r\n"
         )?;
-        let reader = c.try_clone()?;
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(reader).lines().map_while(Result::ok) {
-                let arrived = now_ms();
-                if let Some(data) = l.strip_prefix("data:")
-                    && let Ok(v) = serde_json::from_str::<Value>(data.trim_start())
-                    && v["type"] == "assistant_delta"
-                    && let Some(t) = v["text"].as_str()
-                {
-                    let _ = tx.send((arrived, t.to_owned()));
-                }
-            }
-        });
+        readers.spawn(c.try_clone()?, "\"type\":\"assistant_delta\"");
         conns.push(c);
     }
     Ok(conns)
@@ -353,22 +354,28 @@ fn kraal_phase(
             sessions.push(out.trim().to_owned());
         }
     }
-    let (tx, rx) = mpsc::channel();
-    let subs = subscribe(&s.d.socket, &sessions, subscribers_per_session, &tx)?;
-    drop(tx);
+    let mut readers = Readers::default();
+    let subs = subscribe(
+        &s.d.socket,
+        &sessions,
+        subscribers_per_session,
+        &mut readers,
+    )?;
     // Every subscriber connected and caught up before the agents start.
     std::thread::sleep(Duration::from_secs(2 + subs.len() as u64 / 50));
     go(&s.d.socket, &sessions)?;
     let t0 = Instant::now();
-    let seen = collect(
-        rx,
+    let mut wall = 0.0;
+    let seen = readers.collect(
         sessions.len() * subscribers_per_session * events,
         Duration::from_secs(900),
+        || {
+            wall = t0.elapsed().as_secs_f64();
+            for c in subs {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        },
     );
-    let wall = t0.elapsed().as_secs_f64();
-    for c in subs {
-        let _ = c.shutdown(std::net::Shutdown::Both);
-    }
     for sid in &sessions {
         let _ = s.d.kraal(&s.kraal).args(["end-chat", sid]).output();
     }
@@ -540,4 +547,25 @@ pub(crate) fn section(s: &Setup, o: &Opts) -> anyhow::Result<Section> {
             },
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_found_in_stream_json_and_in_sse_frames_only_on_delta_lines() {
+        let raw = r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"t1796642187987"}}}"#;
+        assert_eq!(stamp_of(raw, "text_delta"), Some("1796642187987"));
+        let sse = r#"data: {"seq":7,"at_ms":1796642187990,"type":"assistant_delta","text":"t1796642187987"}"#;
+        let marker = "\"type\":\"assistant_delta\"";
+        assert_eq!(stamp_of(sse, marker), Some("1796642187987"));
+        assert_eq!(latency("1796642187987", 1796642187990.5), Some(3.5));
+        // The whole message at the end of a turn is not one delta.
+        let whole = r#"data: {"seq":9,"type":"assistant_message","text":"t1t2"}"#;
+        assert_eq!(stamp_of(whole, marker), None);
+        let two = r#"data: {"seq":9,"type":"assistant_delta","text":"t1t2"}"#;
+        assert_eq!(stamp_of(two, marker).and_then(|t| latency(t, 5.0)), None);
+        assert_eq!(stamp_of("id: 7", marker), None);
+    }
 }

@@ -21,17 +21,22 @@ const RING_EVENTS: usize = 1024;
 /// Encoded bytes a session's ring holds at most.
 const RING_BYTES: usize = 1 << 20;
 
-/// One mirrored event with its JSON (a [`SessionEvent`]) encoded once.
+/// One mirrored event with its JSON (a [`SessionEvent`]) encoded once, and the
+/// server-sent-event frame that carries it (`id: seq`, `data: json`), for every reader.
 #[derive(Debug)]
 pub struct LiveEvent {
     pub event: SessionEvent,
     pub json: String,
+    pub sse: bytes::Bytes,
 }
 
 impl LiveEvent {
     pub fn new(event: SessionEvent) -> Self {
         let json = serde_json::to_string(&event).expect("events serialize");
-        LiveEvent { event, json }
+        // Compact JSON has no line breaks (those in strings are escaped), so it is one
+        // `data:` line.
+        let sse = format!("id: {}\ndata: {json}\n\n", event.seq).into();
+        LiveEvent { event, json, sse }
     }
 
     pub fn seq(&self) -> u64 {

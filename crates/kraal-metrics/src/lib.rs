@@ -210,9 +210,14 @@ impl Metrics {
 
     /// One event was sent to a live reader.
     pub fn event_delivered(&self, reader: Reader) {
+        self.events_delivered(reader, 1);
+    }
+
+    /// `n` events went to one live reader at once.
+    pub fn events_delivered(&self, reader: Reader, n: u64) {
         self.delivered
             .get_or_create(&[("reader", reader.as_str())])
-            .inc();
+            .inc_by(n);
     }
 
     /// A live reader read while `behind` events behind the newest one.

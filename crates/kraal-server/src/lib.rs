@@ -18,6 +18,7 @@ pub mod security;
 mod sessions;
 mod sources;
 mod spend;
+mod sse;
 pub mod state;
 mod tasks;
 mod tokens;

@@ -1,16 +1,13 @@
 //! Session routes: create, list, talk to, stop; the event log as pages and as a
 //! server-sent-event stream that resumes from `Last-Event-ID` without gaps or duplicates.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
 use kraal_api::*;
 use kraal_core::{AgentKind, AgentSpec, SessionEvent, SessionId, SessionInput};
 use kraal_engine::NewSession;
@@ -197,9 +194,11 @@ struct Tail {
     state: AppState,
     id: SessionId,
     after: u64,
-    buf: VecDeque<Arc<kraal_engine::LiveEvent>>,
     changed: tokio::sync::watch::Receiver<u64>,
 }
+
+/// How long an idle stream waits before it sends a comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 #[utoipa::path(get, path = "/v1/sessions/{id}/stream", params(("id" = String, Path), EventsQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
@@ -210,7 +209,7 @@ pub async fn stream(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {
+) -> Result<axum::response::Response, HttpError> {
     let rec = s.engine.session(&id)?;
     let after = resume_point(&q, &headers)?;
     // Subscribe before the first read, so nothing stored in between is missed.
@@ -219,30 +218,37 @@ pub async fn stream(
         state: s,
         id: rec.id,
         after,
-        buf: VecDeque::new(),
         changed,
     };
+    // Every event that is there when the reader wakes goes out in one chunk of frames
+    // encoded once when it was mirrored: per subscriber, one write per wake-up.
     let stream = futures::stream::unfold(tail, |mut t| async move {
         loop {
-            if let Some(e) = t.buf.pop_front() {
-                t.after = e.seq();
-                // Encoded once when it was mirrored, shared by every subscriber.
-                let ev = Event::default().id(e.seq().to_string()).data(&e.json);
-                t.state.engine.metrics().event_delivered(Reader::Api);
-                return Some((Ok(ev), t));
-            }
             let newest = *t.changed.borrow_and_update();
             t.state
                 .engine
                 .metrics()
                 .subscriber_lag(newest.saturating_sub(t.after));
             match t.state.engine.live_events(&t.id, t.after, PAGE as usize) {
-                Ok(v) if !v.is_empty() => t.buf.extend(v),
-                Ok(_) => {
-                    if t.changed.changed().await.is_err() {
-                        return None;
+                Ok(v) if !v.is_empty() => {
+                    let mut chunk =
+                        bytes::BytesMut::with_capacity(v.iter().map(|e| e.sse.len()).sum());
+                    for e in &v {
+                        chunk.extend_from_slice(&e.sse);
                     }
+                    t.after = v.last().map_or(t.after, |e| e.seq());
+                    t.state
+                        .engine
+                        .metrics()
+                        .events_delivered(Reader::Api, v.len() as u64);
+                    return Some((Ok::<_, Infallible>(chunk.freeze()), t));
                 }
+                Ok(_) => match tokio::time::timeout(KEEP_ALIVE, t.changed.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    // A comment now and then, so proxies keep an idle stream open.
+                    Err(_) => return Some((Ok(bytes::Bytes::from_static(b":\n\n")), t)),
+                },
                 Err(e) => {
                     tracing::warn!(session = %t.id, "event stream: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -250,5 +256,5 @@ pub async fn stream(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(crate::sse::response(stream))
 }

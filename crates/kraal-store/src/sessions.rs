@@ -290,8 +290,10 @@ fn append_in(
             i64,
             f64,
         ) = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT last_seq, state, reason, agent_session, input_tokens, output_tokens, cost_usd FROM sessions WHERE id = ?1",
+            )?
+            .query_row(
                 [id.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
             )
@@ -346,10 +348,10 @@ fn append_in(
             }
         }
     }
-    tx.execute(
+    tx.prepare_cached(
             "UPDATE sessions SET last_seq = ?2, state = ?3, reason = ?4, agent_session = ?5, input_tokens = ?6, output_tokens = ?7, cost_usd = ?8, updated_at = ?9 WHERE id = ?1",
-            params![id.as_str(), last, state, reason, agent_session, tin, tout, cost, now()],
-        )?;
+        )?
+        .execute(params![id.as_str(), last, state, reason, agent_session, tin, tout, cost, now()])?;
     Ok(last as u64)
 }
 
