@@ -231,12 +231,15 @@ impl Pacer {
             i.tokens_remaining = tr;
             i.tokens_reset = ts;
         }
-        if let Some(r) = rr {
+        let reset = rs
+            .and_then(|at| at.duration_since(wall).ok())
+            .map(|d| now + d);
+        // An answer to a request sent in a window that has reset since (its reset lies in
+        // the past) tells nothing about the window now: our own count stands.
+        let stale = rs.is_some() && reset.is_none();
+        if let Some(r) = rr.filter(|_| !stale) {
             i.requests_remaining = Some(r);
             i.requests_reset = rs;
-            let reset = rs
-                .and_then(|at| at.duration_since(wall).ok())
-                .map(|d| now + d);
             // Our own count goes down with every request sent; a header can only make it
             // lower (answers to earlier requests arrive late), unless the window is new.
             let new_window = match (reset, w.reset) {
@@ -404,6 +407,44 @@ mod tests {
         let w = &p.windows()[0];
         assert_eq!((w.requests, w.paced, w.requests_limit), (2, 1, Some(2)));
         assert_eq!(w.credential, "api key …abcd");
+    }
+
+    /// An answer that was on its way while the window reset describes the old window; it
+    /// must not leave the new one spent (the next request would then wait blind).
+    #[tokio::test]
+    async fn a_late_answer_from_a_window_that_has_reset_leaves_the_new_one_alone() {
+        let p = Pacer::new();
+        let at = |d: Duration| {
+            time::OffsetDateTime::from(SystemTime::now() + d)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let answer = |remaining: &str, reset: &str| {
+            headers(&[
+                ("anthropic-ratelimit-requests-limit", "2".into()),
+                ("anthropic-ratelimit-requests-remaining", remaining.into()),
+                ("anthropic-ratelimit-requests-reset", reset.into()),
+            ])
+        };
+        let old_reset = at(Duration::from_millis(200));
+        let (p1, _) = p.admit("k", "anthropic", "api key …abcd").await;
+        p.observe("k", StatusCode::OK, &answer("1", &old_reset));
+        drop(p1);
+        // The window's last request goes; its answer is slow.
+        let (p2, _) = p.admit("k", "anthropic", "api key …abcd").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The window has reset: a request of the new one goes.
+        let (p3, waited) = p.admit("k", "anthropic", "api key …abcd").await;
+        assert!(waited < Duration::from_millis(100), "{waited:?}");
+        // Now the old window's answer arrives: none left, reset in the past.
+        p.observe("k", StatusCode::OK, &answer("0", &old_reset));
+        drop(p2);
+        let (_p4, waited) = p.admit("k", "anthropic", "api key …abcd").await;
+        assert!(
+            waited < Duration::from_millis(500),
+            "the new window's second request waited {waited:?}"
+        );
+        drop(p3);
     }
 
     /// When a window resets, the requests that waited for it do not all go at once: no
