@@ -67,17 +67,24 @@ impl std::fmt::Debug for GuestClient {
     }
 }
 
+/// How often a booting guest is tried at first, and for how long.
+const READY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+const READY_FAST: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl GuestClient {
-    /// [`GuestClient::connect`], retried with growing pauses while the sandbox boots, until
-    /// `timeout`; a refused handshake or a protocol error ends it at once (retrying cannot
-    /// help). The last error is returned.
+    /// [`GuestClient::connect`], retried while the sandbox boots, until `timeout`: every
+    /// [`READY_POLL`] for the first [`READY_FAST`] (a refused connection costs next to
+    /// nothing, and a doubling pause overshot a guest that came up in between by up to
+    /// the pause), then with growing pauses. A refused handshake or a protocol error ends
+    /// it at once (retrying cannot help). The last error is returned.
     pub async fn connect_retrying(
         addr: SocketAddr,
         token: &str,
         timeout: std::time::Duration,
     ) -> Result<Self, GuestClientError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut delay = std::time::Duration::from_millis(20);
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        let mut delay = READY_POLL;
         loop {
             match Self::connect(addr, token).await {
                 Ok(c) => return Ok(c),
@@ -87,7 +94,9 @@ impl GuestClient {
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                    if start.elapsed() >= READY_FAST {
+                        delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                    }
                 }
             }
         }
