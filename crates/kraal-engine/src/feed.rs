@@ -1,6 +1,7 @@
 //! Live session events: per session a bounded ring of the newest mirrored events (each
-//! encoded as JSON once, for every subscriber) that live readers take from memory, and the
-//! one SQLite writer that stores every follower's batches with group commit.
+//! encoded once as its server-sent-event frame, for every subscriber) that live readers
+//! take from memory, and the one SQLite writer that stores every follower's batches with
+//! group commit.
 //!
 //! The ring only ever holds a contiguous run of events that are already committed, ending
 //! at the newest one, so a reader whose position lies inside it reads exactly what SQLite
@@ -21,12 +22,11 @@ const RING_EVENTS: usize = 1024;
 /// Encoded bytes a session's ring holds at most.
 const RING_BYTES: usize = 1 << 20;
 
-/// One mirrored event with its JSON (a [`SessionEvent`]) encoded once, and the
-/// server-sent-event frame that carries it (`id: seq`, `data: json`), for every reader.
+/// One mirrored event with the server-sent-event frame that carries its JSON (a
+/// [`SessionEvent`]: `id: seq`, `data: json`), encoded once for every reader.
 #[derive(Debug)]
 pub struct LiveEvent {
     pub event: SessionEvent,
-    pub json: String,
     pub sse: bytes::Bytes,
 }
 
@@ -36,7 +36,7 @@ impl LiveEvent {
         // Compact JSON has no line breaks (those in strings are escaped), so it is one
         // `data:` line.
         let sse = format!("id: {}\ndata: {json}\n\n", event.seq).into();
-        LiveEvent { event, json, sse }
+        LiveEvent { event, sse }
     }
 
     pub fn seq(&self) -> u64 {
@@ -56,11 +56,11 @@ impl Feed {
         if self.ring.back().is_some_and(|b| b.seq() + 1 != e.seq()) {
             self.clear();
         }
-        self.bytes += e.json.len();
+        self.bytes += e.sse.len();
         self.ring.push_back(e);
         while self.ring.len() > RING_EVENTS || (self.bytes > RING_BYTES && self.ring.len() > 1) {
             if let Some(old) = self.ring.pop_front() {
-                self.bytes -= old.json.len();
+                self.bytes -= old.sse.len();
             }
         }
     }
