@@ -112,17 +112,7 @@ impl StepRunner for BuildRunner {
             "127.0.0.1\tlocalhost kraal-build\n::1\tlocalhost\n",
         )
         .map_err(|x| e("hosts", &x))?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            job.lower.display(),
-            job.upper.display(),
-            ovl.display()
-        );
-        Cmd::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(&root)
-            .timeout(Duration::from_secs(30))
-            .run()
+        kraal_sandbox::disk::mount_overlay(&job.lower, &job.upper, &ovl, &root)
             .await
             .map_err(|x| e("mounting the build root", &kraal_sandbox::error_chain(&x)))?;
         let id = WorkspaceId::random();
@@ -137,11 +127,9 @@ impl StepRunner for BuildRunner {
             .run()
             .await;
         kraal_net::teardown(&id, &Link::for_build(&id, self.pool, 0)).await;
-        let _ = Cmd::new("umount")
-            .arg(&root)
-            .timeout(Duration::from_secs(30))
-            .run()
-            .await;
+        if let Err(x) = kraal_sandbox::disk::unmount(&root).await {
+            tracing::warn!("unmounting the build root: {x}");
+        }
         // Mount points runsc had to create for the bind mounts are not the step's work.
         for (f, _) in [("etc/resolv.conf", ()), ("etc/hosts", ())] {
             let up = job.upper.join(f);
@@ -182,10 +170,7 @@ impl BuildRunner {
         std::fs::write(bundle.join("config.json"), cfg.to_string())
             .map_err(|x| format!("bundle: {x}"))?;
         let mut cmd = match self.network {
-            NetworkMode::Host => Cmd::new("nsenter")
-                .arg(format!("--net={}", kraal_net::netns_path(id).display()))
-                .arg("--")
-                .arg(&self.runsc),
+            NetworkMode::Host => Cmd::new(&self.runsc).in_netns(kraal_net::netns_path(id)),
             NetworkMode::Sandbox => Cmd::new(&self.runsc),
         };
         cmd = cmd.args([

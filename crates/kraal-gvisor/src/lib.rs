@@ -138,17 +138,14 @@ impl GvisorBackend {
                 ),
             });
         }
-        let opts = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            dir.join("upper").display(),
-            dir.join("work").display()
-        );
-        Cmd::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &opts])
-            .arg(dir.join("rootfs"))
-            .run()
-            .await
-            .map_err(BackendError::runtime(id, "mount root"))?;
+        kraal_sandbox::disk::mount_overlay(
+            Path::new(lower),
+            &dir.join("upper"),
+            &dir.join("work"),
+            &dir.join("rootfs"),
+        )
+        .await
+        .map_err(BackendError::runtime(id, "mount root"))?;
         Ok(())
     }
 
@@ -260,7 +257,7 @@ impl Backend for GvisorBackend {
                 details.push(format!("runsc: {e}; install it with scripts/setup.sh (Debian package runsc from bookworm-backports)"));
             }
         }
-        for tool in ["ip", "nft", "nsenter", "mount", "debootstrap"] {
+        for tool in ["nft", "debootstrap"] {
             if which(tool).is_none() {
                 ok = false;
                 details.push(format!("{tool} is missing"));
@@ -517,10 +514,7 @@ impl Backend for GvisorBackend {
             format!("--log={}", dir.join("runsc.log").display()),
         ];
         let mut cmd = match self.cfg.network {
-            NetworkMode::Host => Cmd::new("nsenter")
-                .arg(format!("--net={}", kraal_net::netns_path(id).display()))
-                .arg("--")
-                .arg(&self.cfg.runsc),
+            NetworkMode::Host => Cmd::new(&self.cfg.runsc).in_netns(kraal_net::netns_path(id)),
             NetworkMode::Sandbox => Cmd::new(&self.cfg.runsc),
         };
         cmd = cmd.args(runsc_args);

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use nix::mount::{MntFlags, MsFlags};
+
 use crate::process::{Cmd, ProcessError};
 
 /// An empty ext4 file system of `mib` MiB in a new sparse file, or one holding `from`.
@@ -62,38 +64,108 @@ pub fn is_mountpoint(p: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
 }
 
-/// Mounts the ext4 image `image` on `target` through a loop device (no-op when mounted).
+/// Mounts the ext4 image `image` on `target` through a loop device (no-op when
+/// mounted): the device is set up with ioctls and the file system mounted with
+/// `mount(2)`, as `mount -o loop` would, without its process. The loop device clears
+/// itself when the file system is unmounted.
 pub async fn mount_ext4(image: &Path, target: &Path) -> Result<(), ProcessError> {
     if is_mountpoint(target) {
         return Ok(());
     }
-    Cmd::new("mount")
-        .args(["-t", "ext4", "-o", "loop,noatime"])
-        .arg(image)
-        .arg(target)
-        .timeout(Duration::from_secs(60))
-        .run()
-        .await
-        .map(|_| ())
+    let (image, target) = (image.to_owned(), target.to_owned());
+    let shown = format!("mount {} on {}", image.display(), target.display());
+    tokio::task::spawn_blocking(move || {
+        let (dev, path) = crate::loopdev::attach(&image)?;
+        let mounted = nix::mount::mount(
+            Some(path.as_path()),
+            &target,
+            Some("ext4"),
+            MsFlags::MS_NOATIME,
+            None::<&str>,
+        );
+        // The mount holds the device now; closing ours lets autoclear detach it later
+        // (or at once, when the mount failed).
+        drop(dev);
+        mounted.map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!(
+                    "mount(2) of {} (ext4 on {}): {e}",
+                    target.display(),
+                    path.display()
+                ),
+            )
+        })
+    })
+    .await
+    .expect("mount task does not panic")
+    .map_err(|e| ProcessError::Failed {
+        command: shown,
+        status: "system call failed".into(),
+        stderr: e.to_string(),
+    })
 }
 
-/// Unmounts `target` when mounted; detaches lazily when it is busy.
+/// Mounts an overlay of `lower` (read-only) and `upper` (writes, with `work` its work
+/// directory) on `target` with `mount(2)`.
+pub async fn mount_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), ProcessError> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let target = target.to_owned();
+    let shown = format!("mount -t overlay overlay -o {opts} {}", target.display());
+    tokio::task::spawn_blocking(move || {
+        nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+    })
+    .await
+    .expect("mount task does not panic")
+    .map_err(|e| ProcessError::Failed {
+        command: shown,
+        status: "system call failed".into(),
+        stderr: e.to_string(),
+    })
+}
+
+/// Unmounts `target` when mounted (`umount2(2)`); detaches lazily when it is busy.
 pub async fn unmount(target: &Path) -> Result<(), ProcessError> {
     if !is_mountpoint(target) {
         return Ok(());
     }
-    match Cmd::new("umount").arg(target).run().await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::warn!("unmount {}: {e}; detaching lazily", target.display());
-            Cmd::new("umount")
-                .arg("-l")
-                .arg(target)
-                .run()
-                .await
-                .map(|_| ())
-        }
-    }
+    let target = target.to_owned();
+    let shown = format!("umount {}", target.display());
+    tokio::task::spawn_blocking(
+        move || match nix::mount::umount2(&target, MntFlags::empty()) {
+            Ok(()) | Err(nix::Error::EINVAL) => Ok(()),
+            Err(e) => {
+                tracing::warn!("unmount {}: {e}; detaching lazily", target.display());
+                match nix::mount::umount2(&target, MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::Error::EINVAL) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        },
+    )
+    .await
+    .expect("unmount task does not panic")
+    .map_err(|e| ProcessError::Failed {
+        command: shown,
+        status: "system call failed".into(),
+        stderr: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -147,5 +219,84 @@ mod tests {
             text.contains("Filesystem volume name:   workspace"),
             "{text}"
         );
+    }
+
+    /// An ext4 image mounted through its own loop device and an overlay on top, both
+    /// with `mount(2)`: files written through the mount land in the image, and after
+    /// unmounting the loop device is gone again (autoclear).
+    #[tokio::test]
+    async fn images_and_overlays_mount_and_unmount_without_mount_processes() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root (mount)");
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("v.ext4");
+        make_ext4(&img, 64, "t", None).await.unwrap();
+        let target = dir.path().join("mnt");
+        std::fs::create_dir(&target).unwrap();
+        let loops_of = |img: &Path| -> usize {
+            let want = img.canonicalize().unwrap();
+            std::fs::read_dir("/sys/block")
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("loop/backing_file"))
+                        .is_ok_and(|b| Path::new(b.trim()) == want)
+                })
+                .count()
+        };
+        mount_ext4(&img, &target).await.unwrap();
+        assert!(is_mountpoint(&target));
+        assert_eq!(loops_of(&img), 1);
+        // Mounted already: nothing more happens.
+        mount_ext4(&img, &target).await.unwrap();
+        assert_eq!(loops_of(&img), 1);
+        std::fs::write(target.join("f.txt"), "on the volume\n").unwrap();
+
+        let (upper, work, merged) = (
+            dir.path().join("upper"),
+            dir.path().join("work"),
+            dir.path().join("merged"),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        mount_overlay(&target, &upper, &work, &merged)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(merged.join("f.txt")).unwrap(),
+            "on the volume\n"
+        );
+        std::fs::write(merged.join("g.txt"), "upper\n").unwrap();
+        assert!(upper.join("g.txt").is_file() && !target.join("g.txt").exists());
+        unmount(&merged).await.unwrap();
+        assert!(!is_mountpoint(&merged));
+
+        unmount(&target).await.unwrap();
+        assert!(!is_mountpoint(&target));
+        // The kernel clears the device when its last user goes, which may lag a little.
+        let t = std::time::Instant::now();
+        while loops_of(&img) > 0 && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loops_of(&img), 0, "the loop device clears itself");
+        unmount(&target).await.unwrap();
+        let cat = Cmd::new("debugfs")
+            .args(["-R", "cat /f.txt"])
+            .arg(&img)
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "on the volume\n");
+        // A file that is no ext4 image: a clear error, no mount, no device left.
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, vec![0u8; 1 << 20]).unwrap();
+        let e = mount_ext4(&junk, &target).await.unwrap_err().to_string();
+        assert!(e.contains("ext4"), "{e}");
+        assert!(!is_mountpoint(&target));
+        let t = std::time::Instant::now();
+        while loops_of(&junk) > 0 && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(loops_of(&junk), 0);
     }
 }

@@ -6,6 +6,7 @@ mod backend;
 pub mod checkout;
 pub mod disk;
 pub mod guest;
+mod loopdev;
 pub mod process;
 
 pub use backend::{

@@ -40,6 +40,7 @@ pub struct Cmd {
     timeout: Duration,
     stdin: Option<Vec<u8>>,
     new_session: bool,
+    netns: Option<PathBuf>,
     stdout_file: Option<PathBuf>,
     lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
@@ -88,6 +89,7 @@ impl Cmd {
             timeout: Duration::from_secs(60),
             stdin: None,
             new_session: false,
+            netns: None,
             stdout_file: None,
             lines: None,
         }
@@ -134,6 +136,13 @@ impl Cmd {
     /// neither receive the daemon's terminal signals nor die with its process group.
     pub fn new_session(mut self) -> Self {
         self.new_session = true;
+        self
+    }
+
+    /// Runs in the network namespace pinned at `path` (`setns(2)` between fork and
+    /// exec: what `nsenter --net=` does, without its process).
+    pub fn in_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
         self
     }
 
@@ -195,6 +204,7 @@ impl Cmd {
     /// Runs to completion; a non-zero exit is an error carrying stderr.
     pub async fn run(self) -> Result<Output, ProcessError> {
         let command = self.display();
+        let started = std::time::Instant::now();
         let program = self.program.to_string_lossy().into_owned();
         #[allow(clippy::disallowed_methods)]
         let mut cmd = tokio::process::Command::new(&self.program);
@@ -240,6 +250,20 @@ impl Cmd {
                 cmd.pre_exec(|| {
                     nix::unistd::setsid()
                         .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        if let Some(path) = &self.netns {
+            // Opened here, joined in the child: setns is a plain system call.
+            let ns = std::fs::File::open(path).map_err(|source| ProcessError::Spawn {
+                program: format!("{program} (in network namespace {})", path.display()),
+                source,
+            })?;
+            // SAFETY: setns is async-signal-safe; the file outlives the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(std::io::Error::from)
                 });
             }
@@ -292,6 +316,12 @@ impl Cmd {
                     secs: self.timeout.as_secs(),
                 })?;
         let status = status.map_err(|source| ProcessError::Spawn { program, source })?;
+        tracing::debug!(
+            target: "kraal::process",
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            %status,
+            "{command}"
+        );
         if !status.success() {
             let mut stderr_text = String::from_utf8_lossy(&stderr).trim().to_owned();
             if stderr_text.is_empty() {
