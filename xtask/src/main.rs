@@ -11,6 +11,7 @@
 
 mod bench;
 mod bench_backup;
+mod bench_bundle;
 mod bench_create;
 mod bench_egress;
 mod bench_events;
