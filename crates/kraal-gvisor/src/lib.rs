@@ -217,6 +217,59 @@ impl GvisorBackend {
         Ok(())
     }
 
+    /// A size-limited volume holding the checkout: a new ext4 image from the template,
+    /// mounted at `partial`, the source copied into it once, unmounted, then named
+    /// `volume.ext4` beside an empty mount point `volume`.
+    async fn fill_volume_image(
+        &self,
+        spec: &SandboxSpec,
+        partial: &Path,
+    ) -> Result<(), BackendError> {
+        let id = &spec.id;
+        let dir = self.ws_dir(id);
+        let image = dir.join(VOLUME_IMAGE);
+        let image_partial = dir.join("volume.ext4.partial");
+        kraal_sandbox::template::new_volume(
+            &kraal_sandbox::template::templates_dir(&self.cfg.state_dir),
+            &image_partial,
+            self.cfg.volume_mib,
+            "workspace",
+        )
+        .await
+        .map_err(BackendError::runtime(id, "make volume"))?;
+        std::fs::create_dir(partial).map_err(BackendError::io(id, "create", partial))?;
+        let filled = async {
+            kraal_sandbox::disk::mount_ext4(&image_partial, partial)
+                .await
+                .map_err(BackendError::runtime(id, "mount volume"))?;
+            // A clone needs an empty directory; fsck makes lost+found again if needed.
+            let _ = std::fs::remove_dir(partial.join("lost+found"));
+            let copied = kraal_sandbox::checkout::materialize(&spec.source, partial)
+                .await
+                .map_err(|e| BackendError::Source {
+                    workspace: id.to_string(),
+                    source: e,
+                });
+            let unmounted = kraal_sandbox::disk::unmount(partial)
+                .await
+                .map_err(BackendError::runtime(id, "unmount volume"));
+            copied.and(unmounted)
+        }
+        .await;
+        let _ = std::fs::remove_dir(partial);
+        if let Err(e) = filled {
+            let _ = std::fs::remove_file(&image_partial);
+            return Err(e);
+        }
+        std::fs::rename(&image_partial, &image).map_err(BackendError::io(id, "create", &image))?;
+        std::fs::create_dir(dir.join("volume")).map_err(BackendError::io(
+            id,
+            "create",
+            &dir.join("volume"),
+        ))?;
+        Ok(())
+    }
+
     /// Mounts a size-limited volume on its mount point (a no-op for a volume that is a
     /// plain directory, or one already mounted).
     async fn mount_volume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
@@ -319,38 +372,24 @@ impl Backend for GvisorBackend {
             std::fs::create_dir(&volume).map_err(BackendError::io(id, "create", &volume))?;
         }
         if !volume.is_dir() {
-            // Fill a scratch directory and rename it: a failed or interrupted checkout
-            // never leaves a half-filled volume that later looks complete.
+            // Fill a scratch volume and give it its name only when complete: a failed or
+            // interrupted checkout never leaves a half-filled volume that later looks
+            // complete. An interrupted attempt may have left its scratch one mounted.
             let partial = dir.join("volume.partial");
+            kraal_sandbox::disk::unmount(&partial)
+                .await
+                .map_err(BackendError::runtime(id, "create"))?;
             let _ = std::fs::remove_dir_all(&partial);
-            if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &partial).await {
-                let _ = std::fs::remove_dir_all(&partial);
-                return Err(BackendError::Source {
-                    workspace: id.to_string(),
-                    source: e,
-                });
-            }
             if self.cfg.volume_mib > 0 {
-                // The checkout becomes the content of a size-limited file system; the
-                // image appears under its name only when complete, then its mount point.
-                let image = dir.join(VOLUME_IMAGE);
-                let image_partial = dir.join("volume.ext4.partial");
-                let made = kraal_sandbox::disk::make_ext4(
-                    &image_partial,
-                    self.cfg.volume_mib,
-                    "workspace",
-                    Some(&partial),
-                )
-                .await;
-                let _ = std::fs::remove_dir_all(&partial);
-                if let Err(e) = made {
-                    let _ = std::fs::remove_file(&image_partial);
-                    return Err(BackendError::runtime(id, "make volume")(e));
-                }
-                std::fs::rename(&image_partial, &image)
-                    .map_err(BackendError::io(id, "create", &image))?;
-                std::fs::create_dir(&volume).map_err(BackendError::io(id, "create", &volume))?;
+                self.fill_volume_image(spec, &partial).await?;
             } else {
+                if let Err(e) = kraal_sandbox::checkout::materialize(&spec.source, &partial).await {
+                    let _ = std::fs::remove_dir_all(&partial);
+                    return Err(BackendError::Source {
+                        workspace: id.to_string(),
+                        source: e,
+                    });
+                }
                 std::fs::rename(&partial, &volume)
                     .map_err(BackendError::io(id, "create", &volume))?;
             }

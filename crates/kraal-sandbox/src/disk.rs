@@ -20,6 +20,17 @@ pub async fn make_ext4(
     label: &str,
     from: Option<&Path>,
 ) -> Result<(), ProcessError> {
+    make_ext4_with(path, mib, label, from, &[]).await
+}
+
+/// [`make_ext4`] with extra file system `features` (`mkfs.ext4 -O`).
+pub async fn make_ext4_with(
+    path: &Path,
+    mib: u64,
+    label: &str,
+    from: Option<&Path>,
+    features: &[&str],
+) -> Result<(), ProcessError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(ProcessError::Failed {
@@ -42,6 +53,9 @@ pub async fn make_ext4(
     ]);
     if let Some(d) = from {
         c = c.arg("-d").arg(d);
+    }
+    if !features.is_empty() {
+        c = c.arg("-O").arg(features.join(","));
     }
     c.arg(path)
         .arg(format!("{mib}M"))

@@ -8,6 +8,7 @@ pub mod disk;
 pub mod guest;
 mod loopdev;
 pub mod process;
+pub mod template;
 
 pub use backend::{
     Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
