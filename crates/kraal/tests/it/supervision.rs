@@ -640,7 +640,7 @@ fn the_phone_supervision_loop_in_a_real_browser() {
         .trim()
         .to_owned();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shots = root.join("target/web-screenshots");
+    let shots = root.join("target/web-screenshots/supervision");
     #[allow(clippy::disallowed_methods)]
     let mut c = std::process::Command::new("node");
     c.arg(root.join("web/tests/supervision.test.mjs"))

@@ -1,7 +1,7 @@
 //! The web UI end to end: a real daemon with a real gVisor workspace and the real Claude
 //! Code CLI against the scripted model, driven by Debian's Chromium through playwright-core
 //! (`web/tests/ui.test.mjs`, phone and desktop viewports; screenshots land in
-//! `target/web-screenshots/`), and the security rules checked over raw HTTP: nothing
+//! `target/web-screenshots/ui/`), and the security rules checked over raw HTTP: nothing
 //! without a login, CSRF on every state change, cross-site requests refused, login rate
 //! limits, revoked tokens.
 
@@ -319,7 +319,7 @@ fn the_web_ui_in_a_real_browser_on_a_phone_and_a_desktop() {
         .trim()
         .to_owned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let shots = root.join("target/web-screenshots");
+    let shots = root.join("target/web-screenshots/ui");
     let _ = std::fs::remove_dir_all(&shots);
     #[allow(clippy::disallowed_methods)]
     let mut c = Command::new("node");
