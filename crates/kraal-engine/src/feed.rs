@@ -28,6 +28,9 @@ const RING_BYTES: usize = 1 << 20;
 pub struct LiveEvent {
     pub event: SessionEvent,
     pub sse: bytes::Bytes,
+    /// Another encoding of the event, made once by the first reader that needs it and
+    /// shared by the rest: the web UI's rendered frame.
+    pub rendered: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl LiveEvent {
@@ -36,7 +39,11 @@ impl LiveEvent {
         // Compact JSON has no line breaks (those in strings are escaped), so it is one
         // `data:` line.
         let sse = format!("id: {}\ndata: {json}\n\n", event.seq).into();
-        LiveEvent { event, sse }
+        LiveEvent {
+            event,
+            sse,
+            rendered: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn seq(&self) -> u64 {

@@ -4,7 +4,6 @@
 //! data is the event already rendered by the server. Agent output is escaped by maud; the
 //! browser only inserts finished markup.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -209,7 +208,6 @@ struct Live {
     id: SessionId,
     csrf: String,
     after: u64,
-    buf: VecDeque<std::sync::Arc<kraal_engine::LiveEvent>>,
     changed: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -222,63 +220,115 @@ fn resume_point(q: &EventsQuery, headers: &HeaderMap) -> u64 {
     q.after.max(header)
 }
 
-/// `GET /s/{id}/live?after=N`: rendered events as server-sent events.
+/// Where the reader's CSRF token goes in a frame rendered once for every reader: a
+/// random value of this process, which no agent output can hold by chance or design.
+fn csrf_slot() -> &'static str {
+    static SLOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SLOT.get_or_init(super::auth::random_token)
+}
+
+/// The web UI's frame of one event — `id:` its sequence number, data the rendered HTML
+/// with what the page updates beside it — rendered and encoded once, by the first web
+/// reader, and kept with the event in the session's ring for every other reader.
+fn frame<'a>(w: &WebState, session: &SessionId, le: &'a kraal_engine::LiveEvent) -> &'a [u8] {
+    le.rendered.get_or_init(|| {
+        // Usage changes the session's cost shown in the page header.
+        let cost = matches!(le.event.event, AgentEvent::Usage { .. })
+            .then(|| w.app.engine.store().get_session(session).ok().flatten())
+            .flatten()
+            .map(|s| format!("${:.4}", s.cost_usd.max(0.0)));
+        encode(&le.event, session.as_str(), cost)
+    })
+}
+
+/// The frame of `e` with the CSRF slot where a reader's token goes.
+fn encode(e: &SessionEvent, session: &str, cost: Option<String>) -> bytes::Bytes {
+    let kind = serde_json::to_value(&e.event)
+        .ok()
+        .and_then(|v| v["type"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let state = match &e.event {
+        AgentEvent::State { state, .. } => Some(state.as_str()),
+        _ => None,
+    };
+    let html = render(e, session, csrf_slot())
+        .map(|m| m.into_string())
+        .unwrap_or_default();
+    let data =
+        serde_json::json!({"seq": e.seq, "kind": kind, "html": html, "state": state, "cost": cost});
+    format!("id: {}\ndata: {data}\n\n", e.seq).into()
+}
+
+/// Appends `le`'s frame for the reader whose CSRF token is `csrf`: the shared bytes as
+/// they are, or — for an approval request, whose buttons post the token — with the
+/// reader's token in its slot.
+fn push_frame(out: &mut Vec<u8>, frame: &[u8], le: &kraal_engine::LiveEvent, csrf: &str) {
+    if !matches!(le.event.event, AgentEvent::ApprovalRequest { .. }) {
+        out.extend_from_slice(frame);
+        return;
+    }
+    let slot = csrf_slot().as_bytes();
+    let mut rest = frame;
+    while let Some(i) = memchr::memmem::find(rest, slot) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(csrf.as_bytes());
+        rest = &rest[i + slot.len()..];
+    }
+    out.extend_from_slice(rest);
+}
+
+/// How long an idle stream waits before it sends a comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /s/{id}/live?after=N`: rendered events as server-sent events. Every event that is
+/// there when the reader wakes goes out in one chunk of frames rendered once per event.
 pub async fn live(
     State(w): State<WebState>,
     axum::Extension(auth): axum::Extension<super::auth::Auth>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, HttpError> {
+) -> Result<axum::response::Response, HttpError> {
     let rec = w.app.engine.session(&id)?;
     let after = resume_point(&q, &headers);
+    // Subscribe before the first read, so nothing stored in between is missed.
     let changed = w.app.engine.watch_session(&rec.id);
     let live = Live {
         state: w,
         id: rec.id,
         csrf: auth.csrf,
         after,
-        buf: VecDeque::new(),
         changed,
     };
     let stream = futures::stream::unfold(live, |mut t| async move {
         loop {
-            if let Some(e) = t.buf.pop_front() {
-                let e = &e.event;
-                t.after = e.seq;
-                let kind = serde_json::to_value(&e.event)
-                    .ok()
-                    .and_then(|v| v["type"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let state = match &e.event {
-                    AgentEvent::State { state, .. } => Some(state.as_str()),
-                    _ => None,
-                };
-                let html = render(e, t.id.as_str(), &t.csrf)
-                    .map(|m| m.into_string())
-                    .unwrap_or_default();
-                // Usage changes the session's cost shown in the page header.
-                let cost = matches!(e.event, AgentEvent::Usage { .. })
-                    .then(|| t.state.app.engine.store().get_session(&t.id).ok().flatten())
-                    .flatten()
-                    .map(|s| format!("${:.4}", s.cost_usd.max(0.0)));
-                let data = serde_json::json!({"seq": e.seq, "kind": kind, "html": html, "state": state, "cost": cost});
-                let ev = Event::default()
-                    .id(e.seq.to_string())
-                    .data(data.to_string());
-                t.state.app.engine.metrics().event_delivered(Reader::Web);
-                return Some((Ok(ev), t));
-            }
             let newest = *t.changed.borrow_and_update();
-            let lag = newest.saturating_sub(t.after);
-            t.state.app.engine.metrics().subscriber_lag(lag);
+            t.state
+                .app
+                .engine
+                .metrics()
+                .subscriber_lag(newest.saturating_sub(t.after));
             match t.state.app.engine.live_events(&t.id, t.after, 500) {
-                Ok(v) if !v.is_empty() => t.buf.extend(v),
-                Ok(_) => {
-                    if t.changed.changed().await.is_err() {
-                        return None;
+                Ok(v) if !v.is_empty() => {
+                    let mut chunk = Vec::new();
+                    for le in &v {
+                        let f = frame(&t.state, &t.id, le);
+                        push_frame(&mut chunk, f, le, &t.csrf);
                     }
+                    t.after = v.last().map_or(t.after, |e| e.seq());
+                    t.state
+                        .app
+                        .engine
+                        .metrics()
+                        .events_delivered(Reader::Web, v.len() as u64);
+                    return Some((Ok::<_, Infallible>(bytes::Bytes::from(chunk)), t));
                 }
+                Ok(_) => match tokio::time::timeout(KEEP_ALIVE, t.changed.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    // A comment now and then, so proxies keep an idle stream open.
+                    Err(_) => return Some((Ok(bytes::Bytes::from_static(b":\n\n")), t)),
+                },
                 Err(e) => {
                     tracing::warn!(session = %t.id, "web event stream: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -286,7 +336,7 @@ pub async fn live(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(crate::sse::response(stream))
 }
 
 /// `GET /notify`: every session's state changes, for browser notifications.
@@ -415,5 +465,93 @@ mod tests {
         assert!(html.contains(r#"<span class="add">+new"#), "{html}");
         assert!(html.contains(r#"<span class="del">-old"#), "{html}");
         assert!(html.contains(r#"<span class="hunk">@@"#), "{html}");
+    }
+
+    /// What a reader receives for one event from a frame rendered once.
+    fn received(e: SessionEvent, csrf: &str) -> (u64, serde_json::Value) {
+        let le = kraal_engine::LiveEvent::new(e);
+        let f = encode(&le.event, "se-000000000001", Some("$0.0100".into()));
+        let mut out = Vec::new();
+        push_frame(&mut out, &f, &le, csrf);
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.strip_suffix("\n\n").expect("one whole frame").lines();
+        let id = lines
+            .next()
+            .unwrap()
+            .strip_prefix("id: ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+        assert_eq!(lines.next(), None, "one data line");
+        (id, serde_json::from_str(data).unwrap())
+    }
+
+    /// One rendering serves every reader: each reader's approval buttons post its own
+    /// token, and the slot appears nowhere else — not even where agent output spells it.
+    #[test]
+    fn a_frame_rendered_once_carries_each_readers_own_token() {
+        let ask = ev(AgentEvent::ApprovalRequest {
+            request_id: "r1".into(),
+            tool: "Bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+            description: None,
+        });
+        let le = kraal_engine::LiveEvent::new(ask.clone());
+        let f = encode(&le.event, "se-000000000001", None);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        push_frame(&mut a, &f, &le, "tokenofreadera");
+        push_frame(&mut b, &f, &le, "tokenofreaderb");
+        let (a, b) = (String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert!(a.contains(r#"value=\"tokenofreadera\""#), "{a}");
+        assert!(
+            b.contains(r#"value=\"tokenofreaderb\""#) && !b.contains("tokenofreadera"),
+            "{b}"
+        );
+        assert!(!a.contains(csrf_slot()) && !b.contains(csrf_slot()));
+
+        let (seq, data) = received(ask, "t");
+        assert_eq!(seq, 7);
+        assert_eq!(data["kind"], "approval_request");
+        assert!(data["html"].as_str().unwrap().contains("Approve"));
+
+        // Agent text is shown as it is, whatever it holds; no token goes into it.
+        let (_, data) = received(
+            ev(AgentEvent::AssistantText {
+                text: format!("see {}", csrf_slot()),
+            }),
+            "secret",
+        );
+        let html = data["html"].as_str().unwrap();
+        assert!(
+            html.contains(csrf_slot()) && !html.contains("secret"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn frames_say_kind_state_and_cost_beside_the_html() {
+        let (seq, data) = received(
+            ev(AgentEvent::State {
+                state: SessionState::WaitingForInput,
+                reason: None,
+            }),
+            "t",
+        );
+        assert_eq!(seq, 7);
+        assert_eq!(data["kind"], "state");
+        assert_eq!(data["state"], "waiting_for_input");
+        assert_eq!(data["cost"], "$0.0100");
+        let (_, data) = received(
+            ev(AgentEvent::CommandRun {
+                command: "ls".into(),
+                exit_code: None,
+            }),
+            "t",
+        );
+        assert_eq!(
+            data["html"], "",
+            "events with nothing to show still advance the page"
+        );
     }
 }
