@@ -162,9 +162,14 @@ fn superblock_checksum(sb: &[u8; SB_LEN]) -> u32 {
     !crc32c::crc32c(&sb[..SB_CHECKSUM_AT])
 }
 
-/// Where a backend keeps its volume templates: beside its workspaces.
+/// Where a backend whose workspaces live in `state_dir` keeps its volume templates:
+/// beside that directory (`<data>/volume-templates` for `<data>/workspaces`), so the
+/// workspace directory holds workspaces only.
 pub fn templates_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(".templates")
+    state_dir
+        .parent()
+        .unwrap_or(state_dir)
+        .join("volume-templates")
 }
 
 #[cfg(test)]
