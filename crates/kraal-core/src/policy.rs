@@ -1,5 +1,6 @@
-//! A workspace's housekeeping policy: when it stops by itself after being idle and how
-//! often it is backed up while it runs. Unset fields take the daemon's defaults.
+//! A workspace's housekeeping policy: when it is paused and when it stops by itself after
+//! being idle, and how often it is backed up while it runs. Unset fields take the
+//! daemon's defaults.
 
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ pub struct Policy {
     /// Back the workspace up every this many seconds while it runs (needs a backup store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_every_secs: Option<u64>,
+    /// Pause the workspace's sandbox (its processes frozen, using no CPU) after this many
+    /// seconds idle, before any idle stop; the next use resumes it. Persistent workspaces
+    /// are never paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_pause_secs: Option<u64>,
 }
 
 /// The shortest idle timeout and backup interval accepted.
@@ -41,6 +47,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         for (field, v, min) in [
             ("idle stop", self.idle_stop_secs, MIN_IDLE_SECS),
+            ("idle pause", self.idle_pause_secs, MIN_IDLE_SECS),
             (
                 "backup interval",
                 self.backup_every_secs,
@@ -62,12 +69,20 @@ impl Policy {
         Policy {
             idle_stop_secs: self.idle_stop_secs.or(defaults.idle_stop_secs),
             backup_every_secs: self.backup_every_secs.or(defaults.backup_every_secs),
+            idle_pause_secs: self.idle_pause_secs.or(defaults.idle_pause_secs),
         }
     }
 
     /// The idle timeout in force, if any.
     pub fn idle_stop(&self) -> Option<Duration> {
         self.idle_stop_secs
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+    }
+
+    /// The idle pause in force, if any.
+    pub fn idle_pause(&self) -> Option<Duration> {
+        self.idle_pause_secs
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
     }

@@ -166,10 +166,12 @@ mod policy {
         let defaults = Policy {
             idle_stop_secs: Some(1800),
             backup_every_secs: Some(3600),
+            idle_pause_secs: None,
         };
         let own = Policy {
             idle_stop_secs: Some(0),
             backup_every_secs: None,
+            idle_pause_secs: None,
         };
         let p = own.or(defaults);
         assert_eq!(p.idle_stop(), None, "0 means never, not the default");
@@ -178,6 +180,7 @@ mod policy {
         let e = Policy {
             idle_stop_secs: None,
             backup_every_secs: Some(5),
+            idle_pause_secs: None,
         }
         .validate()
         .unwrap_err();

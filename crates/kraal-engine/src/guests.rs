@@ -76,6 +76,8 @@ impl Engine {
                 state: rec.state.as_str(),
             });
         }
+        // Every use of the guest resumes a workspace paused for being idle.
+        self.thaw(&rec.id).await;
         let c = self.connect(&rec).await?;
         Ok((rec, c))
     }

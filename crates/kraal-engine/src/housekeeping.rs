@@ -1,5 +1,5 @@
-//! Housekeeping: idle workspaces stop by themselves and running ones are backed up on a
-//! schedule. A workspace is in use while an agent turn runs (or waits for an approval),
+//! Housekeeping: idle workspaces pause (see `freeze`) and stop by themselves, and running
+//! ones are backed up on a schedule. A workspace is in use while an agent turn runs (or waits for an approval),
 //! while a terminal, exec, SSH session or port connection is attached, and while a client
 //! reads it (the API and web UI hold it for each request and each open stream); it is idle
 //! once none of that has happened for its idle timeout. Persistent workspaces never stop.
@@ -205,7 +205,15 @@ impl Engine {
                 }
                 _ => None,
             };
-            if !backup_due && idle.is_none() {
+            let pause = match policy.idle_pause() {
+                Some(limit)
+                    if !rec.persistent && idle.is_none() && !self.is_paused_idle(&rec.id) =>
+                {
+                    self.idle_for(&rec).filter(|d| *d >= limit).map(|_| limit)
+                }
+                _ => None,
+            };
+            if !backup_due && idle.is_none() && pause.is_none() {
                 continue;
             }
             self.housekeeping
@@ -221,6 +229,8 @@ impl Engine {
                 }
                 if let Some(limit) = idle {
                     me.idle_stop(&rec, limit, &settings).await;
+                } else if let Some(limit) = pause {
+                    me.freeze_if_idle(&rec.id, limit).await;
                 }
                 me.housekeeping.busy.lock().unwrap().remove(&rec.id);
             });

@@ -16,6 +16,7 @@ mod attachments;
 mod backups;
 mod error;
 mod feed;
+mod freeze;
 mod guests;
 mod housekeeping;
 mod lifecycle;
@@ -104,6 +105,8 @@ pub struct Engine {
     tunnels: Mutex<HashMap<WorkspaceId, ports::Tunnels>>,
     /// Idle-stop and backup-schedule settings, and what each workspace was last used for.
     housekeeping: housekeeping::State,
+    /// Workspaces paused for being idle.
+    freezer: Arc<freeze::Freezer>,
     started: Instant,
     /// What `GET /metrics` exports; the engine records lifecycle, mirror, backup and
     /// reconciler numbers into it.
@@ -147,6 +150,7 @@ impl Engine {
         let writer = feed::Writer::start(store.clone());
         Arc::new(Engine {
             store,
+            freezer: freeze::Freezer::new(backend.clone()),
             backend,
             services,
             guests: Mutex::new(HashMap::new()),

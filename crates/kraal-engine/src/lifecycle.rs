@@ -351,6 +351,8 @@ impl Engine {
     ) -> Result<WorkspaceRecord, String> {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
+        // A workspace paused for being idle is resumed before anything is done to it.
+        self.thaw(id).await;
         let Some(rec) = self.store.get(id).map_err(|e| chain(&e))? else {
             return Err(format!("workspace {id} no longer exists"));
         };
@@ -363,7 +365,10 @@ impl Engine {
             self.touch(id);
         }
         match result {
-            Ok(()) if op == Op::Remove => Ok(rec),
+            Ok(()) if op == Op::Remove => {
+                self.freezer.forget(id);
+                Ok(rec)
+            }
             Ok(()) => self
                 .store
                 .get(id)

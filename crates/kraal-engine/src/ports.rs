@@ -127,7 +127,7 @@ impl Engine {
     }
 
     /// Starts forwarding the ports `ep` lists (once per run of the workspace).
-    pub(crate) async fn forward_ports(&self, ws: &WorkspaceRecord, ep: &GuestEndpoint) {
+    pub(crate) async fn forward_ports(self: &Arc<Self>, ws: &WorkspaceRecord, ep: &GuestEndpoint) {
         if ep.ports.is_empty() || self.forwards.lock().unwrap().contains_key(&ws.id) {
             return;
         }
@@ -147,9 +147,20 @@ impl Engine {
                 continue;
             };
             let target = SocketAddr::new(ep.addr.ip(), port);
+            let engine = Arc::downgrade(self);
+            let id = ws.id.clone();
             let task = tokio::spawn(async move {
                 while let Ok((conn, _)) = listener.accept().await {
-                    tokio::spawn(relay(conn, target));
+                    // A connection is a use: it resumes a paused workspace and keeps it
+                    // from pausing or stopping while open.
+                    let Some(e) = engine.upgrade() else { break };
+                    e.thaw(&id).await;
+                    let hold = e.hold(&id);
+                    drop(e);
+                    tokio::spawn(async move {
+                        relay(conn, target).await;
+                        drop(hold);
+                    });
                 }
             });
             self.event(&ws.id, "info", &format!("port {port} forwarded to {host}"));

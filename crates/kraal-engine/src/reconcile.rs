@@ -99,6 +99,11 @@ impl Engine {
                     let id = rec.id.clone();
                     tokio::spawn(async move { me.run_op(&id, Op::Start).await });
                 }
+                // Paused before a restart of this process (idle pause): the next use
+                // resumes it.
+                (DesiredState::Running, SandboxStatus::Paused, WorkspaceState::Running) => {
+                    self.adopt_paused(&rec.id);
+                }
                 (DesiredState::Stopped, SandboxStatus::Running | SandboxStatus::Paused, _) => {
                     drop(_guard);
                     let me = self.clone();

@@ -618,6 +618,7 @@ pub(crate) mod tests {
         let p = kraal_core::Policy {
             idle_stop_secs: Some(600),
             backup_every_secs: Some(0),
+            idle_pause_secs: None,
         };
         s.set_policy(&a.id, &p).unwrap();
         s.set_last_backup(&a.id, "2026-11-24T05:00:00Z").unwrap();

@@ -378,6 +378,7 @@ mod tests {
             policy: kraal_core::Policy {
                 idle_stop_secs: Some(1800),
                 backup_every_secs: None,
+                idle_pause_secs: None,
             },
         };
         assert_eq!(s.save_template("tp-1", &spec).unwrap(), 1);

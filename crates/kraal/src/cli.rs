@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use crate::cli_serve::{KubeArgs, ServeArgs};
-pub(crate) use crate::cli_serve::{backup_secs, idle_secs};
+pub(crate) use crate::cli_serve::{backup_secs, idle_secs, pause_secs};
 
 #[derive(Debug, Parser)]
 #[command(name = "kraal", version, about = "Run coding agents in isolated sandboxes on your own machines", long_about = None)]
@@ -626,6 +626,10 @@ pub struct PolicyArgs {
     /// daemon's --backup-every).
     #[arg(long, value_name = "DURATION", value_parser = backup_secs)]
     pub backup_every: Option<u64>,
+    /// Pause the workspace (its processes frozen, no CPU) after this long idle; the next
+    /// use resumes it in milliseconds (2m; 0 = never; default: the daemon's --idle-pause).
+    #[arg(long, value_name = "DURATION", value_parser = pause_secs)]
+    pub idle_pause: Option<u64>,
 }
 
 impl PolicyArgs {
@@ -633,6 +637,7 @@ impl PolicyArgs {
         kraal_core::Policy {
             idle_stop_secs: self.idle_stop,
             backup_every_secs: self.backup_every,
+            idle_pause_secs: self.idle_pause,
         }
     }
 }

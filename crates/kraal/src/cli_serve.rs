@@ -142,6 +142,11 @@ pub struct ServeArgs {
     /// workspace says otherwise (`kraal up --idle-stop`); persistent ones never stop.
     #[arg(long, value_name = "DURATION", env = "KRAAL_IDLE_STOP", default_value = "1h", value_parser = idle_secs)]
     pub idle_stop: u64,
+    /// Pause workspaces (their processes frozen, using no CPU) after this long with no
+    /// agent turn, terminal or client, unless a workspace says otherwise (`kraal up
+    /// --idle-pause`); the next use resumes them. 0: never. Persistent ones never pause.
+    #[arg(long, value_name = "DURATION", env = "KRAAL_IDLE_PAUSE", default_value = "0", value_parser = pause_secs)]
+    pub idle_pause: u64,
     /// Back running workspaces up this often, unless a workspace says otherwise (0 = no
     /// scheduled backups). An idle stop then backs up first.
     #[arg(long, value_name = "DURATION", env = "KRAAL_BACKUP_EVERY", default_value = "0", value_parser = backup_secs)]
@@ -261,6 +266,10 @@ pub struct KubeArgs {
 
 pub(crate) fn idle_secs(s: &str) -> Result<u64, String> {
     kraal_core::parse_duration_secs("idle stop", s).map_err(|e| e.to_string())
+}
+
+pub(crate) fn pause_secs(s: &str) -> Result<u64, String> {
+    kraal_core::parse_duration_secs("idle pause", s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn backup_secs(s: &str) -> Result<u64, String> {

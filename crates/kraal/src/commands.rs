@@ -109,9 +109,10 @@ pub async fn up(client: &Client, a: UpArgs) -> anyhow::Result<()> {
                 || a.branch.is_some()
                 || a.policy.idle_stop.is_some()
                 || a.policy.backup_every.is_some()
+                || a.policy.idle_pause.is_some()
             {
                 bail!(
-                    "workspace {name} already exists; --name, --branch, --cpus, --memory, --pids, --idle-stop and --backup-every only apply when creating one (`kraal policy {name}` changes the last two)"
+                    "workspace {name} already exists; --name, --branch, --cpus, --memory, --pids, --idle-stop, --idle-pause and --backup-every only apply when creating one (`kraal policy {name}` changes the last three)"
                 );
             }
             let pb = spinner(format!("starting {name}…"));
@@ -690,6 +691,7 @@ pub async fn policy(
             kraal_core::Policy {
                 idle_stop_secs: given.idle_stop_secs.or(cur.own_policy.idle_stop_secs),
                 backup_every_secs: given.backup_every_secs.or(cur.own_policy.backup_every_secs),
+                idle_pause_secs: given.idle_pause_secs.or(cur.own_policy.idle_pause_secs),
             }
         };
         client
@@ -713,6 +715,19 @@ pub async fn policy(
             show(w.policy.idle_stop_secs)
         },
         if w.own_policy.idle_stop_secs.is_none() {
+            "  (daemon default)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  idle pause:    {}{}",
+        if w.persistent {
+            "never (persistent)".to_owned()
+        } else {
+            show(w.policy.idle_pause_secs)
+        },
+        if w.own_policy.idle_pause_secs.is_none() {
             "  (daemon default)"
         } else {
             ""

@@ -240,6 +240,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let defaults = kraal_core::Policy {
         idle_stop_secs: Some(args.idle_stop),
         backup_every_secs: Some(args.backup_every),
+        idle_pause_secs: Some(args.idle_pause),
     };
     defaults.validate()?;
     engine.set_housekeeping(kraal_engine::Housekeeping {

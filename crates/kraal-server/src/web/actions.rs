@@ -305,6 +305,7 @@ impl TemplateForm {
                     .transpose()
                     .map_err(|e| HttpError::bad_request(e.to_string()))?,
                 backup_every_secs: None,
+                idle_pause_secs: None,
             },
         };
         spec.validate()

@@ -17,6 +17,7 @@ mod github_peer;
 mod harness;
 mod hostile_import;
 mod housekeeping;
+mod idle_pause;
 mod images;
 mod isolation;
 mod kubernetes;
