@@ -65,6 +65,15 @@ pub async fn make_ext4_with(
         .map(|_| ())
 }
 
+/// A failed system call standing where a command used to: `command` says what it did.
+pub(crate) fn syscall_failed(command: String, e: impl std::fmt::Display) -> ProcessError {
+    ProcessError::Failed {
+        command,
+        status: "system call failed".into(),
+        stderr: e.to_string(),
+    }
+}
+
 /// Whether `p` is a mount point (listed in this process's mount table).
 pub fn is_mountpoint(p: &Path) -> bool {
     let Ok(canon) = p.canonicalize() else {
@@ -113,11 +122,7 @@ pub async fn mount_ext4(image: &Path, target: &Path) -> Result<(), ProcessError>
     })
     .await
     .expect("mount task does not panic")
-    .map_err(|e| ProcessError::Failed {
-        command: shown,
-        status: "system call failed".into(),
-        stderr: e.to_string(),
-    })
+    .map_err(|e| syscall_failed(shown, e))
 }
 
 /// Mounts an overlay of `lower` (read-only) and `upper` (writes, with `work` its work
@@ -147,11 +152,7 @@ pub async fn mount_overlay(
     })
     .await
     .expect("mount task does not panic")
-    .map_err(|e| ProcessError::Failed {
-        command: shown,
-        status: "system call failed".into(),
-        stderr: e.to_string(),
-    })
+    .map_err(|e| syscall_failed(shown, e))
 }
 
 /// Unmounts `target` when mounted (`umount2(2)`); detaches lazily when it is busy.
@@ -175,11 +176,7 @@ pub async fn unmount(target: &Path) -> Result<(), ProcessError> {
     )
     .await
     .expect("unmount task does not panic")
-    .map_err(|e| ProcessError::Failed {
-        command: shown,
-        status: "system call failed".into(),
-        stderr: e.to_string(),
-    })
+    .map_err(|e| syscall_failed(shown, e))
 }
 
 #[cfg(test)]
@@ -235,6 +232,29 @@ mod tests {
         );
     }
 
+    /// Loop devices backed by `img`.
+    fn loops_of(img: &Path) -> usize {
+        let want = img.canonicalize().unwrap();
+        std::fs::read_dir("/sys/block")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path().join("loop/backing_file"))
+                    .is_ok_and(|b| Path::new(b.trim()) == want)
+            })
+            .count()
+    }
+
+    /// Loop devices still backed by `img` once the kernel has had up to 5 s to clear
+    /// them (it does when their last user goes, which may lag a little).
+    async fn loops_left(img: &Path) -> usize {
+        let t = std::time::Instant::now();
+        while loops_of(img) > 0 && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        loops_of(img)
+    }
+
     /// An ext4 image mounted through its own loop device and an overlay on top, both
     /// with `mount(2)`: files written through the mount land in the image, and after
     /// unmounting the loop device is gone again (autoclear).
@@ -246,17 +266,6 @@ mod tests {
         make_ext4(&img, 64, "t", None).await.unwrap();
         let target = dir.path().join("mnt");
         std::fs::create_dir(&target).unwrap();
-        let loops_of = |img: &Path| -> usize {
-            let want = img.canonicalize().unwrap();
-            std::fs::read_dir("/sys/block")
-                .unwrap()
-                .flatten()
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("loop/backing_file"))
-                        .is_ok_and(|b| Path::new(b.trim()) == want)
-                })
-                .count()
-        };
         mount_ext4(&img, &target).await.unwrap();
         assert!(is_mountpoint(&target));
         assert_eq!(loops_of(&img), 1);
@@ -287,12 +296,7 @@ mod tests {
 
         unmount(&target).await.unwrap();
         assert!(!is_mountpoint(&target));
-        // The kernel clears the device when its last user goes, which may lag a little.
-        let t = std::time::Instant::now();
-        while loops_of(&img) > 0 && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(loops_of(&img), 0, "the loop device clears itself");
+        assert_eq!(loops_left(&img).await, 0, "the loop device clears itself");
         unmount(&target).await.unwrap();
         let cat = Cmd::new("debugfs")
             .args(["-R", "cat /f.txt"])
@@ -307,10 +311,6 @@ mod tests {
         let e = mount_ext4(&junk, &target).await.unwrap_err().to_string();
         assert!(e.contains("ext4"), "{e}");
         assert!(!is_mountpoint(&target));
-        let t = std::time::Instant::now();
-        while loops_of(&junk) > 0 && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(loops_of(&junk), 0);
+        assert_eq!(loops_left(&junk).await, 0);
     }
 }

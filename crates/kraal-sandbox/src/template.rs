@@ -63,11 +63,7 @@ pub async fn new_volume(
 }
 
 fn fail(path: &Path, what: &str, e: io::Error) -> ProcessError {
-    ProcessError::Failed {
-        command: format!("{what} volume {}", path.display()),
-        status: "system call failed".into(),
-        stderr: e.to_string(),
-    }
+    crate::disk::syscall_failed(format!("{what} volume {}", path.display()), e)
 }
 
 /// Copies `from` to the new file `to`, keeping its holes: a reflink when the file
