@@ -4,15 +4,15 @@
 //! the idle stop, never applies to persistent workspaces, and only to backends that can
 //! pause. After a daemon restart a sandbox found paused is taken over the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kraal_core::WorkspaceId;
 use kraal_sandbox::Backend;
 
-use crate::Engine;
 use crate::housekeeping::human;
+use crate::{Engine, WorkspaceLocks};
 
 /// The workspaces paused for being idle, and how each is paused or resumed: one at a
 /// time per workspace, so a use arriving while it is being paused waits and resumes it.
@@ -21,7 +21,7 @@ pub(crate) struct Freezer {
     frozen: Mutex<HashSet<WorkspaceId>>,
     /// Workspaces whose backend refused to pause them (not tried again).
     refused: Mutex<HashSet<WorkspaceId>>,
-    locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: WorkspaceLocks,
 }
 
 /// What a resume did, for the workspace's log.
@@ -38,17 +38,8 @@ impl Freezer {
             backend,
             frozen: Mutex::default(),
             refused: Mutex::default(),
-            locks: Mutex::default(),
+            locks: WorkspaceLocks::default(),
         })
-    }
-
-    fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap()
-            .entry(id.clone())
-            .or_default()
-            .clone()
     }
 
     pub fn is_frozen(&self, id: &WorkspaceId) -> bool {
@@ -57,7 +48,7 @@ impl Freezer {
 
     /// Resumes `id` if idle pause paused it; waits for a pause under way first.
     pub async fn thaw(&self, id: &WorkspaceId) -> Thawed {
-        let lock = self.lock_for(id);
+        let lock = self.locks.of(id);
         let _one = lock.lock().await;
         if !self.is_frozen(id) {
             return Thawed::No;
@@ -83,7 +74,7 @@ impl Freezer {
     pub fn forget(&self, id: &WorkspaceId) {
         self.frozen.lock().unwrap().remove(id);
         self.refused.lock().unwrap().remove(id);
-        self.locks.lock().unwrap().remove(id);
+        self.locks.forget(id);
     }
 }
 
@@ -118,7 +109,7 @@ impl Engine {
         if f.refused.lock().unwrap().contains(id) {
             return;
         }
-        let lock = f.lock_for(id);
+        let lock = f.locks.of(id);
         let _one = lock.lock().await;
         if f.is_frozen(id) {
             return;

@@ -83,7 +83,7 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     services: Option<Arc<dyn LinkServices>>,
     guests: Mutex<HashMap<WorkspaceId, GuestClient>>,
-    locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: WorkspaceLocks,
     /// Model gateways of running workspaces, as their link services reported them.
     gateways: Mutex<HashMap<WorkspaceId, ModelGateway>>,
     /// One mirror task per session being followed.
@@ -126,6 +126,25 @@ pub struct SessionChange {
     pub turn_ended: bool,
 }
 
+/// One async lock per workspace, made on first use.
+#[derive(Default)]
+pub(crate) struct WorkspaceLocks(Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl WorkspaceLocks {
+    pub(crate) fn of(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn forget(&self, id: &WorkspaceId) {
+        self.0.lock().unwrap().remove(id);
+    }
+}
+
 /// What a command run to completion printed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Captured {
@@ -154,7 +173,7 @@ impl Engine {
             backend,
             services,
             guests: Mutex::new(HashMap::new()),
-            locks: Mutex::new(HashMap::new()),
+            locks: WorkspaceLocks::default(),
             gateways: Mutex::new(HashMap::new()),
             followers: Mutex::new(HashMap::new()),
             feeds: feed::Feeds::default(),
@@ -206,12 +225,7 @@ impl Engine {
     }
 
     fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .unwrap()
-            .entry(id.clone())
-            .or_default()
-            .clone()
+        self.locks.of(id)
     }
 
     fn event(&self, id: &WorkspaceId, level: &str, msg: &str) {

@@ -505,7 +505,7 @@ impl Engine {
         self.unforward_ports(&rec.id);
         self.backend.destroy(&rec.id).await?;
         self.store.delete(&rec.id)?;
-        self.locks.lock().unwrap().remove(&rec.id);
+        self.locks.forget(&rec.id);
         tracing::info!(workspace = %rec.id, name = %rec.name, "removed");
         Ok(())
     }
