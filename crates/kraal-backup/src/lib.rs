@@ -21,8 +21,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use futures::{StreamExt, TryStreamExt};
 use hmac::{Hmac, Mac};
+use object_store::ObjectStore;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, PutPayload};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ pub const MIN_CHUNK: usize = 256 * 1024;
 pub const AVG_CHUNK: usize = 1024 * 1024;
 pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Chunks uploaded (or fetched) at once.
-const PARALLEL: usize = 8;
+pub(crate) const PARALLEL: usize = 8;
 const ZSTD_LEVEL: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +62,11 @@ pub enum BackupError {
     Corrupt { id: String, reason: String },
     #[error("no backup {id} in {url}")]
     NotFound { id: String, url: String },
+    #[error("the tree of files: {0}")]
+    Tree(#[source] hostfs::FsError),
 }
 
-type Result<T> = std::result::Result<T, BackupError>;
+pub(crate) type Result<T> = std::result::Result<T, BackupError>;
 
 /// The 32-byte repository key; encryption and chunk-naming keys derive from it. Whoever
 /// restores a backup on another machine needs the same key file.
@@ -172,9 +174,28 @@ pub struct Manifest {
     pub created_at: String,
     /// The caller's description (workspace name, settings…).
     pub meta: serde_json::Value,
+    /// A stream backup: the stream's length and SHA-256. A tree backup: the bytes of its
+    /// files, and the SHA-256 of its index.
     pub size: u64,
     pub sha256: String,
+    /// A stream backup's chunks in order; a tree backup's chunk table (the index's pieces
+    /// refer to it by position).
     pub chunks: Vec<ChunkRef>,
+    /// Set for a backup of a tree of files read on the host (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeInfo>,
+}
+
+/// Where a tree backup's index is and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeInfo {
+    /// The index (JSON lines of [`tree::Entry`]), chunked like a stream.
+    pub index: Vec<ChunkRef>,
+    pub index_size: u64,
+    pub entries: u64,
+    /// When the walk began (ns since the epoch): files changed after this, or within the
+    /// coarse-clock window before it, are read again by the next backup.
+    pub scan_started: i64,
 }
 
 /// What writing a backup did.
@@ -187,6 +208,8 @@ pub struct Progress {
     pub new_chunks: u64,
     /// Bytes uploaded (compressed and sealed).
     pub uploaded: u64,
+    /// Bytes of files a tree backup did not read again: unchanged since the previous one.
+    pub unchanged: u64,
 }
 
 /// An object store holding backups, and the key to them.
@@ -338,7 +361,10 @@ impl Repo {
         p
     }
 
-    fn store_err(&self, op: String) -> impl FnOnce(object_store::Error) -> BackupError + '_ {
+    pub(crate) fn store_err(
+        &self,
+        op: String,
+    ) -> impl FnOnce(object_store::Error) -> BackupError + '_ {
         move |source| {
             // object_store reports most S3 refusals as generic errors carrying the
             // response; the S3 error codes say what it was.
@@ -364,23 +390,38 @@ impl Repo {
         }
     }
 
-    fn chunk_path(&self, id: &str) -> ObjPath {
+    pub(crate) fn chunk_path(&self, id: &str) -> ObjPath {
         self.path(&format!("chunks/{}/{id}", &id[..2]))
     }
 
-    fn manifest_path(&self, id: &str) -> ObjPath {
+    pub(crate) fn manifest_path(&self, id: &str) -> ObjPath {
         self.path(&format!("backups/{id}.manifest"))
     }
 
-    fn chunk_id(&self, data: &[u8]) -> String {
+    pub(crate) fn chunk_id(&self, data: &[u8]) -> String {
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.name_key).expect("any key length");
         m.update(data);
         hex::encode(m.finalize().into_bytes())
     }
 
-    /// `nonce ‖ seal(zstd(data))`, bound to `aad`.
-    fn seal(&self, data: &[u8], aad: &str) -> Vec<u8> {
-        let packed = zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compresses");
+    /// `nonce ‖ seal(flag ‖ body)`, bound to `"v2 " + aad`: the body is `data` compressed
+    /// with zstd (flag 1), or `data` itself (flag 0) when zstd would not make it smaller
+    /// (random or already compressed bytes), which a sample of it shows at little cost.
+    pub(crate) fn seal(&self, data: &[u8], aad: &str) -> Vec<u8> {
+        let sample = &data[..data.len().min(64 << 10)];
+        let worth = sample.len() < 4096
+            || zstd::bulk::compress(sample, 1).is_ok_and(|c| c.len() < sample.len() * 15 / 16);
+        let mut body = Vec::with_capacity(data.len() + 1);
+        match worth.then(|| zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compresses")) {
+            Some(z) if z.len() < data.len() => {
+                body.push(1);
+                body.extend_from_slice(&z);
+            }
+            _ => {
+                body.push(0);
+                body.extend_from_slice(data);
+            }
+        }
         let mut nonce = [0u8; 24];
         rand::thread_rng().fill_bytes(&mut nonce);
         let ct = self
@@ -388,8 +429,8 @@ impl Repo {
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: &packed,
-                    aad: aad.as_bytes(),
+                    msg: &body,
+                    aad: format!("v2 {aad}").as_bytes(),
                 },
             )
             .expect("encryption of a buffer cannot fail");
@@ -398,23 +439,32 @@ impl Repo {
         out
     }
 
-    fn open_sealed(&self, blob: &[u8], aad: &str, limit: usize) -> Result<Vec<u8>> {
+    /// Opens what [`Repo::seal`] made, or what versions before it made (`nonce ‖
+    /// seal(zstd(data))` bound to `aad`): old backups stay readable.
+    pub(crate) fn open_sealed(&self, blob: &[u8], aad: &str, limit: usize) -> Result<Vec<u8>> {
         let crypto = || BackupError::Crypto {
             what: aad.to_owned(),
         };
         if blob.len() < 24 + 16 {
             return Err(crypto());
         }
-        let packed = self
-            .seal
-            .decrypt(
+        let open = |aad: &[u8]| {
+            self.seal.decrypt(
                 XNonce::from_slice(&blob[..24]),
                 Payload {
                     msg: &blob[24..],
-                    aad: aad.as_bytes(),
+                    aad,
                 },
             )
-            .map_err(|_| crypto())?;
+        };
+        if let Ok(body) = open(format!("v2 {aad}").as_bytes()) {
+            return match body.split_first() {
+                Some((0, raw)) if raw.len() <= limit => Ok(raw.to_vec()),
+                Some((1, z)) => zstd::bulk::decompress(z, limit).map_err(|_| crypto()),
+                _ => Err(crypto()),
+            };
+        }
+        let packed = open(aad.as_bytes()).map_err(|_| crypto())?;
         zstd::bulk::decompress(&packed, limit).map_err(|_| crypto())
     }
 
@@ -432,18 +482,12 @@ impl Repo {
         let mut r = [0u8; 3];
         rand::thread_rng().fill_bytes(&mut r);
         let writing = self.writing.clone().read_owned().await;
-        BackupWriter {
-            _writing: writing,
-            repo: self.clone(),
-            id: format!("bk-{}-{}", stamp(), hex::encode(r)),
+        BackupWriter::new(
+            writing,
+            self.clone(),
+            format!("bk-{}-{}", stamp(), hex::encode(r)),
             meta,
-            buf: Vec::new(),
-            chunks: Vec::new(),
-            seen: HashSet::new(),
-            inflight: futures::stream::FuturesUnordered::new(),
-            hash: Sha256::new(),
-            progress: Progress::default(),
-        }
+        )
     }
 
     /// Every backup's manifest, oldest first.
@@ -504,7 +548,9 @@ impl Repo {
         Ok(m)
     }
 
-    async fn fetch_chunk(&self, id: &str, c: &ChunkRef) -> Result<Bytes> {
+    /// One chunk of backup `id`, opened and checked against its name (on a blocking
+    /// thread: several are opened at once on all cores).
+    pub(crate) async fn fetch_chunk(&self, id: &str, c: &ChunkRef) -> Result<Bytes> {
         let blob = self
             .store
             .get(&self.chunk_path(&c.id))
@@ -513,22 +559,35 @@ impl Repo {
             .bytes()
             .await
             .map_err(self.store_err(format!("reading a chunk of backup {id}")))?;
-        let plain = self.open_sealed(&blob, &c.id, MAX_CHUNK)?;
-        if plain.len() as u64 != c.len || self.chunk_id(&plain) != c.id {
-            return Err(BackupError::Corrupt {
-                id: id.to_owned(),
-                reason: format!("chunk {} does not match its name", &c.id[..16]),
-            });
-        }
-        Ok(Bytes::from(plain))
+        let repo = self.clone();
+        let (c, id) = (c.clone(), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let plain = repo.open_sealed(&blob, &c.id, MAX_CHUNK)?;
+            if plain.len() as u64 != c.len || repo.chunk_id(&plain) != c.id {
+                return Err(BackupError::Corrupt {
+                    id,
+                    reason: format!("chunk {} does not match its name", &c.id[..16]),
+                });
+            }
+            Ok(Bytes::from(plain))
+        })
+        .await
+        .expect("opening a chunk does not panic")
     }
 
     /// The backup's stream, verified chunk by chunk (a few fetched ahead); the last item
     /// is an error if the whole does not match the manifest's length and SHA-256.
+    /// A tree backup ([`Manifest::tree`]) has no such stream: the stream is an error.
     pub fn read<'a>(&'a self, m: &'a Manifest) -> impl futures::Stream<Item = Result<Bytes>> + 'a {
-        let chunks = futures::stream::iter(m.chunks.iter())
-            .map(move |c| self.fetch_chunk(&m.id, c))
-            .buffered(PARALLEL);
+        let tree = m.tree.is_some().then(|| BackupError::Corrupt {
+            id: m.id.clone(),
+            reason: "it is a tree of files, not a stream (restore it as a tree)".into(),
+        });
+        let chunks = futures::stream::iter(tree.map(Err)).chain(
+            futures::stream::iter(m.chunks.iter().filter(|_| m.tree.is_none()))
+                .map(move |c| self.fetch_chunk(&m.id, c))
+                .buffered(PARALLEL),
+        );
         let state = (Sha256::new(), 0u64, false);
         futures::stream::unfold(
             (chunks.boxed(), state),
@@ -583,6 +642,7 @@ impl Repo {
         let mut keep = HashSet::new();
         for m in self.list().await? {
             keep.extend(m.chunks.into_iter().map(|c| c.id));
+            keep.extend(m.tree.into_iter().flat_map(|t| t.index).map(|c| c.id));
         }
         let all: Vec<_> = self
             .store
@@ -606,148 +666,16 @@ impl Repo {
     }
 }
 
-/// An upload: the bytes written, or `None` when the store already had the chunk.
-type Upload = futures::future::BoxFuture<'static, Result<Option<u64>>>;
-
-/// A backup being written: feed it the stream with [`BackupWriter::write`], then
-/// [`BackupWriter::finish`]. Dropped before `finish`, it leaves no backup.
-pub struct BackupWriter {
-    _writing: tokio::sync::OwnedRwLockReadGuard<()>,
-    repo: Repo,
-    id: String,
-    meta: serde_json::Value,
-    buf: Vec<u8>,
-    chunks: Vec<ChunkRef>,
-    seen: HashSet<String>,
-    inflight: futures::stream::FuturesUnordered<Upload>,
-    hash: Sha256,
-    progress: Progress,
-}
-
-impl BackupWriter {
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn progress(&self) -> &Progress {
-        &self.progress
-    }
-
-    /// Takes more of the stream; uploads chunks as they are cut (a few at once, waiting
-    /// when that many are in flight).
-    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.hash.update(data);
-        self.progress.read += data.len() as u64;
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 2 * MAX_CHUNK {
-            self.cut(false).await?;
-        }
-        Ok(())
-    }
-
-    /// Cuts chunks from the buffer; keeps the tail (which may grow) unless `last`.
-    async fn cut(&mut self, last: bool) -> Result<()> {
-        let mut taken = 0;
-        let cuts: Vec<(usize, usize)> =
-            fastcdc::v2020::FastCDC::new(&self.buf, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
-                .map(|c| (c.offset, c.length))
-                .collect();
-        let n = cuts.len();
-        for (i, (off, len)) in cuts.into_iter().enumerate() {
-            // The final cut may only be final because the buffer ends there.
-            if i + 1 == n && !last {
-                break;
-            }
-            let data = self.buf[off..off + len].to_vec();
-            taken = off + len;
-            self.add_chunk(data).await?;
-        }
-        self.buf.drain(..taken);
-        Ok(())
-    }
-
-    async fn add_chunk(&mut self, data: Vec<u8>) -> Result<()> {
-        let id = self.repo.chunk_id(&data);
-        self.chunks.push(ChunkRef {
-            id: id.clone(),
-            len: data.len() as u64,
-        });
-        self.progress.chunks += 1;
-        if !self.seen.insert(id.clone()) {
-            return Ok(());
-        }
-        while self.inflight.len() >= PARALLEL {
-            if let Some(r) = self.inflight.next().await {
-                self.account(r?);
-            }
-        }
-        let repo = self.repo.clone();
-        let backup = self.id.clone();
-        self.inflight.push(Box::pin(async move {
-            let path = repo.chunk_path(&id);
-            // Already stored (an earlier backup): nothing to upload.
-            match repo.store.head(&path).await {
-                Ok(_) => return Ok(None),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(repo.store_err(format!("checking a chunk of {backup}"))(e)),
-            }
-            let sealed = tokio::task::spawn_blocking({
-                let repo = repo.clone();
-                let id = id.clone();
-                move || repo.seal(&data, &id)
-            })
-            .await
-            .expect("sealing does not panic");
-            let n = sealed.len() as u64;
-            repo.store
-                .put(&path, PutPayload::from(sealed))
-                .await
-                .map_err(repo.store_err(format!("writing a chunk of {backup}")))?;
-            Ok(Some(n))
-        }));
-        Ok(())
-    }
-
-    fn account(&mut self, uploaded: Option<u64>) {
-        if let Some(n) = uploaded {
-            self.progress.new_chunks += 1;
-            self.progress.uploaded += n;
-        }
-    }
-
-    /// Uploads what is left and the manifest; only now does the backup exist.
-    pub async fn finish(mut self) -> Result<Manifest> {
-        self.cut(true).await?;
-        while let Some(r) = self.inflight.next().await {
-            let r = r?;
-            self.account(r);
-        }
-        let m = Manifest {
-            format: 1,
-            id: self.id.clone(),
-            created_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            meta: self.meta.clone(),
-            size: self.progress.read,
-            sha256: hex::encode(self.hash.clone().finalize()),
-            chunks: std::mem::take(&mut self.chunks),
-        };
-        let json = serde_json::to_vec(&m).expect("serializes");
-        let sealed = self.repo.seal(&json, &format!("manifest {}", m.id));
-        self.repo
-            .store
-            .put(&self.repo.manifest_path(&m.id), PutPayload::from(sealed))
-            .await
-            .map_err(
-                self.repo
-                    .store_err(format!("writing the manifest of {}", m.id)),
-            )?;
-        Ok(m)
-    }
-}
-
+pub mod hostfs;
+mod restore_tree;
+pub mod tree;
+mod tree_backup;
+mod writer;
 pub mod zst;
+
+pub use writer::BackupWriter;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;
