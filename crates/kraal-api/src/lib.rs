@@ -263,9 +263,13 @@ pub struct BackupInfo {
     pub workspace: String,
     pub workspace_id: String,
     pub created_at: String,
-    /// Bytes of the volume's tar.
+    /// Bytes of the volume's tar, or of its files for a backup read on the host.
     pub size: u64,
     pub chunks: u64,
+    /// A backup read on the host as a tree of files: how many entries (files,
+    /// directories, links) its index holds. `None`: a tar stream made in the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
     /// Taken by the backup schedule (which removes the older ones beyond its limit).
     #[serde(default)]
     pub scheduled: bool,

@@ -153,7 +153,7 @@ impl BackupWriter {
             chunks: std::mem::take(&mut self.chunks),
             tree: None,
         };
-        self.put_manifest(m).await
+        put_manifest(&self.repo, m).await
     }
 
     /// Ends a tree backup: what was written is its index, `table` its chunk table and
@@ -181,7 +181,7 @@ impl BackupWriter {
                 scan_started,
             }),
         };
-        self.put_manifest(m).await
+        put_manifest(&self.repo, m).await
     }
 
     async fn drain(&mut self) -> Result<()> {
@@ -192,20 +192,18 @@ impl BackupWriter {
         }
         Ok(())
     }
+}
 
-    async fn put_manifest(&self, m: Manifest) -> Result<Manifest> {
-        let json = serde_json::to_vec(&m).expect("serializes");
-        let sealed = self.repo.seal(&json, &format!("manifest {}", m.id));
-        self.repo
-            .store
-            .put(&self.repo.manifest_path(&m.id), PutPayload::from(sealed))
-            .await
-            .map_err(
-                self.repo
-                    .store_err(format!("writing the manifest of {}", m.id)),
-            )?;
-        Ok(m)
-    }
+/// Writes the manifest (a plain function: the writer, which is not `Sync`, is not held
+/// across the upload).
+async fn put_manifest(repo: &Repo, m: Manifest) -> Result<Manifest> {
+    let json = serde_json::to_vec(&m).expect("serializes");
+    let sealed = repo.seal(&json, &format!("manifest {}", m.id));
+    repo.store
+        .put(&repo.manifest_path(&m.id), PutPayload::from(sealed))
+        .await
+        .map_err(repo.store_err(format!("writing the manifest of {}", m.id)))?;
+    Ok(m)
 }
 
 fn now() -> String {

@@ -17,6 +17,7 @@ use kraal_store::WorkspaceRecord;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+use crate::host_backups::settle_watching;
 use crate::{CreateRequest, Engine, EngineError};
 
 /// How a running backup or restore is doing.
@@ -292,6 +293,20 @@ fn volume_tar(
     )
 }
 
+/// What a restore fills the new volume from.
+enum Payload<'a> {
+    /// A tar of the volume (`total` bytes, if known), unpacked by tar in the sandbox.
+    Tar {
+        stream: std::pin::Pin<
+            Box<dyn futures::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + 'a>,
+        >,
+        total: Option<u64>,
+    },
+    /// A tree backup: written on the host, or as a tar through the guest where the host
+    /// cannot open the volume.
+    Tree { repo: Repo, manifest: Manifest },
+}
+
 /// Waits for a lifecycle operation; its failure becomes the error.
 async fn settle(p: crate::Pending) -> Result<WorkspaceRecord, EngineError> {
     match p.done.await {
@@ -312,11 +327,34 @@ impl Engine {
         scheduled: bool,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<Manifest, EngineError> {
-        let _stop_after = self.running_for(reference, "back it up").await?;
         let t0 = std::time::Instant::now();
         repo.check().await.map_err(backup_err)?;
-        let (rec, client) = self.guest(reference).await?;
+        // A stopped workspace whose volume the host can read is backed up without
+        // starting it (holding its operation lock, so nothing starts or removes it
+        // meanwhile).
+        let rec = self.resolve(reference)?;
+        if rec.state == WorkspaceState::Stopped {
+            let lock = self.lock_for(&rec.id);
+            let _held = lock.lock().await;
+            let rec = self.resolve(reference)?;
+            if rec.state == WorkspaceState::Stopped {
+                let meta = BackupMeta::from_record(&rec, scheduled);
+                let r = self.backup_on_host(&rec, repo, &meta, &progress).await;
+                if let Err(e) = self.backend.release_host_volume(&rec.id).await {
+                    tracing::warn!(workspace = %rec.id, "after the backup: {e}");
+                }
+                if let Some(m) = r? {
+                    return self.backed_up(&rec, m, scheduled, t0);
+                }
+            }
+        }
+        let _stop_after = self.running_for(reference, "back it up").await?;
+        let rec = self.resolve(reference)?;
         let meta = BackupMeta::from_record(&rec, scheduled);
+        if let Some(m) = self.backup_on_host(&rec, repo, &meta, &progress).await? {
+            return self.backed_up(&rec, m, scheduled, t0);
+        }
+        let (rec, client) = self.guest(reference).await?;
         let h = run_tar(&client, &rec, TAR_OUT).await?;
         let mut tar = Box::pin(volume_tar(h, client, None, rec.name.to_string(), "backup"));
         // The tar goes to a spool file as fast as the guest sends it; the store takes it
@@ -405,6 +443,17 @@ impl Engine {
             )));
         }
         let m = writer.finish().await.map_err(backup_err)?;
+        self.backed_up(&rec, m, scheduled, t0)
+    }
+
+    /// Records a finished backup.
+    fn backed_up(
+        &self,
+        rec: &WorkspaceRecord,
+        m: Manifest,
+        scheduled: bool,
+        t0: std::time::Instant,
+    ) -> Result<Manifest, EngineError> {
         self.metrics.backup(m.size, t0.elapsed());
         self.store.set_last_backup(&rec.id, &kraal_store::now())?;
         self.event(
@@ -497,8 +546,17 @@ impl Engine {
         let rest = futures::stream::once(async move { Ok::<_, EngineError>(first) }).chain(
             stream.map(|r| r.map_err(|e| EngineError::Invalid(format!("reading the export: {e}")))),
         );
-        self.restore_volume(meta, "an export file", name, Box::pin(rest), None, progress)
-            .await
+        self.restore_volume(
+            meta,
+            "an export file",
+            name,
+            Payload::Tar {
+                stream: Box::pin(rest),
+                total: None,
+            },
+            progress,
+        )
+        .await
     }
 
     fn spool_dir(&self) -> std::path::PathBuf {
@@ -517,29 +575,29 @@ impl Engine {
         let meta = BackupMeta::of(m).ok_or_else(|| {
             EngineError::Invalid(format!("backup {} does not describe a workspace", m.id))
         })?;
-        let stream = repo.read(m).map(|r| r.map_err(backup_err));
-        self.restore_volume(
-            meta,
-            &format!("backup {}", m.id),
-            name,
-            Box::pin(stream),
-            Some(m.size),
-            progress,
-        )
-        .await
+        let payload = if m.tree.is_some() {
+            Payload::Tree {
+                repo: repo.clone(),
+                manifest: m.clone(),
+            }
+        } else {
+            Payload::Tar {
+                stream: Box::pin(repo.read(m).map(|r| r.map_err(backup_err))),
+                total: Some(m.size),
+            }
+        };
+        self.restore_volume(meta, &format!("backup {}", m.id), name, payload, progress)
+            .await
     }
 
-    /// Creates a workspace with `meta`'s settings and unpacks `stream` (a tar of its
-    /// volume, `total` bytes if known) into it; `from` says where it came from.
+    /// Creates a workspace with `meta`'s settings and fills its volume from `payload`;
+    /// `from` says where it came from.
     async fn restore_volume(
         self: &Arc<Self>,
         meta: BackupMeta,
         from: &str,
         name: Option<&str>,
-        mut stream: std::pin::Pin<
-            Box<dyn futures::Stream<Item = Result<bytes::Bytes, EngineError>> + Send + '_>,
-        >,
-        total: Option<u64>,
+        payload: Payload<'_>,
         progress: impl Fn(&TransferProgress) + Send + Sync,
     ) -> Result<WorkspaceRecord, EngineError> {
         let name = name.unwrap_or(&meta.name).to_owned();
@@ -566,21 +624,59 @@ impl Engine {
             .filter(|g| secrets.contains(&g.secret))
             .cloned()
             .collect();
-        let pending = self.create(CreateRequest {
-            name: Some(name.clone()),
-            source: Source::Empty,
-            resources: Some(meta.resources),
-            image: meta.image.clone(),
-            persistent: meta.persistent,
-            mounts,
-            egress: Some(meta.egress.clone()),
-            git,
-            restoring: Some(from.to_owned()),
-            policy: meta.policy,
-        })?;
+        // A tree is written on the host before the first start when the backend offers
+        // the volume there.
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let prefill = match &payload {
+            Payload::Tree { repo, manifest } => Some(crate::host_backups::tree_prefill(
+                repo.clone(),
+                manifest.clone(),
+                written.clone(),
+            )),
+            Payload::Tar { .. } => None,
+        };
+        let pending = self.create_with(
+            CreateRequest {
+                name: Some(name.clone()),
+                source: Source::Empty,
+                resources: Some(meta.resources),
+                image: meta.image.clone(),
+                persistent: meta.persistent,
+                mounts,
+                egress: Some(meta.egress.clone()),
+                git,
+                restoring: Some(from.to_owned()),
+                policy: meta.policy,
+            },
+            prefill,
+        )?;
         let created = pending.record.clone();
         let result = async {
-            settle(pending).await?;
+            let total = match &payload {
+                Payload::Tree { manifest, .. } => Some(manifest.size),
+                Payload::Tar { total, .. } => *total,
+            };
+            settle_watching(pending, || {
+                progress(&TransferProgress {
+                    bytes: written.load(std::sync::atomic::Ordering::Relaxed),
+                    total,
+                    ..Default::default()
+                })
+            })
+            .await?;
+            let mut stream = match payload {
+                Payload::Tar { stream, .. } => stream,
+                Payload::Tree { repo, manifest } => {
+                    if !self.unfilled(&created.id) {
+                        // Written on the host: the first start already saw the files.
+                        let rec = self.resolve(created.id.as_str())?;
+                        self.store.set_restoring(&rec.id, None)?;
+                        self.event(&rec.id, "info", &format!("restored from {from}"));
+                        return Ok(rec);
+                    }
+                    Box::pin(repo.tree_tar(manifest).map(|r| r.map_err(backup_err)))
+                }
+            };
             let (rec, client) = self.guest(created.id.as_str()).await?;
             let guest_err = EngineError::guest(rec.name.as_str());
             let mut h = run_tar(&client, &rec, TAR_IN).await?;
@@ -633,6 +729,7 @@ impl Engine {
             Ok(rec)
         }
         .await;
+        self.unfilled(&created.id);
         if result.is_err()
             && let Ok(p) = self.remove_forced(created.id.as_str(), true)
         {

@@ -18,6 +18,7 @@ mod error;
 mod feed;
 mod freeze;
 mod guests;
+mod host_backups;
 mod housekeeping;
 mod lifecycle;
 mod notices;
@@ -99,6 +100,8 @@ pub struct Engine {
     notices: tokio::sync::broadcast::Sender<Notice>,
     /// Workspaces this process is restoring from a backup right now.
     restores: Mutex<std::collections::HashSet<WorkspaceId>>,
+    /// Restores that write a new workspace's volume on the host before its first start.
+    prefills: Mutex<HashMap<WorkspaceId, host_backups::Prefill>>,
     /// Ports of running workspaces forwarded to the host.
     forwards: Mutex<HashMap<WorkspaceId, Vec<ports::Active>>>,
     /// Relays of host services into sandboxes without a private link (aborted on drop).
@@ -183,6 +186,7 @@ impl Engine {
             forwards: Mutex::new(HashMap::new()),
             tunnels: Mutex::new(HashMap::new()),
             restores: Mutex::new(std::collections::HashSet::new()),
+            prefills: Mutex::new(HashMap::new()),
             housekeeping: housekeeping::State::default(),
             started: Instant::now(),
             metrics,

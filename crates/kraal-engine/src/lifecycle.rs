@@ -15,6 +15,16 @@ use crate::{CreateRequest, Engine, EngineError, Pending, chain};
 impl Engine {
     /// Validates and records a new workspace, then creates and starts it in the background.
     pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<Pending, EngineError> {
+        self.create_with(req, None)
+    }
+
+    /// Like [`Engine::create`]; `prefill` fills the new volume on the host between the
+    /// sandbox's creation and its first start (when the backend offers the volume there).
+    pub(crate) fn create_with(
+        self: &Arc<Self>,
+        req: CreateRequest,
+        prefill: Option<crate::host_backups::Prefill>,
+    ) -> Result<Pending, EngineError> {
         if let Source::Local { path } = &req.source {
             let md = std::fs::metadata(path).map_err(|_| {
                 EngineError::Invalid(format!(
@@ -103,6 +113,9 @@ impl Engine {
             "info",
             &format!("created from {}", rec.source.describe()),
         );
+        if let Some(fill) = prefill {
+            self.prefills.lock().unwrap().insert(rec.id.clone(), fill);
+        }
         let me = self.clone();
         let id = rec.id.clone();
         let done = tokio::spawn(async move { me.run_op(&id, Op::Start).await });
@@ -410,6 +423,7 @@ impl Engine {
                 .set_state(&rec.id, WorkspaceState::Creating, None)?;
             let t0 = Instant::now();
             self.backend.create(&spec).await?;
+            self.prefill(rec).await?;
             self.metrics.workspace_created(t0.elapsed());
             self.event(
                 &rec.id,

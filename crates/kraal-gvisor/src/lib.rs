@@ -594,6 +594,30 @@ impl Backend for GvisorBackend {
         self.halt(id).await
     }
 
+    /// The volume's directory, with its image mounted (`nodev`, `nosuid`: nothing in it
+    /// acts on the host). The host kernel's own ext4 holds what the sandbox wrote through
+    /// the gofer, so reading it on the host trusts no guest-made file system structure.
+    async fn host_volume(&self, id: &WorkspaceId) -> Result<Option<PathBuf>, BackendError> {
+        let volume = self.ws_dir(id).join("volume");
+        if !volume.is_dir() {
+            return Err(BackendError::NotFound {
+                workspace: id.to_string(),
+            });
+        }
+        self.mount_volume(id).await?;
+        Ok(Some(volume))
+    }
+
+    async fn release_host_volume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        if self.status(id).await? != SandboxStatus::Running {
+            let volume = self.ws_dir(id).join("volume");
+            kraal_sandbox::disk::unmount(&volume)
+                .await
+                .map_err(BackendError::runtime(id, "unmount volume"))?;
+        }
+        Ok(())
+    }
+
     async fn destroy(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         self.halt(id).await?;
         let dir = self.ws_dir(id);

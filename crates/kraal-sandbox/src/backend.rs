@@ -223,6 +223,19 @@ pub trait Backend: Send + Sync + 'static {
     async fn console_log(&self, id: &WorkspaceId, max_bytes: usize)
     -> Result<String, BackendError>;
 
+    /// The workspace's volume as a directory on this host (mounted if need be), for
+    /// backups read and restores written on the host; `None` when the host must not open
+    /// it (a microVM's guest-written disk, a pod's volume): it is reached through the
+    /// guest instead.
+    async fn host_volume(&self, _id: &WorkspaceId) -> Result<Option<PathBuf>, BackendError> {
+        Ok(None)
+    }
+
+    /// Undoes what [`Backend::host_volume`] mounted for a sandbox that is not running.
+    async fn release_host_volume(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     async fn pause(&self, _id: &WorkspaceId) -> Result<(), BackendError> {
         Err(BackendError::Unsupported {
             backend: self.kind(),

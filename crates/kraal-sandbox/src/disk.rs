@@ -103,7 +103,9 @@ pub async fn mount_ext4(image: &Path, target: &Path) -> Result<(), ProcessError>
             Some(path.as_path()),
             &target,
             Some("ext4"),
-            MsFlags::MS_NOATIME,
+            // The daemon reads and writes it on the host (backups, restores): no device
+            // node or setuid bit in it means anything here.
+            MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             None::<&str>,
         );
         // The mount holds the device now; closing ours lets autoclear detach it later

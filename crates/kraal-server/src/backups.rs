@@ -34,6 +34,7 @@ pub fn info(m: &kraal_backup::Manifest) -> BackupInfo {
         created_at: m.created_at.clone(),
         size: m.size,
         chunks: m.chunks.len() as u64,
+        files: m.tree.as_ref().map(|t| t.entries),
     }
 }
 

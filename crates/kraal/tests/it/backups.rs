@@ -12,11 +12,12 @@ use crate::harness::*;
 
 /// Everything about the volume that must survive, as text: every path with its type,
 /// mode and link target, every file's SHA-256, and git's view (the index by its content:
-/// its stat cache of inode numbers and ctimes cannot survive a restore).
+/// its stat cache of inode numbers and ctimes cannot survive a restore). `lost+found` is
+/// the file system's, made by whichever mkfs made the volume.
 fn fingerprint(d: &Daemon, ws: &str) -> String {
     let o = d.exec(
         ws,
-        "cd /workspace && find . -path ./.kraal -prune -o -printf '%p %y %m %l\\n' | sort && \
+        "cd /workspace && find . -path ./.kraal -prune -o -path ./lost+found -prune -o -printf '%p %y %m %l\\n' | sort && \
          find . -path ./.kraal -prune -o -path ./.git/index -prune -o -type f -print0 | sort -z | xargs -0 sha256sum && \
          git ls-files --stage && git status --porcelain && git log --format='%H %s' && git stash list",
     );
@@ -78,11 +79,14 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     let events = d.session_events(&sessions[0]);
     let before = fingerprint(&d, "bk");
 
-    // Back up, remove, restore on the same daemon.
+    // Back up, remove, restore on the same daemon. gVisor's volume is read on the host,
+    // as a tree of files.
     let id = backup_id(&d, "bk");
     let list: Vec<serde_json::Value> =
         serde_json::from_str(&d.ok(&["backups", "ls", "--json"])).unwrap();
-    assert!(list.iter().any(|b| b["id"] == id && b["workspace"] == "bk"));
+    let first = list.iter().find(|b| b["id"] == id).unwrap();
+    assert_eq!(first["workspace"], "bk");
+    assert!(first["files"].as_u64().unwrap() > 10, "{first}");
     // A second backup of the unchanged workspace stores (almost) nothing new.
     let o = d.ok(&["backup", "bk", "--json"]);
     assert!(o.contains("\"backup\""), "{o}");
@@ -103,6 +107,10 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
         before,
         "files and git state after restore"
     );
+    // Written on the host before the one and only start.
+    let logs = d.ok(&["logs", "bk", "--events-only"]);
+    assert!(logs.contains("volume written on the host"), "{logs}");
+    assert_eq!(logs.matches("running on gvisor").count(), 1, "{logs}");
     // The session history came back with the volume.
     wait_until(Duration::from_secs(30), "the restored session", || {
         session_ids(&d, "bk") == sessions
@@ -138,19 +146,32 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
 
     // Export to a file, import it on the second daemon: the same files, git state and
     // session history. The file is a plain tar.zst that starts with the description.
-    // A stopped workspace is started for the export (and a backup), then stopped again.
+    // A stopped workspace is started for the export, then stopped again; its backup
+    // reads the volume on the host without starting it.
     let file = d.dir.path().join("bk.tar.zst");
     d.ok(&["down", "bk"]);
     d.ok(&["export", "bk", "-o", file.to_str().unwrap()]);
-    let o = d.ok(&["backup", "bk"]);
-    assert!(o.contains("bk-"), "{o}");
     wait_until(Duration::from_secs(30), "bk stopped again", || {
         d.workspace("bk")["state"] == "stopped"
     });
+    let o = d.ok(&["backup", "bk"]);
+    assert!(o.contains("bk-"), "{o}");
+    assert_eq!(d.workspace("bk")["state"], "stopped");
     let logs = d.ok(&["logs", "bk", "--events-only"]);
     assert!(
-        logs.contains("starting it to export it") && logs.contains("starting it to back it up"),
+        logs.contains("starting it to export it") && !logs.contains("starting it to back it up"),
         "{logs}"
+    );
+    let volume = d
+        .data()
+        .join("workspaces")
+        .join(d.workspace("bk")["id"].as_str().unwrap())
+        .join("volume");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(volume.to_str().unwrap()),
+        "the stopped workspace's volume is unmounted again"
     );
     let o = d.run(&["export", "bk", "-o", file.to_str().unwrap()]);
     assert!(o.stderr.contains("already exists"), "{o:?}");
@@ -261,6 +282,38 @@ fn backup_remove_restore_here_on_a_second_daemon_and_through_s3() {
     assert!(!o.stderr.contains("wrong-secret-value"), "{o:?}");
     let o = denied.run(&["backups", "ls"]);
     assert!(o.stderr.contains("refused the credentials"), "{o:?}");
+}
+
+/// A backup read on the host (gVisor) restores into a QEMU microVM, whose volume only
+/// its guest may write: the tree goes in as a tar through the guest.
+#[test]
+fn a_backup_read_on_the_host_restores_into_a_microvm_through_its_guest() {
+    let d = Daemon::start();
+    let repo = git_repo(d.dir.path(), "across");
+    d.ok(&["up", repo.to_str().unwrap()]);
+    let o = d.exec(
+        "across",
+        "set -e; cd /workspace; head -c 1048576 /dev/urandom > blob.bin; ln -s blob.bin link; \
+         mkdir -p a/b; echo deep > a/b/c.txt; chmod 700 a; ln a/b/c.txt hard.txt; echo ok",
+    );
+    assert_eq!(o.stdout.trim(), "ok", "{o:?}");
+    let before = fingerprint(&d, "across");
+    let id = backup_id(&d, "across");
+    let store = d.data().join("backups");
+    let key = d.data().join("backup.key");
+    let vm = Daemon::start_qemu(&[
+        ("KRAAL_BACKUP_URL", store.to_str().unwrap()),
+        ("KRAAL_BACKUP_KEY_FILE", key.to_str().unwrap()),
+    ]);
+    vm.ok(&["restore", &id, "--as", "in-vm"]);
+    assert_eq!(vm.workspace("in-vm")["backend"], "qemu");
+    assert_eq!(
+        fingerprint(&vm, "in-vm"),
+        before,
+        "restored into the microVM"
+    );
+    let o = vm.exec("in-vm", "stat -c %h /workspace/hard.txt");
+    assert_eq!(o.stdout.trim(), "2", "the hard link is one again: {o:?}");
 }
 
 fn count_files(dir: &std::path::Path) -> usize {
