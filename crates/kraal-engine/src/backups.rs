@@ -304,7 +304,7 @@ enum Payload<'a> {
     },
     /// A tree backup: written on the host, or as a tar through the guest where the host
     /// cannot open the volume.
-    Tree { repo: Repo, manifest: Manifest },
+    Tree { repo: Repo, manifest: Box<Manifest> },
 }
 
 /// Waits for a lifecycle operation; its failure becomes the error.
@@ -578,7 +578,7 @@ impl Engine {
         let payload = if m.tree.is_some() {
             Payload::Tree {
                 repo: repo.clone(),
-                manifest: m.clone(),
+                manifest: Box::new(m.clone()),
             }
         } else {
             Payload::Tar {
@@ -630,7 +630,7 @@ impl Engine {
         let prefill = match &payload {
             Payload::Tree { repo, manifest } => Some(crate::host_backups::tree_prefill(
                 repo.clone(),
-                manifest.clone(),
+                (**manifest).clone(),
                 written.clone(),
             )),
             Payload::Tar { .. } => None,
@@ -674,7 +674,7 @@ impl Engine {
                         self.event(&rec.id, "info", &format!("restored from {from}"));
                         return Ok(rec);
                     }
-                    Box::pin(repo.tree_tar(manifest).map(|r| r.map_err(backup_err)))
+                    Box::pin(repo.tree_tar(*manifest).map(|r| r.map_err(backup_err)))
                 }
             };
             let (rec, client) = self.guest(created.id.as_str()).await?;
