@@ -2,17 +2,19 @@
 //! to raw runsc sandboxes idling (`sleep infinity`) on the same root file system, and how
 //! many idle workspaces the host carries: filled 10 at a time until only a reserve of
 //! memory is left, or a new workspace takes longer than `max_create_s` to its first exec
-//! (the CPUs, not the memory, are then the limit), or `max_idle`.
+//! (the CPUs, not the memory, are then the limit), or `max_idle`; then idle pause on all
+//! of them, and the warm exec and idle CPU again.
 
 #![allow(clippy::disallowed_methods)] // Automation: spawns runsc and kraal directly.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::bench::{
     RawRunsc, Setup, is_sentry, mem_available_kib, ms, percentile, proc_kib, runsc_processes,
-    sandbox_pss_kib, sandbox_rss_kib, stats,
+    sandbox_pss_kib, sandbox_rss_kib, sh, stats,
 };
 use crate::report::{Row, Section, Unit};
 
@@ -157,6 +159,25 @@ pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::
     let per_filled = (start_avail - end_avail) / count as f64;
     let exec_many = warm_exec(s, "idle-0")?;
     let daemon_after = rss_kib(s.d.pid());
+
+    // Idle pause on all of them: a paused sandbox uses no CPU, so the one in use is not
+    // queued behind the others' idle work.
+    println!("  idle pause (5 s) on all {count}…");
+    for i in 0..count {
+        s.kraal(&["policy", &format!("idle-{i}"), "--idle-pause", "5s"])?;
+    }
+    let paused = |root: &str| -> usize {
+        sh(Command::new("runsc").arg(root).arg("list"))
+            .map(|out| out.lines().filter(|l| l.contains(" paused ")).count())
+            .unwrap_or(0)
+    };
+    let t_pause = Instant::now();
+    while paused(&runsc_root) < count && t_pause.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let paused_count = paused(&runsc_root);
+    let paused_cpu = idle_cpu_percent(&runsc_root);
+    let exec_paused = warm_exec(s, "idle-0")?;
     // What one more idle workspace costs: its sandbox's share of memory plus the daemon's
     // growth per workspace; the raw sandbox has no daemon.
     let daemon_per = ((daemon_after - daemon_before) / count as f64).max(0.0);
@@ -216,6 +237,22 @@ pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::
                 format!("with {SAMPLE} idle").as_str(),
                 percentile(&exec_few, 0.5),
             ),
+            Row::vs(
+                format!(
+                    "warm exec p50 with {paused_count} of {count} idle workspaces paused (idle pause 5 s)"
+                ),
+                Unit::Ms,
+                percentile(&exec_paused, 0.5),
+                format!("with {SAMPLE} idle").as_str(),
+                percentile(&exec_few, 0.5),
+            ),
+            Row::vs(
+                "CPU per idle workspace, paused (% of one core)",
+                Unit::Percent,
+                paused_cpu,
+                "raw runsc sandbox (sleep)",
+                raw_cpu,
+            ),
         ],
         details: json!({
             "mem_total_kib": total_kib,
@@ -239,6 +276,10 @@ pub(crate) fn section(s: &Setup, max_idle: usize, max_create_s: f64) -> anyhow::
             "daemon_rss_kib_filled": daemon_after,
             "warm_exec_few": stats(exec_few),
             "warm_exec_filled": stats(exec_many),
+            "paused": paused_count,
+            "paused_after_s": t_pause.elapsed().as_secs_f64(),
+            "paused_cpu_percent": paused_cpu,
+            "warm_exec_paused": stats(exec_paused),
         }),
     })
 }

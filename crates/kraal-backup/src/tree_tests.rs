@@ -297,3 +297,48 @@ fn random_bytes_are_sealed_raw_and_text_compressed_and_old_chunks_still_open() {
     let old = [nonce.to_vec(), ct].concat();
     assert_eq!(repo.open_sealed(&old, "old", 2 << 20).unwrap(), text);
 }
+
+/// What a sandbox could do while the host reads its volume: swap a file for a symlink to
+/// a host file after the walk looked at it, or move a directory away and put a symlink
+/// in its place. Neither leads the reader out of the tree.
+#[test]
+fn a_file_or_directory_swapped_for_a_symlink_mid_walk_leads_nowhere() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("a.txt"), "inside").unwrap();
+    std::fs::write(root.join("sub/x.txt"), "inside too").unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("x.txt"), "a host secret").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "a host secret").unwrap();
+    let mut seen = Vec::new();
+    hostfs::walk(&root, &mut |e, f| {
+        let Some(f) = f else {
+            return Ok(());
+        };
+        let path = e.path.lossy();
+        if path == "a.txt" {
+            std::fs::remove_file(root.join("a.txt")).unwrap();
+            std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("a.txt")).unwrap();
+            let err = f.open(e.ino).unwrap_err();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(40),
+                "ELOOP, not the host file: {err}"
+            );
+        } else if path == "sub/x.txt" {
+            std::fs::rename(root.join("sub"), root.join("moved")).unwrap();
+            std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+            // Opened beneath the directory the walk holds: the real file, moved or not.
+            let mut text = String::new();
+            f.open(e.ino).unwrap().read_to_string(&mut text).unwrap();
+            assert_eq!(text, "inside too");
+        }
+        seen.push(path);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, ["a.txt", "sub/x.txt"]);
+}
