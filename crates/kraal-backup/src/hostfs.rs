@@ -153,10 +153,8 @@ pub struct Skipped {
     pub raced: u64,
 }
 
-/// Walks the tree under `root` in index order, calling `visit` for every entry (for a
-/// regular file with the means to open it). Hard links after the first name of a file
-/// come as [`Kind::Hardlink`] entries naming it.
-pub fn walk(root: &Path, visit: &mut Visit<'_>) -> Result<Skipped, crate::BackupError> {
+/// The tree's root directory (not a symlink), and its entry.
+fn open_root(root: &Path) -> Result<(OwnedFd, Entry), FsError> {
     let top = PathBytes(Vec::new());
     let fd = rustix::fs::open(
         root,
@@ -168,7 +166,15 @@ pub fn walk(root: &Path, visit: &mut Visit<'_>) -> Result<Skipped, crate::Backup
         &PathBytes(root.as_os_str().as_bytes().to_vec()),
     ))?;
     let st = rustix::fs::fstat(&fd).map_err(fs_err("stat", &top))?;
-    let mut e = entry_of(top.clone(), &st, Kind::Dir);
+    Ok((fd, entry_of(top, &st, Kind::Dir)))
+}
+
+/// Walks the tree under `root` in index order, calling `visit` for every entry (for a
+/// regular file with the means to open it). Hard links after the first name of a file
+/// come as [`Kind::Hardlink`] entries naming it.
+pub fn walk(root: &Path, visit: &mut Visit<'_>) -> Result<Skipped, crate::BackupError> {
+    let top = PathBytes(Vec::new());
+    let (fd, mut e) = open_root(root)?;
     e.xattrs = xattrs_of(fd.as_fd()).map_err(fs_err("read the xattrs of", &top))?;
     visit(e, None)?;
     let mut skipped = Skipped::default();
@@ -309,20 +315,7 @@ pub struct TreeWriter {
 
 impl TreeWriter {
     pub fn new(root: &Path) -> Result<TreeWriter, FsError> {
-        let fd = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(fs_err(
-            "open",
-            &PathBytes(root.as_os_str().as_bytes().to_vec()),
-        ))?;
-        let mut root_entry = entry_of(
-            PathBytes(Vec::new()),
-            &rustix::fs::fstat(&fd).map_err(fs_err("stat", &PathBytes(Vec::new())))?,
-            Kind::Dir,
-        );
+        let (fd, mut root_entry) = open_root(root)?;
         root_entry.mode = 0o755;
         Ok(TreeWriter {
             stack: vec![(fd, root_entry)],

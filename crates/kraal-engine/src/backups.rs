@@ -34,6 +34,18 @@ pub struct TransferProgress {
     pub uploaded: u64,
 }
 
+impl From<&kraal_backup::Progress> for TransferProgress {
+    fn from(p: &kraal_backup::Progress) -> Self {
+        TransferProgress {
+            bytes: p.read,
+            total: None,
+            chunks: p.chunks,
+            new_chunks: p.new_chunks,
+            uploaded: p.uploaded,
+        }
+    }
+}
+
 /// Stops a workspace that was started only for a backup or an export, once dropped.
 pub(crate) struct StopAfter {
     engine: Arc<Engine>,
@@ -309,7 +321,14 @@ enum Payload<'a> {
 
 /// Waits for a lifecycle operation; its failure becomes the error.
 async fn settle(p: crate::Pending) -> Result<WorkspaceRecord, EngineError> {
-    match p.done.await {
+    outcome(p.done.await)
+}
+
+/// A finished lifecycle operation's result; its failure becomes the error.
+pub(crate) fn outcome(
+    r: Result<Result<WorkspaceRecord, String>, tokio::task::JoinError>,
+) -> Result<WorkspaceRecord, EngineError> {
+    match r {
         Ok(r) => r.map_err(EngineError::Invalid),
         Err(e) => Err(EngineError::Invalid(format!(
             "the operation ended abruptly: {e}"
@@ -413,14 +432,7 @@ impl Engine {
                         .map_err(|e| EngineError::Invalid(format!("spool file: {e}")))?;
                     writer.write(&buf[..n]).await.map_err(backup_err)?;
                     pos += n as u64;
-                    let p = writer.progress();
-                    progress(&TransferProgress {
-                        bytes: p.read,
-                        total: None,
-                        chunks: p.chunks,
-                        new_chunks: p.new_chunks,
-                        uploaded: p.uploaded,
-                    });
+                    progress(&writer.progress().into());
                     continue;
                 }
                 if done {

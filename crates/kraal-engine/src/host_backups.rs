@@ -42,14 +42,7 @@ pub(crate) async fn settle_watching(
     let mut every = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            r = &mut done => {
-                return match r {
-                    Ok(r) => r.map_err(EngineError::Invalid),
-                    Err(e) => Err(EngineError::Invalid(format!(
-                        "the operation ended abruptly: {e}"
-                    ))),
-                };
-            }
+            r = &mut done => return crate::backups::outcome(r),
             _ = every.tick() => tick(),
         }
     }
@@ -116,15 +109,7 @@ impl Engine {
                 dir,
                 serde_json::json!({ "workspace": meta }),
                 previous.as_ref(),
-                |p| {
-                    progress(&TransferProgress {
-                        bytes: p.read,
-                        total: None,
-                        chunks: p.chunks,
-                        new_chunks: p.new_chunks,
-                        uploaded: p.uploaded,
-                    })
-                },
+                |p| progress(&p.into()),
             )
             .await
             .map_err(EngineError::Backup)?;
