@@ -405,7 +405,7 @@ impl Backend for GvisorBackend {
         let image_file = dir.join("image");
         if !image_file.is_file() {
             let image = self.resolve_image(spec, &volume).await?;
-            ImageStore::add_user(&image.rootfs, id.as_str())
+            ImageStore::add_user(&image.rootfs, id.as_str(), &dir)
                 .map_err(BackendError::chained(id, "create"))?;
             // The image's user owns the workspace's files.
             if let Some(user) = &image.config.user {

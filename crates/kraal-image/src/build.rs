@@ -98,7 +98,7 @@ impl ImageStore {
                     true,
                 );
             }
-            return Ok(img);
+            return Ok(self.chosen(img));
         }
         std::fs::create_dir_all(self.layers_dir()).map_err(io(&self.dir))?;
         // Builds hold the store lock shared; garbage collection needs it exclusively, so it
@@ -227,7 +227,14 @@ impl ImageStore {
 
         self.build_outputs(&mut img, &extra, plan.len() as u32 + 2, &report)
             .await?;
-        Ok(img)
+        Ok(self.chosen(img))
+    }
+
+    /// Marks `img` as just chosen and removes the builds of the same image it supersedes.
+    pub(crate) fn chosen(&self, img: Image) -> Image {
+        crate::prune::mark_used(&img.dir);
+        self.prune_superseded(&img.name, &img.hash);
+        img
     }
 
     /// Builds the `extra` outputs of `img` that are missing, numbering steps from `first`.

@@ -128,7 +128,7 @@ impl ImageStore {
             .devcontainer_inner(dc, name, outputs, progress, &tmp)
             .await;
         remove_any(&tmp);
-        res
+        res.map(|img| self.chosen(img))
     }
 
     async fn devcontainer_inner(

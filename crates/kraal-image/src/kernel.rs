@@ -310,10 +310,13 @@ impl ImageStore {
         let root = self.kernels_dir();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let dir = root.join(format!("{package}-{hash}"));
-        let _lock = crate::lock(root.join(format!(".{hash}.lock"))).await?;
+        let lock = crate::lock(root.join(format!(".{hash}.lock"))).await?;
         if let Some(k) = Self::load_kernel(&dir) {
             report(1, "kernel", format!("cached ({package} {version})"), true);
             report(2, "initramfs", "cached".into(), true);
+            crate::prune::mark_used(&dir);
+            drop(lock);
+            Self::prune_kernels(&root, &format!("{package}-{hash}"));
             return Ok(k);
         }
         let tmp = root.join(format!(".tmp-{hash}"));
@@ -333,6 +336,8 @@ impl ImageStore {
             remove_any(&tmp);
         }
         r?;
+        drop(lock);
+        Self::prune_kernels(&root, &format!("{package}-{hash}"));
         Self::load_kernel(&dir).ok_or_else(|| ImageError::NotFound(dir.display().to_string()))
     }
 

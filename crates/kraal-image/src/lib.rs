@@ -8,7 +8,7 @@
 //!
 //! This file is the crate root: the error type, small file helpers and the re-exports that
 //! make up the crate's API. The data model is in `image`, the store (finding, choosing and
-//! removing images, locks) in `store`, recipe builds in `build` with their layers' builders
+//! removing images, locks) in `store`, removal of superseded builds in `prune`, recipe builds in `build` with their layers' builders
 //! in `layers`; `tree` holds what `devbuild` does to the trees it builds.
 
 mod build;
@@ -21,6 +21,7 @@ mod image;
 pub mod kernel;
 mod layers;
 pub mod oci;
+mod prune;
 pub mod recipe;
 pub mod registry;
 mod store;

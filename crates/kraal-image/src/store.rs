@@ -38,7 +38,7 @@ pub(crate) async fn lock_mode(
 }
 
 /// The blocking form of [`lock_mode`].
-fn flock(path: &Path, exclusive: bool, wait: bool) -> Result<Option<Lock>, ImageError> {
+pub(crate) fn flock(path: &Path, exclusive: bool, wait: bool) -> Result<Option<Lock>, ImageError> {
     use nix::fcntl::FlockArg;
     let arg = match (exclusive, wait) {
         (true, true) => FlockArg::LockExclusive,
@@ -215,12 +215,13 @@ impl ImageStore {
         self.list().into_iter().find(|i| i.name == name)
     }
 
-    /// Records that workspace `user` runs on the image whose root is `rootfs`, so that
-    /// `remove` refuses to delete it.
-    pub fn add_user(rootfs: &Path, user: &str) -> Result<(), ImageError> {
+    /// Records that workspace `user`, whose backend keeps its state in `state` (a
+    /// directory whose file `image` will name `rootfs`), runs on the image whose root is
+    /// `rootfs`, so that `remove` refuses to delete it and superseded builds are kept.
+    pub fn add_user(rootfs: &Path, user: &str, state: &Path) -> Result<(), ImageError> {
         let d = rootfs.with_file_name("users");
         std::fs::create_dir_all(&d).map_err(io(&d))?;
-        std::fs::write(d.join(user), b"").map_err(io(&d))
+        std::fs::write(d.join(user), state.as_os_str().as_encoded_bytes()).map_err(io(&d))
     }
 
     /// Forgets `user` (its workspace was deleted).
@@ -228,12 +229,22 @@ impl ImageStore {
         let _ = std::fs::remove_file(rootfs.with_file_name("users").join(user));
     }
 
-    /// Ids of the workspaces that run on `img`, sorted.
+    /// Ids of the workspaces that run on `img`, sorted. A record whose workspace state is
+    /// gone, or now names another image, is stale (a daemon killed with its data deleted)
+    /// and is dropped; a record without a state directory (older kraal) counts.
     pub fn users(img: &Image) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(img.dir.join("users"))
+        let d = img.dir.join("users");
+        let mut v: Vec<String> = std::fs::read_dir(&d)
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| {
+                let live = user_is_live(&e.path(), &img.rootfs);
+                if !live {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                live
+            })
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
@@ -296,5 +307,25 @@ impl ImageStore {
                 remove_any(&p);
             }
         }
+    }
+}
+
+/// Whether the user record at `record` still stands for a workspace on `rootfs`.
+fn user_is_live(record: &Path, rootfs: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(state) = std::fs::read(record) else {
+        return false;
+    };
+    if state.is_empty() {
+        return true;
+    }
+    let state = Path::new(std::ffi::OsStr::from_bytes(&state));
+    if !state.is_dir() {
+        return false;
+    }
+    match std::fs::read_to_string(state.join("image")) {
+        Ok(named) => Path::new(named.trim()) == rootfs,
+        // Still being created: the backend writes `image` after recording the user.
+        Err(_) => true,
     }
 }

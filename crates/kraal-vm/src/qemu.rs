@@ -481,7 +481,7 @@ impl Backend for QemuBackend {
             let r = async {
                 if !dir.join("image").is_file() {
                     let image = self.resolve_image(spec, &scratch).await?;
-                    ImageStore::add_user(&image.rootfs, id.as_str())
+                    ImageStore::add_user(&image.rootfs, id.as_str(), &dir)
                         .map_err(BackendError::chained(id, "create"))?;
                     if let Some(user) = &image.config.user {
                         let (uid, gid, _) = kraal_image::devbuild::lookup_user(&image.rootfs, user)
