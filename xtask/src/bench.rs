@@ -74,6 +74,15 @@ pub(crate) struct Setup {
     pub repo: PathBuf,
 }
 
+/// A section that failed half-way leaves no sandbox running: they outlive the daemon.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_all() {
+            eprintln!("  could not remove the bench's workspaces: {e:#}");
+        }
+    }
+}
+
 pub(crate) fn setup(env: &[(&str, &str)]) -> anyhow::Result<Setup> {
     let root = root();
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();

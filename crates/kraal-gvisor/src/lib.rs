@@ -13,6 +13,7 @@
 //! * limits: CPU quota, memory and pids through the spec's cgroup resources.
 
 pub mod build;
+mod freezer;
 mod spec;
 mod state;
 
@@ -113,6 +114,25 @@ impl GvisorBackend {
         }
     }
 
+    /// Freezes or thaws the cgroup of `id`'s sandbox. Nothing to do when the sandbox is
+    /// gone or the host has no freezer (then a pause still stops the application).
+    async fn set_frozen(&self, id: &WorkspaceId, frozen: bool) -> Result<(), BackendError> {
+        let Some(pid) = state::sandbox_pid(&self.cfg.runsc_root, id.as_str()) else {
+            return Ok(());
+        };
+        let Some(f) = freezer::of_pid(Path::new("/sys/fs/cgroup"), pid) else {
+            if frozen {
+                tracing::debug!(workspace = %id, "no cgroup freezer: the sentry keeps running while paused");
+            }
+            return Ok(());
+        };
+        let op = if frozen { "freeze" } else { "thaw" };
+        tokio::task::spawn_blocking(move || f.set(frozen))
+            .await
+            .expect("the freezer task does not panic")
+            .map_err(|e| BackendError::failed(id, op, format!("cgroup freezer: {e}")))
+    }
+
     fn rootfs_mounted(&self, id: &WorkspaceId) -> bool {
         let target = self.ws_dir(id).join("rootfs");
         is_mountpoint(&target)
@@ -186,6 +206,10 @@ impl GvisorBackend {
     /// and writable layer.
     async fn halt(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         if let Some(state) = self.runsc_state(id).await? {
+            // A frozen sandbox neither answers runsc nor dies of SIGKILL (cgroup v1).
+            if let Err(e) = self.set_frozen(id, false).await {
+                tracing::warn!(workspace = %id, "thaw before stopping: {e}");
+            }
             if state == "running" || state == "paused" {
                 if state == "paused" {
                     let _ = self.runsc().args(["resume", id.as_str()]).run().await;
@@ -678,16 +702,20 @@ impl Backend for GvisorBackend {
         ))
     }
 
+    /// `runsc pause` stops the application's tasks; freezing the sandbox's cgroup then
+    /// stops the sentry and gofer as well, so a paused workspace uses no CPU.
     async fn pause(&self, id: &WorkspaceId) -> Result<(), BackendError> {
         self.runsc()
             .args(["pause", id.as_str()])
             .run()
             .await
             .map_err(BackendError::runtime(id, "pause"))?;
-        Ok(())
+        self.set_frozen(id, true).await
     }
 
     async fn resume(&self, id: &WorkspaceId) -> Result<(), BackendError> {
+        // runsc talks to the sentry: it must run again first.
+        self.set_frozen(id, false).await?;
         self.runsc()
             .args(["resume", id.as_str()])
             .run()

@@ -50,6 +50,20 @@ pub(crate) fn read(root: &Path, id: &str) -> Read {
     Read::Status(status.to_owned())
 }
 
+/// The pid of container `id`'s sandbox process, while its state file names a live one.
+pub(crate) fn sandbox_pid(root: &Path, id: &str) -> Option<i32> {
+    let path = root.join(format!("{id}_sandbox:{id}.state"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if v.get("id").and_then(|i| i.as_str()) != Some(id) {
+        return None;
+    }
+    let pid = v
+        .pointer("/sandbox/pid")
+        .and_then(|p| p.as_i64())
+        .filter(|p| *p > 0 && *p <= i32::MAX as i64)? as i32;
+    alive(pid).then_some(pid)
+}
+
 /// Whether process `pid` exists (signal 0; permission denied means it does).
 fn alive(pid: i32) -> bool {
     !matches!(
@@ -79,6 +93,7 @@ mod tests {
             &format!(r#"{{"id":"ws-1","status":"running","sandbox":{{"id":"ws-1","pid":{me}}}}}"#),
         );
         assert_eq!(read(root, "ws-1"), Read::Status("running".into()));
+        assert_eq!(sandbox_pid(root, "ws-1"), Some(me as i32));
 
         // The sandbox process is gone: runsc reports the container stopped.
         // Pids stay below pid_max, so that one never exists.
@@ -93,6 +108,7 @@ mod tests {
             &format!(r#"{{"id":"ws-2","status":"paused","sandbox":{{"id":"ws-2","pid":{dead}}}}}"#),
         );
         assert_eq!(read(root, "ws-2"), Read::Status("stopped".into()));
+        assert_eq!(sandbox_pid(root, "ws-2"), None);
 
         write(
             root,

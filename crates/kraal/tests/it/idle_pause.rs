@@ -19,6 +19,41 @@ fn runsc_state(d: &Daemon, id: &str) -> String {
     v["status"].as_str().unwrap_or_default().to_owned()
 }
 
+/// The sandbox process of workspace `id` (runsc's `pid`).
+fn sandbox_pid(d: &Daemon, id: &str) -> u32 {
+    #[allow(clippy::disallowed_methods)]
+    let o = std::process::Command::new("runsc")
+        .arg(format!("--root={}", d.data().join("runsc").display()))
+        .args(["state", id])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["pid"].as_u64().expect("a live sandbox has a pid") as u32
+}
+
+/// What the cgroup freezer says of the sandbox's cgroup (`FROZEN`, `THAWED`…).
+fn freezer_state(pid: u32) -> String {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let line = cg
+        .lines()
+        .find(|l| l.split(':').nth(1) == Some("freezer"))
+        .expect("this host has the v1 freezer");
+    let path = line.splitn(3, ':').nth(2).unwrap();
+    std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// CPU time (clock ticks) process `pid` has used, all its threads.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after_comm.split(' ').collect();
+    // utime and stime are fields 14 and 15; 3 is the first after the command.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
 fn lines(p: &std::path::Path) -> usize {
     std::fs::read_to_string(p).map_or(0, |s| s.lines().count())
 }
@@ -59,17 +94,23 @@ fn idle_workspaces_pause_and_the_next_use_resumes_them() {
     // Paused is still running as far as the user is concerned: nothing to start.
     assert_eq!(state(&d, "nap").0, "running");
     let frozen = lines(&ticks);
+    // The whole sandbox is frozen, not only its tasks: the sentry itself uses no CPU.
+    let sentry = sandbox_pid(&d, &nap);
+    assert_eq!(freezer_state(sentry), "FROZEN");
+    let cpu = cpu_ticks(sentry);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         lines(&ticks),
         frozen,
         "nothing in the workspace runs while paused"
     );
+    assert_eq!(cpu_ticks(sentry), cpu, "the frozen sentry used CPU");
 
     // The next use resumes it, and it picks up where it was.
     let o = d.exec("nap", "echo hello");
     assert_eq!((o.code, o.stdout.as_str()), (Some(0), "hello\n"), "{o:?}");
     assert_eq!(runsc_state(&d, &nap), "running");
+    assert_eq!(freezer_state(sentry), "THAWED");
     let logs = d.ok(&["logs", "nap", "--events-only"]);
     assert!(logs.contains("resumed from idle pause in"), "{logs}");
     wait_until(
@@ -104,4 +145,16 @@ fn idle_workspaces_pause_and_the_next_use_resumes_them() {
     let o = d.exec("nap", "echo again");
     assert_eq!((o.code, o.stdout.as_str()), (Some(0), "again\n"), "{o:?}");
     assert_eq!(runsc_state(&d, &nap), "running");
+
+    // A frozen sandbox is thawed to be removed: nothing of it is left behind.
+    wait_until(Duration::from_secs(30), "nap paused a third time", || {
+        runsc_state(&d, &nap) == "paused"
+    });
+    let sentry = sandbox_pid(&d, &nap);
+    assert_eq!(freezer_state(sentry), "FROZEN");
+    d.ok(&["rm", "--yes", "nap"]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sentry}")).exists(),
+        "the sandbox process outlived its removal"
+    );
 }
