@@ -109,6 +109,12 @@ impl Engine {
         if f.refused.lock().unwrap().contains(id) {
             return;
         }
+        // An operation or a reconcile pass holding the workspace is using it (and may be
+        // talking to its guest, which a pause would leave without an answer): not now.
+        let op = self.lock_for(id);
+        let Ok(_op) = op.try_lock() else {
+            return;
+        };
         let lock = f.locks.of(id);
         let _one = lock.lock().await;
         if f.is_frozen(id) {

@@ -14,6 +14,7 @@
 
 pub mod build;
 mod freezer;
+mod snapshot;
 mod spec;
 mod state;
 
@@ -85,6 +86,46 @@ impl GvisorBackend {
             c = c.arg(format!("--platform={p}"));
         }
         c.timeout(OP_TIMEOUT)
+    }
+
+    /// runsc set up to launch `id`'s sandbox (`run` or `restore` follows): detached in a
+    /// session of its own, its console in `console`, in the workspace's network namespace.
+    /// In `sandbox` mode runsc joins the namespace the spec names itself; runsc before
+    /// 2024-08 then takes every namespace for the host's when `/proc/sys/net/core/rmem_default`
+    /// exists in it (it does in all of them on current kernels) and refuses to start. kraal
+    /// checks that the namespace is not the host's itself and hides `/proc/sys/net` from
+    /// runsc's launcher, which reads nothing else there.
+    #[allow(clippy::result_large_err)] // the backend error its callers return
+    fn launch(&self, id: &WorkspaceId, console: &Path) -> Result<Cmd, BackendError> {
+        let dir = self.ws_dir(id);
+        let netns = kraal_net::netns_path(id);
+        let mut cmd = match self.cfg.network {
+            NetworkMode::Host => Cmd::new(&self.cfg.runsc).in_netns(&netns),
+            NetworkMode::Sandbox => {
+                let inode = |p: &Path| {
+                    std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                };
+                let own = inode(&netns).map_err(BackendError::io(id, "start", &netns))?;
+                if inode(Path::new("/proc/self/ns/net")).ok() == Some(own) {
+                    return Err(BackendError::failed(
+                        id,
+                        "start",
+                        format!("{} is the host's own network namespace", netns.display()),
+                    ));
+                }
+                Cmd::new(&self.cfg.runsc).masking("/proc/sys/net")
+            }
+        };
+        cmd = cmd.args([
+            format!("--root={}", self.cfg.runsc_root.display()),
+            format!("--network={}", self.cfg.network.as_str()),
+            "--overlay2=none".to_owned(),
+            format!("--log={}", dir.join("runsc.log").display()),
+        ]);
+        if let Some(p) = &self.cfg.platform {
+            cmd = cmd.arg(format!("--platform={p}"));
+        }
+        Ok(cmd.new_session().stdout_to(console).timeout(OP_TIMEOUT))
     }
 
     /// runsc's view of the container: `None` when it does not exist. Read from runsc's
@@ -196,6 +237,13 @@ impl GvisorBackend {
             .and_then(|p| ImageStore::image_of(Path::new(p.trim())))
             .map(|i| i.config)
             .unwrap_or_default()
+    }
+
+    /// The network slot `id` was last given (see `kraal_net::allocate_for`).
+    fn recorded_slot(&self, id: &WorkspaceId) -> Option<u32> {
+        std::fs::read_to_string(self.ws_dir(id).join("net-slot"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     }
 
     fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
@@ -316,7 +364,8 @@ impl Backend for GvisorBackend {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            checkpoint: false,
+            // runsc cannot save a sandbox whose sockets are the host's (`host` mode).
+            checkpoint: self.cfg.network == NetworkMode::Sandbox,
             hardware_isolation: false,
             resource_limits: true,
             private_network: true,
@@ -458,11 +507,7 @@ impl Backend for GvisorBackend {
         match self.runsc_state(id).await?.as_deref() {
             Some("running") => return self.endpoint(id).await,
             Some("paused") => {
-                self.runsc()
-                    .args(["resume", id.as_str()])
-                    .run()
-                    .await
-                    .map_err(BackendError::runtime(id, "resume"))?;
+                self.resume(id).await?;
                 return self.endpoint(id).await;
             }
             Some(_) => {
@@ -570,27 +615,11 @@ impl Backend for GvisorBackend {
         .map_err(BackendError::io(id, "start", &cfg_json))?;
 
         let console = dir.join("console.log");
-        let runsc_args = [
-            format!("--root={}", self.cfg.runsc_root.display()),
-            format!("--network={}", self.cfg.network.as_str()),
-            "--overlay2=none".to_owned(),
-            format!("--log={}", dir.join("runsc.log").display()),
-        ];
-        let mut cmd = match self.cfg.network {
-            NetworkMode::Host => Cmd::new(&self.cfg.runsc).in_netns(kraal_net::netns_path(id)),
-            NetworkMode::Sandbox => Cmd::new(&self.cfg.runsc),
-        };
-        cmd = cmd.args(runsc_args);
-        if let Some(p) = &self.cfg.platform {
-            cmd = cmd.arg(format!("--platform={p}"));
-        }
-        let run = cmd
+        let run = self
+            .launch(id, &console)?
             .args(["run", "--detach", "--bundle"])
             .arg(&bundle_dir)
             .arg(id.as_str())
-            .new_session()
-            .stdout_to(&console)
-            .timeout(OP_TIMEOUT)
             .run()
             .await;
         if let Err(e) = run {
@@ -676,13 +705,20 @@ impl Backend for GvisorBackend {
     }
 
     async fn endpoint(&self, id: &WorkspaceId) -> Result<GuestEndpoint, BackendError> {
-        let ip = kraal_net::guest_ip(id)
-            .await
-            .ok_or_else(|| BackendError::Failed {
-                workspace: id.to_string(),
-                op: "endpoint",
-                message: "the workspace network namespace is gone".into(),
-            })?;
+        let ip = match self.cfg.network {
+            NetworkMode::Host => kraal_net::guest_ip(id).await,
+            // runsc's netstack took the namespace's address over: it is the slot's.
+            NetworkMode::Sandbox => kraal_net::netns_path(id)
+                .exists()
+                .then(|| self.recorded_slot(id))
+                .flatten()
+                .map(|slot| self.link(id, slot).guest_ip),
+        }
+        .ok_or_else(|| BackendError::Failed {
+            workspace: id.to_string(),
+            op: "endpoint",
+            message: "the workspace network namespace is gone".into(),
+        })?;
         Ok(GuestEndpoint {
             addr: SocketAddr::from((ip, kraal_protocol::DEFAULT_GUEST_PORT)),
             host: Some(kraal_net::host_ip_for(ip).into()),
@@ -700,6 +736,14 @@ impl Backend for GvisorBackend {
             &self.ws_dir(id).join("console.log"),
             max_bytes,
         ))
+    }
+
+    async fn snapshot(&self, id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
+        self.take_snapshot(id, name).await
+    }
+
+    async fn restore(&self, spec: &SandboxSpec, name: &str) -> Result<GuestEndpoint, BackendError> {
+        self.restore_snapshot(spec, name).await
     }
 
     /// `runsc pause` stops the application's tasks; freezing the sandbox's cgroup then

@@ -191,6 +191,22 @@ pub async fn teardown_tap(link: &Link) {
     }
 }
 
+/// Gives the namespace's end of `link` its address and default route again (see
+/// [`netlink::readdress_guest_end`]).
+pub async fn readdress(id: &WorkspaceId, link: &Link) -> Result<(), NetError> {
+    netlink::readdress_guest_end(
+        netns_path(id),
+        link.guest_if.clone(),
+        link.guest_ip,
+        link.host_ip,
+    )
+    .await
+    .map_err(|source| NetError::Link {
+        workspace: id.to_string(),
+        source,
+    })
+}
+
 /// The guest address of a live link, read back from the namespace.
 pub async fn guest_ip(id: &WorkspaceId) -> Option<Ipv4Addr> {
     let path = netns_path(id);

@@ -240,20 +240,70 @@ pub async fn make_veth_link(
             .map_err(step("joining the new namespace"))?;
         let lo = must_index_of("lo")?;
         set_up(&inside, "lo", lo).await?;
+        address_inside(&inside, &guest_if, guest_ip, host_ip).await
+    })
+    .await
+}
+
+/// Gives the namespace's end `guest_if` its address, brings it up and routes by default
+/// via `host_ip` — from the thread already in the namespace, whose handle is `inside`.
+async fn address_inside(
+    inside: &Handle,
+    guest_if: &str,
+    guest_ip: Ipv4Addr,
+    host_ip: Ipv4Addr,
+) -> io::Result<()> {
+    let g = must_index_of(guest_if)?;
+    add_address(inside, guest_if, g, guest_ip).await?;
+    set_up(inside, guest_if, g).await?;
+    inside
+        .route()
+        .add(
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(host_ip)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl)
+        .map_err(step(format!("adding the default route via {host_ip}")))
+}
+
+/// Gives the namespace's end of a link its address and default route again: gVisor's own
+/// netstack takes them over when a sandbox starts, so a sandbox restored from a checkpoint
+/// into the same namespace needs them back. An address still there is kept.
+pub async fn readdress_guest_end(
+    netns: PathBuf,
+    guest_if: String,
+    guest_ip: Ipv4Addr,
+    host_ip: Ipv4Addr,
+) -> io::Result<()> {
+    on_own_thread(move || async move {
+        let ns = std::fs::File::open(&netns).map_err(step("opening the namespace"))?;
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(io::Error::from)
+            .map_err(step("joining the namespace"))?;
+        let inside = connect()?;
+        let kept = |r: io::Result<()>| match r {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        };
         let g = must_index_of(&guest_if)?;
-        add_address(&inside, &guest_if, g, guest_ip).await?;
+        kept(add_address(&inside, &guest_if, g, guest_ip).await)?;
         set_up(&inside, &guest_if, g).await?;
-        inside
-            .route()
-            .add(
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(host_ip)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl)
-            .map_err(step(format!("adding the default route via {host_ip}")))
+        kept(
+            inside
+                .route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(host_ip)
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl)
+                .map_err(step(format!("adding the default route via {host_ip}"))),
+        )
     })
     .await
 }

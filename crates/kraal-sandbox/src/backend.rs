@@ -272,3 +272,22 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 }
+
+/// Snapshot names become directory names: letters, digits, `-` and `_` only.
+// The backends' own error, returned as their callers return it.
+#[allow(clippy::result_large_err)]
+pub fn check_snapshot_name(id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(BackendError::failed(
+            id,
+            "snapshot",
+            format!("invalid snapshot name {name:?}: use up to 64 letters, digits, - and _"),
+        ));
+    }
+    Ok(())
+}

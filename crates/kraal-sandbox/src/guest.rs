@@ -47,6 +47,8 @@ struct Inner {
     streams: Mutex<HashMap<u32, mpsc::Sender<Frame>>>,
     next_id: AtomicU32,
     closed: AtomicBool,
+    /// Told by [`GuestClient::close`]: the writer shuts the connection down.
+    stop: tokio::sync::Notify,
 }
 
 /// A live, authenticated connection to one sandbox's guest agent. Cheap to clone.
@@ -162,11 +164,21 @@ impl GuestClient {
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
         });
+        let writer = inner.clone();
         tokio::spawn(async move {
-            while let Some(f) = out_rx.recv().await {
-                if sink.send(f).await.is_err() {
-                    break;
+            loop {
+                tokio::select! {
+                    f = out_rx.recv() => match f {
+                        Some(f) => if sink.send(f).await.is_err() { break },
+                        None => break,
+                    },
+                    () = writer.stop.notified() => {
+                        // FIN to the guest, which then closes its end too.
+                        let _ = sink.close().await;
+                        break;
+                    }
                 }
             }
         });
@@ -191,6 +203,15 @@ impl GuestClient {
             hostname,
             guest_version,
         })
+    }
+
+    /// Closes the connection for every clone: streams on it end, and calls fail with
+    /// [`GuestClientError::Closed`]. (A sandbox about to be checkpointed must hold no open
+    /// connection.)
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.stop.notify_one();
+        self.inner.streams.lock().unwrap().clear();
     }
 
     pub fn is_closed(&self) -> bool {

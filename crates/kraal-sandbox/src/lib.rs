@@ -12,6 +12,7 @@ pub mod template;
 
 pub use backend::{
     Backend, BackendError, GuestEndpoint, HostCheck, ProbeStatus, SandboxSpec, SandboxStatus,
+    check_snapshot_name,
 };
 pub use guest::{ExecEvent, ExecHandle, GuestClient, GuestClientError, Relayed, SessionEvents};
 

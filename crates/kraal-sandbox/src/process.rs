@@ -41,6 +41,7 @@ pub struct Cmd {
     stdin: Option<Vec<u8>>,
     new_session: bool,
     netns: Option<PathBuf>,
+    masked: Option<PathBuf>,
     stdout_file: Option<PathBuf>,
     lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
@@ -90,6 +91,7 @@ impl Cmd {
             stdin: None,
             new_session: false,
             netns: None,
+            masked: None,
             stdout_file: None,
             lines: None,
         }
@@ -143,6 +145,14 @@ impl Cmd {
     /// exec: what `nsenter --net=` does, without its process).
     pub fn in_netns(mut self, path: impl Into<PathBuf>) -> Self {
         self.netns = Some(path.into());
+        self
+    }
+
+    /// Runs in a mount namespace of its own in which directory `path` is covered by an
+    /// empty read-only tmpfs (`unshare(CLONE_NEWNS)` and `mount(2)` between fork and exec),
+    /// so the program and its descendants do not see what is under it.
+    pub fn masking(mut self, path: impl Into<PathBuf>) -> Self {
+        self.masked = Some(path.into());
         self
     }
 
@@ -265,6 +275,48 @@ impl Cmd {
                 cmd.pre_exec(move || {
                     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(std::io::Error::from)
+                });
+            }
+        }
+        if let Some(path) = &self.masked {
+            use std::os::unix::ffi::OsStrExt;
+            // Every string is made before the fork: the child only makes system calls.
+            let c = |b: &[u8]| {
+                std::ffi::CString::new(b).map_err(|_| ProcessError::Spawn {
+                    program: program.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "a path with a NUL byte",
+                    ),
+                })
+            };
+            let (root, target) = (c(b"/")?, c(path.as_os_str().as_bytes())?);
+            let (fstype, opts) = (c(b"tmpfs")?, c(b"size=4k,mode=0555")?);
+            // SAFETY: unshare and mount are plain system calls on strings made above.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let check = |r: libc::c_int| {
+                        if r == 0 {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::last_os_error())
+                        }
+                    };
+                    check(libc::unshare(libc::CLONE_NEWNS))?;
+                    check(libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::mount(
+                        fstype.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ptr(),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        opts.as_ptr().cast(),
+                    ))
                 });
             }
         }
@@ -391,6 +443,31 @@ pub fn which(program: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_masked_directory_is_empty_for_the_program_only() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("secret"), b"x").unwrap();
+        let ls = |masked: bool| {
+            let mut c = Cmd::new("ls").arg("-A").arg(d.path());
+            if masked {
+                c = c.masking(d.path());
+            }
+            c.run()
+        };
+        assert_eq!(ls(true).await.unwrap().stdout_str(), "");
+        assert_eq!(ls(false).await.unwrap().stdout_str(), "secret\n");
+        let e = Cmd::new("true")
+            .masking(d.path().join("missing"))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProcessError::Spawn { .. }), "{e:?}");
+        assert!(
+            d.path().join("secret").is_file(),
+            "the host's view is untouched"
+        );
+    }
 
     #[test]
     fn credential_variables_are_recognized() {

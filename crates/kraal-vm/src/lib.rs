@@ -22,7 +22,7 @@ pub use host::{
     with_accel_params,
 };
 pub use qemu::QemuBackend;
-pub(crate) use workspace::{Prepared, check_snapshot_name, copy_disks};
+pub(crate) use workspace::{Prepared, copy_disks};
 
 /// How the backend is set up on this host.
 #[derive(Debug, Clone)]

@@ -28,7 +28,8 @@ use crate::VmConfig;
 use crate::argv::{self, Accel, VmSpec};
 use crate::host::{firmware, with_accel_params};
 use crate::qmp::Qmp;
-use crate::workspace::{Prepared, VOLUME, check_snapshot_name, copy_disks, mark_persistent};
+use crate::workspace::{Prepared, VOLUME, copy_disks, mark_persistent};
+use kraal_sandbox::check_snapshot_name;
 
 /// The QEMU backend. It also owns what every microVM backend shares — workspace disks,
 /// images, kernel, TAP links, the config disk — which the Firecracker backend reuses.
@@ -293,7 +294,7 @@ impl QemuBackend {
         id: &WorkspaceId,
         name: &str,
     ) -> Result<PathBuf, BackendError> {
-        check_snapshot_name(id, name).await?;
+        check_snapshot_name(id, name)?;
         if self.pid(id).is_none() {
             return Err(BackendError::failed(
                 id,

@@ -44,23 +44,6 @@ pub(crate) fn mark_persistent(dir: &Path, persistent: bool) -> std::io::Result<(
     }
 }
 
-/// Snapshot names become directory names: letters, digits, `-` and `_` only.
-pub(crate) async fn check_snapshot_name(id: &WorkspaceId, name: &str) -> Result<(), BackendError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(BackendError::failed(
-            id,
-            "snapshot",
-            format!("invalid snapshot name {name:?}: use up to 64 letters, digits, - and _"),
-        ));
-    }
-    Ok(())
-}
-
 /// Copies the workspace's writable disks (root layer and volume) from `from` to `to`,
 /// sparse (and reflinked where the file system can).
 pub(crate) async fn copy_disks(

@@ -48,8 +48,8 @@ pub struct ServeArgs {
     )]
     pub volume_mib: u64,
     /// How gVisor sandboxes get their network: `host` (runsc inside the workspace netns)
-    /// or `sandbox` (runsc's own netstack).
-    #[arg(long, default_value = "host", value_parser = ["host", "sandbox"])]
+    /// or `sandbox` (runsc's own netstack; needed for `kraal snapshot` on gVisor).
+    #[arg(long, env = "KRAAL_GVISOR_NETWORK", default_value = "host", value_parser = ["host", "sandbox"])]
     pub gvisor_network: String,
     /// Image of workspaces created without `--image`: a built-in recipe (default, base,
     /// desktop; built on first use) or an image from `kraal image build --file`.

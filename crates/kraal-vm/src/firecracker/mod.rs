@@ -201,7 +201,7 @@ impl FirecrackerBackend {
         id: &WorkspaceId,
         name: &str,
     ) -> Result<PathBuf, BackendError> {
-        crate::check_snapshot_name(id, name).await?;
+        kraal_sandbox::check_snapshot_name(id, name)?;
         if self.pid(id).is_none() {
             return Err(BackendError::failed(
                 id,

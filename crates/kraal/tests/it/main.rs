@@ -14,6 +14,7 @@ mod firecracker;
 mod forge;
 mod fuzz;
 mod github_peer;
+mod gvisor_snapshots;
 mod harness;
 mod hostile_import;
 mod housekeeping;

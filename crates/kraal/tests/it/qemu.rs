@@ -335,7 +335,8 @@ fn host_directories_are_mounted_read_only_unless_rw_on_both_backends() {
 }
 
 /// `kraal snapshot` and `kraal restore`: a running process and the files come back as
-/// they were; bad names and missing snapshots are clear errors; gVisor says it cannot.
+/// they were; bad names and missing snapshots are clear errors; gVisor on the host's
+/// network stack says what it needs.
 #[test]
 fn snapshot_and_restore_from_the_cli() {
     let d = Daemon::start_qemu(&[]);
@@ -387,7 +388,8 @@ fn snapshot_and_restore_from_the_cli() {
     let o = g.run(&["snapshot", "gv", "s1"]);
     assert!(
         o.stderr
-            .contains("gvisor backend does not support snapshots"),
+            .contains("gVisor snapshots need runsc's own network stack")
+            && o.stderr.contains("--gvisor-network sandbox"),
         "{}",
         o.stderr
     );
