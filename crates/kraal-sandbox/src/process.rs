@@ -280,6 +280,16 @@ impl Cmd {
         }
         if let Some(path) = &self.masked {
             use std::os::unix::ffi::OsStrExt;
+            // Checked here: a failed mount in the child would read as "program not found".
+            if !path.is_dir() {
+                return Err(ProcessError::Spawn {
+                    program: format!("{program} (masking {})", path.display()),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the directory to mask does not exist",
+                    ),
+                });
+            }
             // Every string is made before the fork: the child only makes system calls.
             let c = |b: &[u8]| {
                 std::ffi::CString::new(b).map_err(|_| ProcessError::Spawn {
