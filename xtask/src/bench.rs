@@ -446,8 +446,8 @@ pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
 }
 
 /// The suite's sections, in the order they run.
-const SECTIONS: [&str; 7] = [
-    "create", "memory", "vm", "events", "backup", "egress", "tasks",
+const SECTIONS: [&str; 8] = [
+    "create", "memory", "checkpoint", "vm", "events", "backup", "egress", "tasks",
 ];
 
 struct Opts {
@@ -579,6 +579,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .and_then(|s| crate::bench_vm::section(&s, o.iterations, &o.accel)),
             "events" => setup(&[]).and_then(|s| crate::bench_events::section(&s, &o.events)),
             "backup" => setup(&[]).and_then(|s| crate::bench_backup::section(&s)),
+            "checkpoint" => setup(&crate::bench_checkpoint::DAEMON_ENV)
+                .and_then(|s| crate::bench_checkpoint::section(&s, o.iterations)),
             "egress" => {
                 let env = crate::bench_egress::daemon_env();
                 let env: Vec<(&str, &str)> =

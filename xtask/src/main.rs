@@ -17,6 +17,7 @@ mod bench_egress;
 mod bench_events;
 mod bench_memory;
 mod bench_tasks;
+mod bench_checkpoint;
 mod bench_vm;
 mod report;
 mod tidy;
