@@ -447,7 +447,14 @@ pub(crate) fn percentile(v: &[f64], q: f64) -> f64 {
 
 /// The suite's sections, in the order they run.
 const SECTIONS: [&str; 8] = [
-    "create", "memory", "checkpoint", "vm", "events", "backup", "egress", "tasks",
+    "create",
+    "memory",
+    "checkpoint",
+    "vm",
+    "events",
+    "backup",
+    "egress",
+    "tasks",
 ];
 
 struct Opts {

@@ -12,12 +12,12 @@
 mod bench;
 mod bench_backup;
 mod bench_bundle;
+mod bench_checkpoint;
 mod bench_create;
 mod bench_egress;
 mod bench_events;
 mod bench_memory;
 mod bench_tasks;
-mod bench_checkpoint;
 mod bench_vm;
 mod report;
 mod tidy;
