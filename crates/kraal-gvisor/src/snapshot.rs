@@ -47,18 +47,18 @@ impl GvisorBackend {
         self.ws_dir(id).join("snapshots").join(name)
     }
 
+    /// What runsc cannot do on the host's network stack is refused as unsupported (the
+    /// request's problem, not the server's), saying what to change.
     #[allow(clippy::result_large_err)] // the backend error its callers return
-    fn require_checkpoints(&self, id: &WorkspaceId, op: &'static str) -> Result<(), BackendError> {
+    fn require_checkpoints(&self) -> Result<(), BackendError> {
         if self.cfg.network == NetworkMode::Sandbox {
             return Ok(());
         }
-        Err(BackendError::failed(
-            id,
-            op,
-            "gVisor snapshots need runsc's own network stack: start the daemon with \
-             `kraal serve --gvisor-network sandbox` (runsc cannot save a sandbox whose \
-             sockets are the host's)",
-        ))
+        Err(BackendError::Unsupported {
+            backend: kraal_core::BackendKind::Gvisor,
+            op: "snapshots on the host's network stack (runsc cannot save host sockets; \
+                 start the daemon with `kraal serve --gvisor-network sandbox`)",
+        })
     }
 
     /// Takes snapshot `name` of running workspace `id`; it runs on afterwards, from the
@@ -68,8 +68,8 @@ impl GvisorBackend {
         id: &WorkspaceId,
         name: &str,
     ) -> Result<(), BackendError> {
+        self.require_checkpoints()?;
         check_snapshot_name(id, name)?;
-        self.require_checkpoints(id, "snapshot")?;
         match self.runsc_state(id).await?.as_deref() {
             Some("running") => {}
             Some("paused") => self.resume(id).await?,
@@ -174,8 +174,8 @@ impl GvisorBackend {
         name: &str,
     ) -> Result<GuestEndpoint, BackendError> {
         let id = &spec.id;
+        self.require_checkpoints()?;
         check_snapshot_name(id, name)?;
-        self.require_checkpoints(id, "restore")?;
         let snap = self.snapshot_dir(id, name);
         if !snap.join("memory/checkpoint.img").is_file() {
             return Err(BackendError::failed(

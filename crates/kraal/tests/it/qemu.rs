@@ -388,7 +388,7 @@ fn snapshot_and_restore_from_the_cli() {
     let o = g.run(&["snapshot", "gv", "s1"]);
     assert!(
         o.stderr
-            .contains("gVisor snapshots need runsc's own network stack")
+            .contains("gvisor backend does not support snapshots on the host's network stack")
             && o.stderr.contains("--gvisor-network sandbox"),
         "{}",
         o.stderr
