@@ -241,9 +241,34 @@ impl GvisorBackend {
 
     /// The network slot `id` was last given (see `kraal_net::allocate_for`).
     fn recorded_slot(&self, id: &WorkspaceId) -> Option<u32> {
-        std::fs::read_to_string(self.ws_dir(id).join("net-slot"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        kraal_net::recorded_slot(&self.cfg.state_dir, id)
+    }
+
+    /// Allocates `id` a slot and makes its namespace and link (the firewall installed).
+    /// With `expect`, a slot other than that one is an error, before anything is made.
+    async fn make_link(&self, id: &WorkspaceId, expect: Option<u32>) -> Result<Link, BackendError> {
+        let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
+            .await
+            .map_err(BackendError::chained(id, "allocate network"))?;
+        if let Some(want) = expect.filter(|w| *w != slot) {
+            return Err(BackendError::failed(
+                id,
+                "restore",
+                format!(
+                    "the workspace's network address (slot {want}) is in use by another \
+                     workspace; the snapshot's processes expect it"
+                ),
+            ));
+        }
+        let link = self.link(id, slot);
+        kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
+            .await
+            .map_err(BackendError::chained(id, "firewall"))?;
+        kraal_net::setup(id, &link)
+            .await
+            .map_err(BackendError::chained(id, "network setup"))?;
+        drop(guard);
+        Ok(link)
     }
 
     fn link(&self, id: &WorkspaceId, slot: u32) -> Link {
@@ -535,17 +560,7 @@ impl Backend for GvisorBackend {
         self.mount_volume(id).await?;
         self.mount_root(id).await?;
 
-        let (slot, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
-            .await
-            .map_err(BackendError::chained(id, "allocate network"))?;
-        let link = self.link(id, slot);
-        kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
-            .await
-            .map_err(BackendError::chained(id, "firewall"))?;
-        kraal_net::setup(id, &link)
-            .await
-            .map_err(BackendError::chained(id, "network setup"))?;
-        drop(guard);
+        let link = self.make_link(id, None).await?;
 
         let guest_dir = dir.join("guest");
         std::fs::create_dir_all(&guest_dir).map_err(BackendError::io(id, "start", &guest_dir))?;

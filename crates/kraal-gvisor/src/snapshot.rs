@@ -242,33 +242,15 @@ impl GvisorBackend {
         let slot = self.recorded_slot(id).ok_or_else(|| {
             BackendError::failed(id, "restore", "the workspace has no network slot on record")
         })?;
-        let link = self.link(id, slot);
-        if kraal_net::netns_path(id).exists() {
+        let link = if kraal_net::netns_path(id).exists() {
+            let link = self.link(id, slot);
             kraal_net::readdress(id, &link)
                 .await
                 .map_err(BackendError::chained(id, "network setup"))?;
+            link
         } else {
-            let (got, guard) = kraal_net::allocate_for(self.cfg.pool, &self.cfg.state_dir, id)
-                .await
-                .map_err(BackendError::chained(id, "allocate network"))?;
-            if got != slot {
-                return Err(BackendError::failed(
-                    id,
-                    "restore",
-                    format!(
-                        "the workspace's network address (slot {slot}) is in use by another \
-                         workspace; the snapshot's processes expect it"
-                    ),
-                ));
-            }
-            kraal_net::install_firewall(self.cfg.pool, &self.cfg.host_ports)
-                .await
-                .map_err(BackendError::chained(id, "firewall"))?;
-            kraal_net::setup(id, &link)
-                .await
-                .map_err(BackendError::chained(id, "network setup"))?;
-            drop(guard);
-        }
+            self.make_link(id, Some(slot)).await?
+        };
         let console = dir.join("console.log");
         let restored = self
             .launch(id, &console)?

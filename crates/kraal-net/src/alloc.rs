@@ -49,6 +49,13 @@ pub async fn allocate_for(
     allocate_reserving(pool, state_dir, id, Path::new(RESERVATIONS)).await
 }
 
+/// The slot workspace `id` (state under `state_dir`) was last given, if any.
+pub fn recorded_slot(state_dir: &Path, id: &WorkspaceId) -> Option<u32> {
+    std::fs::read_to_string(state_dir.join(id.as_str()).join("net-slot"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 pub async fn allocate_reserving(
     pool: Pool,
     state_dir: &Path,
@@ -56,9 +63,7 @@ pub async fn allocate_reserving(
     reservations: &Path,
 ) -> Result<(u32, AllocGuard), NetError> {
     let own = state_dir.join(id.as_str());
-    let previous: Option<u32> = std::fs::read_to_string(own.join("net-slot"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
+    let previous = recorded_slot(state_dir, id);
     let mut reserved = HashSet::new();
     let mut mine = Vec::new();
     for e in std::fs::read_dir(reservations)

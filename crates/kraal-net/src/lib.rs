@@ -17,7 +17,7 @@ use kraal_sandbox::process::ProcessError;
 
 pub use alloc::{
     AllocGuard, RESERVATIONS, allocate, allocate_for, allocate_preferring, allocate_reserving,
-    pick_slot,
+    pick_slot, recorded_slot,
 };
 pub use firewall::{install_firewall, ruleset};
 

@@ -240,33 +240,41 @@ pub async fn make_veth_link(
             .map_err(step("joining the new namespace"))?;
         let lo = must_index_of("lo")?;
         set_up(&inside, "lo", lo).await?;
-        address_inside(&inside, &guest_if, guest_ip, host_ip).await
+        address_inside(&inside, &guest_if, guest_ip, host_ip, false).await
     })
     .await
 }
 
 /// Gives the namespace's end `guest_if` its address, brings it up and routes by default
 /// via `host_ip` — from the thread already in the namespace, whose handle is `inside`.
+/// With `keep_existing`, an address or route already there is fine.
 async fn address_inside(
     inside: &Handle,
     guest_if: &str,
     guest_ip: Ipv4Addr,
     host_ip: Ipv4Addr,
+    keep_existing: bool,
 ) -> io::Result<()> {
+    let kept = |r: io::Result<()>| match r {
+        Err(e) if keep_existing && e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    };
     let g = must_index_of(guest_if)?;
-    add_address(inside, guest_if, g, guest_ip).await?;
+    kept(add_address(inside, guest_if, g, guest_ip).await)?;
     set_up(inside, guest_if, g).await?;
-    inside
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(host_ip)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl)
-        .map_err(step(format!("adding the default route via {host_ip}")))
+    kept(
+        inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(host_ip)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl)
+            .map_err(step(format!("adding the default route via {host_ip}"))),
+    )
 }
 
 /// Gives the namespace's end of a link its address and default route again: gVisor's own
@@ -284,26 +292,7 @@ pub async fn readdress_guest_end(
             .map_err(io::Error::from)
             .map_err(step("joining the namespace"))?;
         let inside = connect()?;
-        let kept = |r: io::Result<()>| match r {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            r => r,
-        };
-        let g = must_index_of(&guest_if)?;
-        kept(add_address(&inside, &guest_if, g, guest_ip).await)?;
-        set_up(&inside, &guest_if, g).await?;
-        kept(
-            inside
-                .route()
-                .add(
-                    RouteMessageBuilder::<Ipv4Addr>::new()
-                        .gateway(host_ip)
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl)
-                .map_err(step(format!("adding the default route via {host_ip}"))),
-        )
+        address_inside(&inside, &guest_if, guest_ip, host_ip, true).await
     })
     .await
 }

@@ -8,27 +8,29 @@ use std::time::Duration;
 use crate::harness::*;
 use crate::housekeeping::{state, up};
 
-fn runsc_state(d: &Daemon, id: &str) -> String {
+/// What `runsc state` says of workspace `id` (null when it knows no such container).
+fn runsc_state_json(d: &Daemon, id: &str) -> serde_json::Value {
     #[allow(clippy::disallowed_methods)]
     let o = std::process::Command::new("runsc")
         .arg(format!("--root={}", d.data().join("runsc").display()))
         .args(["state", id])
         .output()
         .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-    v["status"].as_str().unwrap_or_default().to_owned()
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+fn runsc_state(d: &Daemon, id: &str) -> String {
+    runsc_state_json(d, id)["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The sandbox process of workspace `id` (runsc's `pid`).
 fn sandbox_pid(d: &Daemon, id: &str) -> u32 {
-    #[allow(clippy::disallowed_methods)]
-    let o = std::process::Command::new("runsc")
-        .arg(format!("--root={}", d.data().join("runsc").display()))
-        .args(["state", id])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["pid"].as_u64().expect("a live sandbox has a pid") as u32
+    runsc_state_json(d, id)["pid"]
+        .as_u64()
+        .expect("a live sandbox has a pid") as u32
 }
 
 /// What the cgroup freezer says of the sandbox's cgroup (`FROZEN`, `THAWED`…).
